@@ -1,0 +1,129 @@
+"""The agent's configuration (configs/agent.yaml); see ../shared/DESIGN.md "Configuration"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.configfile import load_config
+from agent.wire import PreprocessSpec, TrialPolicy
+
+ENV_PREFIX = "EDGEFLEET_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(Section):
+    path: Path | None = None
+    name: str | None = None  # defaults to the file's stem
+    version: int = 0
+    task: Literal["classification", "detection", "other"] = "other"
+    labels: Path | list[str] | None = None
+    preprocess: PreprocessSpec | None = None
+
+
+class DelegateSpec(Section):
+    """An external TFLite delegate (Arm NN, GPU, vendor NPUs) loaded by library path."""
+
+    name: str
+    library: str
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class RuntimeSection(Section):
+    prefer: Literal["auto", "litert", "tflite", "onnxruntime", "torch", "executorch"] = "auto"
+    delegate: str = "auto"  # auto | none | xnnpack | edgetpu | <external delegate name> | <ORT provider>
+    threads: int = Field(default=0, ge=0)  # 0: one per physical core
+    autotune: bool = True
+    external_delegates: list[DelegateSpec] = Field(default_factory=list)
+    provider_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # ORT provider -> options
+
+
+class SourceSection(Section):
+    kind: Literal["none", "camera", "video", "stream", "images", "synthetic"] = "none"
+    uri: str | None = None
+    fps: float = Field(default=10.0, gt=0)
+    loop: bool = True  # replay a video file when it ends
+
+
+class ApiSection(Section):
+    listen: str | None = "127.0.0.1:8500"
+    max_body_mb: float = Field(default=16.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8500")
+        return value
+
+
+class MqttSection(Section):
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: bool = False
+    ca_certs: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+
+
+class TelemetrySection(Section):
+    interval_s: float = Field(default=10.0, gt=0)
+    spool_max_mb: float = Field(default=64.0, gt=0)
+    spool_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+
+class ResultsSection(Section):
+    mqtt: bool = False
+    max_per_s: float = Field(default=2.0, gt=0)
+    file: Path | None = None
+    file_max_mb: float = Field(default=16.0, gt=0)
+    file_keep: int = Field(default=3, ge=1)
+
+
+class ServerSection(Section):
+    url: str | None = None
+    token: str | None = None  # per-device token; obtained by enrollment when absent
+    enrollment_token: str | None = None
+    poll_interval_s: float = Field(default=60.0, gt=0)
+    public_key: Path | None = None
+    device_class: str | None = None  # None: derived from the hardware probe
+    tags: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class UpdateSection(Section):
+    trial: TrialPolicy = Field(default_factory=TrialPolicy)
+    max_attempts: int = Field(default=3, ge=1)  # crash-loop breaker for one target version
+    min_free_mb: float = Field(default=50.0, ge=0)
+
+
+class AgentConfig(Section):
+    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    state_dir: Path = Path("/var/lib/edgefleet")
+    model: ModelSection = Field(default_factory=ModelSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    source: SourceSection = Field(default_factory=SourceSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
+    results: ResultsSection = Field(default_factory=ResultsSection)
+    server: ServerSection = Field(default_factory=ServerSection)
+    update: UpdateSection = Field(default_factory=UpdateSection)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def load_agent_config(path: str | Path | None, environ: dict[str, str] | None = None) -> AgentConfig:
+    return load_config(AgentConfig, path, env_prefix=ENV_PREFIX, environ=environ)

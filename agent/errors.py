@@ -1,0 +1,51 @@
+"""The project's exception hierarchy. Third-party errors are translated at the
+boundary into one of these, raised ``from`` the original.
+
+    EdgefleetError
+    ├── ConfigError            a config file or override is invalid (names key and file)
+    ├── ModelError
+    │   ├── ModelLoadError     missing, truncated, corrupt or unsupported model file
+    │   └── InvalidInputError  inputs that do not match the model's signature
+    ├── RuntimeUnavailable     no runtime/delegate can serve the model here
+    ├── SignatureError         a manifest whose Ed25519 signature does not verify
+    ├── UpdateRejected         a manifest or artifact refused by policy (expired, older, hash)
+    └── TransportError         the update server or broker could not be reached
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetError(Exception):
+    """Base of every error edgefleet raises on purpose."""
+
+
+class ConfigError(EdgefleetError):
+    pass
+
+
+class ModelError(EdgefleetError):
+    pass
+
+
+class ModelLoadError(ModelError):
+    pass
+
+
+class InvalidInputError(ModelError):
+    pass
+
+
+class RuntimeUnavailable(EdgefleetError):
+    pass
+
+
+class SignatureError(EdgefleetError):
+    pass
+
+
+class UpdateRejected(EdgefleetError):
+    pass
+
+
+class TransportError(EdgefleetError):
+    pass

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install edgefleet with the given extras (default: all). Re-runs only when
+# pyproject.toml or the extras changed. Needs only Python 3.10+ and the package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-all}"
+python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+stamp=".venv/.edgefleet-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16) $extras"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if [[ "$extras" == *all* || "$extras" == *torch* ]]; then
+  # 2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
+.venv/bin/python -m pip install -q -e ".[$extras]"
+echo "$want" > "$stamp"

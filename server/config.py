@@ -1,0 +1,64 @@
+"""The update server's configuration (configs/server.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.configfile import load_config
+
+ENV_PREFIX = "EDGEFLEET_SERVER_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSection(Section):
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: bool = False
+    ca_certs: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    shared_subscription: bool | None = None  # None: use $share/ when the broker speaks MQTT 5
+
+
+class StorageSection(Section):
+    kind: str = "local"  # local | s3
+    path: Path = Path("/var/lib/edgefleet-server/artifacts")
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    prefix: str = ""
+
+
+class TelemetrySection(Section):
+    retention_days: float = Field(default=30.0, gt=0)
+    downsample_after_hours: float = Field(default=24.0, gt=0)
+    batch_max: int = Field(default=500, ge=1)
+    batch_interval_s: float = Field(default=0.5, gt=0)
+
+
+class ServerConfig(Section):
+    listen: str = "127.0.0.1:8080"
+    public_url: str | None = None  # how devices reach this server; defaults to http://{listen}
+    database_url: str = "sqlite:////var/lib/edgefleet-server/edgefleet.db"
+    storage: StorageSection = Field(default_factory=StorageSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    signing_key: Path = Path("/etc/edgefleet-server/signing.key")
+    admin_token: str | None = None
+    enrollment_token: str | None = None
+    manifest_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    max_upload_mb: float = Field(default=512.0, gt=0)
+    device_classes: dict[str, list[str]] = Field(default_factory=dict)  # class -> variants to make on upload
+    telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
+    workers: int = Field(default=1, ge=1)
+    log_level: str = "INFO"
+
+
+def load_server_config(path: str | Path | None, environ: dict[str, str] | None = None) -> ServerConfig:
+    return load_config(ServerConfig, path, env_prefix=ENV_PREFIX, environ=environ)
