@@ -1,0 +1,110 @@
+"""ModelHost: the model that serves right now, swapped between two inferences.
+
+Every inference takes a reference to the current ``Served`` entry and runs on it; a swap
+replaces the reference (new requests go to the new model at once), then waits until the
+old entry's in-flight calls drain before closing it. No request ever sees a half-swapped
+model, and none fails because of a swap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.runtime.base import Model
+from agent.wire import ModelMeta
+
+# Called after every inference with (meta of the model that served, latency in s, ok).
+InferenceObserver = Callable[[ModelMeta, float, bool], None]
+
+
+class NoModelError(RuntimeError):
+    """Raised by ModelHost.infer while no model is loaded."""
+
+
+@dataclass
+class Served:
+    model: Model
+    meta: ModelMeta
+    in_flight: int = 0
+    drained: threading.Condition = field(default_factory=threading.Condition)
+
+
+class ModelHost:
+    def __init__(self) -> None:
+        self._current: Served | None = None
+        self._observers: list[InferenceObserver] = []
+        self._swap_lock = threading.Lock()
+
+    @property
+    def meta(self) -> ModelMeta | None:
+        current = self._current
+        return current.meta if current is not None else None
+
+    @property
+    def model(self) -> Model | None:
+        current = self._current
+        return current.model if current is not None else None
+
+    def add_observer(self, observer: InferenceObserver) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: InferenceObserver) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _acquire(self) -> Served:
+        while True:
+            served = self._current
+            if served is None:
+                raise NoModelError("no model is loaded yet")
+            with served.drained:
+                if self._current is served:
+                    served.in_flight += 1
+                    return served
+            # swapped between the read and the lock: take the new one
+
+    @staticmethod
+    def _release(served: Served) -> None:
+        with served.drained:
+            served.in_flight -= 1
+            if served.in_flight == 0:
+                served.drained.notify_all()
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], ModelMeta]:
+        """Run the current model; returns its outputs and the meta of the model that served."""
+        served = self._acquire()
+        start = time.perf_counter()
+        ok = False
+        try:
+            outputs = served.model.infer(feeds)
+            ok = True
+            return outputs, served.meta
+        finally:
+            latency = time.perf_counter() - start
+            self._release(served)
+            for observer in self._observers:
+                observer(served.meta, latency, ok)
+
+    def swap(self, model: Model, meta: ModelMeta, *, close_old: bool = True,
+             drain_timeout_s: float = 30.0) -> tuple[Model, ModelMeta] | None:
+        """Make ``model`` the serving model; return the previous (model, meta) once drained.
+
+        With ``close_old`` the previous model is closed after its in-flight calls finish
+        (``None`` is returned then, as nothing is left to hand back).
+        """
+        with self._swap_lock:
+            old = self._current
+            self._current = Served(model, meta)
+            if old is None:
+                return None
+            with old.drained:
+                old.drained.wait_for(lambda: old.in_flight == 0, timeout=drain_timeout_s)
+            if close_old:
+                old.model.close()
+                return None
+            return old.model, old.meta
