@@ -77,12 +77,17 @@ class MqttSection(Section):
     password: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    reconnect_min_s: float = Field(default=1.0, gt=0)  # backoff base; delays are full-jittered
+    reconnect_max_s: float = Field(default=60.0, gt=0)  # backoff cap
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_inflight: int = Field(default=64, ge=1, le=65535)  # QoS 1 messages awaiting PUBACK
 
 
 class TelemetrySection(Section):
     interval_s: float = Field(default=10.0, gt=0)
     spool_max_mb: float = Field(default=64.0, gt=0)
     spool_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    spool_file: str = "telemetry-spool.db"  # under state_dir
 
 
 class ResultsSection(Section):
