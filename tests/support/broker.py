@@ -14,8 +14,9 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 class Mosquitto:
     def __init__(self, workdir: Path, *, acl: str | None = None, passwords: dict[str, str] | None = None,
-                 extra_conf: str = "") -> None:
+                 extra_conf: str = "", persistence: bool = False) -> None:
         self.workdir = workdir
+        self.persistence = persistence  # keep retained messages and sessions across restart()
         self.port = free_port()
         self.acl = acl
         self.passwords = passwords
@@ -24,7 +25,9 @@ class Mosquitto:
         self.log = workdir / "mosquitto.log"
 
     def _write_conf(self) -> Path:
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", f"log_dest file {self.log}",
+        persist = (["persistence true", f"persistence_location {self.workdir}/"] if self.persistence
+                   else ["persistence false"])
+        lines = [f"listener {self.port} 127.0.0.1", *persist, f"log_dest file {self.log}",
                  "log_type error", "log_type warning", "log_type notice"]
         if self.passwords is not None:
             pwfile = self.workdir / "passwd"
