@@ -58,6 +58,9 @@ class ServerConfig(Section):
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     workers: int = Field(default=1, ge=1)
     log_level: str = "INFO"
+    rollout_tick_s: float = Field(default=1.0, gt=0)  # how often running rollouts are evaluated
+    job_workers: int = Field(default=1, ge=1)  # threads building variants and deltas
+    retention_interval_s: float = Field(default=3600.0, gt=0)  # how often telemetry is downsampled/expired
 
 
 def load_server_config(path: str | Path | None, environ: dict[str, str] | None = None) -> ServerConfig:

@@ -1,0 +1,1 @@
+"""HTTP API: one router per resource in ``server.api.routes``; dependencies in ``server.api.deps``."""

@@ -1,0 +1,94 @@
+"""Device routes (manifest, reports) and the operator's view of devices (list, telemetry, commands)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+
+from agent.wire import Command, UpdateReport
+from server.api.deps import AdminDep, DeviceDep, DeviceIdPath, SessionDep, StateDep
+from server.api.schemas import CommandBody
+from server.crud import devices as crud
+from server.crud import rollouts as rollout_crud
+from server.crud import telemetry as telemetry_crud
+
+router = APIRouter(tags=["devices"])
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    bare = etag.strip('"')
+    return any(tag.strip().removeprefix("W/").strip('"') == bare for tag in header.split(","))
+
+
+@router.get("/v1/devices/{device_id}/manifest", responses={
+    200: {"description": "SignedManifest (agent.wire)"}, 204: {"description": "no desired state"},
+    304: {"description": "unchanged since If-None-Match"}})
+def manifest(device: DeviceDep, state: StateDep, session: SessionDep,
+             if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    signed = state.manifests.signed(session, device=device, now=time.time())
+    if signed is None:
+        return Response(status_code=204)
+    headers = {"ETag": signed.etag, "Cache-Control": "no-cache"}
+    if etag_matches(if_none_match, signed.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(content=signed.body, media_type="application/json", headers=headers)
+
+
+@router.post("/v1/devices/{device_id}/reports", status_code=204)
+def report(body: UpdateReport, device: DeviceDep, session: SessionDep) -> Response:
+    rollout_crud.record_report(session, device=device, report=body)
+    return Response(status_code=204)
+
+
+@router.get("/v1/devices", dependencies=[AdminDep])
+def list_devices(session: SessionDep, online: bool | None = None) -> dict[str, Any]:
+    return {"devices": [crud.device_public(d) for d in crud.list_devices(session, online=online)]}
+
+
+@router.get("/v1/devices/{device_id}", dependencies=[AdminDep])
+def get_device(device_id: DeviceIdPath, session: SessionDep) -> dict[str, Any]:
+    return crud.device_public(crud.get_device(session, device_id=device_id))
+
+
+@router.get("/v1/devices/{device_id}/telemetry", dependencies=[AdminDep])
+def telemetry(device_id: DeviceIdPath, session: SessionDep, since: Annotated[float | None, Query()] = None,
+              limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
+              rollups: Annotated[bool, Query(description="include hourly downsampled rows")] = False,
+              ) -> dict[str, Any]:
+    crud.get_device(session, device_id=device_id)
+    doc: dict[str, Any] = {"device_id": device_id, "telemetry": [
+        telemetry_crud.telemetry_public(r)
+        for r in telemetry_crud.list_telemetry(session, device_id=device_id, since=since, limit=limit)]}
+    if rollups:
+        doc["rollups"] = [telemetry_crud.rollup_public(r) for r in
+                          telemetry_crud.list_rollups(session, device_id=device_id, limit=limit)]
+    return doc
+
+
+@router.get("/v1/devices/{device_id}/events", dependencies=[AdminDep])
+def events(device_id: DeviceIdPath, session: SessionDep, since: Annotated[float | None, Query()] = None,
+           limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
+    crud.get_device(session, device_id=device_id)
+    return {"device_id": device_id, "events": [
+        telemetry_crud.event_public(r)
+        for r in telemetry_crud.list_events(session, device_id=device_id, since=since, limit=limit)]}
+
+
+@router.post("/v1/devices/{device_id}/commands", dependencies=[AdminDep], status_code=202)
+def command(device_id: DeviceIdPath, body: CommandBody, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    crud.get_device(session, device_id=device_id)
+    if state.ingestor is None:
+        raise HTTPException(503, "MQTT is disabled in this server's configuration")
+    sent = Command(id=uuid.uuid4().hex, type=body.type, args=body.args)
+    try:
+        state.ingestor.publish_command(device_id, sent)
+    except ConnectionError as exc:
+        raise HTTPException(503, f"cannot publish the command: {exc}") from exc
+    return sent.model_dump(mode="json")

@@ -1,0 +1,190 @@
+"""The model registry: upload versions (streamed, size-limited, format from content), list, variants."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from agent.wire import PreprocessSpec, RuntimeHints
+from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
+from server.api.schemas import UploadMeta, VariantsRequest
+from server.crud import jobs as job_crud
+from server.crud import registry as crud
+from server.formats import NotAModel, inspect_model
+from server.state import ServerState
+from server.storage import TooLarge, copy_limited
+from server.variants import start_variants_job
+
+router = APIRouter(tags=["models"], dependencies=[AdminDep])
+ModelName = Annotated[str, PathParam(pattern=MODEL_NAME)]
+VersionNo = Annotated[int, PathParam(ge=1)]
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the model file"},
+        "labels": {"type": "string", "description": "labels, one per line"},
+        "meta": {"type": "string", "description": "JSON: task, preprocess, runtime"},
+        "calibration": {"type": "string", "format": "binary", "description": ".npz of sample inputs"}}}}}}}
+
+
+async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise TooLarge(f"upload is larger than the limit of {limit} bytes")
+        yield chunk
+
+
+async def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, UploadFile):
+        raw = await value.read()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HTTPException(422, f"{value.filename or 'field'} is not UTF-8 text") from exc
+    return str(value)
+
+
+def _parse_meta(raw: str | None) -> UploadMeta:
+    if not raw:
+        return UploadMeta()
+    try:
+        meta = UploadMeta.model_validate(json.loads(raw))
+        if meta.preprocess is not None:
+            meta.preprocess = PreprocessSpec.model_validate(meta.preprocess).model_dump(mode="json",
+                                                                                        exclude_none=True)
+        if meta.runtime is not None:
+            meta.runtime = RuntimeHints.model_validate(meta.runtime).model_dump(mode="json")
+    except ValueError as exc:  # json.JSONDecodeError and pydantic.ValidationError
+        first = exc.errors()[0] if isinstance(exc, ValidationError) else None
+        where = ".".join(str(p) for p in first["loc"]) if first else ""
+        message = f"{where}: {first['msg']}" if first else str(exc)
+        raise HTTPException(422, f"meta is not valid: {message}") from exc
+    return meta
+
+
+def _store_version(state: ServerState, name: str, upload: UploadFile, labels: list[str] | None, meta: UploadMeta,
+                   calibration: UploadFile | None, limit: int) -> dict[str, Any]:
+    scratch = state.store.scratch_dir()
+    fd, tmp_name = tempfile.mkstemp(dir=scratch, prefix="model-")
+    tmp = Path(tmp_name)
+    cal_tmp: Path | None = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            upload.file.seek(0)
+            copy_limited(upload.file, out, limit)
+        if tmp.stat().st_size == 0:
+            raise HTTPException(422, "the uploaded file is empty")
+        try:
+            info = inspect_model(tmp)
+        except NotAModel as exc:
+            raise HTTPException(422, f"not a model: {exc}") from exc
+        cal_sha = None
+        if calibration is not None:
+            fd2, cal_name = tempfile.mkstemp(dir=scratch, prefix="cal-")
+            cal_tmp = Path(cal_name)
+            with os.fdopen(fd2, "wb") as out:
+                calibration.file.seek(0)
+                copy_limited(calibration.file, out, limit)
+            try:
+                with np.load(cal_tmp, allow_pickle=False) as data:
+                    if not data.files:
+                        raise ValueError("it holds no arrays")
+            except (ValueError, OSError) as exc:
+                raise HTTPException(422, f"calibration is not a .npz of arrays: {exc}") from exc
+            cal_sha, _ = state.store.put_file(cal_tmp)
+        sha256, size = state.store.put_file(tmp)
+        with state.db.session() as session:
+            model, row = crud.create_version(
+                session, name=name, sha256=sha256, size=size, fmt=info.format, task=meta.task, inputs=info.inputs,
+                outputs=info.outputs, labels=labels, preprocess=meta.preprocess, runtime_hints=meta.runtime,
+                calibration_sha256=cal_sha)
+            return crud.version_public(model, row, crud.list_variants(session, version_id=row.id))
+    finally:
+        tmp.unlink(missing_ok=True)
+        if cal_tmp is not None:
+            cal_tmp.unlink(missing_ok=True)
+
+
+@router.post("/v1/models/{name}/versions", status_code=201, openapi_extra=UPLOAD_BODY)
+async def upload_version(name: ModelName, request: Request, state: StateDep) -> dict[str, Any]:
+    limit = int(state.config.max_upload_mb * 1024 * 1024)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
+        raise HTTPException(413, f"upload of {declared} bytes is larger than the limit of {limit} bytes")
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise HTTPException(415, "send multipart/form-data with a 'file' part")
+    try:
+        form = await MultiPartParser(request.headers, _limited(request, limit + 1024 * 1024), max_files=4,
+                                     max_fields=8).parse()
+    except TooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc
+    except MultiPartException as exc:
+        raise HTTPException(400, f"bad multipart body: {exc.message}") from exc
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(422, "the 'file' part (the model file) is missing")
+        labels_text = await _text(form.get("labels"))
+        labels = [line.strip() for line in labels_text.splitlines() if line.strip()] if labels_text else None
+        meta = _parse_meta(await _text(form.get("meta")))
+        calibration = form.get("calibration")
+        if calibration is not None and not isinstance(calibration, UploadFile):
+            raise HTTPException(422, "calibration must be a file part (.npz)")
+        try:
+            return await run_in_threadpool(_store_version, state, name, upload, labels, meta, calibration, limit)
+        except TooLarge as exc:
+            raise HTTPException(413, str(exc)) from exc
+    finally:
+        await form.close()
+
+
+@router.get("/v1/models")
+def list_models(session: SessionDep) -> dict[str, Any]:
+    return {"models": [crud.model_public(m, crud.list_versions(session, model_id=m.id)[-1:])
+                       for m in crud.list_models(session)]}
+
+
+@router.get("/v1/models/{name}")
+def get_model(name: ModelName, session: SessionDep) -> dict[str, Any]:
+    model = crud.get_model(session, name=name)
+    return crud.model_public(model, crud.list_versions(session, model_id=model.id))
+
+
+@router.get("/v1/models/{name}/versions/{version}")
+def get_version(name: ModelName, version: VersionNo, session: SessionDep) -> dict[str, Any]:
+    model, row = crud.get_version(session, name=name, version=version)
+    return crud.version_public(model, row, crud.list_variants(session, version_id=row.id))
+
+
+@router.get("/v1/models/{name}/versions/{version}/variants")
+def list_variants(name: ModelName, version: VersionNo, session: SessionDep) -> dict[str, Any]:
+    _, row = crud.get_version(session, name=name, version=version)
+    return {"model": name, "version": version,
+            "variants": [crud.variant_public(v) for v in crud.list_variants(session, version_id=row.id)]}
+
+
+@router.post("/v1/models/{name}/versions/{version}/variants", status_code=202)
+def make_variants(name: ModelName, version: VersionNo, body: VariantsRequest, state: StateDep) -> dict[str, Any]:
+    job_id = start_variants_job(db=state.db, store=state.store, runner=state.jobs, config=state.config, name=name,
+                                version=version, target=body.target)
+    with state.db.session() as session:
+        return job_crud.job_public(job_crud.get_job(session, job_id=job_id))
+
+

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+
+from server import rollouts as engine
+from server.api.deps import AdminDep, SessionDep, StateDep
+from server.api.schemas import AbortBody, RolloutCreate
+from server.crud import registry
+from server.crud import rollouts as crud
+
+router = APIRouter(tags=["rollouts"], dependencies=[AdminDep])
+RolloutId = Annotated[int, Path(ge=1)]
+
+
+@router.post("/v1/rollouts", status_code=201)
+def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
+    with state.db.session() as session:
+        _, version = registry.get_version(session, name=body.model, version=body.version)
+        rollout = crud.create_rollout(
+            session, version_id=version.id, target=body.target.model_dump(exclude_none=True),
+            waves=body.waves_spec(), gates=body.gates.model_dump(), priority=body.priority,
+            trial=body.trial.model_dump(mode="json") if body.trial else None,
+            shadow=body.shadow.model_dump(mode="json") if body.shadow else None, auto_revert=body.auto_revert)
+        rollout_id = rollout.id
+    engine.step(state.db, rollout_id=rollout_id, now=time.time())  # the first wave starts now
+    with state.db.session() as session:
+        return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
+
+
+@router.get("/v1/rollouts")
+def list_rollouts(session: SessionDep) -> dict[str, Any]:
+    return {"rollouts": [crud.rollout_public(session, r, with_devices=False) for r in crud.list_rollouts(session)]}
+
+
+@router.get("/v1/rollouts/{rollout_id}")
+def get_rollout(rollout_id: RolloutId, session: SessionDep) -> dict[str, Any]:
+    return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
+
+
+@router.post("/v1/rollouts/{rollout_id}/pause")
+def pause(rollout_id: RolloutId, session: SessionDep) -> dict[str, Any]:
+    return crud.rollout_public(session, crud.set_state(session, rollout_id=rollout_id, action="pause"))
+
+
+@router.post("/v1/rollouts/{rollout_id}/resume")
+def resume(rollout_id: RolloutId, session: SessionDep) -> dict[str, Any]:
+    return crud.rollout_public(session, crud.set_state(session, rollout_id=rollout_id, action="resume"))
+
+
+@router.post("/v1/rollouts/{rollout_id}/abort")
+def abort(rollout_id: RolloutId, session: SessionDep, body: AbortBody | None = None) -> dict[str, Any]:
+    revert = body.revert if body else False
+    return crud.rollout_public(session, crud.set_state(session, rollout_id=rollout_id, action="abort",
+                                                       revert=revert))

@@ -1,0 +1,135 @@
+"""The update server's FastAPI application: ``create_app(config)``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from server import rollouts
+from server.api.routes import artifacts, devices, enroll, health, jobs, models
+from server.api.routes import rollouts as rollout_routes
+from server.config import ServerConfig
+from server.crud import Conflict, Invalid, NotFound
+from server.crud import jobs as job_crud
+from server.crud.telemetry import downsample_and_expire
+from server.db import Database, migrate
+from server.ingest import Ingestor
+from server.jobs import JobRunner
+from server.manifests import ManifestService, Signer
+from server.state import ServerState, public_url_of
+from server.storage import make_store
+
+log = logging.getLogger("edgefleet.server")
+
+
+class Background:
+    """Rollout evaluation every ``rollout_tick_s`` and telemetry retention every ``retention_interval_s``."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="edgefleet-background", daemon=True)
+
+    def _loop(self) -> None:
+        config = self.state.config
+        next_retention = time.monotonic() + config.retention_interval_s
+        while not self.stop_event.wait(config.rollout_tick_s):
+            try:
+                rollouts.tick(self.state.db, now=time.time())
+            except Exception:
+                log.exception("rollout evaluation failed")
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + config.retention_interval_s
+                self.retention()
+
+    def retention(self) -> tuple[int, int]:
+        section = self.state.config.telemetry
+        now = time.time()
+        with self.state.db.session() as session:
+            return downsample_and_expire(session, downsample_before=now - section.downsample_after_hours * 3600,
+                                         expire_before=now - section.retention_days * 86400)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+
+def build_state(config: ServerConfig) -> ServerState:
+    db = Database(config.database_url)
+    signer = Signer.from_file(config.signing_key)
+    public_url = public_url_of(config)
+    return ServerState(config=config, db=db, store=make_store(config.storage), signer=signer,
+                       manifests=ManifestService(config, signer, public_url),
+                       jobs=JobRunner(db, workers=config.job_workers))
+
+
+def _one_line(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
+    state = build_state(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        migrate(state.db.engine)
+        with state.db.session() as session:
+            job_crud.fail_interrupted(session)
+        tasks = Background(state)
+        app.state.background = tasks
+        if config.mqtt.enabled:
+            state.ingestor = Ingestor(state.db, config.mqtt, config.telemetry)
+            state.ingestor.start()
+        if background:
+            tasks.start()
+        try:
+            yield
+        finally:
+            if background:
+                tasks.stop()
+            if state.ingestor is not None:
+                state.ingestor.stop()
+            state.jobs.shutdown()
+            state.db.dispose()
+
+    app = FastAPI(title="edgefleet update server", version="1", lifespan=lifespan)
+    app.state.edgefleet = state
+    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes):
+        app.include_router(module.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=422)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Invalid)
+    async def _bad(_request: Request, exc: Invalid) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
+        return JSONResponse({"detail": "conflicting concurrent change, retry"}, status_code=409)
+
+    return app

@@ -1,0 +1,242 @@
+"""Rollouts: targets, waves, per-device state, priority conflicts, reports, revert."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from agent.wire import UpdateReport
+from server.crud import Conflict, Invalid, NotFound
+from server.crud.devices import set_desired
+from server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice
+
+ACTIVE = ("running", "paused")
+FAILED_STATES = ("rolled_back", "rejected", "failed")
+NOT_COUNTED = ("pending", "superseded")
+IN_FLIGHT = ("assigned", "idle", "downloading", "verifying", "installing", "trial")
+
+
+def resolve_target(session: Session, *, target: dict[str, Any]) -> list[Device]:
+    """Enrolled devices matching every criterion given: ids, any of the tags, class."""
+    ids, tags, device_class = target.get("device_ids"), target.get("tags"), target.get("device_class")
+    if not ids and not tags and not device_class:
+        raise Invalid("target needs device_ids, tags or device_class")
+    query = select(Device).where(Device.token_hash.is_not(None)).order_by(Device.id)
+    if ids:
+        query = query.where(Device.id.in_(ids))
+    if device_class:
+        query = query.where(Device.device_class == device_class)
+    devices = list(session.scalars(query))
+    if ids:
+        missing = sorted(set(ids) - {d.id for d in devices})
+        if missing:
+            raise Invalid(f"target names devices that are not enrolled: {', '.join(missing[:5])}")
+    if tags:
+        wanted = set(tags)
+        devices = [d for d in devices if wanted & set(d.tags or [])]
+    if not devices:
+        raise Invalid("the target matches no enrolled device")
+    return devices
+
+
+def wave_counts(spec: Any, total: int) -> list[int]:
+    """Cumulative device counts per wave from percents ``[1, 10, 50, 100]`` or ``{"counts": [1, 5, 20]}``
+    (counts are cumulative too); each wave has at least one more device than the one before."""
+    if isinstance(spec, dict):
+        raw = spec.get("counts")
+        if not isinstance(raw, list) or not raw or not all(isinstance(c, int) and c > 0 for c in raw):
+            raise Invalid("waves.counts must be a non-empty list of positive integers")
+        wanted = [min(c, total) for c in raw]
+    elif isinstance(spec, list) and spec and all(isinstance(p, int | float) and 0 < p <= 100 for p in spec):
+        wanted = [max(1, math.ceil(p * total / 100.0 - 1e-9)) for p in spec]
+    else:
+        raise Invalid("waves must be a list of percents in (0, 100] or {\"counts\": [...]}")
+    counts: list[int] = []
+    for count in wanted:
+        if counts and count < counts[-1]:
+            raise Invalid("waves must not shrink")
+        if not counts or count > counts[-1]:
+            counts.append(count)
+    return counts
+
+
+def create_rollout(session: Session, *, version_id: int, target: dict[str, Any], waves: Any,
+                   gates: dict[str, Any], priority: int, trial: dict[str, Any] | None,
+                   shadow: dict[str, Any] | None, auto_revert: bool, now: float | None = None) -> Rollout:
+    now = now if now is not None else time.time()
+    devices = resolve_target(session, target=target)
+    counts = wave_counts(waves, len(devices))
+    rollout = Rollout(version_id=version_id, target=target, waves=counts, waves_spec=waves, gates=gates,
+                      priority=priority, trial=trial, shadow=shadow, auto_revert=auto_revert, state="running",
+                      current_wave=0, wave_started_at=None, healthy_since=None, reason=None, created_at=now,
+                      updated_at=now)
+    session.add(rollout)
+    session.flush()
+    # a stable shuffle, different per rollout, so canaries are not always the same devices
+    order = sorted(devices, key=lambda d: hashlib.sha256(f"{rollout.id}:{d.id}".encode()).digest())
+    for index, device in enumerate(order[:counts[-1]]):
+        wave = next(w for w, c in enumerate(counts) if index < c)
+        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=wave, state="pending",
+                                  updated_at=now))
+    session.flush()
+    return rollout
+
+
+def get_rollout(session: Session, *, rollout_id: int) -> Rollout:
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        raise NotFound(f"rollout {rollout_id} is not known")
+    return rollout
+
+
+def list_rollouts(session: Session, *, states: tuple[str, ...] | None = None) -> list[Rollout]:
+    query = select(Rollout).order_by(Rollout.id)
+    if states:
+        query = query.where(Rollout.state.in_(states))
+    return list(session.scalars(query))
+
+
+def rollout_devices(session: Session, *, rollout_id: int) -> list[RolloutDevice]:
+    query = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id).order_by(
+        RolloutDevice.wave, RolloutDevice.device_id)
+    return list(session.scalars(query))
+
+
+def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float) -> None:
+    """Give the wave's devices this rollout's version, unless a stronger rollout holds them."""
+    for row in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id,
+                                                           RolloutDevice.wave == wave)):
+        device = session.get(Device, row.device_id)
+        if device is None:
+            continue
+        rivals = list(session.execute(
+            select(RolloutDevice, Rollout).join(Rollout, Rollout.id == RolloutDevice.rollout_id).where(
+                RolloutDevice.device_id == device.id, RolloutDevice.rollout_id != rollout.id,
+                Rollout.state.in_(ACTIVE), RolloutDevice.state.not_in(("pending", "superseded", "reverted")))))
+        stronger = [r for _, r in rivals if (r.priority, r.id) > (rollout.priority, rollout.id)]
+        row.assigned_at = row.updated_at = now
+        if stronger:
+            winner = max(stronger, key=lambda r: (r.priority, r.id))
+            row.state, row.reason = "superseded", f"rollout {winner.id} (priority {winner.priority}) wins"
+            continue
+        for other_row, _other in rivals:
+            other_row.state = "superseded"
+            other_row.reason = f"rollout {rollout.id} (priority {rollout.priority}) wins"
+            other_row.updated_at = now
+        row.previous_version_id = device.desired_version_id
+        row.baseline_p95_ms = device.p95_ms
+        if device.model_sha256 and _version_sha(session, rollout.version_id) == device.model_sha256:
+            row.state, row.reason = "committed", "already runs this version"
+        else:
+            row.state, row.reason = "assigned", None
+        set_desired(device, version_id=rollout.version_id, rollout_id=rollout.id, now=now)
+
+
+def _version_sha(session: Session, version_id: int) -> str | None:
+    row = session.get(ModelVersion, version_id)
+    return row.sha256 if row else None
+
+
+def set_state(session: Session, *, rollout_id: int, action: str, revert: bool = False,
+              reason: str | None = None, now: float | None = None) -> Rollout:
+    """Manual (or gate-driven) pause / resume / abort."""
+    now = now if now is not None else time.time()
+    rollout = get_rollout(session, rollout_id=rollout_id)
+    if action == "pause":
+        if rollout.state != "running":
+            raise Conflict(f"rollout {rollout_id} is {rollout.state}, not running")
+        rollout.state, rollout.reason = "paused", reason or "paused by the operator"
+    elif action == "resume":
+        if rollout.state != "paused":
+            raise Conflict(f"rollout {rollout_id} is {rollout.state}, not paused")
+        rollout.state, rollout.reason, rollout.healthy_since = "running", None, None
+    elif action == "abort":
+        if rollout.state not in ACTIVE:
+            raise Conflict(f"rollout {rollout_id} is already {rollout.state}")
+        rollout.state, rollout.reason = "aborted", reason or "aborted by the operator"
+        if revert:
+            revert_devices(session, rollout=rollout, now=now)
+    else:
+        raise Invalid(f"unknown action {action!r}")
+    rollout.updated_at = now
+    return rollout
+
+
+def revert_devices(session: Session, *, rollout: Rollout, now: float) -> int:
+    """Send the devices this rollout updated back to what they had before (``revert: true`` manifests)."""
+    reverted = 0
+    for row in rollout_devices(session, rollout_id=rollout.id):
+        if row.state in NOT_COUNTED or row.state == "reverted":
+            continue
+        device = session.get(Device, row.device_id)
+        if device is None or device.desired_rollout_id != rollout.id:
+            continue
+        set_desired(device, version_id=row.previous_version_id, rollout_id=rollout.id,
+                    revert=row.previous_version_id is not None, now=now)
+        row.state = "reverted"
+        row.reason = None if row.previous_version_id is not None else "no earlier model to go back to"
+        row.updated_at = now
+        reverted += 1
+    return reverted
+
+
+def record_report(session: Session, *, device: Device, report: UpdateReport, now: float | None = None) -> None:
+    now = now if now is not None else time.time()
+    device.update_state, device.update_reason = report.state, report.reason
+    device.last_seen = max(device.last_seen or 0.0, now)
+    if report.state == "committed":
+        device.model_name, device.model_version = report.model, report.version
+        if report.sha256:
+            device.model_sha256 = report.sha256
+    rollout_id = report.rollout_id if report.rollout_id is not None else device.desired_rollout_id
+    if rollout_id is None:
+        return
+    row = session.get(RolloutDevice, (rollout_id, device.id))
+    rollout = session.get(Rollout, rollout_id)
+    if row is None or rollout is None or row.state in ("pending", "superseded", "reverted"):
+        return
+    version = session.get(ModelVersion, rollout.version_id)
+    model = session.get(Model, version.model_id) if version else None
+    if version is None or model is None or (report.model, report.version) != (model.name, version.version):
+        return  # a report about another model (e.g. a revert) does not move this rollout
+    row.state, row.reason, row.updated_at = report.state, report.reason, now
+
+
+def rollout_public(session: Session, rollout: Rollout, *, with_devices: bool = True) -> dict[str, Any]:
+    version = session.get(ModelVersion, rollout.version_id)
+    model = session.get(Model, version.model_id) if version else None
+    rows = rollout_devices(session, rollout_id=rollout.id)
+    waves = []
+    for index, size in enumerate(rollout.waves):
+        members = [r for r in rows if r.wave == index]
+        if rollout.state == "completed" or index < rollout.current_wave:
+            state = "done"
+        elif index == rollout.current_wave:
+            state = "active" if rollout.state == "running" else rollout.state
+        else:
+            state = "pending"
+        waves.append({"index": index, "size": size, "devices": len(members),
+                      "committed": sum(r.state == "committed" for r in members),
+                      "failed": sum(r.state in FAILED_STATES for r in members),
+                      "in_flight": sum(r.state in IN_FLIGHT for r in members),
+                      "superseded": sum(r.state == "superseded" for r in members), "state": state})
+    doc: dict[str, Any] = {
+        "id": rollout.id, "model": model.name if model else None, "version": version.version if version else None,
+        "target": rollout.target, "waves_spec": rollout.waves_spec, "gates": rollout.gates,
+        "priority": rollout.priority, "auto_revert": rollout.auto_revert, "trial": rollout.trial,
+        "shadow": rollout.shadow, "state": rollout.state, "current_wave": rollout.current_wave,
+        "reason": rollout.reason, "wave_started_at": rollout.wave_started_at,
+        "healthy_since": rollout.healthy_since, "created_at": rollout.created_at, "updated_at": rollout.updated_at,
+        "waves": waves,
+        "conflicts": [{"device_id": r.device_id, "reason": r.reason} for r in rows if r.state == "superseded"],
+    }
+    if with_devices:
+        doc["devices"] = [{"device_id": r.device_id, "wave": r.wave, "state": r.state, "reason": r.reason,
+                           "baseline_p95_ms": r.baseline_p95_ms, "assigned_at": r.assigned_at,
+                           "updated_at": r.updated_at} for r in rows]
+    return doc

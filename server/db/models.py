@@ -1,0 +1,219 @@
+"""Tables. Times are UNIX seconds (float), as on the wire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    device_class: Mapped[str | None] = mapped_column(String(64), index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    hw: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enrolled_at: Mapped[float | None] = mapped_column(Float)
+    # live state from MQTT `status` and telemetry
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    session: Mapped[int] = mapped_column(Integer, default=-1)
+    last_seen: Mapped[float | None] = mapped_column(Float)
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    runtime: Mapped[str | None] = mapped_column(String(64))
+    delegate: Mapped[str | None] = mapped_column(String(64))
+    p95_ms: Mapped[float | None] = mapped_column(Float)
+    cpu_pct: Mapped[float | None] = mapped_column(Float)
+    update_state: Mapped[str | None] = mapped_column(String(32))
+    update_reason: Mapped[str | None] = mapped_column(Text)
+    # desired state: what the signed manifest says; issued_at is kept so re-signing is stable
+    desired_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    desired_rollout_id: Mapped[int | None] = mapped_column(Integer)
+    desired_revert: Mapped[bool] = mapped_column(Boolean, default=False)
+    desired_issued_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    task: Mapped[str] = mapped_column(String(32), default="other")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(String(32), default="other")
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    labels: Mapped[list[str] | None] = mapped_column(JSON)
+    preprocess: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    runtime_hints: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    calibration_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Variant(Base):
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("version_id", "name", name="uq_variant_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    device_classes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    format: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # building | ready | failed
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    waves: Mapped[list[int]] = mapped_column(JSON)  # cumulative device counts
+    waves_spec: Mapped[Any] = mapped_column(JSON)  # as the operator gave them
+    gates: Mapped[dict[str, Any]] = mapped_column(JSON)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    trial: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    auto_revert: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # running | paused | completed | aborted
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    wave_started_at: Mapped[float | None] = mapped_column(Float)
+    healthy_since: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RolloutDevice(Base):
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    # pending | assigned | downloading | ... | committed | rolled_back | rejected | failed | superseded | reverted
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    previous_version_id: Mapped[int | None] = mapped_column(Integer)
+    baseline_p95_ms: Mapped[float | None] = mapped_column(Float)
+    assigned_at: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Telemetry(Base):
+    __tablename__ = "telemetry"
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq", name="uq_telemetry_seq"),
+        Index("ix_telemetry_device_ts", "device_id", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    runtime: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int | None] = mapped_column(Integer)
+    errors: Mapped[int | None] = mapped_column(Integer)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p95_ms: Mapped[float | None] = mapped_column(Float)
+    p99_ms: Mapped[float | None] = mapped_column(Float)
+    fps: Mapped[float | None] = mapped_column(Float)
+    cpu_pct: Mapped[float | None] = mapped_column(Float)
+    mem_mb: Mapped[float | None] = mapped_column(Float)
+    rss_mb: Mapped[float | None] = mapped_column(Float)
+    temp_c: Mapped[float | None] = mapped_column(Float)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TelemetryRollup(Base):
+    """Hourly aggregates of telemetry older than ``downsample_after_hours``."""
+
+    __tablename__ = "telemetry_rollup"
+    __table_args__ = (UniqueConstraint("device_id", "bucket", name="uq_rollup_bucket"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    bucket: Mapped[float] = mapped_column(Float)  # start of the hour
+    samples: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int | None] = mapped_column(Integer)
+    errors: Mapped[int | None] = mapped_column(Integer)
+    p95_ms: Mapped[float | None] = mapped_column(Float)  # mean of the p95s in the hour
+    p95_max_ms: Mapped[float | None] = mapped_column(Float)
+    cpu_pct: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[int | None] = mapped_column(Integer)
+
+
+class DeviceEvent(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq", name="uq_event_seq"),
+        Index("ix_events_device_ts", "device_id", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[float] = mapped_column(Float)
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Delta(Base):
+    __tablename__ = "deltas"
+
+    from_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    to_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Counter(Base):
+    """Named counters; ``registry`` grows whenever a variant or delta appears, so cached manifests refresh."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

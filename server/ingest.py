@@ -1,0 +1,242 @@
+"""Telemetry ingestion: MQTT subscriber (paho) feeding a batched database writer.
+
+- ``status`` (retained births and wills) is subscribed plainly by every replica: a broker never
+  sends retained messages to a shared subscription, and applying a status twice is harmless.
+- ``telemetry`` and ``events`` go through ``$share/edgefleet/...`` when the broker speaks MQTT 5
+  (so replicas split the stream), plain subscriptions with MQTT 3.1.1.
+- The writer drains a queue in batches (``telemetry.batch_max`` messages or ``batch_interval_s``)
+  and writes each batch in one transaction; (device, seq) duplicates are skipped by a unique
+  constraint with insert-ignore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command, Event, Telemetry
+from server.config import MqttSection, TelemetrySection
+from server.crud import telemetry as crud
+from server.db import Database
+
+log = logging.getLogger("edgefleet.server.ingest")
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    written: int = 0
+    invalid: int = 0
+    batches: int = 0
+    last_batch_ms: float = 0.0
+    connected: bool = False
+    protocol: str = "unknown"
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    parts = topic.split("/")
+    root = TOPIC_ROOT.split("/")
+    if len(parts) != len(root) + 2 or parts[: len(root)] != root:
+        return None
+    return parts[len(root)], parts[len(root) + 1]
+
+
+class BatchWriter:
+    """Turns raw (topic, payload, received_at) messages into rows and writes them in batches."""
+
+    def __init__(self, db: Database, section: TelemetrySection, stats: IngestStats) -> None:
+        self.db = db
+        self.section = section
+        self.stats = stats
+        self.queue: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue(maxsize=200_000)
+        self._thread = threading.Thread(target=self._loop, name="edgefleet-ingest-writer", daemon=True)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.put(None)
+        self._thread.join(timeout=10)
+
+    def put(self, topic: str, payload: bytes, received_at: float) -> None:
+        self.queue.put((topic, payload, received_at))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set() or not self.queue.empty():
+            batch: list[tuple[str, bytes, float]] = []
+            try:
+                first = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if first is None:
+                continue
+            batch.append(first)
+            deadline = time.monotonic() + self.section.batch_interval_s
+            while len(batch) < self.section.batch_max:
+                try:
+                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    break
+                batch.append(item)
+            try:
+                self.write(batch)
+            except Exception:
+                log.exception("ingest: a batch of %d messages could not be written", len(batch))
+
+    def write(self, batch: list[tuple[str, bytes, float]]) -> None:
+        started = time.perf_counter()
+        telemetry: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        statuses: list[tuple[str, dict[str, Any], float]] = []
+        live: dict[str, dict[str, Any]] = {}
+        for topic, payload, received_at in batch:
+            parsed = parse_topic(topic)
+            if parsed is None:
+                continue
+            device_id, leaf = parsed
+            try:
+                document = json.loads(payload)
+                if leaf == "telemetry":
+                    Telemetry.model_validate(document)
+                    row = crud.telemetry_row(device_id, document, received_at)
+                    telemetry.append(row)
+                    live[device_id] = {"last_seen": received_at, "p95_ms": row["p95_ms"], "cpu_pct": row["cpu_pct"],
+                                       "model_name": row["model_name"], "model_version": row["model_version"],
+                                       "runtime": row["runtime"], "delegate": document.get("delegate")}
+                elif leaf == "events":
+                    event = Event.model_validate(document)
+                    events.append({"device_id": device_id, "seq": event.seq, "ts": event.ts, "type": event.type,
+                                   "payload": document})
+                elif leaf == "status":
+                    if not isinstance(document, dict) or "session" not in document:
+                        raise ValueError("status without session")
+                    statuses.append((device_id, document, received_at))
+                else:
+                    continue
+            except (ValueError, ValidationError) as exc:
+                self.stats.invalid += 1
+                log.debug("ingest: dropped a bad %s message from %s: %s", leaf, device_id, exc)
+                continue
+            self.stats.by_kind[leaf] = self.stats.by_kind.get(leaf, 0) + 1
+        with self.db.session() as session:
+            crud.insert_telemetry(session, rows=telemetry)
+            crud.insert_events(session, rows=events)
+            for device_id, document, received_at in statuses:
+                crud.apply_status(session, device_id=device_id, payload=document, now=received_at)
+            crud.apply_live(session, updates=live)
+        self.stats.written += len(telemetry) + len(events) + len(statuses)
+        self.stats.batches += 1
+        self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
+
+
+class Ingestor:
+    """The MQTT side: connect (MQTT 5 when the broker has it), subscribe, hand messages to the writer."""
+
+    def __init__(self, db: Database, mqtt_config: MqttSection, telemetry: TelemetrySection,
+                 client_id: str | None = None) -> None:
+        self.config = mqtt_config
+        self.stats = IngestStats()
+        self.writer = BatchWriter(db, telemetry, self.stats)
+        self.client_id = client_id or f"edgefleet-server-{socket.gethostname()}-{id(self):x}"
+        self.client: mqtt.Client | None = None
+        self.protocol = mqtt.MQTTv5
+
+    def _make_client(self, protocol: int, client_id: str | None = None) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id, protocol=protocol)
+        if self.config.username:
+            client.username_pw_set(self.config.username, self.config.password)
+        if self.config.tls:
+            client.tls_set(ca_certs=str(self.config.ca_certs) if self.config.ca_certs else None,
+                           certfile=str(self.config.certfile) if self.config.certfile else None,
+                           keyfile=str(self.config.keyfile) if self.config.keyfile else None)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        return client
+
+    def _probe_v5(self, timeout: float = 3.0) -> bool:
+        """Whether the broker accepts an MQTT 5 connection (False when it refuses or is unreachable)."""
+        result: dict[str, bool] = {}
+        done = threading.Event()
+        client = self._make_client(mqtt.MQTTv5, self.client_id + "-probe")
+
+        def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+            result["ok"] = not reason.is_failure
+            done.set()
+
+        def on_disconnect(*_args: Any) -> None:
+            done.set()
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        try:
+            client.connect(self.config.host, self.config.port, keepalive=10)
+        except OSError:
+            return True  # unreachable now: assume MQTT 5 and let paho retry
+        client.loop_start()
+        done.wait(timeout)
+        client.loop_stop()
+        try:
+            client.disconnect()
+        except Exception:
+            pass
+        return result.get("ok", False)
+
+    def start(self) -> None:
+        self.writer.start()
+        wants_shared = self.config.shared_subscription
+        self.protocol = mqtt.MQTTv5 if self._probe_v5() else mqtt.MQTTv311
+        self.stats.protocol = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
+        shared = self.protocol == mqtt.MQTTv5 and wants_shared is not False
+        client = self._make_client(self.protocol)
+        prefix = f"$share/{SHARED_GROUP}/" if shared else ""
+        topics = [(f"{TOPIC_ROOT}/+/status", 1), (f"{prefix}{TOPIC_ROOT}/+/telemetry", 1),
+                  (f"{prefix}{TOPIC_ROOT}/+/events", 1)]
+
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+            if reason.is_failure:
+                log.warning("ingest: broker refused the connection: %s", reason)
+                return
+            self.stats.connected = True
+            c.subscribe(topics)
+            log.info("ingest: connected (MQTT %s), subscribed %s", self.stats.protocol, [t for t, _ in topics])
+
+        def on_disconnect(*_args: Any) -> None:
+            self.stats.connected = False
+
+        def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+            self.stats.received += 1
+            self.writer.put(message.topic, message.payload, time.time())
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_message = on_message
+        client.connect_async(self.config.host, self.config.port, keepalive=30)
+        client.loop_start()
+        self.client = client
+
+    def publish_command(self, device_id: str, command: Command) -> None:
+        if self.client is None or not self.stats.connected:
+            raise ConnectionError("not connected to the MQTT broker")
+        info = self.client.publish(f"{TOPIC_ROOT}/{device_id}/commands", command.model_dump_json(), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+        self.writer.stop()

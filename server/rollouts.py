@@ -1,0 +1,141 @@
+"""Gated waves: ``evaluate_rollout`` decides (pure), ``step``/``tick`` apply its decision.
+
+Gates, evaluated over the devices given the version so far (waves up to the current one,
+superseded devices left out):
+
+- failure ratio (rolled back, rejected, failed) must stay at or under ``max_failure_ratio``;
+- the median over committed devices of p95 latency with the new version (mean of its telemetry
+  since assignment) divided by the p95 the device reported before must stay at or under
+  ``max_p95_regression``;
+- a breach pauses the rollout with the reason, or aborts it and reverts when ``auto_revert``;
+- the wave is done once ``min_committed_ratio`` of its devices committed and that has held for
+  ``soak_s`` seconds; then the next wave starts, after the last the rollout is completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from server.crud import rollouts as crud
+from server.crud.telemetry import mean_p95
+from server.db import Database
+from server.db.models import ModelVersion, Rollout
+
+log = logging.getLogger("edgefleet.server.rollouts")
+
+Action = Literal["wait", "advance", "complete", "pause", "abort"]
+
+
+@dataclass(frozen=True)
+class Gates:
+    min_committed_ratio: float = 0.9
+    max_failure_ratio: float = 0.1
+    max_p95_regression: float | None = 1.5
+    soak_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class DeviceOutcome:
+    state: str
+    baseline_p95_ms: float | None = None
+    p95_ms: float | None = None  # with the new version
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str | None
+    healthy_since: float | None
+
+
+def evaluate_rollout(*, current_wave: int, wave_count: int, gates: Gates, outcomes: Sequence[DeviceOutcome],
+                     healthy_since: float | None, auto_revert: bool, now: float) -> Decision:
+    counted = [o for o in outcomes if o.state not in crud.NOT_COUNTED]
+    total = len(counted)
+    failed = sum(o.state in crud.FAILED_STATES for o in counted)
+    committed = sum(o.state == "committed" for o in counted)
+    breach = None
+    if total and failed / total > gates.max_failure_ratio:
+        breach = (f"wave {current_wave + 1}: failure ratio {failed}/{total} = {failed / total:.2f} "
+                  f"above {gates.max_failure_ratio:.2f}")
+    if breach is None and gates.max_p95_regression is not None:
+        ratios = [o.p95_ms / o.baseline_p95_ms for o in counted if o.state == "committed"
+                  and o.p95_ms is not None and o.baseline_p95_ms]
+        if ratios and statistics.median(ratios) > gates.max_p95_regression:
+            breach = (f"wave {current_wave + 1}: p95 latency regression x{statistics.median(ratios):.2f} "
+                      f"above x{gates.max_p95_regression:.2f}")
+    if breach is not None:
+        return Decision("abort" if auto_revert else "pause", breach, None)
+    if total and committed / total < gates.min_committed_ratio:
+        return Decision("wait", None, None)
+    since = healthy_since if healthy_since is not None else now
+    if now - since < gates.soak_s:
+        return Decision("wait", None, since)
+    return Decision("complete" if current_wave + 1 >= wave_count else "advance", None, since)
+
+
+def outcomes_for(db_session: Session, rollout: Rollout) -> list[DeviceOutcome]:
+    version = db_session.get(ModelVersion, rollout.version_id)
+    outcomes = []
+    for row in crud.rollout_devices(db_session, rollout_id=rollout.id):
+        if row.wave > rollout.current_wave:
+            continue
+        p95 = None
+        if row.state == "committed" and version is not None:
+            p95 = mean_p95(db_session, device_id=row.device_id, model_version=version.version,
+                           after=row.assigned_at)
+        outcomes.append(DeviceOutcome(row.state, row.baseline_p95_ms, p95))
+    return outcomes
+
+
+def step(db: Database, *, rollout_id: int, now: float) -> Decision | None:
+    """Evaluate one running rollout and apply the decision in one transaction."""
+    with db.session() as session:
+        rollout = crud.get_rollout(session, rollout_id=rollout_id)
+        if rollout.state != "running":
+            return None
+        if rollout.wave_started_at is None:
+            crud.start_wave(session, rollout=rollout, wave=rollout.current_wave, now=now)
+            rollout.wave_started_at = rollout.updated_at = now
+        gates = Gates(**{k: v for k, v in (rollout.gates or {}).items() if k in Gates.__dataclass_fields__})
+        decision = evaluate_rollout(current_wave=rollout.current_wave, wave_count=len(rollout.waves), gates=gates,
+                                    outcomes=outcomes_for(session, rollout), healthy_since=rollout.healthy_since,
+                                    auto_revert=rollout.auto_revert, now=now)
+        if decision.action == "wait":
+            if rollout.healthy_since != decision.healthy_since:
+                rollout.healthy_since = decision.healthy_since
+            return decision
+        rollout.updated_at = now
+        if decision.action == "advance":
+            rollout.current_wave += 1
+            rollout.healthy_since = None
+            rollout.wave_started_at = now
+            crud.start_wave(session, rollout=rollout, wave=rollout.current_wave, now=now)
+        elif decision.action == "complete":
+            rollout.state, rollout.healthy_since = "completed", decision.healthy_since
+        elif decision.action == "pause":
+            rollout.state, rollout.reason = "paused", decision.reason
+        else:
+            crud.set_state(session, rollout_id=rollout.id, action="abort", revert=True, reason=decision.reason,
+                           now=now)
+        log.info("rollout %s: %s %s", rollout.id, decision.action, decision.reason or "")
+        return decision
+
+
+def tick(db: Database, *, now: float) -> None:
+    with db.session() as session:
+        ids = [r.id for r in crud.list_rollouts(session, states=("running",))]
+    for rollout_id in ids:
+        try:
+            step(db, rollout_id=rollout_id, now=now)
+        except Exception:  # one bad rollout must not stop the others
+            log.exception("rollout %s: evaluation failed", rollout_id)
+
+
+__all__ = ["DeviceOutcome", "Gates", "evaluate_rollout", "step", "tick"]

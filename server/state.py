@@ -1,0 +1,27 @@
+"""Everything a running server holds: config, database, artifact store, signer, jobs, ingestion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.config import ServerConfig
+from server.db import Database
+from server.ingest import Ingestor
+from server.jobs import JobRunner
+from server.manifests import ManifestService, Signer
+from server.storage import ArtifactStore
+
+
+def public_url_of(config: ServerConfig) -> str:
+    return (config.public_url or f"http://{config.listen}").rstrip("/")
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    db: Database
+    store: ArtifactStore
+    signer: Signer
+    manifests: ManifestService
+    jobs: JobRunner
+    ingestor: Ingestor | None = None
