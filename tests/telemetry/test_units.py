@@ -1,0 +1,166 @@
+"""The parts that need no broker: histogram, backoff, spool limits and persistence, thermal zones, commands."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import agent.telemetry as telemetry_pkg
+from agent.telemetry import Backoff, CommandDispatcher, LatencyHistogram, Spool, read_temperature_c
+from agent.wire import Command
+
+
+def test_public_names() -> None:
+    assert set(telemetry_pkg.__all__) == {"Backoff", "CommandDispatcher", "LatencyHistogram", "MqttLink", "Spool",
+                                          "Summary", "SystemSampler", "Telemetry", "read_temperature_c"}
+
+
+def test_histogram_percentiles_for_known_latencies() -> None:
+    hist = LatencyHistogram()
+    for ms in range(1, 1001):  # 1..1000 ms, shuffled
+        hist.record(ms / 1000.0, True)
+    for _ in range(7):
+        hist.record(5.0, False)  # errors are counted, not timed
+    s = hist.snapshot()
+    assert (s.count, s.errors) == (1007, 7)
+    width = 10 ** (1 / 32)  # one bucket
+    for got, exact in ((s.p50_s, 0.500), (s.p95_s, 0.950), (s.p99_s, 0.990)):
+        assert got is not None and exact <= got <= exact * width
+    assert s.max_s == 1.0 and s.min_s == 0.001
+    assert s.latency_ms()["max"] == 1000.0
+    empty = hist.snapshot()  # reset by the previous snapshot
+    assert (empty.count, empty.p50_s, empty.max_s) == (0, None, None)
+
+
+def test_histogram_is_fixed_size_and_clamps_to_range() -> None:
+    hist = LatencyHistogram(lo_s=1e-3, hi_s=1.0, per_decade=10)
+    buckets = len(hist._counts)
+    for value in (0.0, 1e-9, 5e-4, 0.5, 3.0, 1e6):
+        hist.record(value, True)
+    assert len(hist._counts) == buckets == 32
+    s = hist.snapshot()
+    assert s.max_s == 1e6 and s.p99_s == 1e6 and s.p50_s is not None and s.p50_s <= 1e-3
+    single = LatencyHistogram()
+    single.record(0.0123, True)
+    assert single.snapshot().p50_s == pytest.approx(0.0123)  # clamped to the exact min/max
+
+
+def test_backoff_full_jitter_grows_caps_and_resets() -> None:
+    backoff = Backoff(0.5, 8.0, rng=random.Random(7))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    delays = [backoff.next_delay() for _ in ceilings]
+    assert all(0.0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert len(set(delays)) == len(delays)  # jittered, not a fixed ladder
+    many = [Backoff(1.0, 60.0, rng=random.Random(i)) for i in range(200)]
+    for b in many:
+        for _ in range(6):
+            b.next_delay()
+    spread = [b.next_delay() for b in many]  # the 7th attempt of 200 devices: spread over [0, 60]
+    assert min(spread) < 10.0 and max(spread) > 50.0
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+    with pytest.raises(ValueError):
+        Backoff(2.0, 1.0)
+
+
+def _msg(seq: int, size: int = 100) -> bytes:
+    return json.dumps({"seq": seq, "pad": "x" * size}).encode()
+
+
+def test_spool_orders_persists_seq_and_removes_only_acked(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=1 << 20, max_age_s=3600)
+    seqs = [spool.append("events", _msg) for _ in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    rows = spool.peek(0, 10)
+    assert [json.loads(r.payload)["seq"] for r in rows] == [1, 2, 3, 4, 5]
+    assert spool.remove([rows[0].id, rows[1].id]) == 2
+    assert spool.stats()["queued"] == 3
+    assert spool.next_counter("session") == 1
+    spool.close()
+    spool.close()  # twice is fine
+    again = Spool(path, max_bytes=1 << 20, max_age_s=3600)
+    assert again.queued == 3 and again.seq == 5
+    assert [json.loads(r.payload)["seq"] for r in again.peek(0, 10)] == [3, 4, 5]
+    assert again.append("telemetry", _msg) == 6
+    assert again.next_counter("session") == 2
+    again.close()
+
+
+def test_spool_size_limit_drops_oldest_and_counts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=1000, max_age_s=3600)
+    for _ in range(20):
+        spool.append("telemetry", lambda seq: _msg(seq, 180))  # ~200 bytes each
+    size = len(_msg(1, 180))
+    keep = 1000 // size
+    stats = spool.stats()
+    assert stats["queued"] == keep and stats["dropped"] == 20 - keep and stats["bytes"] <= 1000
+    assert [json.loads(r.payload)["seq"] for r in spool.peek(0, 100)] == list(range(21 - keep, 21))
+    spool.close()
+    assert Spool(tmp_path / "s.db", max_bytes=1000, max_age_s=3600).dropped == 20 - keep  # persisted
+
+
+def test_spool_age_limit(tmp_path: Path) -> None:
+    clock = [1000.0]
+    spool = Spool(tmp_path / "s.db", max_bytes=1 << 20, max_age_s=60, clock=lambda: clock[0])
+    spool.append("events", _msg)
+    spool.append("events", _msg)
+    clock[0] += 30
+    spool.append("events", _msg)
+    clock[0] += 40  # the first two are now 70 s old
+    spool.append("events", _msg)
+    assert [json.loads(r.payload)["seq"] for r in spool.peek(0, 10)] == [3, 4]
+    assert spool.stats()["dropped"] == 2
+
+
+def test_spool_full_disk_is_a_counted_error_not_a_crash(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=64 << 20, max_age_s=3600)
+    spool._db.execute("PRAGMA max_page_count = %d" % spool._db.execute("PRAGMA page_count").fetchone()[0])
+    results = [spool.append("events", lambda seq: _msg(seq, 8000)) for _ in range(5)]
+    assert None in results
+    stored = [r for r in results if r is not None]
+    assert spool.errors == results.count(None) and spool.queued == len(stored)
+    assert spool.seq == len(stored)  # a message that was not stored does not use up a seq
+    spool._db.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert spool.append("events", _msg) == len(stored) + 1
+
+
+def test_spool_replaces_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    spool = Spool(path, max_bytes=1 << 20, max_age_s=60)
+    assert spool.append("events", _msg) == 1
+    assert len(list(tmp_path.glob("s.db.corrupt-*"))) == 1
+
+
+def test_temperature_reads_the_hottest_zone(tmp_path: Path) -> None:
+    for name, value in (("thermal_zone0", "41500\n"), ("thermal_zone1", "57250\n"), ("thermal_zone2", "junk")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "temp").write_text(value)
+    assert read_temperature_c(tmp_path) == 57.25
+    assert read_temperature_c(tmp_path / "none") is None
+
+
+def test_dispatcher_acks_and_errors() -> None:
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    disp = CommandDispatcher(lambda type, **f: emitted.append((type, f)))
+    disp.register("ping", lambda c: {"pong": c.args["n"]})
+    disp.register("boom", lambda c: 1 / 0)
+    disp.dispatch(Command(id="a", type="ping", args={"n": 3}))
+    disp.dispatch(Command(id="b", type="nope"))
+    disp.dispatch(Command(id="c", type="boom"))
+    disp.submit_raw(b'{"type": "ping"}')
+    disp.submit_raw(b"not json")
+    assert emitted[0] == ("command.ack", {"id": "a", "command": "ping", "result": {"pong": 3}})
+    assert emitted[1][0] == "command.error" and emitted[1][1]["id"] == "b"
+    assert "unknown command type 'nope'" in emitted[1][1]["reason"]
+    assert emitted[2] == ("command.error", {"id": "c", "command": "boom",
+                                            "reason": "ZeroDivisionError: division by zero"})
+    assert emitted[3][0] == "command.error" and emitted[3][1]["command"] == "ping"
+    assert emitted[3][1]["reason"].startswith("invalid command")
+    assert emitted[4][0] == "command.error" and emitted[4][1]["id"] is None
+    assert (disp.handled, disp.failed) == (1, 4)
