@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,8 @@ class Mosquitto:
                    else ["persistence false"])
         lines = [f"listener {self.port} 127.0.0.1", *persist, f"log_dest file {self.log}",
                  "log_type error", "log_type warning", "log_type notice"]
+        if os.geteuid() == 0:  # as root Mosquitto drops to user "mosquitto", which cannot read tmp_path
+            lines.append("user root")
         if self.passwords is not None:
             pwfile = self.workdir / "passwd"
             pwfile.write_text("")
