@@ -113,6 +113,12 @@ class UpdateSection(Section):
     trial: TrialPolicy = Field(default_factory=TrialPolicy)
     max_attempts: int = Field(default=3, ge=1)  # crash-loop breaker for one target version
     min_free_mb: float = Field(default=50.0, ge=0)
+    stall_timeout_s: float = Field(default=30.0, gt=0)  # no byte for this long: drop the connection, resume later
+    download_timeout_s: float = Field(default=600.0, gt=0)  # one download attempt; the partial file is kept
+    retry_backoff_s: float = Field(default=5.0, gt=0)  # first retry of a broken download; doubles up to the poll
+    retry_failed_s: float = Field(default=3600.0, ge=0)  # a target that failed (not rejected) is tried again after
+    probe_timeout_s: float = Field(default=120.0, gt=0)  # the test-load in a child process
+    warmup_runs: int = Field(default=3, ge=0)  # synthetic inferences on the new model before the swap
 
 
 class AgentConfig(Section):

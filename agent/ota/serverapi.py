@@ -1,0 +1,144 @@
+"""The device side of the update server's HTTP API (docs/http-api.md), and the report queue.
+
+Reports are written to ``update/reports/`` first and POSTed in order; a report the server did
+not take stays on disk and is retried on the next flush, so a server outage loses none.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from pydantic import ValidationError
+
+from agent.errors import TransportError
+from agent.ota.fsutil import atomic_write, read_json
+from agent.wire import EnrollRequest, EnrollResponse, SignedManifest, UpdateReport
+
+
+@dataclass
+class ManifestReply:
+    status: int  # 200, 204 (no desired state) or 304 (unchanged)
+    signed: SignedManifest | None = None
+    etag: str | None = None
+
+
+class ServerApi:
+    def __init__(self, base_url: str, token: str | None, *, timeout_s: float = 30.0,
+                 session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+        self.session = session or requests.Session()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _call(self, method: str, path: str, **kwargs: object) -> requests.Response:
+        try:
+            return self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout_s,
+                                        **kwargs)  # type: ignore[arg-type]
+        except requests.RequestException as exc:
+            raise TransportError(f"{method} {path}: {exc}") from exc
+
+    @staticmethod
+    def _fail(response: requests.Response, what: str) -> TransportError:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text[:200]
+        return TransportError(f"{what}: HTTP {response.status_code} {detail}")
+
+    def enroll(self, request: EnrollRequest) -> EnrollResponse:
+        response = self._call("POST", "/v1/enroll", json=request.model_dump(mode="json"))
+        if response.status_code != 200:
+            raise self._fail(response, "enrollment refused")
+        return EnrollResponse.model_validate(response.json())
+
+    def manifest(self, device_id: str, etag: str | None) -> ManifestReply:
+        headers = dict(self.auth)
+        if etag:
+            headers["If-None-Match"] = etag
+        response = self._call("GET", f"/v1/devices/{device_id}/manifest", headers=headers)
+        if response.status_code in (204, 304):
+            return ManifestReply(response.status_code, None, response.headers.get("ETag", etag))
+        if response.status_code != 200:
+            raise self._fail(response, "manifest")
+        try:
+            signed = SignedManifest.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise TransportError(f"manifest is not a SignedManifest: {exc}") from exc
+        return ManifestReply(200, signed, response.headers.get("ETag"))
+
+    def report(self, device_id: str, report: UpdateReport) -> None:
+        response = self._call("POST", f"/v1/devices/{device_id}/reports", headers=self.auth,
+                              json=report.model_dump(mode="json"))
+        if response.status_code >= 300:
+            raise self._fail(response, "report refused")
+
+
+class ReportQueue:
+    """Durable FIFO of UpdateReports under ``directory`` (one JSON file each, named by time and a counter)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._counter = itertools.count()
+
+    def put(self, report: UpdateReport) -> None:
+        name = f"{time.time_ns():020d}-{next(self._counter):06d}.json"
+        atomic_write(self.directory / name, report.model_dump_json().encode())
+
+    def pending(self) -> list[Path]:
+        if not self.directory.exists():
+            return []
+        return sorted(p for p in self.directory.glob("*.json") if not p.name.startswith("."))
+
+    def flush(self, send: ServerApi, device_id: str) -> int:
+        """POST queued reports in order; stops at the first failure. Returns how many were delivered."""
+        sent = 0
+        for path in self.pending():
+            data = read_json(path)
+            if data is None:
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                report = UpdateReport.model_validate(data)
+            except ValidationError:
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                send.report(device_id, report)
+            except TransportError as exc:
+                if "HTTP 4" in str(exc) and "HTTP 401" not in str(exc) and "HTTP 403" not in str(exc):
+                    path.unlink(missing_ok=True)  # the server will never take it
+                    continue
+                break
+            path.unlink(missing_ok=True)
+            sent += 1
+        return sent
+
+
+def token_file(state_dir: Path) -> Path:
+    return state_dir / "device-token"
+
+
+def load_token(state_dir: Path) -> str | None:
+    try:
+        token = token_file(state_dir).read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def save_token(state_dir: Path, token: str) -> None:
+    atomic_write(token_file(state_dir), token.encode(), mode=0o600)
+    token_file(state_dir).chmod(0o600)
+
+
+def describe(report: UpdateReport) -> str:
+    return json.dumps(report.model_dump(mode="json"), sort_keys=True)
