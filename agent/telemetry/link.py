@@ -55,6 +55,7 @@ class MqttLink:
         self._state = "idle"  # idle | connecting | connected
         self._deadline = 0.0
         self._next_attempt = 0.0
+        self._v5_proven = False  # a v5 CONNACK was seen: never fall back on a mere timeout
 
     @property
     def connected(self) -> bool:
@@ -115,6 +116,9 @@ class MqttLink:
 
     def _fail(self, reason: str, *, retry_now: bool = False) -> None:
         was_connected = self._state == "connected"
+        if self._state == "connecting" and self.cfg.protocol == "auto" and not self._v5_proven:
+            # TCP was up but no CONNACK came: some 3.1.1 brokers hang or hang up on a v5 CONNECT
+            self.protocol = mqtt.MQTTv311 if self.protocol == mqtt.MQTTv5 else mqtt.MQTTv5
         if reason != self.last_error or was_connected:
             log.warning("MQTT: %s", reason)
         self.last_error = reason
@@ -150,12 +154,14 @@ class MqttLink:
             if (self.cfg.protocol == "auto" and self.protocol == mqtt.MQTTv5
                     and reason.value in UNSUPPORTED_PROTOCOL):
                 log.info("MQTT: broker does not speak MQTT 5; falling back to 3.1.1")
+                self._state = "idle"
                 self.protocol = mqtt.MQTTv311
                 self._fail("broker refused MQTT 5", retry_now=True)
             else:
                 self._fail(f"broker refused the connection: {reason}")
             return
         self._state = "connected"
+        self._v5_proven = self._v5_proven or self.protocol == mqtt.MQTTv5
         self.connects += 1
         self.last_error = None
         self.backoff.reset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ def test_commands_interval_results_unknown_and_failing(tmp_path: Path, mosquitto
     ack = collector.wait_for("events", lambda d: events_of(d, "command.ack"))[0]
     assert ack["id"] == "c1" and ack["result"] == {"interval_s": 0.3} and tel.interval_s == 0.3
     times = [doc["ts"] for doc in collector.wait_for("telemetry", lambda d: len(d) >= 4, timeout=5)[:4]]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.2 < g < 0.6 for g in gaps), gaps
     collector.send(cmd, {"id": "c2", "type": "reboot_now"})
     collector.send(cmd, {"id": "c3", "type": "set_telemetry_interval", "args": {"interval_s": -1}})

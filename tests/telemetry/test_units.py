@@ -119,7 +119,8 @@ def test_spool_age_limit(tmp_path: Path) -> None:
 
 def test_spool_full_disk_is_a_counted_error_not_a_crash(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.db", max_bytes=64 << 20, max_age_s=3600)
-    spool._db.execute("PRAGMA max_page_count = %d" % spool._db.execute("PRAGMA page_count").fetchone()[0])
+    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+    spool._db.execute(f"PRAGMA max_page_count = {pages}")
     results = [spool.append("events", lambda seq: _msg(seq, 8000)) for _ in range(5)]
     assert None in results
     stored = [r for r in results if r is not None]
