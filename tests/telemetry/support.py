@@ -38,7 +38,7 @@ class Collector:
                                   clean_session=not persistent)
         if username:
             self.client.username_pw_set(username, password)
-        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.reconnect_delay_set(1, 1)
         self.topics = topics
 
         def on_connect(client: mqtt.Client, *_: Any) -> None:

@@ -67,7 +67,10 @@ def test_telemetry_fields_and_percentiles(tmp_path: Path, mosquitto: Mosquitto, 
     tel = _agent(tmp_path, mosquitto.port)
     tel.set_model(ModelMeta(name="cls", version=7), "onnxruntime", "CPUExecutionProvider")
     tel.add_provider("drift", lambda: {"psi": 0.12})
-    tel.add_provider("broken", lambda: 1 // 0)  # type: ignore[return-value,func-returns-value]
+    def broken() -> dict[str, Any]:
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    tel.add_provider("broken", broken)
     tel.start()
     wait_until(lambda: tel.connected)
     for ms in range(1, 101):  # 1..100 ms

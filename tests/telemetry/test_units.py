@@ -150,7 +150,10 @@ def test_dispatcher_acks_and_errors() -> None:
     emitted: list[tuple[str, dict[str, Any]]] = []
     disp = CommandDispatcher(lambda type, **f: emitted.append((type, f)))
     disp.register("ping", lambda c: {"pong": c.args["n"]})
-    disp.register("boom", lambda c: 1 / 0)
+    def boom(command: Command) -> dict[str, Any]:
+        raise ZeroDivisionError("division by zero")
+
+    disp.register("boom", boom)
     disp.dispatch(Command(id="a", type="ping", args={"n": 3}))
     disp.dispatch(Command(id="b", type="nope"))
     disp.dispatch(Command(id="c", type="boom"))

@@ -77,6 +77,7 @@ class V5Client:
 
     def subscribe(self, topic: str) -> list[int]:
         _rc, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
         wait_until(lambda: mid in self.subacks)
         return self.subacks[mid]
 
