@@ -47,7 +47,7 @@ def init(directory: Path, *, listen: str = "127.0.0.1:8080", mqtt_host: str = "l
     _write_private(config_path, yaml.safe_dump(config, sort_keys=False).encode())
     from server.db import Database, migrate
 
-    db = Database(config["database_url"])
+    db = Database(f"sqlite:///{directory / 'edgefleet.db'}")
     migrate(db.engine)
     db.dispose()
     return config_path

@@ -67,7 +67,7 @@ def _onnx_info(path: Path) -> ModelInfo:
 
 def inspect_model(path: Path) -> ModelInfo:
     try:
-        from agent.runtime import detect_format, load_model
+        from agent.runtime import detect_format, load_model  # type: ignore[attr-defined]
     except ImportError:
         fmt = sniff_format(path)
         if fmt == "onnx":

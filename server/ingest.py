@@ -156,7 +156,7 @@ class Ingestor:
         self.client: mqtt.Client | None = None
         self.protocol = mqtt.MQTTv5
 
-    def _make_client(self, protocol: int, client_id: str | None = None) -> mqtt.Client:
+    def _make_client(self, protocol: Any, client_id: str | None = None) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id, protocol=protocol)
         if self.config.username:
             client.username_pw_set(self.config.username, self.config.password)
@@ -219,7 +219,7 @@ class Ingestor:
 
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             self.stats.received += 1
-            self.writer.put(message.topic, message.payload, time.time())
+            self.writer.put(message.topic, bytes(message.payload), time.time())
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect

@@ -9,6 +9,7 @@ deterministic, so signing the same state again gives the same bytes and the same
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import threading
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from agent.signing import key_id, load_private_key, sign_document
@@ -24,9 +26,9 @@ from agent.wire import Manifest, SignedManifest
 from server.config import ServerConfig
 from server.crud import counters
 from server.crud.deltas import get_delta
-from server.crud.devices import runnable_formats
+from server.crud.devices import hash_token, runnable_formats
 from server.crud.registry import list_variants, version_by_id
-from server.db.models import Device, Rollout, Variant
+from server.db.models import Counter, Device, Rollout, Variant
 
 
 class Signer:
@@ -77,7 +79,7 @@ def build_manifest(session: Session, *, device: Device, config: ServerConfig, pu
             delta = {"from_sha256": row.from_sha256, "sha256": row.sha256, "size": row.size,
                      "url": f"{public_url}/v1/deltas/{row.from_sha256}/{variant.sha256}"}
     rollout = session.get(Rollout, device.desired_rollout_id) if device.desired_rollout_id else None
-    manifest = Manifest(
+    manifest = Manifest.model_validate(dict(
         device_id=device.id,
         model={"name": model.name, "version": version.version, "sha256": variant.sha256, "task": version.task,
                "labels": version.labels, "preprocess": version.preprocess},
@@ -91,7 +93,7 @@ def build_manifest(session: Session, *, device: Device, config: ServerConfig, pu
         revert=bool(device.desired_revert),
         issued_at=device.desired_issued_at,
         expires_at=device.desired_issued_at + config.manifest_ttl_s,
-    )
+    ))
     return manifest.model_dump(mode="json")
 
 
@@ -110,6 +112,25 @@ class ManifestService:
         return (device.desired_version_id, device.desired_rollout_id, bool(device.desired_revert),
                 device.desired_issued_at, device.device_class, json.dumps((device.hw or {}).get("runtimes")),
                 device.model_sha256, counters.read(session))
+
+    def cached(self, engine: Engine, *, device_id: str, token: str, now: float) -> SignedBody | None:
+        """The hot path of a check-in: one read-only query; None means "take the full path"
+        (unknown token, no desired state, cache miss or a manifest due for renewal)."""
+        generation = select(Counter.value).where(Counter.name == "registry").scalar_subquery()
+        query = select(Device.token_hash, Device.desired_version_id, Device.desired_rollout_id, Device.desired_revert,
+                       Device.desired_issued_at, Device.device_class, Device.hw, Device.model_sha256,
+                       generation).where(Device.id == device_id)
+        with engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None or row[0] is None or not hmac.compare_digest(row[0], hash_token(token)):
+            return None
+        if row[1] is None or row[4] is None or now >= row[4] + self.config.manifest_ttl_s / 2:
+            return None
+        key = (row[1], row[2], bool(row[3]), row[4], row[5], json.dumps((row[6] or {}).get("runtimes")), row[7],
+               int(row[8] or 0))
+        with self._lock:
+            hit = self._cache.get(device_id)
+        return hit[1] if hit is not None and hit[0] == key else None
 
     def signed(self, session: Session, *, device: Device, now: float) -> SignedBody | None:
         """None when the device has no desired state. May renew ``issued_at`` (the caller commits)."""

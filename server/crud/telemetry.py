@@ -154,7 +154,8 @@ def downsample_and_expire(session: Session, *, downsample_before: float, expire_
             row.samples = total
         folded += samples
     session.execute(delete(Telemetry).where(Telemetry.ts < downsample_before))
-    expired = session.execute(delete(TelemetryRollup).where(TelemetryRollup.bucket < expire_before)).rowcount
+    result: Any = session.execute(delete(TelemetryRollup).where(TelemetryRollup.bucket < expire_before))
+    expired = result.rowcount
     session.execute(delete(DeviceEvent).where(DeviceEvent.ts < expire_before))
     return folded, int(expired or 0)
 

@@ -6,7 +6,6 @@ dynamic int8, no large weights to prune); the pipeline turns that into a rejecti
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,27 +100,46 @@ def _reader(samples: Mapping[str, np.ndarray]) -> Any:
 
 
 def int8_static(src: Path, dst: Path, samples: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """QDQ int8 calibrated on ``samples``. Quantizer settings are tried in order (pre-processed graph with
+    per-channel weights first); the first whose output loads in ONNX Runtime is kept."""
+    import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     _quiet()
     notes: list[str] = []
     prepared = dst.with_name(dst.stem + ".pre.onnx")
+    sources = [src]
     try:
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        source = prepared
+        sources.insert(0, prepared)
     except Exception as exc:  # pre-processing is an optimisation only; quantize the original instead
         notes.append(f"quantization pre-processing skipped: {str(exc).splitlines()[0][:200]}")
-        source = src
+    attempts = [(s, pc) for s in sources for pc in (True, False)]
+    chosen: tuple[Path, bool] | None = None
     try:
-        quantize_static(str(source), str(dst), _reader(samples), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        for source, per_channel in attempts:
+            try:
+                quantize_static(str(source), str(dst), _reader(samples), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                per_channel=per_channel)
+                ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+            except Exception as exc:  # this quantizer setting failed on this graph: try the next
+                notes.append(f"{'pre-processed' if source == prepared else 'original'} graph, "
+                             f"{'per-channel' if per_channel else 'per-tensor'}: {str(exc).splitlines()[0][:160]}")
+                continue
+            chosen = (source, per_channel)
+            break
     finally:
         prepared.unlink(missing_ok=True)
+    if chosen is None:
+        raise RuntimeError("no quantizer setting produced a model ONNX Runtime loads: " + " | ".join(notes))
     nodes = _count_quant_nodes(dst)
     if not nodes:
         raise RecipeNotApplicable("static quantization found no operator to quantize")
-    return {"params": {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
+    return {"params": {"format": "QDQ", "activations": "uint8",
+                       "weights": "int8 " + ("per-channel" if chosen[1] else "per-tensor"),
+                       "pre_processed": chosen[0] == prepared,
                        "calibration_rows": len(next(iter(samples.values()))), "qdq_nodes": nodes},
             "notes": notes}
 
@@ -150,12 +168,17 @@ def _isolate_outputs(model: Any) -> Any:
 
 
 def _weights(model: Any, min_size: int) -> Iterator[tuple[Any, np.ndarray]]:
+    """Large float weight tensors: initializers and ``Constant`` node values (as some exporters write)."""
     from onnx import numpy_helper
 
-    for init in model.graph.initializer:
-        arr = numpy_helper.to_array(init)
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors += [a.t for a in node.attribute if a.name == "value"]
+    for tensor in tensors:
+        arr = numpy_helper.to_array(tensor)
         if arr.dtype == np.float32 and arr.ndim >= 2 and arr.size >= min_size:
-            yield init, arr
+            yield tensor, arr
 
 
 def _rewrite(src: Path, dst: Path, fn: Callable[[np.ndarray], np.ndarray], min_size: int) -> int:
@@ -163,8 +186,8 @@ def _rewrite(src: Path, dst: Path, fn: Callable[[np.ndarray], np.ndarray], min_s
 
     model = _load(src)
     touched = 0
-    for init, arr in list(_weights(model, min_size)):
-        init.CopyFrom(numpy_helper.from_array(fn(arr).astype(np.float32), init.name))
+    for tensor, arr in list(_weights(model, min_size)):
+        tensor.CopyFrom(numpy_helper.from_array(fn(arr).astype(np.float32), tensor.name))
         touched += int(arr.size)
     if not touched:
         raise RecipeNotApplicable(f"no float weight tensor with >= {min_size} values to compress")
@@ -209,4 +232,6 @@ def cluster(src: Path, dst: Path, clusters: int, min_size: int = 256) -> dict[st
 
 
 def _quiet() -> None:
-    logging.getLogger("root").setLevel(logging.ERROR)
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)

@@ -7,13 +7,17 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
 
 from agent.wire import Command, UpdateReport
-from server.api.deps import AdminDep, DeviceDep, DeviceIdPath, SessionDep, StateDep
+from server.api.deps import AdminDep, Credentials, DeviceDep, DeviceIdPath, SessionDep, StateDep, require_device
 from server.api.schemas import CommandBody
 from server.crud import devices as crud
 from server.crud import rollouts as rollout_crud
 from server.crud import telemetry as telemetry_crud
+from server.manifests import SignedBody
+from server.state import ServerState
 
 router = APIRouter(tags=["devices"])
 
@@ -30,15 +34,36 @@ def etag_matches(header: str | None, etag: str) -> bool:
 @router.get("/v1/devices/{device_id}/manifest", responses={
     200: {"description": "SignedManifest (agent.wire)"}, 204: {"description": "no desired state"},
     304: {"description": "unchanged since If-None-Match"}})
-def manifest(device: DeviceDep, state: StateDep, session: SessionDep,
-             if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    signed = state.manifests.signed(session, device=device, now=time.time())
+async def manifest(device_id: DeviceIdPath, state: StateDep, credentials: Credentials,
+                   if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    # the hot path: one hop to a worker thread, one short transaction (auth + desired state + signature)
+    token = credentials.credentials if credentials is not None else ""
+    signed = state.manifests.cached(state.db.engine, device_id=device_id, token=token, now=time.time()) \
+        if token else None
+    if signed is None:
+        found, signed = await run_in_threadpool(_checkin, state, device_id, token)
+        if not found:
+            await run_in_threadpool(_refuse, state, device_id, token)
     if signed is None:
         return Response(status_code=204)
     headers = {"ETag": signed.etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, signed.etag):
         return Response(status_code=304, headers=headers)
     return Response(content=signed.body, media_type="application/json", headers=headers)
+
+
+def _checkin(state: ServerState, device_id: str, token: str) -> tuple[bool, SignedBody | None]:
+    with state.db.session() as session:
+        device = crud.device_for_token(session, device_id=device_id, token=token) if token else None
+        if device is None:
+            return False, None
+        return True, state.manifests.signed(session, device=device, now=time.time())
+
+
+def _refuse(state: ServerState, device_id: str, token: str) -> None:
+    with state.db.session() as session:
+        require_device(device_id, session, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+                       if token else None)
 
 
 @router.post("/v1/devices/{device_id}/reports", status_code=204)
