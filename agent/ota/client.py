@@ -228,9 +228,9 @@ class UpdateClient:
         if record.state in IN_PROGRESS and record.state is not State.DOWNLOADING:
             return  # finish (or roll back) the update in hand first
         outcome = record.finished.get(key)
-        if outcome in (State.ROLLED_BACK.value, State.REJECTED.value):
-            return
-        if outcome == State.FAILED.value and \
+        if outcome == State.ROLLED_BACK.value:
+            return  # proven unhealthy here: only a new version (or a revert) moves the device again
+        if outcome in (State.FAILED.value, State.REJECTED.value) and \
                 time.time() - record.finished_at.get(key, 0.0) < self.config.update.retry_failed_s:
             return
         self._clear_partial()
@@ -256,11 +256,14 @@ class UpdateClient:
         """Save the next state (with ``changes``), then announce it: save, then act."""
         record = self.record
         new = next_state(record.state, trigger)
+        # a manifest refused before it verified says nothing about its target: never remember it
+        remember = new in (State.COMMITTED, State.ROLLED_BACK, State.FAILED) or (
+            new is State.REJECTED and record.state is State.VERIFYING)
         for name, value in changes.items():
             setattr(record, name, value)
         record.state = new
         key = record.target_key()
-        if new in (State.COMMITTED, State.ROLLED_BACK, State.REJECTED, State.FAILED) and key is not None:
+        if remember and key is not None:
             record.finished[key] = new.value
             record.finished_at[key] = time.time()
         self._save(record)
