@@ -82,8 +82,11 @@ def apply_status(session: Session, *, device_id: str, payload: dict[str, Any], n
 
 def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
     """Per device, the newest figures from telemetry (last_seen, p95, cpu, model, runtime)."""
+    if not updates:
+        return
+    found = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(updates))))}
     for device_id, values in updates.items():
-        device = session.get(Device, device_id)
+        device = found.get(device_id)
         if device is None:
             continue
         for key, value in values.items():

@@ -34,11 +34,36 @@ def _save(model: Any, path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _node_domains(graph: Any) -> set[str]:
+    from onnx import AttributeProto
+
+    found = set()
+    for node in graph.node:
+        found.add(node.domain or "")
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                found |= _node_domains(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    found |= _node_domains(sub)
+    return found
+
+
 def custom_domains(path: Path) -> list[str]:
-    """Operator domains beyond the ONNX standard (e.g. com.microsoft): only ONNX Runtime loads those."""
+    """Operator domains its nodes use beyond the ONNX standard (e.g. com.microsoft): only ONNX Runtime
+    loads those."""
+    return sorted(d for d in _node_domains(_load(path).graph) if d not in STANDARD_DOMAINS)
+
+
+def _drop_unused_opsets(path: Path) -> None:
+    """ONNX Runtime declares every domain it knows; keep only those the nodes use."""
     model = _load(path)
-    used = {n.domain for n in model.graph.node} | {o.domain for o in model.opset_import if o.domain}
-    return sorted(d for d in used if d not in STANDARD_DOMAINS)
+    used = _node_domains(model.graph) | {f.domain for f in model.functions}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or (o.domain or "") == ""]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        _save(model, path)
 
 
 def graph_optimize(src: Path, dst: Path, level: str = "ORT_ENABLE_BASIC") -> dict[str, Any]:
@@ -55,6 +80,7 @@ def graph_optimize(src: Path, dst: Path, level: str = "ORT_ENABLE_BASIC") -> dic
     opts.optimized_model_filepath = str(dst)
     opts.log_severity_level = 3
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    _drop_unused_opsets(dst)
     before, after = len(_load(src).graph.node), len(_load(dst).graph.node)
     domains = custom_domains(dst)
     return {"params": {"graph_optimization_level": level, "nodes_before": before, "nodes_after": after},

@@ -85,7 +85,8 @@ def _decide(recipe: Recipe, report: dict[str, Any], max_slowdown: float) -> list
     reasons: list[str] = []
     if recipe.axis == "latency":
         nodes = report["params"]
-        if nodes["nodes_after"] >= nodes["nodes_before"] and lat.get("ratio", 1.0) > 0.95:
+        faster = p50 < ref_p50 * 0.95 and ref_p50 - p50 > SLACK_MS
+        if nodes["nodes_after"] >= nodes["nodes_before"] and not faster:
             reasons.append(f"nothing gained: graph unchanged ({nodes['nodes_before']} nodes) and p50 "
                            f"x{lat.get('ratio')} of the reference")
         if slower(1.10):
