@@ -151,10 +151,10 @@ class MqttLink:
         if client is not self._client:
             return
         if reason.is_failure:
+            self._state = "idle"  # a CONNACK came: not a case for the missing-CONNACK fallback
             if (self.cfg.protocol == "auto" and self.protocol == mqtt.MQTTv5
                     and reason.value in UNSUPPORTED_PROTOCOL):
                 log.info("MQTT: broker does not speak MQTT 5; falling back to 3.1.1")
-                self._state = "idle"
                 self.protocol = mqtt.MQTTv311
                 self._fail("broker refused MQTT 5", retry_now=True)
             else:
