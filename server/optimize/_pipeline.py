@@ -66,8 +66,8 @@ TARGETS: dict[str, list[str]] = {
     "small-download": ["pruned", "clustered", "cpu-int8-dynamic"],
     "edgetpu": ["edgetpu"],
 }
-SPARSITIES = (0.75, 0.5, 0.3)
-CLUSTERS = (16, 32, 64)
+SPARSITIES = (0.75, 0.5, 0.3, 0.15)
+CLUSTERS = (16, 32, 64, 256)
 
 
 def _sha256(path: Path) -> str:
