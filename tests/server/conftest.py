@@ -8,7 +8,7 @@ import pytest
 from tests.support.models import make_onnx_image_classifier
 from tests.support.server import RunningServer, start_server
 
-DEVICE_CLASSES = {"rpi4": ["cpu-int8", "cpu-fp16"]}
+DEVICE_CLASSES = {"rpi4": ["cpu-int8-static", "cpu-int8-dynamic"]}
 
 
 @pytest.fixture(scope="module")

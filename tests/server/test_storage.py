@@ -52,7 +52,7 @@ def test_telemetry_duplicates_are_stored_once(db: Database) -> None:
     with db.session() as s:
         telemetry.insert_telemetry(s, rows=rows)
     with db.session() as s:
-        telemetry.insert_telemetry(s, rows=rows[1:] + [telemetry.telemetry_row("d1", {"seq": 4, "ts": 104.0}, 200.0)])
+        telemetry.insert_telemetry(s, rows=[*rows[1:], telemetry.telemetry_row("d1", {"seq": 4, "ts": 104.0}, 200.0)])
         telemetry.insert_events(s, rows=[{"device_id": "d1", "seq": 1, "ts": 1.0, "type": "x", "payload": {}}] * 2)
     with db.session() as s:
         assert [r.seq for r in telemetry.list_telemetry(s, device_id="d1")] == [1, 2, 3, 4]
