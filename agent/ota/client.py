@@ -129,7 +129,7 @@ class UpdateClient:
             if record.state in IN_PROGRESS:
                 record.attempts += 1
                 if record.attempts > self.config.update.max_attempts:
-                    reason = f"gave up after {record.attempts - 1} restarts in state {record.state.value}"
+                    reason = f"gave up after {record.attempts} restarts in state {record.state.value}"
                     self._restore_previous()
                     self._enter(Trigger.CRASH_LOOP, reason=reason)
                 elif record.state is State.TRIAL:

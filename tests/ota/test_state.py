@@ -73,7 +73,7 @@ def test_every_state_has_a_recovery_action() -> None:
                         State.TRIAL: "roll_back"}
     assert set(EVENTS.values()) == {"update.downloading", "update.verified", "update.installed", "update.committed",
                                     "update.rolled_back", "update.rejected", "update.failed"}
-    assert IN_PROGRESS.isdisjoint(TERMINAL) and IN_PROGRESS | TERMINAL == set(State)
+    assert IN_PROGRESS.isdisjoint(TERMINAL) and set(State) == IN_PROGRESS | TERMINAL
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:

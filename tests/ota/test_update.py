@@ -40,7 +40,7 @@ def test_full_update_then_a_delta_update(server: RunningServer, tmp_path: Path, 
     assert stat.S_IMODE(token.stat().st_mode) == 0o600  # enrolled; the token persisted privately
     assert device.host.meta is not None and (device.host.meta.version, device.host.meta.sha256) == \
         (1, sha256(models["v1"]))
-    outputs, meta = device.host.infer({"image": image(2)})
+    outputs, _meta = device.host.infer({"image": image(2)})
     np.testing.assert_allclose(outputs["scores"], reference_image_classifier(image(2), seed=0), rtol=1e-5)
     assert device.client.slots.active_slot() == "slot-a"
     assert device.log.types() == ["update.downloading", "update.verified", "update.installed", "update.committed"]
@@ -163,7 +163,7 @@ def test_slow_model_fails_the_trial_and_rolls_back(server: RunningServer, tmp_pa
                        trial={"window_s": 2.0, "min_inferences": 8, "max_latency_ratio": 3.0})
     with Traffic(device.host) as traffic:
         assert device.update() == "rolled_back"
-    reason = [f["reason"] for t, f in device.log.events if t == "update.rolled_back"][0]
+    reason = next(f["reason"] for t, f in device.log.events if t == "update.rolled_back")
     assert "x the previous model's" in reason and "(limit 3.0x)" in reason
     assert device.host.meta is not None and device.host.meta.version == 1
     assert device.client.slots.active_slot() == "slot-a"
@@ -179,7 +179,7 @@ def test_model_that_errors_at_runtime_rolls_back(server: RunningServer, tmp_path
     roll_out(server.url, server.admin(), "err", bad["version"], ["ota-err"])
     with Traffic(device.host, batch=2) as traffic:  # the probe's batch of 1 passes; live batches of 2 fail
         assert device.update() == "rolled_back"
-    reason = [f["reason"] for t, f in device.log.events if t == "update.rolled_back"][0]
+    reason = next(f["reason"] for t, f in device.log.events if t == "update.rolled_back")
     assert reason.startswith("error rate 100.0% over")
     assert device.host.meta is not None and device.host.meta.version == 1 and traffic.served[1] > 0
 
@@ -190,6 +190,6 @@ def test_full_disk_is_a_clean_failure(server: RunningServer, tmp_path: Path, mod
     v2 = push(server.url, server.admin(), "disk", models["v2"])
     roll_out(server.url, server.admin(), "disk", v2["version"], ["ota-disk"])
     assert device.update() == "failed"
-    reason = [f["reason"] for t, f in device.log.events if t == "update.failed"][0]
+    reason = next(f["reason"] for t, f in device.log.events if t == "update.failed")
     assert "MB free in" in reason and "reserve" in reason
     assert device.host.meta is not None and device.host.meta.version == 1

@@ -82,5 +82,5 @@ def test_check_artifact(tmp_path: Path) -> None:
     check_artifact(path, good, 10)
     with pytest.raises(UpdateRejected, match="artifact is 10 bytes, the manifest says 11"):
         check_artifact(path, good, 11)
-    with pytest.raises(UpdateRejected, match="artifact sha256 .* does not match the manifest's aaaaaaaaaaaa"):
+    with pytest.raises(UpdateRejected, match=r"artifact sha256 .* does not match the manifest's aaaaaaaaaaaa"):
         check_artifact(path, SHA, 10)
