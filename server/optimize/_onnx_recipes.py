@@ -94,16 +94,39 @@ def _count_quant_nodes(path: Path) -> int:
     return sum(1 for n in _load(path).graph.node if n.op_type in QUANT_OPS)
 
 
+def constants_as_initializers(src: Path, dst: Path) -> int:
+    """Rewrite ``Constant`` nodes as initializers (some exporters, e.g. Paddle's, keep every weight in a
+    Constant node, where ONNX Runtime's quantizers do not see it). Returns how many were moved."""
+    from onnx import numpy_helper
+
+    model = _load(src)
+    moved = 0
+    for node in list(model.graph.node):
+        value = [a.t for a in node.attribute if a.name == "value"]
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value:
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(value[0]), node.output[0]))
+            model.graph.node.remove(node)
+            moved += 1
+    _save(model, dst)
+    return moved
+
+
 def int8_dynamic(src: Path, dst: Path) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _quiet()
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=DYNAMIC_OPS)
+    staged = dst.with_name(dst.stem + ".init.onnx")
+    try:
+        moved = constants_as_initializers(src, staged)
+        quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=DYNAMIC_OPS)
+    finally:
+        staged.unlink(missing_ok=True)
     nodes = _count_quant_nodes(dst)
     if not nodes:
         raise RecipeNotApplicable("no MatMul/Gemm/Attention/LSTM/GRU weights to quantize: dynamic int8 is for "
                                   "MatMul-heavy models (conv models: use cpu-int8-static)")
-    return {"params": {"weight_type": "int8", "op_types": DYNAMIC_OPS, "quantized_nodes": nodes}}
+    return {"params": {"weight_type": "int8", "op_types": DYNAMIC_OPS, "quantized_nodes": nodes,
+                       "constants_moved_to_initializers": moved}}
 
 
 def _reader(samples: Mapping[str, np.ndarray]) -> Any:
