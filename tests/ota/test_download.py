@@ -46,13 +46,13 @@ class Link(requests.Session):
                     sent += len(block)
                     yield block
 
-            response.iter_content = cut  # type: ignore[method-assign]
+            response.iter_content = cut  # type: ignore[method-assign,assignment]
         if kind == "delta" and self.corrupt_deltas:
             def flip(chunk_size: int = 1, decode_unicode: bool = False) -> Any:
                 for block in inner(chunk_size, decode_unicode):
                     yield bytes([block[0] ^ 0xFF]) + block[1:]
 
-            response.iter_content = flip  # type: ignore[method-assign]
+            response.iter_content = flip  # type: ignore[method-assign,assignment]
         return response
 
 
