@@ -81,6 +81,7 @@ class UpdateClient:
         host.add_observer(self.baseline)
         self.bytes_transferred = 0  # artifact and delta bytes received, all attempts
         self.last_error: str | None = None
+        self.cycles = 0  # poll cycles the worker finished
         self._trial_metrics: dict[str, Any] = {}
         self._api: ServerApi | None = None
         self._key: Ed25519PublicKey | None = None
@@ -181,6 +182,7 @@ class UpdateClient:
             except Exception as exc:  # never let the updater thread die
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("update cycle crashed")
+            self.cycles += 1
             poll = self.config.server.poll_interval_s * self.rng.uniform(0.8, 1.2)
             if self.record.state is State.DOWNLOADING or self.last_error:
                 delay = min(self._retry_s * self.rng.uniform(0.8, 1.2), poll)

@@ -68,7 +68,10 @@ def probe(path: Path, fmt: str) -> dict[str, Any]:
     loader = _runtime_loader()
     if loader is None:
         return _bare_run(path, fmt)
-    model = loader(path)
+    try:
+        model = loader(path)
+    except TypeError:  # a runtime layer whose loader wants more than a path: use the bare runtime
+        return _bare_run(path, fmt)
     try:
         outputs: Mapping[str, np.ndarray] = model.infer(synthetic_feeds(model.inputs))
         return {name: list(np.asarray(value).shape) for name, value in outputs.items()}

@@ -193,3 +193,34 @@ def test_full_disk_is_a_clean_failure(server: RunningServer, tmp_path: Path, mod
     reason = next(f["reason"] for t, f in device.log.events if t == "update.failed")
     assert "MB free in" in reason and "reserve" in reason
     assert device.host.meta is not None and device.host.meta.version == 1
+
+
+
+def test_worker_thread_check_update_command_and_queued_reports(server: RunningServer, tmp_path: Path,
+                                                               models: dict[str, Path]) -> None:
+    from agent.ota.serverapi import ReportQueue, ServerApi
+    from agent.wire import Command, UpdateReport
+    from tests.support.net import free_port, wait_until
+
+    device = Device(server, tmp_path, "ota-cmd")
+    device.config.server.poll_interval_s = 3600  # only the command can make it look now
+    device.client.start()
+    try:
+        wait_until(lambda: device.client.cycles == 1, 10)  # first poll: no desired state yet (204)
+        assert device.client.state.value == "idle" and device.client.last_error is None
+        v1 = push(server.url, server.admin(), "cmd", models["v1"])
+        roll_out(server.url, server.admin(), "cmd", v1["version"], ["ota-cmd"])
+        with Traffic(device.host):
+            answer = device.log.commands["check_update"](Command(id="c1", type="check_update"))
+            assert answer == {"state": "idle", "queued": True}
+            wait_until(lambda: device.client.state.value == "committed", timeout=30)
+    finally:
+        device.client.stop(timeout=5)
+    assert device.host.meta is not None and device.host.meta.version == 1
+    # reports survive a server outage on disk and go out in order later
+    queue = ReportQueue(tmp_path / "queue")
+    for state in ("downloading", "committed"):
+        queue.put(UpdateReport(state=state, model="cmd", version=1, sha256=v1["sha256"]))
+    down = ServerApi(f"http://127.0.0.1:{free_port()}", device.client.api().token, timeout_s=2)
+    assert queue.flush(down, "ota-cmd") == 0 and len(queue.pending()) == 2
+    assert queue.flush(device.client.api(), "ota-cmd") == 2 and queue.pending() == []
