@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,11 @@ from server.db import Database
 from server.db.models import ModelVersion, Rollout
 
 log = logging.getLogger("edgefleet.server.rollouts")
+
+# Rollout writes (gate steps, reports, manual actions) take this lock in-process; on PostgreSQL they
+# also lock the rollout row, so replicas take turns too. SQLite's driver starts its transaction only at
+# the first write, so without the lock a step could act on rows read before a report landed.
+WRITE_LOCK = threading.RLock()
 
 Action = Literal["wait", "advance", "complete", "pause", "abort"]
 
@@ -96,8 +102,8 @@ def outcomes_for(db_session: Session, rollout: Rollout) -> list[DeviceOutcome]:
 
 def step(db: Database, *, rollout_id: int, now: float) -> Decision | None:
     """Evaluate one running rollout and apply the decision in one transaction."""
-    with db.session() as session:
-        rollout = crud.get_rollout(session, rollout_id=rollout_id)
+    with WRITE_LOCK, db.session() as session:
+        rollout = crud.get_rollout(session, rollout_id=rollout_id, lock=True)
         if rollout.state != "running":
             return None
         if rollout.wave_started_at is None:

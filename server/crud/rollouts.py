@@ -87,8 +87,9 @@ def create_rollout(session: Session, *, version_id: int, target: dict[str, Any],
     return rollout
 
 
-def get_rollout(session: Session, *, rollout_id: int) -> Rollout:
-    rollout = session.get(Rollout, rollout_id)
+def get_rollout(session: Session, *, rollout_id: int, lock: bool = False) -> Rollout:
+    """``lock``: SELECT ... FOR UPDATE, so concurrent writers of one rollout (replicas) take turns."""
+    rollout = session.get(Rollout, rollout_id, with_for_update=lock)
     if rollout is None:
         raise NotFound(f"rollout {rollout_id} is not known")
     return rollout
@@ -146,7 +147,7 @@ def set_state(session: Session, *, rollout_id: int, action: str, revert: bool = 
               reason: str | None = None, now: float | None = None) -> Rollout:
     """Manual (or gate-driven) pause / resume / abort."""
     now = now if now is not None else time.time()
-    rollout = get_rollout(session, rollout_id=rollout_id)
+    rollout = get_rollout(session, rollout_id=rollout_id, lock=True)
     if action == "pause":
         if rollout.state != "running":
             raise Conflict(f"rollout {rollout_id} is {rollout.state}, not running")
@@ -196,8 +197,8 @@ def record_report(session: Session, *, device: Device, report: UpdateReport, now
     rollout_id = report.rollout_id if report.rollout_id is not None else device.desired_rollout_id
     if rollout_id is None:
         return
+    rollout = session.get(Rollout, rollout_id, with_for_update=True)
     row = session.get(RolloutDevice, (rollout_id, device.id))
-    rollout = session.get(Rollout, rollout_id)
     if row is None or rollout is None or row.state in ("pending", "superseded", "reverted"):
         return
     version = session.get(ModelVersion, rollout.version_id)

@@ -154,8 +154,9 @@ def test_delta_is_made_once_and_applies(server: RunningServer, onnx_files: tuple
     assert second.status_code == 206 and second.content == first.content[3:]
     # a device running `a` now gets the cached delta in its manifest
     token = server.enroll("delta-1")
-    requests.post(server.url + "/v1/devices/delta-1/reports", headers=bearer(token), timeout=5,
-                  json={"state": "committed", "model": "delta", "version": 1, "sha256": sha_a})
+    committed = requests.post(server.url + "/v1/devices/delta-1/reports", headers=bearer(token), timeout=5,
+                              json={"state": "committed", "model": "delta", "version": 1, "sha256": sha_a})
+    assert committed.status_code == 204
     rollout_to(server, "delta", 2, ["delta-1"])
     manifest = requests.get(server.url + "/v1/devices/delta-1/manifest", headers=bearer(token), timeout=5).json()
     assert manifest["manifest"]["delta"] == {"from_sha256": sha_a, "sha256": patch_sha, "size": len(first.content),

@@ -11,12 +11,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
 from agent.wire import Command, UpdateReport
-from server.api.deps import AdminDep, Credentials, DeviceDep, DeviceIdPath, SessionDep, StateDep, require_device
+from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, require_device
 from server.api.schemas import CommandBody
 from server.crud import devices as crud
 from server.crud import rollouts as rollout_crud
 from server.crud import telemetry as telemetry_crud
 from server.manifests import SignedBody
+from server.rollouts import WRITE_LOCK
 from server.state import ServerState
 
 router = APIRouter(tags=["devices"])
@@ -67,8 +68,10 @@ def _refuse(state: ServerState, device_id: str, token: str) -> None:
 
 
 @router.post("/v1/devices/{device_id}/reports", status_code=204)
-def report(body: UpdateReport, device: DeviceDep, session: SessionDep) -> Response:
-    rollout_crud.record_report(session, device=device, report=body)
+def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, credentials: Credentials) -> Response:
+    with WRITE_LOCK, state.db.session() as session:
+        device = require_device(device_id, session, credentials)
+        rollout_crud.record_report(session, device=device, report=body)
     return Response(status_code=204)
 
 

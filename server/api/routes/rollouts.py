@@ -10,6 +10,7 @@ from server.api.deps import AdminDep, SessionDep, StateDep
 from server.api.schemas import AbortBody, RolloutCreate
 from server.crud import registry
 from server.crud import rollouts as crud
+from server.state import ServerState
 
 router = APIRouter(tags=["rollouts"], dependencies=[AdminDep])
 RolloutId = Annotated[int, Path(ge=1)]
@@ -17,7 +18,7 @@ RolloutId = Annotated[int, Path(ge=1)]
 
 @router.post("/v1/rollouts", status_code=201)
 def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
-    with state.db.session() as session:
+    with engine.WRITE_LOCK, state.db.session() as session:
         _, version = registry.get_version(session, name=body.model, version=body.version)
         rollout = crud.create_rollout(
             session, version_id=version.id, target=body.target.model_dump(exclude_none=True),
@@ -40,18 +41,23 @@ def get_rollout(rollout_id: RolloutId, session: SessionDep) -> dict[str, Any]:
     return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
 
 
+def _act(state: ServerState, rollout_id: int, action: str, revert: bool = False) -> dict[str, Any]:
+    with engine.WRITE_LOCK, state.db.session() as session:
+        crud.set_state(session, rollout_id=rollout_id, action=action, revert=revert)
+    with state.db.session() as session:
+        return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
+
+
 @router.post("/v1/rollouts/{rollout_id}/pause")
-def pause(rollout_id: RolloutId, session: SessionDep) -> dict[str, Any]:
-    return crud.rollout_public(session, crud.set_state(session, rollout_id=rollout_id, action="pause"))
+def pause(rollout_id: RolloutId, state: StateDep) -> dict[str, Any]:
+    return _act(state, rollout_id, "pause")
 
 
 @router.post("/v1/rollouts/{rollout_id}/resume")
-def resume(rollout_id: RolloutId, session: SessionDep) -> dict[str, Any]:
-    return crud.rollout_public(session, crud.set_state(session, rollout_id=rollout_id, action="resume"))
+def resume(rollout_id: RolloutId, state: StateDep) -> dict[str, Any]:
+    return _act(state, rollout_id, "resume")
 
 
 @router.post("/v1/rollouts/{rollout_id}/abort")
-def abort(rollout_id: RolloutId, session: SessionDep, body: AbortBody | None = None) -> dict[str, Any]:
-    revert = body.revert if body else False
-    return crud.rollout_public(session, crud.set_state(session, rollout_id=rollout_id, action="abort",
-                                                       revert=revert))
+def abort(rollout_id: RolloutId, state: StateDep, body: AbortBody | None = None) -> dict[str, Any]:
+    return _act(state, rollout_id, "abort", revert=body.revert if body else False)
