@@ -1,0 +1,315 @@
+"""``edgefleet-demo``: the whole loop on one machine, on embedded defaults.
+
+Starts a broker (Mosquitto when installed, else the pure-Python amqtt), the update server
+(SQLite, local artifact directory) and a few agents on synthetic video; pushes a model,
+rolls v1 out, pushes v2, optimizes it and rolls it out in gated waves while the agents
+keep serving and hot-swap; shows the fleet live, prints a summary and the dashboard URL,
+and stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from agent.errors import EdgefleetError
+from server.demo.broker import RunningBroker, start_broker
+from server.demo.models import INPUT_SIZE, LABELS, make_classifier
+from server.opcli_client import ServerClient
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+        self.args = args
+        self.console = console
+        self.workdir: Path = args.workdir.resolve()
+        self.broker: RunningBroker | None = None
+        self.server_proc: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.agent_api: dict[str, str] = {}
+        self.url = ""
+        self.client: ServerClient | None = None
+        self.server_conf: dict[str, Any] = {}
+
+    # --- start --------------------------------------------------------------------------------
+    def step(self, message: str) -> None:
+        self.console.print(f"[bold cyan]▶[/] {message}")
+
+    def start_broker(self) -> None:
+        self.broker = start_broker(free_port(), self.workdir / "broker", prefer=self.args.broker)
+        self.step(f"broker: {self.broker.kind} on 127.0.0.1:{self.broker.port}")
+
+    def start_server(self) -> None:
+        from server.cli import init
+
+        assert self.broker is not None
+        port = self.args.port or free_port()
+        config_path = init(self.workdir / "server", listen=f"127.0.0.1:{port}", mqtt_port=self.broker.port,
+                           force=True)
+        config = yaml.safe_load(config_path.read_text())
+        # every class this demo's agents can report gets the optimized variant first
+        config["device_classes"] = {cls: ["onnx-opt", "cpu-int8-static", "cpu-int8-dynamic"]
+                                    for cls in ("x86_64", "aarch64", "rpi4", "rpi5", "jetson", "demo")}
+        config["rollout_tick_s"] = 0.5
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.server_conf = config
+        log = (self.workdir / "server" / "server.log").open("ab")
+        self.server_proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "--config", str(config_path)],
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.server_proc.poll() is not None:
+                raise EdgefleetError(f"the server exited; see {self.workdir / 'server' / 'server.log'}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        else:
+            raise EdgefleetError("the server did not answer /healthz within 60 s")
+        self.client = ServerClient(self.url, config["admin_token"])
+        self.step(f"update server on {self.url} (SQLite, artifacts in {self.workdir / 'server' / 'artifacts'})")
+
+    def start_agents(self) -> None:
+        assert self.broker is not None
+        for index in range(self.args.agents):
+            device_id = f"cam-{index + 1:02d}"
+            state = self.workdir / "agents" / device_id
+            state.mkdir(parents=True, exist_ok=True)
+            api_port = free_port()
+            config = {
+                "device_id": device_id,
+                "state_dir": str(state),
+                "runtime": {"prefer": "auto", "threads": 1, "autotune": False},
+                "source": {"kind": "synthetic", "fps": self.args.fps},
+                "api": {"listen": f"127.0.0.1:{api_port}"},
+                "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "reconnect_max_s": 5},
+                "telemetry": {"interval_s": 2},
+                "server": {"url": self.url, "enrollment_token": self.server_conf["enrollment_token"],
+                           "poll_interval_s": 2, "public_key": str(self.workdir / "server" / "server.pub"),
+                           "device_class": "demo", "tags": ["demo", "even" if index % 2 == 0 else "odd"]},
+                "update": {"trial": {"window_s": 4, "min_inferences": 10, "max_error_rate": 0.05,
+                                     "max_latency_ratio": 5.0}},
+                "log_level": "INFO",
+            }
+            config_path = state / "agent.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            log = (state / "agent.log").open("ab")
+            agent_bin = Path(sys.executable).with_name("edgefleet-agent")
+            command = [str(agent_bin)] if agent_bin.exists() else [sys.executable, "-m", "agent.cli"]
+            self.agents[device_id] = subprocess.Popen([*command, "run", "--config", str(config_path)],
+                                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.agent_api[device_id] = f"http://127.0.0.1:{api_port}"
+        self.step(f"{len(self.agents)} agents on synthetic {INPUT_SIZE}x{INPUT_SIZE} video at {self.args.fps} fps "
+                  f"(state under {self.workdir / 'agents'})")
+
+    # --- the loop -----------------------------------------------------------------------------
+    def push(self, version: int) -> dict[str, Any]:
+        assert self.client is not None
+        path = make_classifier(self.workdir / "models" / f"classifier-v{version}.onnx", version)
+        labels = self.workdir / "models" / "labels.txt"
+        labels.write_text("\n".join(LABELS) + "\n")
+        meta = {"task": "classification", "preprocess": {"resize": "stretch", "color": "RGB", "scale": 1 / 255}}
+        record = self.client.push_model("classifier", path, labels=labels, meta=meta)
+        self.step(f"pushed classifier v{record['version']} ({path.stat().st_size} bytes, sha256 "
+                  f"{str(record.get('sha256', ''))[:12]})")
+        return dict(record)
+
+    def optimize(self, version: int) -> None:
+        assert self.client is not None
+        job = self.client.optimize("classifier", version, "cpu")
+        self.step(f"optimizing v{version} for class cpu (job {job.get('id')})")
+        while job.get("state") not in ("succeeded", "failed"):
+            time.sleep(0.5)
+            job = self.client.job(job["id"])
+        variants = self.client.variants("classifier", version)
+        rows = variants if isinstance(variants, list) else variants.get("variants", [])
+        for row in rows:
+            report = row.get("report") or {}
+            size = (report.get("size") or {}).get("raw_ratio")
+            detail = report.get("reason") or (f"size x{size}" if size else "")
+            self.console.print(f"    {row.get('name'):<22} {row.get('status'):<9} {detail}")
+
+    def rollout(self, version: int, waves: dict[str, Any] | list[float], soak_s: float) -> int:
+        assert self.client is not None
+        body = {"model": "classifier", "version": version, "target": {"tags": ["demo"]}, "waves": waves,
+                "gates": {"min_committed_ratio": 1.0, "max_failure_ratio": 0.34, "soak_s": soak_s}}
+        rollout = self.client.create_rollout(body)
+        self.step(f"rollout {rollout['id']}: classifier v{version} in waves {waves}")
+        return int(rollout["id"])
+
+    def fleet_table(self, rollout: dict[str, Any] | None) -> Table:
+        assert self.client is not None
+        devices = self.client.devices()
+        rows = devices if isinstance(devices, list) else devices.get("devices", [])
+        title = "fleet"
+        if rollout:
+            title += f" — rollout {rollout.get('id')} v{rollout.get('version')}: {rollout.get('state')}"
+            if rollout.get("current_wave") is not None:
+                title += f", wave {rollout.get('current_wave')}"
+        table = Table(title=title, title_justify="left")
+        for header in ("device", "online", "version", "runtime", "p95 ms", "fps", "update"):
+            table.add_column(header)
+        states = {d.get("device_id"): d for d in (rollout or {}).get("devices", [])}
+        for device in sorted(rows, key=lambda d: str(d.get("device_id"))):
+            device_id = str(device.get("device_id"))
+            table.add_row(device_id, "yes" if device.get("online") else "no", str(device.get("model_version") or "-"),
+                          str(device.get("runtime") or "-"),
+                          f"{device['p95_ms']:.2f}" if isinstance(device.get("p95_ms"), float) else "-",
+                          f"{device['fps']:.1f}" if isinstance(device.get("fps"), float) else "-",
+                          str(states.get(device_id, {}).get("state", "-")))
+        return table
+
+    def watch(self, rollout_id: int, timeout_s: float) -> dict[str, Any]:
+        assert self.client is not None
+        deadline = time.monotonic() + timeout_s
+        rollout: dict[str, Any] = {}
+        with Live(console=self.console, refresh_per_second=2, transient=False) as live:
+            while time.monotonic() < deadline:
+                rollout = self.client.rollout(rollout_id)
+                live.update(self.fleet_table(rollout))
+                if rollout.get("state") in ("completed", "aborted", "paused"):
+                    break
+                self.check_processes()
+                time.sleep(1)
+        return rollout
+
+    def wait_enrolled(self, timeout_s: float) -> None:
+        assert self.client is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            devices = self.client.devices()
+            rows = devices if isinstance(devices, list) else devices.get("devices", [])
+            if len(rows) >= len(self.agents):
+                self.step(f"{len(rows)} devices enrolled")
+                return
+            self.check_processes()
+            time.sleep(0.5)
+        raise EdgefleetError("agents did not enroll in time; see their agent.log files")
+
+    def check_processes(self) -> None:
+        for device_id, proc in self.agents.items():
+            if proc.poll() is not None:
+                raise EdgefleetError(f"agent {device_id} exited with {proc.returncode}; see "
+                                     f"{self.workdir / 'agents' / device_id / 'agent.log'}")
+
+    def probe_agents(self) -> dict[str, Any]:
+        """One local inference on every agent's API: which version answers now."""
+        import numpy as np
+
+        image = {"inputs": {"image": np.full((1, 3, INPUT_SIZE, INPUT_SIZE), 0.5, np.float32).tolist()}}
+        answers: dict[str, Any] = {}
+        for device_id, api in self.agent_api.items():
+            try:
+                answer = requests.post(api + "/v1/infer", json=image, timeout=5).json()
+                answers[device_id] = answer.get("model", {}).get("version")
+            except (requests.RequestException, ValueError) as exc:
+                answers[device_id] = f"error: {exc.__class__.__name__}"
+        return answers
+
+    def run(self) -> int:
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        started = time.monotonic()
+        self.start_broker()
+        self.start_server()
+        self.start_agents()
+        self.wait_enrolled(60)
+        self.push(1)
+        first = self.rollout(1, [100.0], soak_s=0)
+        result = self.watch(first, 120)
+        if result.get("state") != "completed":
+            raise EdgefleetError(f"rollout of v1 ended {result.get('state')}: {result.get('reason')}")
+        self.push(2)
+        self.optimize(2)
+        counts = sorted({1, max(1, len(self.agents) // 2), len(self.agents)})
+        second = self.rollout(2, {"counts": counts}, soak_s=self.args.soak)
+        result = self.watch(second, 300)
+        answers = self.probe_agents()
+        self.console.print()
+        self.console.print(f"[bold]rollout {second}: {result.get('state')}[/] {result.get('reason') or ''}")
+        self.console.print(f"local inference API answers (device → model version): {answers}")
+        self.console.print(f"whole loop in {time.monotonic() - started:.0f} s")
+        self.console.print(f"dashboard: [bold]{self.url}/[/]   operator CLI: EDGEFLEET_URL={self.url} "
+                           f"EDGEFLEET_ADMIN_TOKEN={self.server_conf['admin_token']} edgefleet devices")
+        ok = result.get("state") == "completed" and all(v == 2 for v in answers.values())
+        if not self.args.exit_when_done:
+            self.console.print("running; Ctrl-C stops everything")
+            while True:
+                self.check_processes()
+                time.sleep(1)
+        return 0 if ok else 1
+
+    def stop(self) -> None:
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for device_id, proc in self.agents.items():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.console.print(f"agent {device_id} did not stop in 10 s; killing it")
+                proc.kill()
+        if self.server_proc is not None and self.server_proc.poll() is None:
+            self.server_proc.send_signal(signal.SIGTERM)
+            try:
+                self.server_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.server_proc.kill()
+        if self.broker is not None:
+            self.broker.stop()
+        self.console.print("stopped: agents, server, broker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet-demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--soak", type=float, default=5.0, help="seconds each wave must stay healthy")
+    parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    parser.add_argument("--workdir", type=Path, default=Path("demo-state"))
+    parser.add_argument("--exit-when-done", action="store_true", help="stop after the rollout instead of waiting")
+    args = parser.parse_args(argv)
+    console = Console()
+    demo = Demo(args, console)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return demo.run()
+    except KeyboardInterrupt:
+        console.print("\ninterrupted")
+        return 0
+    except EdgefleetError as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        return 1
+    finally:
+        demo.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
