@@ -17,6 +17,10 @@ import numpy as np
 
 from agent.wire import ModelMeta, TrialPolicy
 
+# A latency ratio breach also needs p95 to be this much above the baseline: on sub-millisecond
+# models the ratio of two p95s is mostly scheduler jitter.
+RATIO_FLOOR_MS = 1.0
+
 
 def p95_ms(latencies_s: list[float] | deque[float]) -> float | None:
     if not latencies_s:
@@ -103,7 +107,8 @@ class TrialWatcher:
                 return Verdict(True, False, f"p95 latency {m['p95_ms']:.2f} ms exceeds "
                                             f"{policy.max_p95_latency_ms:.2f} ms", m)
             if policy.max_latency_ratio is not None and m["latency_ratio"] is not None \
-                    and m["latency_ratio"] > policy.max_latency_ratio:
+                    and m["latency_ratio"] > policy.max_latency_ratio \
+                    and m["p95_ms"] - (self.baseline_p95_ms or 0.0) > RATIO_FLOOR_MS:
                 return Verdict(True, False, f"p95 latency {m['p95_ms']:.2f} ms is {m['latency_ratio']:.1f}x the "
                                             f"previous model's {self.baseline_p95_ms:.2f} ms "
                                             f"(limit {policy.max_latency_ratio:.1f}x)", m)
