@@ -48,6 +48,8 @@ class SourceSection(Section):
     uri: str | None = None
     fps: float = Field(default=10.0, gt=0)
     loop: bool = True  # replay a video file when it ends
+    reconnect_max_s: float = Field(default=30.0, gt=0)  # cap of the reopen backoff
+    stall_s: float = Field(default=30.0, gt=0)  # an inference running longer makes the agent unhealthy
 
 
 class ApiSection(Section):

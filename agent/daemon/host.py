@@ -77,13 +77,30 @@ class ModelHost:
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], ModelMeta]:
         """Run the current model; returns its outputs and the meta of the model that served."""
+        outputs, meta, _model = self.infer_with(lambda _model, _meta: feeds)
+        return outputs, meta
+
+    def infer_with(
+        self, prepare: Callable[[Model, ModelMeta], Mapping[str, np.ndarray]]
+    ) -> tuple[dict[str, np.ndarray], ModelMeta, Model]:
+        """Like ``infer``, with the feeds made by ``prepare`` for the very model that will serve them.
+
+        ``prepare`` runs while the model is held (a swap waits for it), so pre-processing and
+        inference always see the same model. An error raised by ``prepare`` is the caller's
+        (bad input): it propagates and is not reported to the observers as a failed inference.
+        """
         served = self._acquire()
+        try:
+            feeds = prepare(served.model, served.meta)
+        except BaseException:
+            self._release(served)
+            raise
         start = time.perf_counter()
         ok = False
         try:
             outputs = served.model.infer(feeds)
             ok = True
-            return outputs, served.meta
+            return outputs, served.meta, served.model
         finally:
             latency = time.perf_counter() - start
             self._release(served)
