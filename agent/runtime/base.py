@@ -27,6 +27,7 @@ class LoadOptions:
     delegate_options: Mapping[str, str] = field(default_factory=dict)
     providers: tuple[str, ...] = ()  # onnxruntime: providers in order, CPU last
     provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    dequantize: bool = False  # return quantized outputs as float32 (default: raw; the spec has scale/zero point)
 
 
 @runtime_checkable

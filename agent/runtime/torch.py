@@ -1,0 +1,166 @@
+"""PyTorch backend: TorchScript / lite-interpreter files via ``torch.jit.load``, ExecuTorch ``.pte``
+via ``executorch.runtime`` when it is installed.
+
+A TorchScript file does not record tensor shapes. When the file carries an extra file
+``edgefleet.json`` (``{"inputs": [TensorSpec...], "outputs": [TensorSpec...]}``, written with
+``torch.jit.save(m, path, _extra_files={"edgefleet.json": ...})``) that signature is used and checked;
+otherwise inputs are named after ``forward``'s arguments with unknown shape (rank-free, ``shape: []``,
+not checked) and outputs are ``output`` or ``output_0..n`` for a tuple.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
+from agent.runtime._common import InputBinder, default_threads, first_line
+from agent.runtime.base import LoadOptions
+from agent.wire import TensorSpec
+
+SIGNATURE_FILE = "edgefleet.json"
+_SCHEMA_DTYPES = {"Tensor": "float32", "int": "int64", "float": "float64", "bool": "bool"}
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except Exception as exc:
+        raise RuntimeUnavailable(f"torch does not import: {first_line(exc)}") from exc
+    return torch
+
+
+class TorchScriptModel:
+    runtime = "torch"
+
+    def __init__(self, path: Path, options: LoadOptions) -> None:
+        torch = _import_torch()
+        self.path = path
+        self.threads = options.threads or default_threads()
+        self.delegate = "cpu"
+        extra = {SIGNATURE_FILE: ""}
+        try:
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as exc:
+            try:  # a lite-interpreter (.ptl) file holding bytecode only
+                from torch.jit.mobile import _load_for_lite_interpreter
+
+                module = _load_for_lite_interpreter(str(path))
+            except Exception:
+                raise ModelLoadError(f"{path}: not a loadable TorchScript file: {first_line(exc)}") from exc
+        if hasattr(module, "eval"):
+            module.eval()
+        self._module = module
+        self._torch = torch
+        self._inputs, self._outputs, checked = self._signature(module, extra[SIGNATURE_FILE])
+        self._binder = InputBinder(self._inputs, check_shapes=checked)
+        self._scalar = [s.dtype != "float32" and s.shape == [] and not checked for s in self._inputs]
+        self._out_names = [s.name for s in self._outputs]
+
+    @staticmethod
+    def _signature(module: Any, meta: str | bytes) -> tuple[list[TensorSpec], list[TensorSpec], bool]:
+        if meta:
+            data = json.loads(meta)
+            return ([TensorSpec.model_validate(s) for s in data["inputs"]],
+                    [TensorSpec.model_validate(s) for s in data["outputs"]], True)
+        try:
+            args = module.forward.schema.arguments[1:]
+            inputs = [TensorSpec(name=a.name, shape=[], dtype=_SCHEMA_DTYPES.get(str(a.type), "float32"))
+                      for a in args]
+            returns = module.forward.schema.returns
+            count = len(returns[0].type.elements()) if returns and str(returns[0].type).startswith("Tuple") else 1
+        except (AttributeError, RuntimeError):
+            inputs, count = [TensorSpec(name="input", shape=[], dtype="float32")], 1
+        names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+        return inputs, [TensorSpec(name=n, shape=[], dtype="float32") for n in names], False
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = self._binder.check(feeds)
+        torch = self._torch
+        args = [int(a) if scalar and a.ndim == 0 else torch.from_numpy(np.ascontiguousarray(a))
+                for a, scalar in zip(arrays, self._scalar, strict=True)]
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                result = self._module(*args)
+        except Exception as exc:
+            raise ModelError(f"{self.path.name}: inference failed: {first_line(exc)}") from exc
+        values = list(result) if isinstance(result, tuple | list) else [result]
+        if len(values) != len(self._out_names):
+            raise ModelError(f"{self.path.name}: returned {len(values)} outputs, the signature lists "
+                             f"{len(self._out_names)}")
+        return {name: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+                for name, v in zip(self._out_names, values, strict=True)}
+
+    def close(self) -> None:
+        self._module = None
+
+
+class ExecuTorchModel:
+    runtime = "executorch"
+
+    def __init__(self, path: Path, options: LoadOptions) -> None:
+        try:
+            from executorch.runtime import Runtime
+        except Exception as exc:
+            raise RuntimeUnavailable(f"executorch is not installed here: {first_line(exc)}") from exc
+        torch = _import_torch()
+        self.path = path
+        self.threads = options.threads or default_threads()
+        self.delegate = "cpu"
+        self._torch = torch
+        try:
+            program = Runtime.get().load_program(path)
+            self._method = program.load_method("forward")
+            meta = self._method.metadata
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: not a loadable ExecuTorch program: {first_line(exc)}") from exc
+        self._inputs = [self._spec(f"input_{i}", meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
+        self._outputs = [self._spec(f"output_{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
+        self._binder = InputBinder(self._inputs)
+
+    def _spec(self, name: str, tmeta: Any) -> TensorSpec:
+        dtype = str(getattr(tmeta, "dtype", lambda: "float32")()).replace("torch.", "")
+        if dtype.isdigit():  # ScalarType as an integer
+            dtype = {"0": "uint8", "1": "int8", "3": "int32", "4": "int64", "6": "float32"}.get(dtype, "float32")
+        return TensorSpec(name=name, shape=[int(d) for d in tmeta.sizes()], dtype=dtype)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = self._binder.check(feeds)
+        try:
+            result = self._method.execute([self._torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        except Exception as exc:
+            raise ModelError(f"{self.path.name}: inference failed: {first_line(exc)}") from exc
+        return {s.name: np.asarray(v) for s, v in zip(self._outputs, result, strict=True)}
+
+    def close(self) -> None:
+        self._method = None
+
+
+def load(path: Path, options: LoadOptions) -> TorchScriptModel:
+    return TorchScriptModel(Path(path), options)
+
+
+def load_pte(path: Path, options: LoadOptions) -> ExecuTorchModel:
+    return ExecuTorchModel(Path(path), options)
