@@ -171,7 +171,7 @@ class Demo:
             if rollout.get("current_wave") is not None:
                 title += f", wave {rollout.get('current_wave')}"
         table = Table(title=title, title_justify="left")
-        for header in ("device", "online", "version", "runtime", "p95 ms", "fps", "update"):
+        for header in ("device", "online", "version", "runtime", "p95 ms", "cpu %", "update"):
             table.add_column(header)
         states = {d.get("device_id"): d for d in (rollout or {}).get("devices", [])}
         for device in sorted(rows, key=lambda d: str(d.get("device_id"))):
@@ -179,7 +179,7 @@ class Demo:
             table.add_row(device_id, "yes" if device.get("online") else "no", str(device.get("model_version") or "-"),
                           str(device.get("runtime") or "-"),
                           f"{device['p95_ms']:.2f}" if isinstance(device.get("p95_ms"), float) else "-",
-                          f"{device['fps']:.1f}" if isinstance(device.get("fps"), float) else "-",
+                          f"{device['cpu_pct']:.1f}" if isinstance(device.get("cpu_pct"), float) else "-",
                           str(states.get(device_id, {}).get("state", "-")))
         return table
 
