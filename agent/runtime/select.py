@@ -244,7 +244,9 @@ def _attach(model: Model, cands: list[Candidate]) -> Model:
 def _try(cand: Candidate, opener: Callable[[Candidate], Model], errors: list[Exception]) -> Model | None:
     try:
         model = opener(cand)
-    except (RuntimeUnavailable, ModelLoadError) as exc:
+    except ModelLoadError:
+        raise  # the file itself is bad: no other runtime or delegate will read it either
+    except RuntimeUnavailable as exc:
         cand.status, cand.reason = "failed", first_line(exc)
         errors.append(exc)
         log.warning("runtime fallback: %s/%s failed: %s", cand.runtime, cand.delegate, cand.reason)
@@ -255,8 +257,6 @@ def _try(cand: Candidate, opener: Callable[[Candidate], Model], errors: list[Exc
 
 
 def _nothing_worked(path: Path, cands: list[Candidate], errors: list[Exception]) -> Exception:
-    if errors and all(isinstance(e, ModelLoadError) for e in errors):
-        return errors[0]
     why = "; ".join(f"{c.runtime}/{c.delegate}: {c.reason}" for c in cands if c.status in ("failed", "skipped"))
     return RuntimeUnavailable(f"{path.name}: no runtime can serve this model here ({why or 'none installed'})")
 
@@ -294,7 +294,7 @@ def _autotuned(path: Path, cands: list[Candidate], opener: Callable[[Candidate],
         if cached is not None:
             return cached
     errors: list[Exception] = []
-    timed: list[tuple[float, Candidate, Model]] = []
+    timed: list[tuple[float, Candidate]] = []
     expanded: list[Candidate] = []
     for cand in cands:
         if cand.status != "untried":
@@ -312,14 +312,14 @@ def _autotuned(path: Path, cands: list[Candidate], opener: Callable[[Candidate],
             finally:
                 model.close()
             variant.status = "viable"
-            timed.append((variant.latency_ms, variant, model))
+            timed.append((variant.latency_ms, variant))
     if not timed:
         raise _nothing_worked(path, expanded, errors)
     timed.sort(key=lambda item: item[0])
     best = timed[0][1]
     model = opener(best)
     best.status, best.reason = "chosen", f"fastest of {len(timed)} timed ({best.latency_ms:.3f} ms p50)"
-    for _ms, cand, _m in timed[1:]:
+    for _ms, cand in timed[1:]:
         cand.reason = f"slower: {cand.latency_ms:.3f} ms p50"
     if cache is not None:
         _write_cache(cache, best, expanded)

@@ -106,7 +106,9 @@ class TFLiteModel:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             message = first_line(exc)
-            if delegates and ("delegate" in message.lower() or "custom op" in message.lower()):
+            if "custom op" in message.lower():
+                raise RuntimeUnavailable(f"{self.delegate} cannot run this model: {message}") from exc
+            if delegates and "delegate" in message.lower():
                 raise RuntimeUnavailable(f"{self.delegate} delegate cannot run this model: {message}") from exc
             raise ModelLoadError(f"{path}: not a loadable TFLite model: {message}") from exc
         self._interpreter = interpreter
