@@ -170,7 +170,8 @@ class ImageFolderSource(Source):
         now = time.time()
         present, fresh = set(), []
         for entry in entries:
-            if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES or not entry.is_file():
+            if entry.name.startswith(".") or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES \
+                    or not entry.is_file():
                 continue
             present.add(entry.name)
             if entry.name in self._seen or entry.name in self._pending:
