@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from server import rollouts
+from server import dashboard, rollouts
 from server.api.routes import artifacts, devices, enroll, health, jobs, models
 from server.api.routes import rollouts as rollout_routes
 from server.config import ServerConfig
@@ -24,6 +24,7 @@ from server.db import Database, migrate
 from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.manifests import ManifestService, Signer
+from server.metrics import install as install_metrics
 from server.state import ServerState, public_url_of
 from server.storage import make_store
 
@@ -93,7 +94,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         tasks = Background(state)
         app.state.background = tasks
         if config.mqtt.enabled:
-            state.ingestor = Ingestor(state.db, config.mqtt, config.telemetry)
+            state.ingestor = Ingestor(state.db, config.mqtt, config.telemetry, on_batch=metrics.observe_batch)
             state.ingestor.start()
         if background:
             tasks.start()
@@ -111,6 +112,8 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     app.state.edgefleet = state
     for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes):
         app.include_router(module.router)
+    app.include_router(dashboard.router)
+    metrics = install_metrics(app, state)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -51,6 +51,7 @@ class ServerConfig(Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     signing_key: Path = Path("/etc/edgefleet-server/signing.key")
     admin_token: str | None = None
+    metrics_token: str | None = None  # bearer token Prometheus scrapes /metrics with (admin_token works too)
     enrollment_token: str | None = None
     manifest_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     max_upload_mb: float = Field(default=512.0, gt=0)

@@ -17,6 +17,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +56,10 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
 class BatchWriter:
     """Turns raw (topic, payload, received_at) messages into rows and writes them in batches."""
 
-    def __init__(self, db: Database, section: TelemetrySection, stats: IngestStats) -> None:
+    def __init__(self, db: Database, section: TelemetrySection, stats: IngestStats,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
         self.db = db
+        self.on_batch = on_batch  # (messages in the batch, seconds to write it), e.g. for /metrics
         self.section = section
         self.stats = stats
         self.queue: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue(maxsize=200_000)
@@ -142,16 +145,18 @@ class BatchWriter:
         self.stats.written += len(telemetry) + len(events) + len(statuses)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
+        if self.on_batch is not None:
+            self.on_batch(len(batch), self.stats.last_batch_ms / 1000)
 
 
 class Ingestor:
     """The MQTT side: connect (MQTT 5 when the broker has it), subscribe, hand messages to the writer."""
 
     def __init__(self, db: Database, mqtt_config: MqttSection, telemetry: TelemetrySection,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, on_batch: Callable[[int, float], None] | None = None) -> None:
         self.config = mqtt_config
         self.stats = IngestStats()
-        self.writer = BatchWriter(db, telemetry, self.stats)
+        self.writer = BatchWriter(db, telemetry, self.stats, on_batch)
         self.client_id = client_id or f"edgefleet-server-{socket.gethostname()}-{id(self):x}"
         self.client: mqtt.Client | None = None
         self.protocol = mqtt.MQTTv5
