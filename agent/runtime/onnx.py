@@ -65,7 +65,7 @@ class OnnxModel:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3  # errors only: the fallback is reported by us
+        so.log_severity_level = 4  # fatal only: failures reach the caller as exceptions
         provider_args = [(p, {k: str(v) for k, v in options.provider_options.get(p, {}).items()})
                          for p in providers]
         try:

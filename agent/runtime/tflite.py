@@ -16,6 +16,7 @@ turns that into a logged fallback to the next candidate.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,6 +139,8 @@ class TFLiteModel:
         if not library:
             raise RuntimeUnavailable(f"delegate '{name}' has no library path (runtime.external_delegates)")
         try:
+            # dlopen first: LiteRT's Delegate object breaks in __del__ when its own dlopen fails
+            ctypes.CDLL(library)
             return [module.load_delegate(library, dict(options.delegate_options) or None)], str(name)
         except (OSError, ValueError, RuntimeError) as exc:
             raise RuntimeUnavailable(f"{name} delegate ({library}) failed to load: {first_line(exc)}") from exc
