@@ -39,14 +39,12 @@ def image_input(inputs: Sequence[TensorSpec], name: str | None = None) -> Tensor
 
 
 def detect_layout(shape: Sequence[int | None]) -> str:
-    """NCHW when the channel axis (1 or 3 values) sits right after the batch, else NHWC."""
+    """NCHW when the axis after the batch has 1 or 3 values and the last one does not, else NHWC."""
     dims = list(shape[-3:])
     first, last = dims[0], dims[-1]
-    if last in (1, 3, 4) and first not in (1, 3, 4):
-        return "NHWC"
-    if first in (1, 3, 4) and last not in (1, 3, 4):
+    if first in (1, 3) and last not in (1, 3):
         return "NCHW"
-    return "NCHW" if first in (1, 3) and last is None else "NHWC"
+    return "NHWC"
 
 
 class Preprocessor:

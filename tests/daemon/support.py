@@ -50,6 +50,7 @@ class AgentProc:
         self.tmp = tmp
         self.config = config
         self.config_path = tmp / "agent.yaml"
+        self.listen = (config.get("api") or {}).get("listen")  # where the API stays until a restart
         self.write_config(config)
         self.log_path = tmp / "agent.log"
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -57,7 +58,7 @@ class AgentProc:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config['api']['listen']}"
+        return f"http://{self.listen}"
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config = config
