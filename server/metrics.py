@@ -86,7 +86,8 @@ class FleetCollector(Collector):
         for rollout in rollouts:
             model_label, version_str = names[rollout.id]
             for name in ROLLOUT_STATES:
-                state.add_metric([str(rollout.id), model_label, version_str, name], 1.0 if rollout.state == name else 0.0)
+                current = 1.0 if rollout.state == name else 0.0
+                state.add_metric([str(rollout.id), model_label, version_str, name], current)
             wave.add_metric([str(rollout.id)], rollout.current_wave)
             for device_state, count in sorted(states.get(rollout.id, {}).items()):
                 members.add_metric([str(rollout.id), device_state], count)

@@ -9,7 +9,7 @@ from tests.support.broker import Mosquitto
 from tests.support.server import start_server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("fleet")
     broker = Mosquitto(workdir).start()

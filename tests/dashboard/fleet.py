@@ -45,6 +45,11 @@ class Fleet:
         info.wait_for_publish(5)
         self.published[leaf] = self.published.get(leaf, 0) + 1
 
+    def rollout_device(self, state: str) -> str:
+        """The device of rollout 1 in ``state`` (which one is in wave 1 follows a hash of the ids)."""
+        rows = self.api("/v1/rollouts/1")["devices"]
+        return str(next(r["device_id"] for r in rows if r["state"] == state))
+
     def api(self, path: str) -> Any:
         response = requests.get(self.server.url + path, headers=self.server.admin(), timeout=10)
         response.raise_for_status()
