@@ -96,7 +96,8 @@ def _device_rows(devices: Sequence[dict[str, Any]], drift: dict[str, Any], now: 
         drift_cell = (f'<span class="flag">⚑ {e(drift_text)}</span>' if flagged else e(drift_text or "-"))
         rows.append(
             f'<tr data-device="{e(d["device_id"])}"><td class="id" title="{e(d["device_id"])}">'
-            f'<a href="{e(device_href(d["device_id"]))}">{e(d["device_id"])}</a></td><td>{online}</td><td>{e(d.get("device_class") or "-")}</td>'
+            f'<a href="{e(device_href(d["device_id"]))}">{e(d["device_id"])}</a></td><td>{online}</td>'
+            f'<td>{e(d.get("device_class") or "-")}</td>'
             f'<td>{model}</td><td>{runtime}</td><td class="num">{num(d.get("p95_ms"), 2)}</td>'
             f'<td>{pill(d.get("update_state")) if d.get("update_state") else "-"}</td>'
             f'<td>{e(ago(d.get("last_seen"), now))}</td><td>{drift_cell}</td></tr>')
