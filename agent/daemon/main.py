@@ -124,7 +124,7 @@ class Agent:
     @staticmethod
     def _hardware() -> dict[str, Any]:
         try:
-            from agent.runtime import probe_hardware  # type: ignore[attr-defined]
+            from agent.runtime import probe_hardware
 
             return dict(probe_hardware())
         except Exception as exc:  # the probe is informative only

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from agent.config import AgentConfig, ModelSection, RuntimeSection
 from agent.errors import ConfigError, ModelLoadError
-from agent.runtime.base import LoadOptions, Model
+from agent.runtime import load_model_for_config
+from agent.runtime.base import Model
 from agent.wire import ModelMeta
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,8 @@ def meta_from_config(section: ModelSection, path: Path) -> ModelMeta:
 
 
 def load_model(path: Path, runtime: RuntimeSection, cache_dir: Path | None) -> Model:
-    """Load ``path`` with the runtime layer's automatic selection."""
-    try:
-        from agent.runtime import load_model_for_config  # type: ignore[attr-defined]
-    except ImportError:
-        load_model_for_config = None
-    if load_model_for_config is not None:
-        model: Model = load_model_for_config(path, runtime, cache_dir)
-        return model
-    # Interim until the runtime layer exports load_model_for_config: ONNX through its backend.
-    if path.suffix.lower() != ".onnx":
-        raise ModelLoadError(f"{path}: only ONNX models can be loaded until agent.runtime.load_model_for_config "
-                             "exists")
-    from agent.runtime import onnx as onnx_backend
-
-    return onnx_backend.load(path, LoadOptions(threads=runtime.threads))
+    """Load ``path`` with the runtime layer's automatic selection (and its autotune cache)."""
+    return load_model_for_config(path, runtime, cache_dir)
 
 
 def startup_model(config: AgentConfig) -> tuple[Path, ModelMeta] | None:

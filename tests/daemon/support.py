@@ -69,8 +69,9 @@ class AgentProc:
         self.proc = subprocess.Popen(agent_command(self.config_path), cwd=ROOT, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         if wait_ready:
-            wait_until(lambda: self.log().count(" ready: ") >= 1 or self.proc.poll() is not None, timeout=30)
-            assert self.proc.poll() is None, self.log()
+            proc = self.proc
+            wait_until(lambda: " ready: " in self.log() or proc.poll() is not None, timeout=30)
+            assert proc.poll() is None, self.log()
         return self
 
     def log(self) -> str:
@@ -127,7 +128,7 @@ def pattern(seed: int, size: int = 32) -> np.ndarray:
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> list[np.ndarray]:
     """An MJPG .avi; returns the frames as OpenCV decodes them (what the daemon will see)."""
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
     assert writer.isOpened()
     for frame in frames:
         writer.write(frame)

@@ -68,7 +68,7 @@ def test_ready_watchdog_concurrency_malformed_and_stopping(api_agent) -> None:
                 expected = reference_image_classifier(tensor)[0]
             else:
                 image = pattern(worker * 100 + i)
-                ok, png = cv2.imencode(".png", image)
+                _ok, png = cv2.imencode(".png", image)
                 reply = session.post(agent.url + "/v1/infer", data=png.tobytes(),
                                      headers={"Content-Type": "image/png"}, timeout=30)
                 expected = expected_scores(image)

@@ -10,8 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.daemon.support import LABELS, AgentProc, base_config, expected_scores, pattern, read_results, solid, \
-    write_video
+from tests.daemon.support import (
+    LABELS,
+    AgentProc,
+    base_config,
+    expected_scores,
+    pattern,
+    read_results,
+    solid,
+    write_video,
+)
 from tests.support.models import make_onnx_image_classifier
 from tests.support.net import wait_until
 

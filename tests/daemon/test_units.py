@@ -20,8 +20,9 @@ from agent.wire import ModelMeta, PreprocessSpec, TensorSpec
 from tests.daemon.notify import NotifySocket
 
 
-def spec(shape: list[int | None], dtype: str = "float32", **quant: float) -> list[TensorSpec]:
-    return [TensorSpec(name="x", shape=shape, dtype=dtype, **quant)]
+def spec(shape: list[int | None], dtype: str = "float32", scale: float | None = None,
+         zero_point: int | None = None) -> list[TensorSpec]:
+    return [TensorSpec(name="x", shape=shape, dtype=dtype, scale=scale, zero_point=zero_point)]
 
 
 BGR = np.zeros((2, 4, 3), dtype=np.uint8)
@@ -76,7 +77,8 @@ def test_top_k_with_labels_and_dequantized_scores() -> None:
     post = Postprocessor(meta, [TensorSpec(name="p", shape=[1, 3], dtype="uint8", scale=0.5, zero_point=10)], k=2)
     top = post.top_k({"p": np.array([[12, 30, 20]], dtype=np.uint8)})
     assert top == [{"index": 1, "label": "b", "score": 10.0}, {"index": 2, "label": "c", "score": 5.0}]
-    assert Postprocessor(meta.model_copy(update={"task": "other"}), list(post.specs.values())).top_k({"p": np.array([[1, 2, 3]])}) == []
+    other = Postprocessor(meta.model_copy(update={"task": "other"}), list(post.specs.values()))
+    assert other.top_k({"p": np.array([[1, 2, 3]])}) == []
 
 
 def test_notifier_abstract_socket_and_watchdog_interval(tmp_path: Path) -> None:
