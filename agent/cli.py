@@ -103,8 +103,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from agent.runtime import device_class, hardware_fingerprint, probe_hardware
 
     hw = probe_hardware()
-    doc = {"device_class": device_class(hw), "fingerprint": hardware_fingerprint(hw), "hw": hw,
-           "auto": auto_picks(hw)}
+    picks = auto_picks(hw)
+    doc = {"device_class": device_class(hw), "fingerprint": hardware_fingerprint(hw), "hw": hw, "auto": picks}
     if args.json:
         _emit_json(doc)
         return 0
@@ -132,20 +132,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
         for sub, detail in (info.get("delegates") or info.get("providers") or {}).items():
             table.add_row("", sub, "yes" if detail["usable"] else "no", detail["reason"])
     console.print(table)
-    picks = Table(title="auto would pick")
-    picks.add_column("format")
-    picks.add_column("runtime/delegate")
-    for fmt, pick in doc["auto"].items():
-        picks.add_row(fmt, pick)
-    console.print(picks)
+    chosen = Table(title="auto would pick")
+    chosen.add_column("format")
+    chosen.add_column("runtime/delegate")
+    for fmt, pick in picks.items():
+        chosen.add_row(fmt, pick)
+    console.print(chosen)
     return 0
 
 
 # --- bench -------------------------------------------------------------------------------------
 
 
-def parse_input_shapes(values: Sequence[str]) -> dict[str, list[int]]:
-    shapes: dict[str, list[int]] = {}
+def parse_input_shapes(values: Sequence[str]) -> dict[str, Sequence[int]]:
+    shapes: dict[str, Sequence[int]] = {}
     for value in values:
         name, sep, dims = value.partition("=")
         try:

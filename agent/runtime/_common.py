@@ -54,7 +54,7 @@ def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 class _Slot:
-    __slots__ = ("name", "spec", "dtype", "static", "rank", "fixed", "quantized")
+    __slots__ = ("dtype", "fixed", "name", "quantized", "rank", "spec", "static")
 
     def __init__(self, spec: TensorSpec) -> None:
         self.name = spec.name

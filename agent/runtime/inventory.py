@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
+import importlib.util
 from importlib import metadata
 from typing import Any
 
@@ -22,7 +23,7 @@ RUNTIMES: dict[str, tuple[str, str]] = {
 TFLITE_RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def runtime_status(name: str) -> tuple[bool, str, str | None]:
     """(imports, reason, version). Cached: importing is slow and its answer does not change."""
     module, dist = RUNTIMES[name]
@@ -57,9 +58,11 @@ def tflite_delegates(hw: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     if lib_ok and coral:
         edgetpu = {"usable": True, "reason": f"{lib_reason}; Coral found"}
     elif lib_ok:
-        edgetpu = {"usable": False, "reason": f"{lib_reason} but no Coral device (USB 1a6e:089a/18d1:9302, /dev/apex_*)"}
+        edgetpu = {"usable": False,
+                   "reason": f"{lib_reason} but no Coral device (USB 1a6e:089a/18d1:9302, /dev/apex_*)"}
     else:
-        edgetpu = {"usable": False, "reason": lib_reason + ("; a Coral is present: install libedgetpu" if coral else "")}
+        edgetpu = {"usable": False,
+                   "reason": lib_reason + ("; a Coral is present: install libedgetpu" if coral else "")}
     return {
         "xnnpack": {"usable": True, "reason": "built into the interpreter (applied by default)"},
         "edgetpu": edgetpu,

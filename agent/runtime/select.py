@@ -65,7 +65,8 @@ def _externals(specs: Iterable[Any]) -> list[_External]:
     out = []
     for spec in specs:
         get = spec.get if isinstance(spec, Mapping) else lambda k, d=None, s=spec: getattr(s, k, d)
-        out.append(_External(str(get("name")), str(get("library")), {k: str(v) for k, v in (get("options") or {}).items()}))
+        options = {k: str(v) for k, v in (get("options") or {}).items()}
+        out.append(_External(str(get("name")), str(get("library")), options))
     return out
 
 
@@ -101,11 +102,11 @@ def plan(fmt: Format, *, prefer: str = "auto", delegate: str = "auto", threads: 
     if fmt == "onnx":
         ok, reason, _version = runtime_status("onnxruntime")
         if not ok:
-            return notes + [Candidate("onnxruntime", "-", n, "skipped", reason)]
+            return [*notes, Candidate("onnxruntime", "-", n, "skipped", reason)]
         return _onnx_candidates(delegate, n) + notes
     runtime = family[0]
     ok, reason, _version = runtime_status(runtime)
-    return [Candidate(runtime, "cpu", n, "untried" if ok else "skipped", "" if ok else reason)] + notes
+    return [Candidate(runtime, "cpu", n, "untried" if ok else "skipped", "" if ok else reason), *notes]
 
 
 def _tflite_candidates(runtime: str, delegate: str, n: int, externals: list[_External],
@@ -126,8 +127,8 @@ def _tflite_candidates(runtime: str, delegate: str, n: int, externals: list[_Ext
         e = by_name[wanted]
         out.append(Candidate(runtime, e.name, n, library=e.library, delegate_options=e.options))
     else:
-        out.append(Candidate(runtime, wanted, n, "failed",
-                             f"delegate '{wanted}' is neither xnnpack, edgetpu, none nor a runtime.external_delegates name"))
+        out.append(Candidate(runtime, wanted, n, "failed", f"delegate '{wanted}' is neither xnnpack, edgetpu, "
+                             "none nor a runtime.external_delegates name"))
     for fallback in ("xnnpack", "cpu"):
         if fallback != wanted:
             out.append(Candidate(runtime, fallback, n))
@@ -229,10 +230,7 @@ def load_model(path: str | Path, *, prefer: str = "auto", delegate: str = "auto"
                  external_delegates=external_delegates, hw=hw)
     opener: Callable[[Candidate], Model] = lambda c: open_candidate(  # noqa: E731
         path, fmt, c, provider_options=provider_options or {}, dequantize=dequantize)
-    if autotune:
-        model = _autotuned(path, cands, opener, threads, cache_dir)
-    else:
-        model = _first_viable(path, cands, opener)
+    model = _autotuned(path, cands, opener, threads, cache_dir) if autotune else _first_viable(path, cands, opener)
     return model
 
 

@@ -37,6 +37,8 @@ def example_feeds(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int
         elif np.issubdtype(dtype, np.integer) and spec.quantized:
             info = np.iinfo(dtype)
             feeds[spec.name] = rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+        elif dtype.kind in "iu" and not shape:
+            feeds[spec.name] = np.ones(shape, dtype=dtype)  # an integer scalar (a rate, a count): 1, not 0
         else:
-            feeds[spec.name] = np.ones(shape, dtype=dtype) if dtype.kind in "iu" and not shape else np.zeros(shape, dtype=dtype)
+            feeds[spec.name] = np.zeros(shape, dtype=dtype)
     return feeds

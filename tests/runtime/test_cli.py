@@ -95,7 +95,9 @@ def test_infer_image(tmp_path: Path) -> None:
     scores = np.array(json.loads(result.stdout)["outputs"]["scores"]["data"], dtype=np.float32)
     import cv2
 
-    rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    bgr = cv2.imread(str(image))
+    assert bgr is not None
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
     expected = reference_image_classifier(rgb.transpose(2, 0, 1)[None])
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 

@@ -45,7 +45,7 @@ def test_lite_interpreter_file(tmp_path: Path) -> None:
             self.register_buffer("weight", torch.from_numpy(TORCH_WEIGHT.copy()))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x @ self.weight
+            return x @ self.weight  # type: ignore[operator]
 
     path = tmp_path / "m.ptl"
     torch.jit.script(Lin())._save_for_lite_interpreter(str(path))

@@ -6,11 +6,12 @@ ONNX models are written with ``onnx.helper``. Every maker returns the path it wr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def _save_onnx(graph: object, path: Path, opset: int = 13) -> Path:
+def _save_onnx(graph: Any, path: Path, opset: int = 13) -> Path:
     import onnx
     from onnx import helper
 
