@@ -23,6 +23,7 @@ from agent.errors import EdgefleetError
 from server.opcli_client import ServerClient
 
 SPARK = "▁▂▃▄▅▆▇█"
+JOB_DONE = ("succeeded", "failed")
 
 
 def sparkline(values: Sequence[float | None]) -> str:
@@ -85,10 +86,13 @@ def _items(document: Any, key: str) -> list[Any]:
 
 
 class Commands:
-    def __init__(self, client: ServerClient, console: Console, as_json: bool) -> None:
+    def __init__(self, client: ServerClient, console: Console, as_json: bool, *,
+                 progress_console: Console | None = None, poll_s: float = 0.5) -> None:
         self.client = client
         self.console = console
         self.as_json = as_json
+        self.progress_console = progress_console or Console(stderr=True)
+        self.poll_s = poll_s
 
     def emit(self, document: Any, human: Callable[[Any], None]) -> None:
         if self.as_json:
@@ -126,11 +130,16 @@ class Commands:
 
     def model_variants(self, a: argparse.Namespace) -> None:
         version = a.version or self._latest_version(a.name)
-        self.emit(self.client.variants(a.name, version), lambda d: render_table(
-            self.console, f"variants of {a.name} v{version}", _items(d, "variants"),
-            [("variant", "name"), ("status", "status"), ("format", "format"), ("size", "size"),
-             ("agreement", "report.agreement"), ("p50 ms", "report.latency_ms.p50"),
-             ("why", "report.reason")]))
+        self.emit(self.client.variants(a.name, version), lambda d: self._variants_table(d, a.name, version))
+
+    def _variants_table(self, d: Any, name: str, version: int) -> None:
+        render_table(self.console, f"variants of {name} v{version}", _items(d, "variants"),
+                     [("variant", "name"), ("status", "status"), ("format", "format"), ("classes", "device_classes"),
+                      ("size", "size"), ("size x ref", "report.size.raw_ratio"),
+                      ("min cosine", "report.validation.outputs"), ("p50 ms", "report.latency.p50_ms"),
+                      ("x ref p50", "report.latency.ratio"), ("why not", "report.reason")],
+                     {"report.validation.outputs": _min_cosine, "device_classes": _joined,
+                      "report.reason": lambda v: "-" if v is None else str(v)[:70]})
 
     def _latest_version(self, name: str) -> int:
         versions = _items(self.client.model(name), "versions")
@@ -139,19 +148,29 @@ class Commands:
         return max(int(v["version"]) for v in versions)
 
     def model_optimize(self, a: argparse.Namespace) -> None:
-        job = self.client.optimize(a.name, a.version, a.target)
-        if a.wait and not self.as_json:
+        version = a.version or self._latest_version(a.name)
+        job = self.client.optimize(a.name, version, a.target)
+        if a.wait:
             job = self._follow_job(job)
+            if job.get("state") != "succeeded":
+                reason = job.get("message") or "no reason given"
+                raise EdgefleetError(f"job {job.get('id')} {job.get('state')}: {reason}")
+            variants = self.client.variants(a.name, version)
+            self.emit({"job": job, "variants": _items(variants, "variants")},
+                      lambda d: self._variants_table(d, a.name, version))
+            return
         self.emit(job, lambda j: self.console.print(
-            f"job {fmt(j.get('id'))}: {fmt(j.get('state'))} {fmt(j.get('message'))}"))
+            f"job {fmt(j.get('id'))}: {fmt(j.get('state'))} (follow it with --wait, or "
+            f"`edgefleet model variants {a.name} {version}`)"))
 
     def _follow_job(self, job: dict[str, Any]) -> dict[str, Any]:
         columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                    TimeElapsedColumn())
-        with Progress(*columns, console=self.console) as progress:
+        quiet = self.as_json or not self.progress_console.is_terminal
+        with Progress(*columns, console=self.progress_console, disable=quiet) as progress:
             bar = progress.add_task(f"job {job.get('id')}", total=1.0)
-            while job.get("state") not in ("succeeded", "failed", "done", "error"):
-                time.sleep(0.5)
+            while job.get("state") not in JOB_DONE:
+                time.sleep(self.poll_s)
                 job = self.client.job(job["id"])
                 progress.update(bar, completed=float(job.get("progress") or 0.0),
                                 description=f"job {job.get('id')}: {job.get('message') or job.get('state')}")
@@ -178,18 +197,27 @@ class Commands:
         self.emit(self.client.rollouts(), lambda d: render_table(
             self.console, "rollouts", _items(d, "rollouts"),
             [("id", "id"), ("model", "model"), ("version", "version"), ("state", "state"),
-             ("wave", "current_wave"), ("priority", "priority"), ("reason", "reason")]))
+             ("wave", "current_wave"), ("committed", "waves"), ("priority", "priority"), ("reason", "reason")],
+            {"current_wave": lambda v: fmt(v + 1 if isinstance(v, int) else v), "waves": _committed}))
 
     def _show_rollout(self, d: Any) -> None:
-        self.console.print(f"rollout [bold]{d.get('id')}[/]: {d.get('model')} v{d.get('version')} — "
-                           f"[bold]{d.get('state')}[/] {fmt(d.get('reason')) if d.get('reason') else ''}")
+        reason = f" ({d.get('reason')})" if d.get("reason") else ""
+        self.console.print(f"rollout [bold]{d.get('id')}[/]: {d.get('model')} v{d.get('version')} "
+                           f"priority {d.get('priority')} [bold]{d.get('state')}[/]{reason}", highlight=False)
+        gates = d.get("gates") or {}
+        self.console.print("gates: " + ", ".join(f"{k} {fmt(v)}" for k, v in gates.items()), highlight=False)
+        self.console.print(f"progress {_progress_bar(d)} {_committed(d.get('waves'))} committed", highlight=False)
         render_table(self.console, "waves", _items(d, "waves"),
-                     [("wave", "index"), ("target", "size"), ("devices", "devices"), ("committed", "committed"),
-                      ("failed", "failed"), ("state", "state")])
+                     [("wave", "index"), ("devices", "devices"), ("committed", "committed"),
+                      ("in flight", "in_flight"), ("failed", "failed"), ("superseded", "superseded"),
+                      ("state", "state")], {"index": lambda v: fmt(v + 1 if isinstance(v, int) else v)})
         devices = _items(d, "devices")
         if devices:
             render_table(self.console, "devices", devices,
-                         [("device", "device_id"), ("wave", "wave"), ("state", "state"), ("reason", "reason")])
+                         [("device", "device_id"), ("wave", "wave"), ("state", "state"), ("reason", "reason")],
+                         {"wave": lambda v: fmt(v + 1 if isinstance(v, int) else v)})
+        for conflict in _items(d, "conflicts"):
+            self.console.print(f"conflict: {conflict.get('device_id')}: {conflict.get('reason')}", highlight=False)
 
     def rollout_status(self, a: argparse.Namespace) -> None:
         while True:
@@ -207,14 +235,29 @@ class Commands:
     def device_list(self, a: argparse.Namespace) -> None:
         self.emit(self.client.devices(), lambda d: render_table(
             self.console, "devices", _items(d, "devices"),
-            [("device", "device_id"), ("online", "online"), ("class", "device_class"),
+            [("device", "device_id"), ("status", "online"), ("class", "device_class"),
              ("model", "model_name"), ("version", "model_version"), ("runtime", "runtime"),
-             ("p95 ms", "p95_ms"), ("last seen", "last_seen")], {"last_seen": ago}))
+             ("delegate", "delegate"), ("p95 ms", "p95_ms"), ("update", "update_state"),
+             ("last seen", "last_seen")], {"last_seen": ago, "online": _online, "p95_ms": _ms}))
 
     def device_show(self, a: argparse.Namespace) -> None:
         def human(d: Any) -> None:
-            for key in sorted(d):
-                self.console.print(f"{key:>16}: {fmt(d[key]) if key != 'last_seen' else ago(d[key])}")
+            desired = d.get("desired") or {}
+            facts = [
+                ("device", d.get("device_id")), ("status", _online(d.get("online"))),
+                ("class", d.get("device_class")), ("tags", ", ".join(d.get("tags") or []) or None),
+                ("agent", d.get("agent_version")),
+                ("model", f"{d.get('model_name')} v{d.get('model_version')}" if d.get("model_name") else None),
+                ("sha256", d.get("model_sha256")), ("runtime", d.get("runtime")), ("delegate", d.get("delegate")),
+                ("p95 latency", _ms(d.get("p95_ms"))), ("cpu", _pct(d.get("cpu_pct"))),
+                ("last seen", ago(d.get("last_seen"))), ("update", d.get("update_state")),
+                ("update reason", d.get("update_reason")),
+                ("desired", f"version id {desired.get('version_id')} by rollout {desired.get('rollout_id')}"
+                 + (" (revert)" if desired.get("revert") else "") if desired else None),
+                ("hw", json.dumps(d.get("hw") or {}, separators=(",", ":"))[:200]),
+            ]
+            for key, value in facts:
+                self.console.print(f"{key:>14}: {fmt(value)}", highlight=False, soft_wrap=True)
         self.emit(self.client.device(a.id), human)
 
     def device_command(self, a: argparse.Namespace) -> None:
@@ -231,29 +274,81 @@ class Commands:
     def telemetry(self, a: argparse.Namespace) -> None:
         def human(d: Any) -> None:
             rows = _items(d, "telemetry")
-            p95 = [dig(r, "p95_ms") if dig(r, "p95_ms") is not None else dig(r, "payload.inference.latency_ms.p95")
-                   for r in rows]
-            cpu = [dig(r, "cpu_pct") if dig(r, "cpu_pct") is not None else dig(r, "payload.system.cpu_pct")
-                   for r in rows]
-            render_table(self.console, f"telemetry of {a.id}", rows[-a.show:],
-                         [("seq", "seq"), ("ts", "ts"), ("count", "payload.inference.count"),
-                          ("errors", "payload.inference.errors"), ("p95 ms", "payload.inference.latency_ms.p95"),
-                          ("fps", "payload.inference.fps"), ("cpu %", "payload.system.cpu_pct"),
-                          ("rss MB", "payload.system.rss_mb")], {"ts": ago})
-            self.console.print(f"p95 latency {sparkline(p95)}")
-            self.console.print(f"cpu %       {sparkline(cpu)}")
+            if not rows:
+                self.console.print(f"no telemetry from {a.id} yet", highlight=False)
+                return
+            render_table(self.console, f"telemetry of {a.id} (last {min(a.show, len(rows))} of {len(rows)})",
+                         rows[-a.show:],
+                         [("seq", "seq"), ("time", "ts"), ("model", "model_version"), ("count", "count"),
+                          ("errors", "errors"), ("p50 ms", "p50_ms"), ("p95 ms", "p95_ms"), ("fps", "fps"),
+                          ("cpu %", "cpu_pct"), ("rss MB", "rss_mb")], {"ts": ago})
+            for label, key in (("p95 ms", "p95_ms"), ("cpu %", "cpu_pct")):
+                values = [r.get(key) for r in rows]
+                present = [v for v in values if v is not None]
+                span = f"  {fmt(min(present))} .. {fmt(max(present))}" if present else ""
+                self.console.print(f"{label:<7}{sparkline(values)}{span}", highlight=False)
         self.emit(self.client.telemetry(a.id, a.limit), human)
+
+
+def _online(value: Any) -> str:
+    return "online" if value else "offline"
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f} %"
+
+
+def _joined(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else fmt(value)
+
+
+def _min_cosine(outputs: Any) -> str:
+    if not isinstance(outputs, dict):
+        return "-"
+    cosines = [float(o["cosine"]) for o in outputs.values() if isinstance(o, dict) and o.get("cosine") is not None]
+    return f"{min(cosines):.4f}" if cosines else "-"
+
+
+def _committed(waves: Any) -> str:
+    if not isinstance(waves, list):
+        return "-"
+    done = sum(int(w.get("committed") or 0) for w in waves if isinstance(w, dict))
+    total = sum(int(w.get("devices") or 0) for w in waves if isinstance(w, dict))
+    return f"{done}/{total}"
+
+
+def _progress_bar(rollout: Any, width: int = 30) -> str:
+    waves = rollout.get("waves") or []
+    total = sum(int(w.get("devices") or 0) for w in waves) or 1
+    done = sum(int(w.get("committed") or 0) for w in waves)
+    filled = round(width * done / total)
+    return "[" + "█" * filled + "░" * (width - filled) + "]"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.split("\n")[0])
-    parser.add_argument("--server", default=os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8080"))
-    parser.add_argument("--token", default=os.environ.get("EDGEFLEET_ADMIN_TOKEN"))
+    parser.add_argument("--server", default=os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8080"),
+                        help="server URL (EDGEFLEET_URL)")
+    parser.add_argument("--token", default=os.environ.get("EDGEFLEET_ADMIN_TOKEN"),
+                        help="admin token (EDGEFLEET_ADMIN_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    # --json is accepted after any sub-command too (`edgefleet model list --json`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
+
+    def command_parser(group: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], **kwargs)
+        return parser
+
     groups = parser.add_subparsers(dest="group", required=True)
 
-    model = groups.add_parser("model", help="models, versions and variants").add_subparsers(dest="cmd", required=True)
-    push = model.add_parser("push", help="upload a new version of a model")
+    model = command_parser(groups, "model", help="models, versions and variants").add_subparsers(
+        dest="cmd", required=True)
+    push = command_parser(model, "push", help="upload a new version of a model")
     push.add_argument("name")
     push.add_argument("file")
     push.add_argument("--labels")
@@ -261,23 +356,24 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--preprocess", help="pre-processing spec as JSON")
     push.add_argument("--calibration", help=".npz of sample inputs for quantization and validation")
     push.set_defaults(run=Commands.model_push)
-    model.add_parser("list").set_defaults(run=Commands.model_list)
-    show = model.add_parser("show")
+    command_parser(model, "list").set_defaults(run=Commands.model_list)
+    show = command_parser(model, "show")
     show.add_argument("name")
     show.set_defaults(run=Commands.model_show)
-    variants = model.add_parser("variants")
+    variants = command_parser(model, "variants")
     variants.add_argument("name")
     variants.add_argument("version", type=int, nargs="?")
     variants.set_defaults(run=Commands.model_variants)
-    optimize = model.add_parser("optimize", help="make optimized variants for a device class")
+    optimize = command_parser(model, "optimize", help="make optimized variants for a device class")
     optimize.add_argument("name")
-    optimize.add_argument("version", type=int)
+    optimize.add_argument("version", type=int, nargs="?", help="default: the latest")
     optimize.add_argument("--target", required=True)
-    optimize.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
+    optimize.add_argument("--wait", action="store_true",
+                          help="follow the job (progress bar on stderr), then list the variants")
     optimize.set_defaults(run=Commands.model_optimize)
 
-    rollout = groups.add_parser("rollout", help="gated fleet rollouts").add_subparsers(dest="cmd", required=True)
-    create = rollout.add_parser("create")
+    rollout = command_parser(groups, "rollout", help="gated fleet rollouts").add_subparsers(dest="cmd", required=True)
+    create = command_parser(rollout, "create")
     create.add_argument("name")
     create.add_argument("version", type=int)
     create.add_argument("--devices", help="comma-separated device ids")
@@ -292,31 +388,31 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--priority", type=int, default=0)
     create.add_argument("--auto-revert", action="store_true")
     create.set_defaults(run=Commands.rollout_create)
-    rollout.add_parser("list").set_defaults(run=Commands.rollout_list)
-    status = rollout.add_parser("status")
+    command_parser(rollout, "list").set_defaults(run=Commands.rollout_list)
+    status = command_parser(rollout, "status")
     status.add_argument("id", type=int)
     status.add_argument("--watch", action="store_true")
     status.add_argument("--interval", type=float, default=2.0)
     status.set_defaults(run=Commands.rollout_status)
     for action in ("pause", "resume", "abort"):
-        sub = rollout.add_parser(action)
+        sub = command_parser(rollout, action)
         sub.add_argument("id", type=int)
         if action == "abort":
             sub.add_argument("--revert", action="store_true", help="send updated devices back")
         sub.set_defaults(run=Commands.rollout_action, action=action)
 
-    device = groups.add_parser("devices", help="the fleet").add_subparsers(dest="cmd")
-    device.add_parser("list").set_defaults(run=Commands.device_list)
-    dshow = device.add_parser("show")
+    device = command_parser(groups, "devices", help="the fleet").add_subparsers(dest="cmd")
+    command_parser(device, "list").set_defaults(run=Commands.device_list)
+    dshow = command_parser(device, "show")
     dshow.add_argument("id")
     dshow.set_defaults(run=Commands.device_show)
-    command = device.add_parser("command", help="send a command over MQTT")
+    command = command_parser(device, "command", help="send a command over MQTT")
     command.add_argument("id")
     command.add_argument("type")
     command.add_argument("--arg", action="append", help="KEY=VALUE (VALUE parsed as JSON when it can be)")
     command.set_defaults(run=Commands.device_command)
 
-    telemetry = groups.add_parser("telemetry", help="telemetry of one device")
+    telemetry = command_parser(groups, "telemetry", help="telemetry of one device")
     telemetry.add_argument("id")
     telemetry.add_argument("--limit", type=int, default=200)
     telemetry.add_argument("--show", type=int, default=15, help="rows in the table")
@@ -329,11 +425,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):  # `edgefleet devices` alone lists them
         args.run = Commands.device_list
-    commands = Commands(ServerClient(args.server, args.token), Console(), args.json)
+    # not a terminal: no colours, and wide enough that tables are not cut (COLUMNS still wins)
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    commands = Commands(ServerClient(args.server, args.token), Console(width=width), args.json)
     try:
         args.run(commands, args)
     except (EdgefleetError, ValueError) as exc:
-        print(f"edgefleet: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split()) or exc.__class__.__name__
+        print(f"edgefleet: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -35,10 +35,17 @@ class ServerClient:
                 detail = response.text
             if not isinstance(detail, str):
                 detail = json.dumps(detail)
-            raise ApiError(f"{method} {path}: HTTP {response.status_code}: {detail.strip()[:300]}")
+            detail = " ".join(detail.split())[:300]
+            if response.status_code == 401 and "Authorization" not in self.session.headers:
+                detail += " (pass --token or set EDGEFLEET_ADMIN_TOKEN)"
+            raise ApiError(f"{method} {path}: HTTP {response.status_code}: {detail}")
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(f"{method} {path}: {self.url} answered with something that is not JSON "
+                           f"(is it an edgefleet server?)") from exc
 
     # models
     def push_model(self, name: str, file: Path, *, labels: Path | None = None, meta: dict[str, Any] | None = None,

@@ -1,0 +1,190 @@
+"""``edgefleet`` (the installed console script) as a subprocess against the real server and a real Mosquitto."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import requests
+
+from server.opcli import SPARK
+from tests.dashboard.fleet import birth, connect, telemetry
+from tests.support.broker import Mosquitto
+from tests.support.models import make_onnx_image_classifier
+from tests.support.net import wait_until
+from tests.support.server import RunningServer, start_server
+
+EDGEFLEET = Path(sys.executable).with_name("edgefleet")
+
+
+@dataclass
+class Env:
+    server: RunningServer
+    client: mqtt.Client
+    models: list[Path]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    workdir = tmp_path_factory.mktemp("opcli")
+    broker = Mosquitto(workdir).start()
+    server = start_server(workdir, mqtt_port=broker.port, overrides={
+        "telemetry": {"batch_interval_s": 0.05}, "device_classes": {"rpi4": ["cpu-int8-static", "cpu-int8-dynamic"]}})
+    client = connect(broker.port)
+    models = [make_onnx_image_classifier(workdir / f"cls{i}.onnx", seed=i) for i in (0, 1)]
+    try:
+        yield Env(server, client, models)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        server.stop()
+        broker.stop()
+
+
+def cli(env: Env, *args: str, token: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    environ = dict(os.environ, EDGEFLEET_URL=env.server.url, EDGEFLEET_ADMIN_TOKEN=token or env.server.admin_token,
+                   COLUMNS="200")
+    done = subprocess.run([str(EDGEFLEET), *args], capture_output=True, text=True, timeout=120, env=environ)
+    assert "Traceback" not in done.stderr, done.stderr
+    if ok:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def cli_json(env: Env, *args: str) -> Any:
+    return json.loads(cli(env, *args, "--json").stdout)  # the whole stdout is one JSON document
+
+
+def failure(env: Env, *args: str, token: str | None = None) -> str:
+    done = cli(env, *args, token=token, ok=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("edgefleet: ")
+    return done.stderr.strip()
+
+
+def test_model_push_list_show(env: Env) -> None:
+    first = cli(env, "model", "push", "cls", str(env.models[0]), "--task", "classification").stdout
+    sha0 = hashlib.sha256(env.models[0].read_bytes()).hexdigest()
+    assert first.strip() == f"pushed cls version 1 (onnx, sha256 {sha0[:12]})"
+    second = cli_json(env, "model", "push", "cls", str(env.models[1]))
+    assert (second["version"], second["format"]) == (2, "onnx")
+    assert second["sha256"] == hashlib.sha256(env.models[1].read_bytes()).hexdigest()
+    assert [(i["name"], i["dtype"], i["shape"]) for i in second["inputs"]] == [("image", "float32", [None, 3, 32, 32])]
+    listed = cli_json(env, "--json", "model", "list")  # --json before or after the sub-command
+    assert [(m["name"], m["latest_version"], m["format"]) for m in listed["models"]] == [("cls", 2, "onnx")]
+    table = cli(env, "model", "list").stdout
+    assert any(line.split("│")[1:4] == [" cls  ", " 2      ", " onnx   "] for line in table.splitlines()), table
+    shown = cli(env, "model", "show", "cls").stdout
+    assert sha0[:12] in shown and second["sha256"][:12] in shown
+
+
+def test_optimize_waits_then_lists_variants(env: Env) -> None:
+    result = cli_json(env, "model", "optimize", "cls", "1", "--target", "cpu-int8", "--wait")
+    assert result["job"]["state"] == "succeeded" and result["job"]["progress"] == 1.0
+    variants = {v["name"]: v for v in result["variants"]}
+    assert set(variants) == {"reference", "cpu-int8-static", "cpu-int8-dynamic"}
+    assert all(v["status"] in ("ready", "failed") for v in variants.values())
+    table = cli(env, "model", "variants", "cls", "1").stdout
+    assert "variants of cls v1" in table
+    for name, variant in variants.items():
+        row = next(line for line in table.splitlines() if f" {name} " in line)
+        assert f" {variant['status']} " in row
+    failed = failure(env, "model", "optimize", "cls", "--target", "toaster", "--wait")
+    assert failed.startswith("edgefleet: job ") and "failed" in failed and "toaster" in failed
+
+
+def test_rollout_create_status_pause_resume_abort(env: Env) -> None:
+    tokens = {f"r{i}": env.server.enroll(f"r{i}", device_class="rpi4") for i in range(1, 5)}
+    created = cli_json(env, "rollout", "create", "cls", "2", "--devices", "r1,r2,r3,r4", "--counts", "1,4",
+                       "--soak", "3600")
+    rollout_id = created["id"]
+    assert (created["state"], created["model"], created["version"]) == ("running", "cls", 2)
+    assert [(w["devices"], w["state"]) for w in created["waves"]] == [(1, "active"), (3, "pending")]
+    assigned = next(d["device_id"] for d in created["devices"] if d["state"] == "assigned")
+    status = cli(env, "rollout", "status", str(rollout_id)).stdout
+    assert f"rollout {rollout_id}: cls v2 priority 0 running" in status and "0/4 committed" in status
+    report = {"state": "committed", "model": "cls", "version": 2, "rollout_id": rollout_id}
+    requests.post(f"{env.server.url}/v1/devices/{assigned}/reports", json=report, timeout=5,
+                  headers={"Authorization": f"Bearer {tokens[assigned]}"}).raise_for_status()
+    status = cli(env, "rollout", "status", str(rollout_id)).stdout
+    assert "1/4 committed" in status and "[" + "█" * 8 + "░" * 22 + "]" in status
+    wave_rows = [line for line in status.splitlines() if line.startswith("│ 1 ") or line.startswith("│ 2 ")]
+    assert [[c.strip() for c in row.split("│")[1:-1]] for row in wave_rows[:2]] == [
+        ["1", "1", "1", "0", "0", "0", "active"], ["2", "3", "0", "0", "0", "0", "pending"]]
+    assert "paused" in cli(env, "rollout", "pause", str(rollout_id)).stdout
+    assert failure(env, "rollout", "pause", str(rollout_id)) == (
+        f"edgefleet: POST /v1/rollouts/{rollout_id}/pause: HTTP 409: rollout {rollout_id} is paused, not running")
+    assert cli_json(env, "rollout", "resume", str(rollout_id))["state"] == "running"
+    aborted = cli_json(env, "rollout", "abort", str(rollout_id), "--revert")
+    assert aborted["state"] == "aborted"
+    assert {d["device_id"]: d["state"] for d in aborted["devices"]}[assigned] == "reverted"
+    listed = cli_json(env, "rollout", "list")["rollouts"]
+    assert [(r["id"], r["state"]) for r in listed] == [(rollout_id, "aborted")]
+
+
+def send(env: Env, device: str, leaf: str, document: dict[str, Any], retain: bool = False) -> None:
+    env.client.publish(f"edgefleet/v1/devices/{device}/{leaf}", json.dumps(document), qos=1,
+                       retain=retain).wait_for_publish(5)
+
+
+def test_devices_and_telemetry_with_sparkline(env: Env) -> None:
+    env.server.enroll("t1", device_class="rpi4")
+    send(env, "t1", "status", birth(3, 1), retain=True)
+    p95 = [2.0, 4.0, 6.0, 8.0, 6.0, 4.0, 2.0, 9.0]
+    for seq, value in enumerate(p95, start=1):
+        send(env, "t1", "telemetry", telemetry(seq, 5000.0 + seq, p50=1.0, p95=value, cpu=10.0 * seq, version=1))
+    wait_until(lambda: len(cli_json(env, "telemetry", "t1")["telemetry"]) == len(p95), timeout=10, interval=0.2)
+    human = cli(env, "telemetry", "t1", "--show", "3").stdout
+    expected = "".join(SPARK[int((v - 2.0) / 7.0 * 7.999)] for v in p95)
+    assert expected == "▁▃▅▇▅▃▁█"
+    assert f"p95 ms {expected}  2 .. 9" in human
+    assert f"cpu %  {''.join(SPARK[int(i / 7 * 7.999)] for i in range(8))}  10 .. 80" in human
+    assert "last 3 of 8" in human
+    devices = cli_json(env, "devices")["devices"]  # `devices` alone lists
+    t1 = next(d for d in devices if d["device_id"] == "t1")
+    assert (t1["online"], t1["model_name"], t1["model_version"], t1["p95_ms"]) == (True, "detector", 1, 9.0)
+    row = next(line for line in cli(env, "devices", "list").stdout.splitlines() if "│ t1 " in line)
+    assert [c.strip() for c in row.split("│")[1:9]] == ["t1", "online", "rpi4", "detector", "1", "onnxruntime",
+                                                         "CPUExecutionProvider", "9.00"]
+    shown = cli(env, "devices", "show", "t1").stdout
+    assert "p95 latency: 9.00" in shown and "status: online" in shown and "model: detector v1" in shown
+
+
+def test_devices_command_reaches_the_device(env: Env) -> None:
+    env.server.enroll("c1")
+    got: queue.Queue[bytes] = queue.Queue()
+    listener = connect(int(env.client._port))  # a second client plays the device
+    listener.on_message = lambda _c, _u, m: got.put(bytes(m.payload))
+    listener.subscribe("edgefleet/v1/devices/c1/commands", qos=1)
+    try:
+        wait_until(lambda: listener.is_connected(), timeout=5)
+        sent = cli_json(env, "devices", "command", "c1", "check_update", "--arg", "force=true")
+        assert (sent["type"], sent["args"]) == ("check_update", {"force": True}) and len(sent["id"]) == 32
+        assert json.loads(got.get(timeout=5)) == sent
+    finally:
+        listener.loop_stop()
+        listener.disconnect()
+
+
+def test_errors_are_one_line(env: Env, tmp_path: Path) -> None:
+    assert failure(env, "model", "list", token="wrong") == "edgefleet: GET /v1/models: HTTP 401: invalid token"
+    assert failure(env, "model", "show", "nope") == "edgefleet: GET /v1/models/nope: HTTP 404: model nope is not known"
+    assert failure(env, "telemetry", "ghost") == (
+        "edgefleet: GET /v1/devices/ghost/telemetry: HTTP 404: device ghost is not known")
+    assert "HTTP 404: model cls has no version 9" in failure(env, "rollout", "create", "cls", "9", "--devices", "x")
+    assert failure(env, "model", "push", "m", str(tmp_path / "missing.onnx")).startswith("edgefleet: cannot read ")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model at all")
+    assert "HTTP 422: not a model" in failure(env, "model", "push", "m", str(junk))
+    assert cli_json(env, "model", "list")["models"][0]["name"] == "cls"  # nothing half-written
+    assert failure(env, "--server", "http://127.0.0.1:9", "devices").startswith("edgefleet: cannot reach ")
