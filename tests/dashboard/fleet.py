@@ -107,10 +107,10 @@ def seed(server: RunningServer, broker_port: int, workdir: Path) -> Fleet:
                                                 drift={"psi": 0.31}))
     fleet.send("cam-03", "telemetry", telemetry(1, now - 5, p50=1.5, p95=2.5, cpu=12.0, version=1,
                                                 drift={"psi": 0.05}))
-    fleet.send("cam-01", "events", Event(seq=1, ts=now - 100, type="update.committed", version=1)
-               .model_dump(mode="json"))
-    fleet.send("cam-01", "events", Event(seq=2, ts=now - 50, type="runtime.fallback", reason=XSS_EVENT)
-               .model_dump(mode="json"))
+    fleet.send("cam-01", "events", Event.model_validate({"seq": 1, "ts": now - 100, "type": "update.committed",
+                                                         "version": 1}).model_dump(mode="json"))
+    fleet.send("cam-01", "events", Event.model_validate({"seq": 2, "ts": now - 50, "type": "runtime.fallback",
+                                                         "reason": XSS_EVENT}).model_dump(mode="json"))
     response = requests.post(f"{server.url}/v1/rollouts", headers=server.admin(), timeout=10, json={
         "model": "detector", "version": 2, "target": {"device_ids": ["cam-03", "cam-04"]},
         "waves": {"counts": [1, 2]}, "gates": {"soak_s": 3600}})
