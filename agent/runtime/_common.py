@@ -99,6 +99,13 @@ class InputBinder:
             arrays.append(value)
         return arrays
 
+    def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Like ``check`` but returns a name -> array dict: the caller's own dict when nothing was converted."""
+        arrays = self.check(feeds)
+        if type(feeds) is dict and all(a is feeds[s.name] for a, s in zip(arrays, self.specs, strict=True)):
+            return feeds
+        return {s.name: a for s, a in zip(self.specs, arrays, strict=True)}
+
     @staticmethod
     def _convert(slot: _Slot, value: np.ndarray) -> np.ndarray:
         if slot.quantized and np.issubdtype(value.dtype, np.floating):

@@ -99,9 +99,9 @@ class OnnxModel:
         return self._outputs
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = self._binder.check(feeds)
+        checked = self._binder.check_feeds(feeds)
         try:
-            results = self._run(self._out_names, dict(zip(self._in_names, arrays, strict=True)))
+            results = self._run(self._out_names, checked)
         except Exception as exc:  # onnxruntime's own error types
             raise ModelError(f"{self.path.name}: inference failed: {first_line(exc)}") from exc
         return dict(zip(self._out_names, results, strict=True))
