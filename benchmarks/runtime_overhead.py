@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.runtime import example_feeds, load_model  # noqa: E402
-from tests.support.models import make_onnx_multi_input, make_tflite_float, make_tflite_uint8  # noqa: E402
-from tests.support.published import published_model  # noqa: E402
+from agent.runtime import example_feeds, load_model
+from tests.support.models import make_onnx_multi_input, make_tflite_float, make_tflite_uint8
+from tests.support.published import published_model
 
 Call = Callable[[], object]
 
