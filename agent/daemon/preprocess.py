@@ -67,6 +67,7 @@ class Preprocessor:
         self.dtype = np.dtype(self.spec.dtype or target.dtype)
         self._affine = self._fold_affine(target)
         self._fill = LETTERBOX_FILL
+        self._blob = self._blob_params()
 
     def _fold_affine(self, target: TensorSpec) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-channel (a, b) with tensor = pixel * a + b, or None for a plain cast."""
@@ -89,6 +90,20 @@ class Preprocessor:
             zero = target.zero_point or 0
             a, b = a / target.scale, b / target.scale + zero
         return a.astype(np.float32), b.astype(np.float32)
+
+    def _blob_params(self) -> Any:
+        """OpenCV's one-call resize + swap + affine + layout for the common float case, else None."""
+        if (self._affine is None or self.dtype != np.float32 or self.channels != 3 or not self.batched
+                or self.height is None or self.width is None or self.spec.resize not in ("stretch", "none")
+                or not hasattr(cv2.dnn, "blobFromImageWithParams")):
+            return None
+        a, b = self._affine
+        if np.any(a == 0):
+            return None
+        layout = cv2.DNN_LAYOUT_NCHW if self.layout == "NCHW" else cv2.DNN_LAYOUT_NHWC
+        return cv2.dnn.Image2BlobParams(scalefactor=tuple(float(v) for v in a), size=(self.width, self.height),
+                                        mean=tuple(float(v) for v in -b / a), swapRB=self.color == "RGB",
+                                        ddepth=cv2.CV_32F, datalayout=layout)
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
         height, width = self.height, self.width
@@ -129,6 +144,9 @@ class Preprocessor:
         """One BGR/gray uint8 frame (H, W[, C]) to the input tensor."""
         if frame.ndim not in (2, 3) or frame.size == 0:
             raise InvalidInputError(f"expected an image (H, W[, C]), got shape {list(frame.shape)}")
+        if self._blob is not None and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 \
+                and (self.spec.resize == "stretch" or frame.shape[:2] == (self.height, self.width)):
+            return cv2.dnn.blobFromImageWithParams(frame, self._blob)
         image = self._convert(self._resize(frame))
         if image.ndim == 2:
             image = image[:, :, None]

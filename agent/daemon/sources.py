@@ -219,6 +219,7 @@ class SyntheticSource(Source):
     """Generated frames (a few precomputed noise images, cycled) for benchmarks and tests."""
 
     kind = "synthetic"
+    lossless = True  # a source that always has a fresh frame ready: at most one frame ahead of inference
 
     def __init__(self, width: int = 640, height: int = 480, count: int = 4, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)

@@ -125,3 +125,13 @@ def test_mailbox_newest_wins_and_counts_drops() -> None:
     assert box.get(0.1).seq == 0  # type: ignore[union-attr]
     waiter.join(2)
     assert box.get(0.1).seq == 1 and box.dropped == 4  # type: ignore[union-attr]
+
+
+def test_opencv_fast_path_equals_the_numpy_path() -> None:
+    frame = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    for layout_shape in ([1, 3, 32, 32], [1, 32, 32, 3]):
+        pre = Preprocessor(spec(layout_shape), PreprocessSpec(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
+        assert pre._blob is not None
+        fast = pre(frame)["x"]
+        pre._blob = None
+        np.testing.assert_allclose(fast, pre(frame)["x"], rtol=1e-5, atol=1e-5)
