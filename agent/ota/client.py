@@ -523,12 +523,14 @@ class UpdateClient:
     # --- events, reports, enrollment ----------------------------------------------------------
 
     def _event(self, type_: str, manifest: dict[str, Any], **fields: Any) -> None:
-        if self.telemetry is None:
-            return
         model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
         payload = {"model": model.get("name"), "version": model.get("version"),
                    "rollout_id": manifest.get("rollout_id") if isinstance(manifest, dict) else None,
                    **{k: v for k, v in fields.items() if v is not None}}
+        log.info("%s %s v%s%s", type_, payload["model"], payload["version"],
+                 f": {fields['reason']}" if fields.get("reason") else "")
+        if self.telemetry is None:
+            return
         try:
             self.telemetry.event(type_, **payload)
         except Exception:
