@@ -38,7 +38,7 @@ def _lower_priority() -> None:
 class ShadowRunner:
     def __init__(self, candidate_infer: CandidateInfer, spec: ShadowSpec, task: str, *,
                  layout: BoxLayout | None = None, iou: float = 0.5, max_error_rate: float = 0.05,
-                 burst_s: float = 0.25, copy_inputs: bool = True, name: str = "shadow") -> None:
+                 burst_s: float = 0.1, copy_inputs: bool = True, name: str = "shadow") -> None:
         self.candidate_infer = candidate_infer
         self.spec = spec
         self.task = task
@@ -168,5 +168,6 @@ class ShadowRunner:
         passed, reason = self.verdict()
         return {**self.tracker.report(), "task": self.task, "offered": self.offered, "sampled": self.sampled,
                 "skipped_budget": self.skipped_budget, "skipped_busy": self.skipped_busy,
-                "cpu_pct": round(self.cpu_pct(), 3), "sample_fraction": self.spec.sample_fraction,
+                "cpu_pct": round(self.cpu_pct(), 3), "busy_s": round(self._busy_s, 4),
+                "sample_fraction": self.spec.sample_fraction,
                 "cpu_budget_pct": self.spec.cpu_budget_pct, "passed": passed, "reason": reason}
