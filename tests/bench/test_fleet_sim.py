@@ -1,0 +1,64 @@
+"""The fleet simulator, small: real server, real Mosquitto, 20 virtual devices for a few seconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks._fleet.stack import Operator
+from benchmarks.fleet_sim import Options, main, run_sim
+from server.demo.broker import find_mosquitto
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="Mosquitto is not installed")
+
+FAST = dict(poll_s=1.0, telemetry_s=1.0, trial_s=0.2, soak_s=0.5, steady_s=2.0, max_seconds=90.0, quiet=True)
+
+
+def test_twenty_devices_enroll_report_and_take_a_gated_rollout() -> None:
+    seen: dict[str, Any] = {}
+
+    def inspect(operator: Operator, device_ids: list[str]) -> None:
+        for device_id in device_ids:
+            rows = operator.telemetry(device_id)
+            seqs = [r["seq"] for r in rows]
+            assert len(rows) >= 3 and seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+            assert rows[0]["model_version"] == 1
+            events = [e["type"] for e in operator.events(device_id)]
+            assert events[-4:] == ["update.downloading", "update.verified", "update.installed", "update.committed"]
+            device = operator.device(device_id)
+            assert (device["model_version"], device["online"], device["update_state"]) == (2, True, "committed")
+        seen["devices"] = len(device_ids)
+
+    result = run_sim(Options(devices=20, **FAST), inspect=inspect)  # type: ignore[arg-type]
+
+    assert seen["devices"] == 20
+    assert result["broker"] == "mosquitto" and result["mqtt"] == "5"
+    assert result["device_totals"]["enrolled"] == 20 and result["workers_reported"] == 1
+    assert result["errors"] == {}, result["error_samples"]
+    steady = result["checkin_steady"]
+    assert steady["count"] >= 20 and steady["share_304"] >= 0.8 and 0 < steady["p99_ms"] < 1000
+    assert result["telemetry"]["stored_rows"] >= 20 * 3 and result["telemetry"]["stored_per_s"] > 10
+    rollout = result["rollout"]
+    assert rollout["state"] == "completed" and rollout["devices_on_v2"] == 20
+    assert [w["devices"] for w in rollout["waves"]] == [1, 1, 8, 10]  # 1/10/50/100 % of 20, at least one each
+    assert all(w["committed"] == w["devices"] for w in rollout["waves"])
+    assert 0 < rollout["all_committed_s"] < 60
+    assert result["outcomes"] == {"committed": 20, "rolled_back": 0, "rejected": 0}
+    assert result["device_totals"]["downloads"] == 20 and result["device_totals"]["reports_sent"] == 80
+
+
+def test_failing_canary_pauses_the_rollout_at_the_first_gate() -> None:
+    result = run_sim(Options(devices=10, fail_fraction=1.0, **FAST))  # type: ignore[arg-type]
+    rollout = result["rollout"]
+    assert rollout["state"] == "paused"
+    assert "failure ratio 1/1" in rollout["reason"]
+    assert rollout["devices_on_v2"] == 0 and rollout["rolled_back"] == 1
+    assert [(w["devices"], w["committed"], w["failed"]) for w in rollout["waves"]] == [(1, 0, 1), (4, 0, 0), (5, 0, 0)]
+
+
+def test_bad_arguments_are_refused_with_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--waves", "one,two"])
+    assert exit_info.value.code == 2
+    assert "--waves must be numbers" in capsys.readouterr().err
