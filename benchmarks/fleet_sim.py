@@ -58,7 +58,7 @@ class Options:
     fail_fraction: float = 0.0
     regression: float = 1.0
     max_seconds: float = 900.0
-    http_connections: int = 64
+    http_connections: int = 16
     broker: str = "auto"
     server: str | None = None
     admin_token: str | None = None
@@ -467,7 +467,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--fail-fraction", type=float, default=0.0, help="share of devices whose trial rolls back")
     p.add_argument("--regression", type=float, default=1.0, help="latency factor of v2 (the p95 gate is x1.5)")
     p.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on one run")
-    p.add_argument("--http-connections", type=int, default=64, help="keep-alive connections per worker")
+    p.add_argument("--http-connections", type=int, default=16, help="keep-alive connections per worker")
     p.add_argument("--broker-kind", default="auto", choices=("auto", "mosquitto", "amqtt"))
     p.add_argument("--server", help="use this server instead of starting one (needs the next four)")
     p.add_argument("--admin-token")

@@ -273,9 +273,10 @@ class VirtualDevice:
             await self.checkin()
             await asyncio.sleep(self.spec.poll_s * self.rng.uniform(0.9, 1.1))
 
-    async def run(self, stop: asyncio.Event, connect_slots: asyncio.Semaphore) -> None:
+    async def run(self, stop: asyncio.Event, connect_slots: asyncio.Semaphore,
+                  enroll_slots: asyncio.Semaphore) -> None:
         """Enroll, then keep an MQTT session (reconnecting with jittered backoff) until ``stop``."""
-        async with connect_slots:
+        async with enroll_slots:
             await self.enroll()
         self.stats.running[self.model.version or 0] += 1
         checkins = asyncio.create_task(self._checkin_loop())

@@ -47,7 +47,9 @@ async def _run(index: int, spec: FleetSpec, device_ids: list[str], stop_flag: An
     slots = asyncio.Semaphore(connect_concurrency)
     devices = [VirtualDevice(d, spec, http, key, stats) for d in device_ids]
     lag = asyncio.create_task(_lag_probe(stats))
-    tasks = [asyncio.create_task(d.run(stop, slots)) for d in devices]
+    # the server stalls under more than about 20 concurrent enrollments (see docs/fleet-sim.md)
+    enroll_slots = asyncio.Semaphore(8)
+    tasks = [asyncio.create_task(d.run(stop, slots, enroll_slots)) for d in devices]
     while not stop_flag.is_set():
         out.put(("progress", index, stats.progress()))
         failed = [t for t in tasks if t.done() and t.exception() is not None]
@@ -66,7 +68,7 @@ async def _run(index: int, spec: FleetSpec, device_ids: list[str], stop_flag: An
 
 
 def worker_main(index: int, spec: FleetSpec, device_ids: list[str], stop_flag: multiprocessing.synchronize.Event,
-                out: Queue[Any], http_connections: int = 64, connect_concurrency: int = 100) -> None:
+                out: Queue[Any], http_connections: int = 16, connect_concurrency: int = 100) -> None:
     raise_nofile()
     logging.basicConfig(level=logging.WARNING)
     try:
