@@ -19,10 +19,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.dashboard.fleet import birth, connect, telemetry  # noqa: E402
-from tests.support.broker import Mosquitto  # noqa: E402
-from tests.support.net import wait_until  # noqa: E402
-from tests.support.server import start_server  # noqa: E402
+from tests.dashboard.fleet import birth, connect, telemetry
+from tests.support.broker import Mosquitto
+from tests.support.net import wait_until
+from tests.support.server import start_server
 
 
 def timed(url: str, headers: dict[str, str], runs: int) -> tuple[float, int]:
