@@ -20,6 +20,8 @@ from agent.wire import ModelMeta
 
 # Called after every inference with (meta of the model that served, latency in s, ok).
 InferenceObserver = Callable[[ModelMeta, float, bool], None]
+# Called after every swap with the model that serves now and its meta.
+SwapListener = Callable[[Model, ModelMeta], None]
 
 
 class NoModelError(RuntimeError):
@@ -38,6 +40,7 @@ class ModelHost:
     def __init__(self) -> None:
         self._current: Served | None = None
         self._observers: list[InferenceObserver] = []
+        self._swap_listeners: list[SwapListener] = []
         self._swap_lock = threading.Lock()
 
     @property
@@ -56,6 +59,10 @@ class ModelHost:
     def remove_observer(self, observer: InferenceObserver) -> None:
         if observer in self._observers:
             self._observers.remove(observer)
+
+    def add_swap_listener(self, listener: SwapListener) -> None:
+        """``listener(model, meta)`` runs after every swap, whoever made it (start-up, OTA, rollback)."""
+        self._swap_listeners.append(listener)
 
     def _acquire(self) -> Served:
         while True:
@@ -117,6 +124,8 @@ class ModelHost:
         with self._swap_lock:
             old = self._current
             self._current = Served(model, meta)
+            for listener in self._swap_listeners:
+                listener(model, meta)
             if old is None:
                 return None
             with old.drained:

@@ -54,6 +54,7 @@ class Agent:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.host = ModelHost()
+        self.host.add_swap_listener(self._on_swap)
         self.pipelines = Pipelines()
         self.mailbox = Mailbox()
         self.cache_dir: Path | None = None
@@ -172,6 +173,9 @@ class Agent:
 
     def _serve(self, model: Model, meta: ModelMeta) -> None:
         self.host.swap(model, meta)
+
+    def _on_swap(self, model: Model, meta: ModelMeta) -> None:
+        """Whoever swapped (start-up, reload, an update, a rollback): announce what serves now."""
         self.model_error = None
         if self.telemetry is not None:
             self.telemetry.set_model(meta, model.runtime, model.delegate)
