@@ -161,10 +161,10 @@ class TFLiteModel:
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._binder.check(feeds)
-        if self._dynamic:
-            self._resize(arrays)
         set_tensor = self._set
         try:
+            if self._dynamic:
+                self._resize(arrays)  # allocate_tensors can fail here on a corrupt model
             for index, array in zip(self._in_index, arrays, strict=True):
                 set_tensor(index, array)
             self._invoke()
