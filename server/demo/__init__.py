@@ -10,6 +10,8 @@ and stops everything on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -230,6 +232,19 @@ class Demo:
                 answers[device_id] = f"error: {exc.__class__.__name__}"
         return answers
 
+    def telemetry_flow(self) -> dict[str, Any]:
+        """Per device: telemetry stored on the server, gaps in its seq, and the update events seen."""
+        assert self.client is not None
+        flow: dict[str, Any] = {}
+        for device_id in self.agents:
+            rows = self.client.telemetry(device_id, 10_000).get("telemetry", [])
+            events = self.client.events(device_id, 10_000).get("events", [])
+            seqs = sorted([r["seq"] for r in rows] + [e["seq"] for e in events])
+            gaps = sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1)
+            types = sorted({e["type"] for e in events if str(e["type"]).startswith("update.")})
+            flow[device_id] = {"telemetry": len(rows), "events": types, "gaps": gaps}
+        return flow
+
     def run(self) -> int:
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
@@ -250,7 +265,15 @@ class Demo:
         second = self.rollout(2, {"counts": counts}, soak_s=self.args.soak)
         result = self.watch(second, 300)
         answers = self.probe_agents()
+        flow = self.telemetry_flow()
+        summary = {"rollout": {"id": second, "state": result.get("state"), "reason": result.get("reason")},
+                   "served_by_version": answers, "telemetry": flow, "dashboard": self.url + "/",
+                   "seconds": round(time.monotonic() - started, 1)}
+        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.console.print()
+        for device_id, counts in flow.items():
+            self.console.print(f"{device_id}: {counts['telemetry']} telemetry messages (seq gaps: {counts['gaps']}), "
+                               f"events: {', '.join(counts['events']) or '-'}")
         self.console.print(f"[bold]rollout {second}: {result.get('state')}[/] {result.get('reason') or ''}")
         self.console.print(f"local inference API answers (device → model version): {answers}")
         self.console.print(f"whole loop in {time.monotonic() - started:.0f} s")
