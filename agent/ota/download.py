@@ -82,6 +82,13 @@ class Downloader:
                 have, mode = 0, "wb"
             elif response.status_code in (404, 410):
                 raise UpdateRejected(f"artifact {url} is gone ({response.status_code})")
+            elif response.status_code == 416:  # our partial file is at or past the server's end
+                part.unlink(missing_ok=True)
+                etag_file.unlink(missing_ok=True)
+                total = _range_total(response.headers.get("Content-Range", ""))
+                if total is not None and total < size:
+                    raise UpdateRejected(f"the server has {total} bytes of {url}, the manifest says {size}")
+                raise TransportError(f"download of {url}: HTTP 416 for bytes={have}-; starting over")
             else:
                 raise TransportError(f"download of {url}: HTTP {response.status_code}")
             new_etag = response.headers.get("ETag")
@@ -127,6 +134,14 @@ def _range_start(content_range: str) -> int:
         return int(content_range.split()[1].split("-")[0])
     except (IndexError, ValueError):
         return -1
+
+
+def _range_total(content_range: str) -> int | None:
+    # "bytes */TOTAL" (416) or "bytes START-END/TOTAL"
+    try:
+        return int(content_range.rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def apply_delta(old: Path, patch: Path, out: Path) -> None:

@@ -1,0 +1,219 @@
+"""Hostile update traffic for a device that serves v1: what tests/ota does not already cover.
+
+A man in the middle (a ``requests.Session`` on the device's link) or a tampered server store supplies:
+an artifact larger or smaller than the manifest says, a manifest without its signature (or with an
+empty one), a genuine manifest signed for another device, and a replay of an older genuine manifest.
+Each is refused with a one-line reason, the state machine stays consistent, and v1 keeps serving with
+its exact outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from agent.ota.client import UpdateClient
+from tests.ota.helpers import image, make_classifier, ort_loader
+from tests.ota.rig import Device, Traffic
+from tests.reliability.support import FAST_TRIAL, Versions, check_state_files
+from tests.support.models import reference_image_classifier
+from tests.support.server import RunningServer
+
+Rewrite = Callable[[str, requests.Response], None]
+
+
+class Middle(requests.Session):
+    """Rewrites the real server's answers on their way to the device."""
+
+    def __init__(self, rewrite: Rewrite) -> None:
+        super().__init__()
+        self.rewrite = rewrite
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        response = super().request(method, url, *args, **kwargs)
+        self.rewrite(url, response)
+        return response
+
+
+def _v1_device(server: RunningServer, tmp_path: Path, device_id: str) -> tuple[Device, Versions]:
+    device = Device(server, tmp_path, device_id, trial=FAST_TRIAL)
+    versions = Versions(server, tmp_path / "models", f"h-{device_id}")
+    v1 = versions.push(seed=0)
+    versions.roll_out(v1["version"], [device_id])
+    with Traffic(device.host):
+        assert device.update() == "committed"
+    return device, versions
+
+
+def _still_v1(device: Device, state_dir: Path) -> None:
+    assert device.host.meta is not None and device.host.meta.version == 1
+    outputs, served = device.host.infer({"image": image(2)})
+    assert served.version == 1
+    np.testing.assert_allclose(outputs["scores"], reference_image_classifier(image(2), seed=0), rtol=1e-5)
+    found = check_state_files(state_dir)
+    assert found["active"] == "slot-a" and found["tmp_files"] == []
+    assert not [p for p in (state_dir / "update" / "partial").glob("*")]  # nothing half-downloaded kept
+
+
+def _reasons(device: Device, kind: str) -> list[str]:
+    return [str(f.get("reason")) for t, f in device.log.events if t == kind]
+
+
+def _store(server: RunningServer, sha: str) -> Path:
+    path = server.workdir / "artifacts" / sha[:2] / sha
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter"])
+def test_artifact_of_the_wrong_size_on_the_server(server: RunningServer, tmp_path: Path, change: str) -> None:
+    device, versions = _v1_device(server, tmp_path, f"size-{change}")
+    v2 = versions.push(seed=11 if change == "longer" else 12)  # its own bytes: the store is content-addressed
+    stored = _store(server, v2["sha256"])
+    data = stored.read_bytes()
+    stored.write_bytes(data + b"\0" * 4096 if change == "longer" else data[: len(data) // 2])
+    versions.roll_out(v2["version"], [device.config.device_id])
+    with Traffic(device.host) as traffic:
+        final = device.update(timeout=20)
+    if change == "longer":
+        assert final == "failed"
+        assert _reasons(device, "update.failed")[-1] == f"server sent more than the manifest's {v2['size']} bytes"
+    else:
+        assert final in ("failed", "rejected")
+        reason = (_reasons(device, "update.failed") + _reasons(device, "update.rejected"))[-1]
+        assert f"manifest says {v2['size']}" in reason, reason
+    assert set(traffic.served) == {1} and sum(traffic.failed.values()) == 0
+    _still_v1(device, device.config.state_dir)
+
+
+def test_artifact_bytes_changed_in_transit(server: RunningServer, tmp_path: Path) -> None:
+    device, versions = _v1_device(server, tmp_path, "transit")
+    v2 = versions.push(seed=13)
+
+    def flip(url: str, response: requests.Response) -> None:
+        if "/v1/artifacts/" in url:
+            inner = response.iter_content
+
+            def flipped(chunk_size: int = 1, decode_unicode: bool = False) -> Any:
+                for i, block in enumerate(inner(chunk_size, decode_unicode)):
+                    yield (bytes([block[0] ^ 0x01]) + block[1:]) if i == 0 else block
+
+            response.iter_content = flipped  # type: ignore[method-assign]
+
+    device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Middle(flip))
+    versions.roll_out(v2["version"], [device.config.device_id])
+    assert device.update() == "rejected"
+    assert "does not match the manifest's" in _reasons(device, "update.rejected")[-1]
+    _still_v1(device, device.config.state_dir)
+
+
+@pytest.mark.parametrize("signature", [None, "", 12345])
+def test_manifest_without_a_usable_signature(server: RunningServer, tmp_path: Path, signature: object) -> None:
+    device, versions = _v1_device(server, tmp_path, f"nosig-{signature!s}")
+    v2 = versions.push(seed=1)
+
+    def strip(url: str, response: requests.Response) -> None:
+        if url.endswith("/manifest") and response.status_code == 200:
+            body = response.json()
+            if signature is None:
+                del body["signature"]
+            else:
+                body["signature"] = signature
+            response._content = json.dumps(body).encode()
+
+    device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Middle(strip))
+    versions.roll_out(v2["version"], [device.config.device_id])
+    if isinstance(signature, str):  # parses as a SignedManifest, fails verification
+        assert device.update() == "rejected"
+        assert "signature" in _reasons(device, "update.rejected")[-1]
+    else:  # not a SignedManifest at all: the answer is refused like a broken transfer, and nothing moves
+        from agent.errors import TransportError
+
+        with pytest.raises(TransportError, match="manifest is not a SignedManifest") as caught:
+            device.client.run_once()
+        assert "\n" not in str(caught.value)
+        assert device.client.state.value == "committed"
+    _still_v1(device, device.config.state_dir)
+
+
+def test_genuine_manifest_of_another_device_is_refused(server: RunningServer, tmp_path: Path) -> None:
+    device, versions = _v1_device(server, tmp_path, "victim")
+    other = Device(server, tmp_path, "other-dev")
+    v2 = versions.push(seed=1)
+    versions.roll_out(v2["version"], ["other-dev"])
+    stolen = requests.get(f"{server.url}/v1/devices/other-dev/manifest", timeout=5,
+                          headers={"Authorization": f"Bearer {other.client.api().token}"})
+    assert stolen.status_code == 200
+
+    def swap(url: str, response: requests.Response) -> None:
+        if url.endswith("/victim/manifest"):
+            response.status_code = 200
+            response._content = stolen.content
+
+    device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Middle(swap))
+    assert device.client.run_once().value == "rejected"
+    assert _reasons(device, "update.rejected")[-1] == "manifest is for device 'other-dev', not 'victim'"
+    _still_v1(device, device.config.state_dir)
+
+
+def test_replayed_older_manifest_is_refused(server: RunningServer, tmp_path: Path) -> None:
+    device, versions = _v1_device(server, tmp_path, "replay")
+    device_id = device.config.device_id
+    v2 = versions.push(seed=1)
+    versions.roll_out(v2["version"], [device_id])
+    captured = requests.get(f"{server.url}/v1/devices/{device_id}/manifest", timeout=5,
+                            headers={"Authorization": f"Bearer {device.client.api().token}"}).content
+    assert json.loads(captured)["manifest"]["model"]["version"] == 2
+    with Traffic(device.host):
+        assert device.update() == "committed"
+    v3 = versions.push(seed=2)
+    versions.roll_out(v3["version"], [device_id])
+    with Traffic(device.host):
+        assert device.update() == "committed"
+    assert device.host.meta is not None and device.host.meta.version == 3
+
+    def replay(url: str, response: requests.Response) -> None:
+        if url.endswith("/manifest"):
+            response.status_code = 200
+            response._content = captured
+            response.headers["ETag"] = '"replayed"'
+
+    device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Middle(replay))
+    assert device.client.run_once().value == "rejected"
+    assert _reasons(device, "update.rejected")[-1] == "version 2 is not higher than the running version 3"
+    assert device.host.meta.version == 3 and device.client.slots.active_info().meta.version == 3  # type: ignore[union-attr]
+
+
+def test_upload_of_a_model_that_loads_nowhere_fails_cleanly(server: RunningServer, tmp_path: Path) -> None:
+    """A file the server accepts as ONNX but no runtime can run (a fuzzed graph): the test-load refuses it."""
+    from tests.reliability.test_fuzzed_models import fuzz
+
+    device, versions = _v1_device(server, tmp_path, "fuzzed")
+    base = make_classifier(tmp_path / "base.onnx", seed=5)
+    for candidate in fuzz(base, tmp_path / "fz", 40, seed=21):
+        response = requests.post(f"{server.url}/v1/models/{versions.name}/versions", headers=server.admin(),
+                                 files={"file": (candidate.name, candidate.read_bytes())}, timeout=30)
+        if response.status_code != 201:
+            assert response.status_code in (413, 415, 422), response.text
+            continue
+        probe = __import__("subprocess").run(
+            [__import__("sys").executable, "-m", "agent.ota.probe_load", str(candidate), "--format", "onnx"],
+            capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0:
+            continue  # it runs: not the case this test is after
+        version = response.json()["version"]
+        break
+    else:
+        pytest.skip("no fuzzed variant passed the server's check and failed the test-load")
+    versions.roll_out(version, [device.config.device_id])
+    with Traffic(device.host) as traffic:
+        assert device.update() == "failed"
+    assert _reasons(device, "update.failed")[-1].startswith("test-load failed: ")
+    assert set(traffic.served) == {1}
+    _still_v1(device, device.config.state_dir)
