@@ -215,7 +215,8 @@ class VirtualDevice:
         return p50, p50 * 1.6, p50 * 2.1, p50 * 3.0
 
     async def _publish(self, leaf: str, payload: str, retain: bool = False) -> float:
-        assert self.mqtt is not None
+        if self.mqtt is None:
+            raise aiomqtt.MqttError("the MQTT session is closing")
         started = time.perf_counter()
         await self.mqtt.publish(device_topic(self.id, leaf), payload, qos=1, retain=retain, timeout=30)
         return (time.perf_counter() - started) * 1000
