@@ -71,8 +71,12 @@ class ServerApi:
             raise self._fail(response, "manifest")
         try:
             signed = SignedManifest.model_validate(response.json())
-        except (ValueError, ValidationError) as exc:
-            raise TransportError(f"manifest is not a SignedManifest: {exc}") from exc
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise TransportError(f"manifest is not a SignedManifest: {where}: {first['msg']}") from exc
+        except ValueError as exc:
+            raise TransportError(f"manifest is not a SignedManifest: not JSON ({exc})") from exc
         return ManifestReply(200, signed, response.headers.get("ETag"))
 
     def report(self, device_id: str, report: UpdateReport) -> None:
