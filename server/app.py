@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -67,7 +68,8 @@ class Background:
 
 
 def build_state(config: ServerConfig) -> ServerState:
-    db = Database(config.database_url)
+    # every HTTP thread, plus the ingest writer, rollout loop, job workers and retention
+    db = Database(config.database_url, connections=config.http_threads + config.job_workers + 8)
     signer = Signer.from_file(config.signing_key)
     public_url = public_url_of(config)
     return ServerState(config=config, db=db, store=make_store(config.storage), signer=signer,
@@ -88,6 +90,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = config.http_threads
         migrate(state.db.engine)
         with state.db.session() as session:
             job_crud.fail_interrupted(session)

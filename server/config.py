@@ -61,6 +61,9 @@ class ServerConfig(Section):
     log_level: str = "INFO"
     rollout_tick_s: float = Field(default=1.0, gt=0)  # how often running rollouts are evaluated
     job_workers: int = Field(default=1, ge=1)  # threads building variants and deltas
+    # Threads serving sync routes. The database pool is sized above this, so a request thread never
+    # waits for a connection while the requests holding them wait for a thread (a pool deadlock).
+    http_threads: int = Field(default=32, ge=1, le=1024)
     retention_interval_s: float = Field(default=3600.0, gt=0)  # how often telemetry is downsampled/expired
 
 

@@ -33,18 +33,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, connections: int = 16) -> Engine:
+    """An engine whose pool holds up to ``connections`` (half kept open, half overflow)."""
     url = normalize_url(url)
+    pool = {"pool_size": max(1, connections // 2), "max_overflow": max(0, connections - connections // 2)}
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, pool_size=8,
-                               max_overflow=8)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **pool)
     raise ConfigError(f"database_url {url!r}: only sqlite:/// and postgresql:// are supported")
 
 
@@ -60,9 +61,9 @@ def migrate(engine: Engine) -> None:
 class Database:
     """The engine and a session factory; ``session()`` is a transaction that commits on success."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int = 16) -> None:
         self.url = normalize_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, connections)
         self.factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
