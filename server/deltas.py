@@ -5,16 +5,26 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import bsdiff4
+from sqlalchemy.orm import Session
 
+from server.config import ServerConfig
 from server.crud import NotFound
 from server.crud import deltas as crud
+from server.crud.devices import runnable_formats
+from server.crud.registry import list_variants
+from server.crud.rollouts import rollout_devices
 from server.db import Database
+from server.db.models import Device, Rollout
 from server.storage import ArtifactStore
 
 _lock = threading.Lock()
+# bsdiff holds both files and a suffix array in memory (~ 9x the larger file): bigger ones go whole
+MAX_DELTA_BYTES = 256 * 1024 * 1024
 
 
 def ensure_delta(db: Database, store: ArtifactStore, *, from_sha256: str, to_sha256: str) -> tuple[str, int]:
@@ -57,3 +67,46 @@ def ensure_delta(db: Database, store: ArtifactStore, *, from_sha256: str, to_sha
         with db.session() as session:
             crud.record_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, sha256=sha256, size=size)
         return sha256, size
+
+
+def rollout_delta_pairs(session: Session, *, rollout_id: int, config: ServerConfig) -> set[tuple[str, str]]:
+    """(from, to) artifact pairs the devices of a rollout will ask for: what each runs → its variant."""
+    from server.manifests import select_variant
+
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        return set()
+    variants = list_variants(session, version_id=rollout.version_id)
+    pairs: set[tuple[str, str]] = set()
+    for member in rollout_devices(session, rollout_id=rollout_id):
+        device = session.get(Device, member.device_id)
+        if device is None or not device.model_sha256:
+            continue
+        try:
+            variant = select_variant(variants, preferences=config.device_classes.get(device.device_class or "", []),
+                                     formats=runnable_formats(device))
+        except LookupError:
+            continue
+        if variant.sha256 and variant.sha256 != device.model_sha256:
+            pairs.add((device.model_sha256, variant.sha256))
+    return pairs
+
+
+def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerConfig, rollout_id: int,
+                           progress: Callable[[float, str], None]) -> dict[str, Any]:
+    """Make the patches a rollout's devices will want before its waves reach them (a background job)."""
+    with db.session() as session:
+        pairs = sorted(rollout_delta_pairs(session, rollout_id=rollout_id, config=config))
+    made: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for index, (from_sha, to_sha) in enumerate(pairs):
+        progress(index / max(1, len(pairs)), f"delta {from_sha[:12]} → {to_sha[:12]}")
+        if not (store.exists(from_sha) and store.exists(to_sha)):
+            skipped.append({"from": from_sha, "to": to_sha, "reason": "artifact not stored"})
+            continue
+        if max(store.size(from_sha), store.size(to_sha)) > MAX_DELTA_BYTES:
+            skipped.append({"from": from_sha, "to": to_sha, "reason": "too large for bsdiff"})
+            continue
+        sha256, size = ensure_delta(db, store, from_sha256=from_sha, to_sha256=to_sha)
+        made.append({"from": from_sha, "to": to_sha, "sha256": sha256, "size": size})
+    return {"rollout_id": rollout_id, "deltas": made, "skipped": skipped}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,31 @@ def test_priority_conflict_is_resolved_and_visible(server: RunningServer, onnx_f
     assert rollout(server, high["id"])["conflicts"] == [
         {"device_id": "prio-1", "reason": f"rollout {higher['id']} (priority 9) wins"}]
     assert desired(server, "prio-1", token)["rollout_id"] == higher["id"]  # type: ignore[index]
+
+
+def test_rollout_prepares_deltas_so_later_waves_get_them(server: RunningServer,
+                                                         onnx_files: tuple[Path, Path]) -> None:
+    tokens = {f"dl-{i}": server.enroll(f"dl-{i}", tags=["deltas"]) for i in range(2)}
+    v1 = push(server, "deltas", onnx_files[0])
+    v2 = push(server, "deltas", onnx_files[1])
+    for device, token in tokens.items():  # both run v1 already
+        requests.post(f"{server.url}/v1/devices/{device}/reports", headers=bearer(token), timeout=5, json={
+            "state": "committed", "model": "deltas", "version": 1, "sha256": v1["sha256"]}).raise_for_status()
+    created = requests.post(server.url + "/v1/rollouts", headers=server.admin(), timeout=10, json={
+        "model": "deltas", "version": 2, "target": {"tags": ["deltas"]}, "waves": {"counts": [1, 2]},
+        "gates": {"min_committed_ratio": 1.0, "soak_s": 0}}).json()
+    second = next(d["device_id"] for d in created["devices"] if d["wave"] == 1)
+    first = next(d["device_id"] for d in created["devices"] if d["wave"] == 0)
+    # the patch v1 → v2 is made in the background, before the second wave starts (no device asked yet)
+    def delta_rows() -> list[tuple[str, str]]:
+        with sqlite3.connect(server.workdir / "edgefleet.db") as db:
+            return db.execute("SELECT from_sha256, to_sha256 FROM deltas WHERE to_sha256 = ?",
+                              (v2["sha256"],)).fetchall()
+
+    assert wait_until(lambda: delta_rows() == [(v1["sha256"], v2["sha256"])], timeout=20)
+    report(server, first, tokens[first], "committed", "deltas", 2, created["id"])
+    wait_until(lambda: rollout(server, created["id"])["current_wave"] == 1, timeout=10)
+    manifest = desired(server, second, tokens[second])
+    assert manifest is not None
+    assert manifest["delta"]["from_sha256"] == v1["sha256"]
+    assert manifest["artifact"]["sha256"] == v2["sha256"]

@@ -10,6 +10,7 @@ from server.api.deps import AdminDep, SessionDep, StateDep
 from server.api.schemas import AbortBody, RolloutCreate
 from server.crud import registry
 from server.crud import rollouts as crud
+from server.deltas import prepare_rollout_deltas
 from server.state import ServerState
 
 router = APIRouter(tags=["rollouts"], dependencies=[AdminDep])
@@ -26,6 +27,9 @@ def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
             trial=body.trial.model_dump(mode="json") if body.trial else None,
             shadow=body.shadow.model_dump(mode="json") if body.shadow else None, auto_revert=body.auto_revert)
         rollout_id = rollout.id
+    state.jobs.submit(kind="deltas", params={"rollout_id": rollout_id},
+                      function=lambda _job, progress: prepare_rollout_deltas(
+                          state.db, state.store, state.config, rollout_id, progress))
     engine.step(state.db, rollout_id=rollout_id, now=time.time())  # the first wave starts now
     with state.db.session() as session:
         return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
