@@ -115,9 +115,9 @@ def test_unknown_delegate_name_is_a_failed_candidate(models: dict[str, Path]) ->
 
 
 def test_edgetpu_compiled_model_without_a_tpu_is_runtime_unavailable(tmp_path: Path) -> None:
-    from tests.optimize.tflite_maker import make_edgetpu_like_tflite
+    from tests.support.models import make_tflite_single_op
 
-    path = make_edgetpu_like_tflite(tmp_path / "m_edgetpu.tflite")
+    path = make_tflite_single_op(tmp_path / "m_edgetpu.tflite", custom="edgetpu-custom-op")
     with pytest.raises(RuntimeUnavailable) as info:
         load_model(path, delegate="edgetpu")
     text = str(info.value)

@@ -95,7 +95,7 @@ class _FlatModel:
         self.tensors: list[dict[str, object]] = []
         self.buffers: list[bytes] = [b""]
         self.ops: list[tuple[int, list[int], list[int]]] = []
-        self.opcodes: list[int] = []
+        self.opcodes: list[tuple[int, str | None]] = []  # (builtin code, custom op name)
 
     def tensor(self, name: str, shape: list[int], ttype: int, *, data: np.ndarray | None = None,
                quant: tuple[float, int] | None = None, signature: list[int] | None = None) -> int:
@@ -107,10 +107,11 @@ class _FlatModel:
                              "signature": signature})
         return len(self.tensors) - 1
 
-    def op(self, code: int, inputs: list[int], outputs: list[int]) -> None:
-        if code not in self.opcodes:
-            self.opcodes.append(code)
-        self.ops.append((self.opcodes.index(code), inputs, outputs))
+    def op(self, code: int, inputs: list[int], outputs: list[int], *, custom: str | None = None) -> None:
+        key = (code, custom)
+        if key not in self.opcodes:
+            self.opcodes.append(key)
+        self.ops.append((self.opcodes.index(key), inputs, outputs))
 
     def _ints(self, values: list[int]) -> int:
         self.b.StartVector(4, len(values), 4)
@@ -191,10 +192,13 @@ class _FlatModel:
                 tflite.BufferAddData(b, vec)
             buffer_offs.append(tflite.BufferEnd(b))
         code_offs = []
-        for code in self.opcodes:
+        for code, custom in self.opcodes:
+            custom_name = b.CreateString(custom) if custom else None
             tflite.OperatorCodeStart(b)
             tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
             tflite.OperatorCodeAddBuiltinCode(b, code)
+            if custom_name is not None:
+                tflite.OperatorCodeAddCustomCode(b, custom_name)
             tflite.OperatorCodeAddVersion(b, 1)
             code_offs.append(tflite.OperatorCodeEnd(b))
         codes_vec, sgs_vec = self._offsets(code_offs), self._offsets([subgraph])
@@ -235,6 +239,20 @@ def make_tflite_float(path: Path) -> Path:
     m.op(op.FULLY_CONNECTED, [a, weights, bias], [fc])
     m.op(op.RESHAPE, [total, new_shape], [pairs])
     return m.save(path, [a, b], [total, scaled, fc, pairs])
+
+
+def make_tflite_single_op(path: Path, *, custom: str | None = None) -> Path:
+    """``input`` float32 [1,4] -> ``output``: RELU, or a custom op named ``custom`` (e.g. an Edge TPU
+    op that only loads with its delegate)."""
+    import tflite
+
+    f32 = tflite.TensorType.FLOAT32
+    m = _FlatModel()
+    x = m.tensor("input", [1, 4], f32)
+    y = m.tensor("output", [1, 4], f32)
+    code = tflite.BuiltinOperator.CUSTOM if custom else tflite.BuiltinOperator.RELU
+    m.op(code, [x], [y], custom=custom)
+    return m.save(path, [x], [y])
 
 
 def make_tflite_uint8(path: Path) -> Path:
