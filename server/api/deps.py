@@ -17,6 +17,7 @@ from server.state import ServerState
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SHA256 = r"^[0-9a-f]{64}$"
+DB_ID_MAX = 2**63 - 1  # a larger id in a path would overflow the database's INTEGER: 422, not 500
 
 bearer = HTTPBearer(auto_error=False, description="an admin token or a device token")
 

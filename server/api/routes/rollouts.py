@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from server import rollouts as engine
-from server.api.deps import AdminDep, SessionDep, StateDep
+from server.api.deps import DB_ID_MAX, AdminDep, SessionDep, StateDep
 from server.api.schemas import AbortBody, RolloutCreate
 from server.crud import registry
 from server.crud import rollouts as crud
@@ -14,7 +14,7 @@ from server.deltas import prepare_rollout_deltas
 from server.state import ServerState
 
 router = APIRouter(tags=["rollouts"], dependencies=[AdminDep])
-RolloutId = Annotated[int, Path(ge=1)]
+RolloutId = Annotated[int, Path(ge=1, le=DB_ID_MAX)]
 
 
 @router.post("/v1/rollouts", status_code=201)

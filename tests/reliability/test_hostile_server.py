@@ -1,0 +1,242 @@
+"""Hostile clients of the update server: schemathesis over the whole OpenAPI surface, path traversal,
+oversized uploads, files that are not models, and who may call what."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.reliability.support import Versions
+from tests.support.models import make_onnx_image_classifier
+from tests.support.server import RunningServer, start_server
+
+ST = Path(sys.executable).with_name("st")
+FUZZ_S = int(os.environ.get("RELIABILITY_SCHEMATHESIS_S", "25"))
+DEVICE_ROUTES = {("GET", "/v1/devices/{device_id}/manifest"), ("POST", "/v1/devices/{device_id}/reports"),
+                 ("POST", "/v1/devices/{device_id}/samples")}
+OPEN_ROUTES = {("GET", "/healthz"), ("POST", "/v1/enroll"), ("GET", "/login"), ("POST", "/login"), ("GET", "/logout"),
+               ("GET", "/"), ("GET", "/devices/{device_id}"), ("GET", "/metrics")}
+EITHER_ROUTES = {("GET", "/v1/artifacts/{sha256}"), ("GET", "/v1/deltas/{from_sha256}/{to_sha256}")}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("hostile-srv"), overrides={"max_upload_mb": 1})
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def tokens(srv: RunningServer) -> dict[str, str]:
+    return {"a": srv.enroll("dev-a"), "b": srv.enroll("dev-b")}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def operations(srv: RunningServer) -> list[tuple[str, str]]:
+    paths = requests.get(srv.url + "/openapi.json", timeout=10).json()["paths"]
+    return sorted((method.upper(), path) for path, ops in paths.items() for method in ops
+                  if method in ("get", "post", "put", "patch", "delete"))
+
+
+def concrete(path: str) -> str:
+    values = {"device_id": "dev-a", "sha256": "0" * 64, "from_sha256": "0" * 64, "to_sha256": "1" * 64,
+              "name": "m", "version": "1", "rollout_id": "1", "job_id": "1"}
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), "x"), path)
+
+
+VALID_BODIES = {"/v1/devices/{device_id}/reports": {"state": "committed", "model": "m", "version": 1},
+                "/v1/devices/{device_id}/samples": {"samples": []}}
+
+
+def call(srv: RunningServer, method: str, path: str, headers: dict[str, str]) -> int:
+    """The request with a body that validates, so only the credentials can make it fail."""
+    return requests.request(method, srv.url + concrete(path), headers=headers, json=VALID_BODIES.get(path, {}),
+                            timeout=10, allow_redirects=False).status_code
+
+
+def test_authorization_matrix(srv: RunningServer, tokens: dict[str, str]) -> None:
+    """Every operator route refuses no token, a bad token and a device token; device routes refuse another
+    device's token and the admin token; artifacts need some token."""
+    ops = operations(srv)
+    operator = [op for op in ops if op not in DEVICE_ROUTES | OPEN_ROUTES | EITHER_ROUTES]
+    assert len(operator) >= 15, operator
+    refused: list[tuple[str, str, str, int]] = []
+    for method, path in operator:
+        for who, headers, want in (("none", {}, 401), ("bad", bearer("not-a-token"), 401),
+                                   ("device", bearer(tokens["a"]), 403)):
+            got = call(srv, method, path, headers)
+            if got != want:
+                refused.append((method, path, who, got))
+    for method, path in sorted(DEVICE_ROUTES & set(ops)):
+        for who, headers, want in (("none", {}, 401), ("bad", bearer("x"), 401), ("admin", srv.admin(), 401),
+                                   ("device b", bearer(tokens["b"]), 403)):
+            got = call(srv, method, path, headers)
+            if got != want:
+                refused.append((method, path, who, got))
+    for method, path in sorted(EITHER_ROUTES):
+        for who, headers in (("none", {}), ("bad", bearer("x"))):
+            got = call(srv, method, path, headers)
+            if got != 401:
+                refused.append((method, path, who, got))
+    print(f"authorization matrix: {len(operator)} operator routes x 3 callers, "
+          f"{len(DEVICE_ROUTES & set(ops))} device routes x 4, {len(EITHER_ROUTES)} artifact routes x 2")
+    assert refused == [], "\n".join(map(str, refused))
+
+
+def test_device_a_cannot_see_or_report_for_device_b(srv: RunningServer, tokens: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    versions = Versions(srv, tmp_path, "authz")
+    v1 = versions.push(seed=0)
+    versions.roll_out(v1["version"], ["dev-b"])
+    mine = requests.get(f"{srv.url}/v1/devices/dev-b/manifest", headers=bearer(tokens["b"]), timeout=5)
+    assert mine.status_code == 200
+    theirs = requests.get(f"{srv.url}/v1/devices/dev-b/manifest", headers=bearer(tokens["a"]), timeout=5)
+    assert theirs.status_code == 403 and "dev-b" not in theirs.text.replace("device dev-b", "")
+    report = {"state": "committed", "model": "authz", "version": 1, "sha256": v1["sha256"]}
+    forged = requests.post(f"{srv.url}/v1/devices/dev-b/reports", headers=bearer(tokens["a"]), json=report, timeout=5)
+    assert forged.status_code == 403
+    rollout = requests.get(f"{srv.url}/v1/rollouts", headers=srv.admin(), timeout=5).json()
+    states = [d["state"] for r in rollout["rollouts"] if r["model"] == "authz"
+              for d in requests.get(f"{srv.url}/v1/rollouts/{r['id']}", headers=srv.admin(), timeout=5)
+              .json()["devices"]]
+    assert "committed" not in states  # the forged report changed nothing
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/models/..%2F..%2Fetc%2Fpasswd", "/v1/models/%2e%2e", "/v1/models/..", "/v1/models/.hidden",
+    "/v1/models/a%00b", "/v1/models/%C3%A9t%C3%A9", "/v1/models/" + "a" * 200,
+    "/v1/artifacts/..%2F..%2Fserver.yaml", "/v1/artifacts/" + "A" * 64, "/v1/artifacts/" + "0" * 63 + "%2F",
+    "/v1/deltas/" + "0" * 64 + "/..%2F..%2Fserver.pub", "/v1/devices/..%2Fdev-a/manifest",
+    "/v1/models/m/versions/1/../../../../server.yaml",
+])
+def test_path_traversal_is_refused(srv: RunningServer, path: str) -> None:
+    got = requests.get(srv.url + path, headers=srv.admin(), timeout=5)
+    assert got.status_code in (404, 422), (path, got.status_code, got.text[:200])
+    assert "BEGIN" not in got.text and "admin_token" not in got.text
+
+
+def stored_files(srv: RunningServer) -> set[Path]:
+    return {p for p in srv.workdir.rglob("*") if p.is_file() and p.name != "server.log"
+            and not p.name.endswith(("-wal", "-shm", "-journal")) and p.suffix != ".db"}
+
+
+NOT_MODELS = {
+    "empty.onnx": b"",
+    "text.onnx": b"hello, I am a model\n" * 50,
+    "random.tflite": os.urandom(4096),
+    "png.onnx": b"\x89PNG\r\n\x1a\n" + os.urandom(2000),
+    "zip.pt": b"PK\x03\x04" + os.urandom(2000),
+    "tflite-magic-only.tflite": b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64,
+    "html.onnx": b"<html><script>alert(1)</script></html>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_MODELS))
+def test_files_that_are_not_models_are_refused_and_store_nothing(srv: RunningServer, name: str) -> None:
+    before = stored_files(srv)
+    got = requests.post(f"{srv.url}/v1/models/junk/versions", headers=srv.admin(), timeout=30,
+                        files={"file": (name, NOT_MODELS[name])})
+    assert got.status_code in (415, 422), (name, got.status_code, got.text)
+    assert isinstance(got.json()["detail"], str) and "\n" not in got.json()["detail"]
+    assert stored_files(srv) == before
+
+
+def test_truncated_model_and_hostile_filename(srv: RunningServer, tmp_path: Path) -> None:
+    model = make_onnx_image_classifier(tmp_path / "m.onnx", seed=8).read_bytes()
+    before = stored_files(srv)
+    cut = requests.post(f"{srv.url}/v1/models/cut/versions", headers=srv.admin(), timeout=30,
+                        files={"file": ("m.onnx", model[: len(model) // 2])})
+    assert cut.status_code == 422 and stored_files(srv) == before
+    evil = requests.post(f"{srv.url}/v1/models/evil/versions", headers=srv.admin(), timeout=30,
+                         files={"file": ("../../../../tmp/evil-edgefleet.onnx", model)})
+    assert evil.status_code == 201
+    assert not Path("/tmp/evil-edgefleet.onnx").exists()
+    new = stored_files(srv) - before
+    assert all(srv.workdir in p.parents for p in new) and all("evil" not in p.name for p in new), new
+
+
+def test_oversized_uploads_are_refused_and_store_nothing(srv: RunningServer) -> None:
+    before = stored_files(srv)
+    big = b"\x08\x07" + os.urandom((1 << 20) + 4096)  # over the 1 MB limit of this server
+    streamed = requests.post(f"{srv.url}/v1/models/big/versions", headers=srv.admin(), timeout=60,
+                             files={"file": ("big.onnx", big)})
+    assert streamed.status_code == 413, streamed.text
+    lying = requests.post(f"{srv.url}/v1/models/big/versions", timeout=60,
+                          headers={**srv.admin(), "Content-Type": "multipart/form-data; boundary=x"},
+                          data=(b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.onnx\"\r\n\r\n"
+                                + b"\0" * (3 << 20) + b"\r\n--x--\r\n"))
+    assert lying.status_code == 413, lying.text
+    assert stored_files(srv) == before
+    assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_ids_past_the_database_integer_are_a_422(srv: RunningServer) -> None:
+    """Finding S1 (schemathesis): /v1/jobs/{id} and /v1/rollouts/{id}[/pause|/resume|/abort] with an id above
+    2**63-1 overflowed SQLite's INTEGER and answered 500."""
+    huge = str(2**64)
+    for method, path in [("GET", f"/v1/jobs/{huge}"), ("GET", f"/v1/rollouts/{huge}"),
+                         ("POST", f"/v1/rollouts/{huge}/pause"), ("POST", f"/v1/rollouts/{huge}/resume"),
+                         ("POST", f"/v1/rollouts/{huge}/abort")]:
+        got = requests.request(method, srv.url + path, headers=srv.admin(), timeout=5)
+        assert got.status_code == 422, (path, got.status_code, got.text)
+    assert requests.get(f"{srv.url}/v1/rollouts/{2**63 - 1}", headers=srv.admin(), timeout=5).status_code == 404
+
+
+@pytest.mark.xfail(strict=True, reason="finding S1b: GET /v1/samples?version=2**64 overflows SQLite's INTEGER (500); "
+                                       "server/api/routes/quality.py is another helper's work in progress")
+def test_samples_version_past_the_database_integer(srv: RunningServer) -> None:
+    got = requests.get(f"{srv.url}/v1/samples", params={"version": str(2**64)}, headers=srv.admin(), timeout=5)
+    assert got.status_code == 422, got.status_code
+
+
+def schemathesis(srv: RunningServer, token: str, seconds: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ST), "run", srv.url + "/openapi.json", "--checks", "not_a_server_error",
+                           "--max-examples", "25", "--seed", "20260101", "--no-shrink", "--workers", "2",
+                           "--max-time", str(seconds), "--request-timeout", "20", "--warnings", "off",
+                           "--header", f"Authorization: Bearer {token}", *extra],
+                          capture_output=True, text=True, timeout=seconds + 120)
+
+
+def assert_no_server_error(done: subprocess.CompletedProcess[str]) -> None:
+    """No 5xx and no dropped connection; schemathesis' own rare internal errors (a hypothesis draw that
+    fails inside schemathesis) do not count against the server."""
+    assert "Server error" not in done.stdout and "ST101" not in done.stdout, done.stdout[-6000:]
+    assert "Network Error" not in done.stdout and "Connection" not in done.stdout, done.stdout[-6000:]
+    assert done.returncode == 0 or "Runtime Error" in done.stdout, done.stdout[-6000:]
+
+
+def _cases(output: str) -> int:
+    found = re.search(r"(\d+) generated", output)
+    return int(found.group(1)) if found else 0
+
+
+def test_schemathesis_no_5xx_as_operator(srv: RunningServer, tokens: dict[str, str], tmp_path: Path) -> None:
+    Versions(srv, tmp_path, "st-model").push(seed=0)  # something for the operator routes to find
+    # /v1/samples is left out until finding S1b (its `version` query overflows SQLite: 500) is fixed by the
+    # quality routes' owner; test_samples_version_past_the_database_integer tracks it
+    done = schemathesis(srv, srv.admin_token, FUZZ_S, "--exclude-path", "/v1/samples")
+    print(f"schemathesis (admin token): {_cases(done.stdout)} cases")
+    assert_no_server_error(done)
+    assert _cases(done.stdout) > 100
+    assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_schemathesis_no_5xx_as_a_device(srv: RunningServer, tokens: dict[str, str]) -> None:
+    done = schemathesis(srv, tokens["a"], max(10, FUZZ_S // 2), "--include-path-regex",
+                        "^/v1/(devices|enroll|artifacts)")
+    print(f"schemathesis (device token): {_cases(done.stdout)} cases")
+    assert_no_server_error(done)
+    assert _cases(done.stdout) > 100
+    assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
