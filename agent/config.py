@@ -123,6 +123,35 @@ class UpdateSection(Section):
     warmup_runs: int = Field(default=3, ge=0)  # synthetic inferences on the new model before the swap
 
 
+class DriftSection(Section):
+    enabled: bool = True
+    every: int = Field(default=5, ge=1)  # bin one inference in N
+    window: int = Field(default=1000, ge=10)
+    threshold: float = Field(default=0.25, gt=0)  # max PSI above this: drifted
+    min_samples: int = Field(default=100, ge=1)
+    profile: Path | None = None  # reference profile JSON for a model from `model.path` (updates bring their own)
+
+
+class ShadowSection(Section):
+    timeout_s: float = Field(default=600.0, gt=0)  # no verdict by then: the candidate is rejected
+    threads: int = Field(default=1, ge=1)  # runtime threads of the candidate while it is shadowed
+
+
+class SamplesSection(Section):
+    enabled: bool = False  # keep a few downscaled inputs for ground truth; uploaded only when asked
+    max_count: int = Field(default=200, ge=1)
+    max_mb: float = Field(default=8.0, gt=0)
+    per_hour: int = Field(default=60, ge=1)
+    max_side: int = Field(default=160, ge=16)
+    grayscale: bool = False
+
+
+class QualitySection(Section):
+    drift: DriftSection = Field(default_factory=DriftSection)
+    shadow: ShadowSection = Field(default_factory=ShadowSection)
+    samples: SamplesSection = Field(default_factory=SamplesSection)
+
+
 class AgentConfig(Section):
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     state_dir: Path = Path("/var/lib/edgefleet")
@@ -135,6 +164,7 @@ class AgentConfig(Section):
     results: ResultsSection = Field(default_factory=ResultsSection)
     server: ServerSection = Field(default_factory=ServerSection)
     update: UpdateSection = Field(default_factory=UpdateSection)
+    quality: QualitySection = Field(default_factory=QualitySection)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -71,6 +71,8 @@ class ModelMeta(WireModel):
     task: Literal["classification", "detection", "other"] = "other"
     labels: list[str] | None = None
     preprocess: PreprocessSpec | None = None
+    # detectors: which outputs hold boxes [N,4] xyxy, scores [N] and classes [N] (shadow IoU matching)
+    boxes: dict[str, str] | None = None
 
 
 # --- desired-state manifest --------------------------------------------------------------------
@@ -130,6 +132,8 @@ class Manifest(WireModel):
     shadow: ShadowSpec | None = None
     rollout_id: int | None = None
     revert: bool = False  # set by the server when an aborted rollout sends a device back
+    # agent.quality.drift.ReferenceProfile JSON of this version: devices score live drift against it
+    drift_profile: dict[str, Any] | None = None
     issued_at: float
     expires_at: float
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from server import dashboard, rollouts
 from server.api.routes import artifacts, devices, enroll, health, jobs, models
+from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
 from server.config import ServerConfig
 from server.crud import Conflict, Invalid, NotFound
@@ -113,7 +114,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
 
     app = FastAPI(title="edgefleet update server", version="1", lifespan=lifespan)
     app.state.edgefleet = state
-    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes):
+    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)

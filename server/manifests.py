@@ -91,6 +91,7 @@ def build_manifest(session: Session, *, device: Device, config: ServerConfig, pu
         shadow=rollout.shadow if rollout else None,
         rollout_id=device.desired_rollout_id,
         revert=bool(device.desired_revert),
+        drift_profile=version.drift_profile,
         issued_at=device.desired_issued_at,
         expires_at=device.desired_issued_at + config.manifest_ttl_s,
     ))

@@ -128,6 +128,34 @@ class Commands:
                          {"sha256": lambda v: str(v)[:12], "created_at": ago})
         self.emit(self.client.model(a.name), human)
 
+    def model_drift(self, a: argparse.Namespace) -> None:
+        version = a.version or self._latest_version(a.name)
+
+        def human(d: Any) -> None:
+            profile = d.get("profile") or {}
+            self.console.print(
+                f"[bold]{a.name}[/] v{version}: {d.get('drifted')} of {d.get('ready')} reporting devices drifted"
+                f" ({_pct(100.0 * float(d.get('drifted_fraction') or 0.0))})"
+                + (" [red]⚑ flagged[/]" if d.get("flagged") else "")
+                + f"; reference profile: {profile.get('source', 'none')}, {fmt(profile.get('samples'))} samples",
+                highlight=False)
+            rows = [{"device_id": k, **(v or {})} for k, v in (d.get("devices") or {}).items()]
+            render_table(self.console, "drift", rows,
+                         [("device", "device_id"), ("drifted", "drifted"), ("max PSI", "max_psi"),
+                          ("statistic", "max_stat"), ("samples", "samples"), ("threshold", "threshold")])
+        self.emit(self.client.drift(a.name, version), human)
+
+    def model_accuracy(self, a: argparse.Namespace) -> None:
+        def human(d: Any) -> None:
+            overall = d.get("overall") or {}
+            self.console.print(f"overall: {fmt(overall.get('accuracy'))} over {fmt(overall.get('n'))} labelled "
+                               f"samples ({fmt(d.get('unlabeled'))} unlabelled)", highlight=False)
+            for key, title in (("by_version", "version"), ("by_device_class", "device class")):
+                rows = [{"key": k, **v} for k, v in (d.get(key) or {}).items()]
+                render_table(self.console, f"accuracy by {title}", rows,
+                             [(title, "key"), ("n", "n"), ("correct", "correct"), ("accuracy", "accuracy")])
+        self.emit(self.client.accuracy(a.name), human)
+
     def model_variants(self, a: argparse.Namespace) -> None:
         version = a.version or self._latest_version(a.name)
         self.emit(self.client.variants(a.name, version), lambda d: self._variants_table(d, a.name, version))
@@ -191,6 +219,10 @@ class Commands:
                  "max_p95_regression": a.max_p95_regression, "soak_s": a.soak}
         body = {"model": a.name, "version": a.version, "target": target, "waves": waves,
                 "gates": gates, "priority": a.priority, "auto_revert": a.auto_revert}
+        if a.shadow_agreement is not None or a.shadow_latency_ms is not None:
+            body["shadow"] = {"sample_fraction": a.shadow_fraction, "cpu_budget_pct": a.shadow_cpu,
+                              "min_samples": a.shadow_samples, "min_agreement": a.shadow_agreement,
+                              "max_latency_ms": a.shadow_latency_ms}
         self.emit(self.client.create_rollout(body), self._show_rollout)
 
     def rollout_list(self, a: argparse.Namespace) -> None:
@@ -238,7 +270,8 @@ class Commands:
             [("device", "device_id"), ("status", "online"), ("class", "device_class"),
              ("model", "model_name"), ("version", "model_version"), ("runtime", "runtime"),
              ("delegate", "delegate"), ("p95 ms", "p95_ms"), ("update", "update_state"),
-             ("last seen", "last_seen")], {"last_seen": ago, "online": _online, "p95_ms": _ms}))
+             ("drift", "drift"), ("last seen", "last_seen")],
+            {"last_seen": ago, "online": _online, "p95_ms": _ms, "drift": _drift}))
 
     def device_show(self, a: argparse.Namespace) -> None:
         def human(d: Any) -> None:
@@ -292,6 +325,15 @@ class Commands:
 
 def _online(value: Any) -> str:
     return "online" if value else "offline"
+
+
+def _drift(value: Any) -> str:
+    if not isinstance(value, dict) or value.get("max_psi") is None:
+        return "-"
+    text = f"{value.get('max_stat') or ''} {float(value['max_psi']):.2f}".strip()
+    if not value.get("ready"):
+        return f"({text})"
+    return f"⚑ {text}" if value.get("drifted") else "ok"
 
 
 def _ms(value: Any) -> str:
@@ -364,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     variants.add_argument("name")
     variants.add_argument("version", type=int, nargs="?")
     variants.set_defaults(run=Commands.model_variants)
+    drift = command_parser(model, "drift", help="drift of a version's devices against its reference profile")
+    drift.add_argument("name")
+    drift.add_argument("version", type=int, nargs="?", help="default: the latest")
+    drift.set_defaults(run=Commands.model_drift)
+    accuracy = command_parser(model, "accuracy", help="accuracy on labelled samples by version and device class")
+    accuracy.add_argument("name", nargs="?")
+    accuracy.set_defaults(run=Commands.model_accuracy)
     optimize = command_parser(model, "optimize", help="make optimized variants for a device class")
     optimize.add_argument("name")
     optimize.add_argument("version", type=int, nargs="?", help="default: the latest")
@@ -387,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--soak", type=float, default=30.0, help="seconds each wave must stay healthy")
     create.add_argument("--priority", type=int, default=0)
     create.add_argument("--auto-revert", action="store_true")
+    create.add_argument("--shadow-agreement", type=float, help="shadow the candidate first; min agreement to swap")
+    create.add_argument("--shadow-latency-ms", type=float, help="shadow first; max candidate p95 on the device")
+    create.add_argument("--shadow-fraction", type=float, default=0.1, help="share of live inputs shadowed")
+    create.add_argument("--shadow-cpu", type=float, default=20.0, help="CPU budget of the shadow, percent")
+    create.add_argument("--shadow-samples", type=int, default=50, help="shadowed inputs before a verdict")
     create.set_defaults(run=Commands.rollout_create)
     command_parser(rollout, "list").set_defaults(run=Commands.rollout_list)
     status = command_parser(rollout, "status")

@@ -102,6 +102,12 @@ class ServerClient:
         return self.request("POST", f"/v1/rollouts/{rollout_id}/{action}", json=body or {})
 
     # devices
+    def drift(self, name: str, version: int) -> Any:
+        return self.request("GET", f"/v1/models/{name}/versions/{version}/drift")
+
+    def accuracy(self, model: str | None) -> Any:
+        return self.request("GET", "/v1/quality/accuracy", params={"model": model} if model else None)
+
     def devices(self) -> Any:
         return self.request("GET", "/v1/devices")
 

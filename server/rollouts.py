@@ -19,7 +19,7 @@ import statistics
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
@@ -44,6 +44,8 @@ class Gates:
     max_failure_ratio: float = 0.1
     max_p95_regression: float | None = 1.5
     soak_s: float = 30.0
+    min_shadow_agreement: float | None = None
+    max_shadow_p95_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,28 @@ class DeviceOutcome:
     state: str
     baseline_p95_ms: float | None = None
     p95_ms: float | None = None  # with the new version
+    shadow: dict[str, Any] | None = None  # the device's shadow report (agreement, latency_ms, samples, reason)
+    device_id: str | None = None
+
+
+def shadow_breach(gates: Gates, outcomes: Sequence[DeviceOutcome], wave: int) -> str | None:
+    """The first device whose shadow figures break the shadow gates (only reports with a verdict count)."""
+    for outcome in outcomes:
+        report = outcome.shadow
+        if not report or not report.get("samples"):
+            continue
+        who = outcome.device_id or "a device"
+        agreement = report.get("agreement")
+        p95 = (report.get("latency_ms") or {}).get("p95")
+        if gates.min_shadow_agreement is not None and isinstance(agreement, int | float) \
+                and agreement < gates.min_shadow_agreement:
+            return (f"wave {wave + 1}: shadow agreement {agreement:.3f} on {who} below "
+                    f"{gates.min_shadow_agreement:.3f} ({report.get('samples')} inputs)")
+        if gates.max_shadow_p95_ms is not None and isinstance(p95, int | float) and p95 > gates.max_shadow_p95_ms:
+            return f"wave {wave + 1}: shadow p95 {p95:.2f} ms on {who} above {gates.max_shadow_p95_ms:.2f} ms"
+        if report.get("passed") is False and outcome.state in crud.FAILED_STATES:
+            return f"wave {wave + 1}: {who} held the candidate back: shadow: {report.get('reason')}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -66,8 +90,8 @@ def evaluate_rollout(*, current_wave: int, wave_count: int, gates: Gates, outcom
     total = len(counted)
     failed = sum(o.state in crud.FAILED_STATES for o in counted)
     committed = sum(o.state == "committed" for o in counted)
-    breach = None
-    if total and failed / total > gates.max_failure_ratio:
+    breach = shadow_breach(gates, counted, current_wave)
+    if breach is None and total and failed / total > gates.max_failure_ratio:
         breach = (f"wave {current_wave + 1}: failure ratio {failed}/{total} = {failed / total:.2f} "
                   f"above {gates.max_failure_ratio:.2f}")
     if breach is None and gates.max_p95_regression is not None:
@@ -86,6 +110,17 @@ def evaluate_rollout(*, current_wave: int, wave_count: int, gates: Gates, outcom
     return Decision("complete" if current_wave + 1 >= wave_count else "advance", None, since)
 
 
+def gates_of(rollout: Rollout) -> Gates:
+    """The rollout's gates; shadow gates default to the bounds of its shadow spec."""
+    given = {k: v for k, v in (rollout.gates or {}).items() if k in Gates.__dataclass_fields__}
+    shadow = rollout.shadow or {}
+    if given.get("min_shadow_agreement") is None and shadow.get("min_agreement") is not None:
+        given["min_shadow_agreement"] = shadow["min_agreement"]
+    if given.get("max_shadow_p95_ms") is None and shadow.get("max_latency_ms") is not None:
+        given["max_shadow_p95_ms"] = shadow["max_latency_ms"]
+    return Gates(**given)
+
+
 def outcomes_for(db_session: Session, rollout: Rollout) -> list[DeviceOutcome]:
     version = db_session.get(ModelVersion, rollout.version_id)
     outcomes = []
@@ -96,7 +131,7 @@ def outcomes_for(db_session: Session, rollout: Rollout) -> list[DeviceOutcome]:
         if row.state == "committed" and version is not None:
             p95 = mean_p95(db_session, device_id=row.device_id, model_version=version.version,
                            after=row.assigned_at)
-        outcomes.append(DeviceOutcome(row.state, row.baseline_p95_ms, p95))
+        outcomes.append(DeviceOutcome(row.state, row.baseline_p95_ms, p95, row.shadow, row.device_id))
     return outcomes
 
 
@@ -109,7 +144,7 @@ def step(db: Database, *, rollout_id: int, now: float) -> Decision | None:
         if rollout.wave_started_at is None:
             crud.start_wave(session, rollout=rollout, wave=rollout.current_wave, now=now)
             rollout.wave_started_at = rollout.updated_at = now
-        gates = Gates(**{k: v for k, v in (rollout.gates or {}).items() if k in Gates.__dataclass_fields__})
+        gates = gates_of(rollout)
         decision = evaluate_rollout(current_wave=rollout.current_wave, wave_count=len(rollout.waves), gates=gates,
                                     outcomes=outcomes_for(session, rollout), healthy_since=rollout.healthy_since,
                                     auto_revert=rollout.auto_revert, now=now)
@@ -144,4 +179,4 @@ def tick(db: Database, *, now: float) -> None:
             log.exception("rollout %s: evaluation failed", rollout_id)
 
 
-__all__ = ["DeviceOutcome", "Gates", "evaluate_rollout", "step", "tick"]
+__all__ = ["DeviceOutcome", "Gates", "evaluate_rollout", "gates_of", "shadow_breach", "step", "tick"]

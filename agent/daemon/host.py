@@ -8,6 +8,7 @@ model, and none fails because of a swap.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,9 @@ from agent.wire import ModelMeta
 InferenceObserver = Callable[[ModelMeta, float, bool], None]
 # Called after every swap with the model that serves now and its meta.
 SwapListener = Callable[[Model, ModelMeta], None]
+# Called on the serving thread after every successful inference with (feeds, outputs, meta); must be cheap.
+InferenceTap = Callable[[Mapping[str, np.ndarray], dict[str, np.ndarray], ModelMeta], None]
+log = logging.getLogger(__name__)
 
 
 class NoModelError(RuntimeError):
@@ -41,6 +45,7 @@ class ModelHost:
         self._current: Served | None = None
         self._observers: list[InferenceObserver] = []
         self._swap_listeners: list[SwapListener] = []
+        self._taps: list[InferenceTap] = []
         self._swap_lock = threading.Lock()
 
     @property
@@ -59,6 +64,13 @@ class ModelHost:
     def remove_observer(self, observer: InferenceObserver) -> None:
         if observer in self._observers:
             self._observers.remove(observer)
+
+    def add_tap(self, tap: InferenceTap) -> None:
+        """``tap(feeds, outputs, meta)`` after each successful inference; its exceptions are logged, never raised."""
+        self._taps = [*self._taps, tap]
+
+    def remove_tap(self, tap: InferenceTap) -> None:
+        self._taps = [t for t in self._taps if t is not tap]
 
     def add_swap_listener(self, listener: SwapListener) -> None:
         """``listener(model, meta)`` runs after every swap, whoever made it (start-up, OTA, rollback)."""
@@ -107,12 +119,17 @@ class ModelHost:
         try:
             outputs = served.model.infer(feeds)
             ok = True
-            return outputs, served.meta, served.model
         finally:
             latency = time.perf_counter() - start
             self._release(served)
             for observer in self._observers:
                 observer(served.meta, latency, ok)
+        for tap in self._taps:
+            try:
+                tap(feeds, outputs, served.meta)
+            except Exception:  # a tap never fails a request
+                log.exception("inference tap failed")
+        return outputs, served.meta, served.model
 
     def swap(self, model: Model, meta: ModelMeta, *, close_old: bool = True,
              drain_timeout_s: float = 30.0) -> tuple[Model, ModelMeta] | None:

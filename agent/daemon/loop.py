@@ -83,6 +83,7 @@ class InferenceLoop:
         self.mailbox = mailbox
         self.pipelines = pipelines
         self.sink = sink
+        self.quality: Any | None = None  # agent.daemon.quality.QualityMonitor: drift and samples per frame
         self.heartbeat = time.monotonic()
         self.busy_since: float | None = None
         self.processed = 0
@@ -142,5 +143,7 @@ class InferenceLoop:
         outputs, meta, _model = self.host.infer_with(prepare)
         latency = time.perf_counter() - start
         self.processed += 1
+        if self.quality is not None:
+            self.quality.observe(frame.data, outputs, meta)
         if self.sink.active:
             self.sink.emit(result_record(frame, chosen[0], outputs, meta, latency))

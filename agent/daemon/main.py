@@ -26,6 +26,7 @@ from agent.daemon.api import ApiContext, ApiServer
 from agent.daemon.host import ModelHost
 from agent.daemon.loop import InferenceLoop, Pipelines
 from agent.daemon.modelload import load_model, meta_from_config, startup_model
+from agent.daemon.quality import QualityMonitor, upload_samples
 from agent.daemon.results import ResultsSink
 from agent.daemon.sources import Mailbox, SourceRunner, make_source
 from agent.daemon.systemd import Notifier
@@ -64,6 +65,7 @@ class Agent:
         self.runner: SourceRunner | None = None
         self.loop: InferenceLoop | None = None
         self.sink: ResultsSink | None = None
+        self.quality: QualityMonitor | None = None
         self.model_error: str | None = None
         self.model_origin: str | None = None  # "slot" | "config"
         self.reloads = 0
@@ -80,11 +82,16 @@ class Agent:
     def start(self) -> None:
         config = self.config
         self._prepare_state_dir()
+        self.quality = QualityMonitor(config.quality, self.config.state_dir if self.cache_dir else None,
+                                      device_class=config.server.device_class)
         self._start_telemetry()
         self._start_updater_recovery()
+        self._wire_quality_telemetry()
         self._load_initial_model()
         self.sink = ResultsSink(config.results, self.telemetry)
-        self.loop = InferenceLoop(self.host, self.mailbox, self.pipelines, self.sink).start()
+        self.loop = InferenceLoop(self.host, self.mailbox, self.pipelines, self.sink)
+        self.loop.quality = self.quality
+        self.loop.start()
         self._start_source(config)
         if config.api.listen is not None:
             context = ApiContext(self.host, self.pipelines, self.health, int(config.api.max_body_mb * 1024 * 1024))
@@ -121,6 +128,23 @@ class Agent:
         telemetry.add_provider("daemon", self.stats)
         telemetry.start()
         self.telemetry = telemetry
+
+    def _wire_quality_telemetry(self) -> None:
+        """Telemetry sections ``drift`` and ``shadow``, and the ``upload_samples`` command."""
+        telemetry, quality, updater = self.telemetry, self.quality, self.updater
+        if telemetry is None or quality is None:
+            return
+        telemetry.add_provider("drift", quality.drift_report)
+        if updater is not None:
+            telemetry.add_provider("shadow", updater.shadow_report)
+
+            def upload(command: Any) -> dict[str, Any]:
+                limit = command.args.get("limit")
+                return upload_samples(quality, updater.api(), self.config.device_id,
+                                      limit=int(limit) if isinstance(limit, int) and limit > 0 else None,
+                                      delete=bool(command.args.get("delete", True)))
+
+            telemetry.on_command("upload_samples", upload)
 
     @staticmethod
     def _hardware() -> dict[str, Any]:
@@ -179,6 +203,11 @@ class Agent:
         self.model_error = None
         if self.telemetry is not None:
             self.telemetry.set_model(meta, model.runtime, model.delegate)
+        if self.quality is not None:
+            path = getattr(model, "path", None)
+            from_config = path is not None and self.config.model.path is not None and \
+                Path(path) == Path(self.config.model.path)
+            self.quality.on_swap(model, meta, from_config=from_config)
         log.info("serving %s v%d (%s) on %s/%s", meta.name, meta.version, meta.sha256[:12], model.runtime,
                  model.delegate)
 

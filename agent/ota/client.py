@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import AgentConfig
 from agent.daemon.host import ModelHost
+from agent.daemon.quality import save_profile
 from agent.errors import ConfigError, EdgefleetError, SignatureError, TransportError, UpdateRejected
 from agent.ota.download import DiskFull, Downloader, apply_delta
 from agent.ota.serverapi import ReportQueue, ServerApi, load_token, save_token
@@ -50,6 +51,7 @@ from agent.ota.state import (
 from agent.ota.synthetic import synthetic_feeds
 from agent.ota.trial import LatencyWindow, TrialWatcher, p95_ms
 from agent.ota.verify import Running, check_artifact, verify_manifest
+from agent.quality import BoxLayout, ShadowRunner
 from agent.runtime.base import Model
 from agent.signing import load_public_key
 from agent.wire import Command, EnrollRequest, Manifest, ModelMeta, SignedManifest, UpdateReport
@@ -83,6 +85,8 @@ class UpdateClient:
         self.last_error: str | None = None
         self.cycles = 0  # poll cycles the worker finished
         self._trial_metrics: dict[str, Any] = {}
+        self._shadow: ShadowRunner | None = None  # the candidate being shadowed right now
+        self._shadow_last: dict[str, Any] | None = None  # its final report (telemetry and UpdateReport)
         self._api: ServerApi | None = None
         self._key: Ed25519PublicKey | None = None
         self._etag: str | None = None
@@ -114,6 +118,11 @@ class UpdateClient:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def shadow_report(self) -> dict[str, Any] | None:
+        """The telemetry ``shadow`` section: the live runner's report, else the last one (None before any)."""
+        runner = self._shadow
+        return runner.report() if runner is not None else self._shadow_last
 
     def check_now(self) -> dict[str, Any]:
         """Poll at once: wake the worker when it runs, else run one cycle here."""
@@ -236,6 +245,7 @@ class UpdateClient:
                 time.time() - record.finished_at.get(key, 0.0) < self.config.update.retry_failed_s:
             return
         self._clear_partial()
+        self._shadow_last = None
         self._enter(Trigger.ACCEPTED, target=signed.model_dump(mode="json"), attempts=0, reason=None,
                     slot=None, previous=None, via=None, baseline_p95_ms=None)
 
@@ -260,7 +270,7 @@ class UpdateClient:
         new = next_state(record.state, trigger)
         # a manifest refused before it verified says nothing about its target: never remember it
         remember = new in (State.COMMITTED, State.ROLLED_BACK, State.FAILED) or (
-            new is State.REJECTED and record.state is State.VERIFYING)
+            new is State.REJECTED and record.state in (State.VERIFYING, State.INSTALLING))
         for name, value in changes.items():
             setattr(record, name, value)
         record.state = new
@@ -429,10 +439,68 @@ class UpdateClient:
             model.close()
             self._enter(Trigger.FAILED, reason=f"warm-up failed: {type(exc).__name__}: {exc}")
             return
+        self._keep_profile(manifest)
+        if manifest.shadow is not None and self.host.model is not None:
+            passed, reason = self._run_shadow(manifest, model)
+            if passed is None:  # stopping: recovery installs (and shadows) again at the next start
+                model.close()
+                return
+            if not passed:
+                model.close()
+                self._enter(Trigger.REJECTED, reason=f"shadow: {reason}")
+                return
         baseline = self._baseline_p95()
         self._old = self.host.swap(model, meta, close_old=False)
         self.slots.switch(slot)
         self._enter(Trigger.INSTALLED, baseline_p95_ms=baseline)
+
+    def _keep_profile(self, manifest: Manifest) -> None:
+        """Save the manifest's drift profile where the daemon finds it when this model serves."""
+        if manifest.drift_profile is None:
+            return
+        try:
+            save_profile(self.state_dir, manifest.artifact.sha256, manifest.drift_profile)
+        except (OSError, ValueError) as exc:  # drift monitoring is informative: never fail an update on it
+            log.warning("drift profile of %s v%d not kept: %s", manifest.model.name, manifest.model.version, exc)
+
+    def _run_shadow(self, manifest: Manifest, candidate: Model) -> tuple[bool | None, str]:
+        """Run the candidate beside the serving model on live inputs (ModelHost tap) until the verdict
+        is known or ``quality.shadow.timeout_s``; (None, why) when the agent is stopping."""
+        assert manifest.shadow is not None
+        serving = self.host.model
+        if serving is not None and _signature(serving.inputs) != _signature(candidate.inputs):
+            return False, "the candidate's inputs differ from the serving model's: cannot compare them"
+        boxes = manifest.model.boxes
+        layout = BoxLayout(**boxes) if manifest.model.task == "detection" and boxes else None  # type: ignore[arg-type]
+        runner = ShadowRunner(candidate.infer, manifest.shadow, manifest.model.task, layout=layout)
+
+        def tap(feeds: Any, outputs: Any, _meta: ModelMeta) -> None:
+            runner.offer(feeds, outputs)
+
+        self._shadow = runner
+        self._event("update.shadowing", manifest.model_dump(mode="json"))
+        deadline = time.monotonic() + self.config.quality.shadow.timeout_s
+        self.host.add_tap(tap)
+        try:
+            while (verdict := runner.verdict())[0] is None:
+                if self._stop.is_set():
+                    return None, "stopping"
+                if time.monotonic() >= deadline:
+                    verdict = (False, f"no verdict within {self.config.quality.shadow.timeout_s:g}s "
+                                      f"({verdict[1]})")
+                    break
+                self._stop.wait(0.1)
+        finally:
+            self.host.remove_tap(tap)
+            runner.stop()
+            report = runner.report()
+            report.update(passed=verdict[0] if verdict[0] is not None else report.get("passed"),
+                          reason=verdict[1], model=manifest.model.name, version=manifest.model.version)
+            self._shadow_last = report
+            self._shadow = None
+        log.info("shadow %s v%d: %s (%s)", manifest.model.name, manifest.model.version,
+                 "passed" if verdict[0] else "failed", verdict[1])
+        return verdict
 
     def _baseline_p95(self) -> float | None:
         """The serving model's p95 over its recent live inferences, else over synthetic ones."""
@@ -540,6 +608,9 @@ class UpdateClient:
         model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
         artifact = manifest.get("artifact", {}) if isinstance(manifest, dict) else {}
         metrics = dict(self._trial_metrics) if state in (State.COMMITTED, State.ROLLED_BACK) else {}
+        if self._shadow_last is not None and state in (State.TRIAL, State.COMMITTED, State.ROLLED_BACK,
+                                                       State.REJECTED):
+            metrics["shadow"] = self._shadow_last
         if self.record.via:
             metrics["via"] = self.record.via
         metrics["bytes_transferred"] = self.bytes_transferred
@@ -576,6 +647,10 @@ class UpdateClient:
             for path in self.partial_dir.iterdir():
                 if path.is_file():
                     path.unlink(missing_ok=True)
+
+
+def _signature(inputs: list[Any]) -> list[tuple[str, list[int | None], str]]:
+    return [(spec.name, list(spec.shape), spec.dtype) for spec in inputs]
 
 
 def _hardware() -> tuple[str | None, dict[str, Any]]:

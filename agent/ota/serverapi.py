@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 from pydantic import ValidationError
@@ -84,6 +85,13 @@ class ServerApi:
                               json=report.model_dump(mode="json"))
         if response.status_code >= 300:
             raise self._fail(response, "report refused")
+
+    def upload_samples(self, device_id: str, samples: list[dict[str, Any]]) -> None:
+        """POST stored input samples (``[{"record", "jpeg_b64"}]``) the operator asked for."""
+        response = self._call("POST", f"/v1/devices/{device_id}/samples", headers=self.auth,
+                              json={"samples": samples})
+        if response.status_code >= 300:
+            raise self._fail(response, "samples refused")
 
 
 class ReportQueue:

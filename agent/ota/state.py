@@ -70,6 +70,7 @@ _ROWS: list[tuple[frozenset[State], Trigger, State]] = [
     (frozenset({State.VERIFYING}), Trigger.FAILED, State.FAILED),
     (frozenset({State.VERIFYING}), Trigger.CRASH_LOOP, State.FAILED),
     (frozenset({State.INSTALLING}), Trigger.INSTALLED, State.TRIAL),
+    (frozenset({State.INSTALLING}), Trigger.REJECTED, State.REJECTED),  # the shadow verdict held it back
     (frozenset({State.INSTALLING}), Trigger.FAILED, State.FAILED),
     (frozenset({State.INSTALLING}), Trigger.CRASH_LOOP, State.FAILED),
     (frozenset({State.TRIAL}), Trigger.PASSED, State.COMMITTED),

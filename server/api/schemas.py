@@ -38,6 +38,9 @@ class GatesBody(Body):
     max_failure_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     max_p95_regression: float | None = Field(default=1.5, gt=0.0)
     soak_s: float = Field(default=30.0, ge=0.0)
+    # shadow gates over the devices' shadow reports (None: the rollout's shadow.min_agreement / max_latency_ms)
+    min_shadow_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_shadow_p95_ms: float | None = Field(default=None, gt=0.0)
 
 
 class RolloutCreate(Body):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from server.crud import NotFound
 from server.crud.counters import bump
 from server.db.models import Model, ModelVersion, Variant
+from server.quality import profile_summary
 
 
 def get_model(session: Session, *, name: str) -> Model:
@@ -142,6 +143,7 @@ def version_public(model: Model, row: ModelVersion, variants: list[Variant] | No
         "format": row.format, "task": row.task, "inputs": row.inputs, "outputs": row.outputs,
         "labels": row.labels, "preprocess": row.preprocess, "runtime": row.runtime_hints,
         "calibration_sha256": row.calibration_sha256, "created_at": row.created_at,
+        "drift_profile": profile_summary(row.drift_profile, row.drift_profile_source),
     }
     if variants is not None:
         doc["variants"] = [variant_public(v) for v in variants]

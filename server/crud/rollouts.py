@@ -206,6 +206,9 @@ def record_report(session: Session, *, device: Device, report: UpdateReport, now
     if version is None or model is None or (report.model, report.version) != (model.name, version.version):
         return  # a report about another model (e.g. a revert) does not move this rollout
     row.state, row.reason, row.updated_at = report.state, report.reason, now
+    shadow = report.metrics.get("shadow")
+    if isinstance(shadow, dict):
+        row.shadow = shadow
 
 
 def rollout_public(session: Session, rollout: Rollout, *, with_devices: bool = True) -> dict[str, Any]:
@@ -239,5 +242,13 @@ def rollout_public(session: Session, rollout: Rollout, *, with_devices: bool = T
     if with_devices:
         doc["devices"] = [{"device_id": r.device_id, "wave": r.wave, "state": r.state, "reason": r.reason,
                            "baseline_p95_ms": r.baseline_p95_ms, "assigned_at": r.assigned_at,
-                           "updated_at": r.updated_at} for r in rows]
+                           "updated_at": r.updated_at, "shadow": _shadow_brief(r.shadow)} for r in rows]
     return doc
+
+
+def _shadow_brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not report:
+        return None
+    return {"passed": report.get("passed"), "agreement": report.get("agreement"), "samples": report.get("samples"),
+            "p95_ms": (report.get("latency_ms") or {}).get("p95"), "cpu_pct": report.get("cpu_pct"),
+            "reason": report.get("reason")}

@@ -114,6 +114,10 @@ def drift_flag(drift: Any) -> tuple[bool, str]:
     wins; otherwise the largest numeric score, flagged at or above ``DRIFT_THRESHOLD``."""
     if not isinstance(drift, dict) or not drift:
         return False, ""
+    max_psi = drift.get("max_psi")
+    if isinstance(max_psi, int | float) and isinstance(drift.get("drifted"), bool):  # agent.quality DriftMonitor
+        text = f"{drift.get('max_stat') or 'psi'} {float(max_psi):.2f}"
+        return bool(drift["drifted"]), text if drift.get("ready", True) else f"warming up ({text})"
     for key in ("alert", "drifted", "flag"):
         if isinstance(drift.get(key), bool):
             return bool(drift[key]), key if drift[key] else "ok"

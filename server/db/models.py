@@ -69,6 +69,9 @@ class ModelVersion(Base):
     runtime_hints: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     calibration_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
+    # agent.quality.drift.ReferenceProfile JSON; source: calibration | synthetic | none (why in the profile doc)
+    drift_profile: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    drift_profile_source: Mapped[str | None] = mapped_column(String(32))
 
 
 class Variant(Base):
@@ -137,6 +140,7 @@ class RolloutDevice(Base):
     baseline_p95_ms: Mapped[float | None] = mapped_column(Float)
     assigned_at: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[float | None] = mapped_column(Float)
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the device's shadow report for this version
 
 
 class Telemetry(Base):
@@ -217,3 +221,21 @@ class Counter(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class Sample(Base):
+    """A ground-truth sample a device uploaded when asked (downscaled JPEG in the artifact store)."""
+
+    __tablename__ = "samples"
+    __table_args__ = (Index("ix_samples_model", "model_name", "model_version"),)
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    device_class: Mapped[str | None] = mapped_column(String(64))
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[Any] = mapped_column(JSON)  # class index or label name
+    labelled_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)

@@ -34,6 +34,7 @@ EXPECTED = {
     (State.VERIFYING, Trigger.FAILED): State.FAILED,
     (State.VERIFYING, Trigger.CRASH_LOOP): State.FAILED,
     (State.INSTALLING, Trigger.INSTALLED): State.TRIAL,
+    (State.INSTALLING, Trigger.REJECTED): State.REJECTED,  # a failing shadow verdict
     (State.INSTALLING, Trigger.FAILED): State.FAILED,
     (State.INSTALLING, Trigger.CRASH_LOOP): State.FAILED,
     (State.TRIAL, Trigger.PASSED): State.COMMITTED,

@@ -14,9 +14,11 @@ from agent.wire import Command, UpdateReport
 from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, require_device
 from server.api.schemas import CommandBody
 from server.crud import devices as crud
+from server.crud import fleet
 from server.crud import rollouts as rollout_crud
 from server.crud import telemetry as telemetry_crud
 from server.manifests import SignedBody
+from server.quality import device_drift
 from server.rollouts import WRITE_LOCK
 from server.state import ServerState
 
@@ -77,12 +79,16 @@ def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, credent
 
 @router.get("/v1/devices", dependencies=[AdminDep])
 def list_devices(session: SessionDep, online: bool | None = None) -> dict[str, Any]:
-    return {"devices": [crud.device_public(d) for d in crud.list_devices(session, online=online)]}
+    devices = crud.list_devices(session, online=online)
+    drift = fleet.latest_drift(session, device_ids=[d.id for d in devices])
+    return {"devices": [{**crud.device_public(d), "drift": device_drift(drift.get(d.id))} for d in devices]}
 
 
 @router.get("/v1/devices/{device_id}", dependencies=[AdminDep])
 def get_device(device_id: DeviceIdPath, session: SessionDep) -> dict[str, Any]:
-    return crud.device_public(crud.get_device(session, device_id=device_id))
+    device = crud.get_device(session, device_id=device_id)
+    drift = fleet.latest_drift(session, device_ids=[device.id])
+    return {**crud.device_public(device), "drift": device_drift(drift.get(device.id))}
 
 
 @router.get("/v1/devices/{device_id}/telemetry", dependencies=[AdminDep])

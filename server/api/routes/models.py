@@ -23,6 +23,7 @@ from server.api.schemas import UploadMeta, VariantsRequest
 from server.crud import jobs as job_crud
 from server.crud import registry as crud
 from server.formats import NotAModel, inspect_model
+from server.quality import compute_profile
 from server.state import ServerState
 from server.storage import TooLarge, copy_limited
 from server.variants import start_variants_job
@@ -107,6 +108,13 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
                         raise ValueError("it holds no arrays")
             except (ValueError, OSError) as exc:
                 raise HTTPException(422, f"calibration is not a .npz of arrays: {exc}") from exc
+        calibration_arrays = None
+        if cal_tmp is not None:
+            with np.load(cal_tmp, allow_pickle=False) as data:
+                calibration_arrays = {k: data[k] for k in data.files}
+        profile, source, note = compute_profile(tmp, task=meta.task, inputs=info.inputs, preprocess=meta.preprocess,
+                                                calibration=calibration_arrays, name=name)
+        if cal_tmp is not None:
             cal_sha, _ = state.store.put_file(cal_tmp)
         sha256, size = state.store.put_file(tmp)
         with state.db.session() as session:
@@ -114,7 +122,13 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
                 session, name=name, sha256=sha256, size=size, fmt=info.format, task=meta.task, inputs=info.inputs,
                 outputs=info.outputs, labels=labels, preprocess=meta.preprocess, runtime_hints=meta.runtime,
                 calibration_sha256=cal_sha)
-            return crud.version_public(model, row, crud.list_variants(session, version_id=row.id))
+            if profile is not None:
+                profile["version"] = row.version
+            row.drift_profile, row.drift_profile_source = profile, source
+            doc = crud.version_public(model, row, crud.list_variants(session, version_id=row.id))
+            if note:
+                doc["drift_profile_note"] = note
+            return doc
     finally:
         tmp.unlink(missing_ok=True)
         if cal_tmp is not None:

@@ -1,0 +1,247 @@
+"""Model quality end to end: the real server, a real Mosquitto, real agents (the daemon's ``Agent``
+in-process, ONNX Runtime, image-folder sources).
+
+(a) a candidate that disagrees with the serving model is held back by the shadow gate (the device
+    rejects it and keeps serving v1; the rollout pauses with the reason); an agreeing one commits;
+(b) a device whose inputs get darker is flagged in the API, an unchanged one is not.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import requests
+
+from agent.config import AgentConfig
+from agent.daemon.main import Agent
+from server.dashboard.render import drift_flag
+from tests.quality.support import scene
+from tests.support.broker import Mosquitto
+from tests.support.models import make_onnx_image_classifier
+from tests.support.net import wait_until
+from tests.support.server import RunningServer, start_server
+
+SIZE = 64
+PREPROCESS = {"scale": 1 / 255, "color": "RGB", "layout": "NCHW"}
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Mosquitto]]:
+    workdir = tmp_path_factory.mktemp("wired")
+    broker = Mosquitto(workdir).start()
+    server = start_server(workdir, mqtt_port=broker.port, overrides={"telemetry": {"batch_interval_s": 0.05}})
+    try:
+        yield server, broker
+    finally:
+        server.stop()
+        broker.stop()
+
+
+def frames(count: int, seed: int, darken: float = 1.0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        frame = scene(rng, SIZE, SIZE)
+        if darken != 1.0:
+            frame = np.clip(frame.astype(np.float32) * darken, 0, 255).astype(np.uint8)
+        out.append(frame)
+    return out
+
+
+def tensors(images: list[np.ndarray]) -> np.ndarray:
+    """The daemon's pre-processing for PREPROCESS (the frames are already SIZE x SIZE)."""
+    rgb = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in images]).astype(np.float32) / 255.0
+    return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
+
+
+def write_images(folder: Path, images: list[np.ndarray], prefix: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    old = time.time() - 5  # settled: the source takes files older than 0.2 s
+    for index, image in enumerate(images):
+        path = folder / f"{prefix}-{index:04d}.png"
+        cv2.imwrite(str(path), image)
+        os.utime(path, (old + index * 1e-3, old + index * 1e-3))
+
+
+def relabel(source: Path, target: Path, tag: str) -> Path:
+    """Same weights, different bytes (a re-export): a new sha256 that answers exactly like ``source``."""
+    model = onnx.load(str(source))
+    model.doc_string = tag
+    onnx.save(model, str(target))
+    return target
+
+
+def upload(server: RunningServer, name: str, path: Path, calibration: np.ndarray | None = None) -> dict[str, Any]:
+    import json
+
+    files: dict[str, Any] = {"file": (path.name, path.read_bytes()),
+                             "meta": (None, json.dumps({"task": "classification", "preprocess": PREPROCESS}))}
+    if calibration is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, image=calibration)
+        files["calibration"] = ("cal.npz", buffer.getvalue())
+    response = requests.post(f"{server.url}/v1/models/{name}/versions", headers=server.admin(), files=files,
+                             timeout=60)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def rollout(server: RunningServer, name: str, version: int, devices: list[str], **extra: Any) -> int:
+    body = {"model": name, "version": version, "target": {"device_ids": devices}, "waves": [100],
+            "gates": {"soak_s": 0, "min_committed_ratio": 1.0, "max_p95_regression": None},
+            "trial": {"window_s": 0.5, "min_inferences": 3, "max_latency_ratio": None}, **extra}
+    response = requests.post(f"{server.url}/v1/rollouts", headers=server.admin(), json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def get(server: RunningServer, path: str) -> Any:
+    response = requests.get(server.url + path, headers=server.admin(), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def agent(server: RunningServer, broker: Mosquitto, tmp: Path, device_id: str, folder: Path,
+          model: Path | None = None, samples: bool = False) -> Agent:
+    folder.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {
+        "device_id": device_id, "state_dir": str(tmp / device_id),
+        "api": {"listen": None},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.2},
+        "telemetry": {"interval_s": 0.5},
+        "runtime": {"threads": 1, "autotune": False},
+        "source": {"kind": "images", "uri": str(folder), "fps": 200},
+        "server": {"url": server.url, "enrollment_token": server.enrollment_token,
+                   "public_key": str(server.public_key_path), "poll_interval_s": 0.3, "timeout_s": 10,
+                   "device_class": "test-cpu"},
+        "update": {"min_free_mb": 0, "retry_backoff_s": 0.1, "warmup_runs": 1, "retry_failed_s": 3600},
+        "quality": {"drift": {"every": 1, "window": 200, "min_samples": 60},
+                    "shadow": {"timeout_s": 30},
+                    "samples": {"enabled": samples, "per_hour": 900, "max_count": 10}},
+    }
+    if model is not None:
+        settings["model"] = {"path": str(model), "name": "cls", "version": 1, "task": "classification",
+                             "preprocess": PREPROCESS}
+    running = Agent(AgentConfig.model_validate(settings))
+    running.start()
+
+    def enrolled() -> bool:
+        response = requests.get(f"{server.url}/v1/devices/{device_id}", headers=server.admin(), timeout=10)
+        return response.status_code == 200 and response.json()["enrolled_at"] is not None
+
+    wait_until(enrolled, timeout=15)
+    return running
+
+
+def test_disagreeing_candidate_is_held_back_and_agreeing_one_commits(
+        rig: tuple[RunningServer, Mosquitto], tmp_path: Path) -> None:
+    server, broker = rig
+    v1 = make_onnx_image_classifier(tmp_path / "v1.onnx", size=SIZE, seed=0)
+    rival = make_onnx_image_classifier(tmp_path / "rival.onnx", size=SIZE, seed=1)
+    twin = relabel(v1, tmp_path / "twin.onnx", "re-exported")
+    for path in (v1, rival, twin):
+        upload(server, "shadowed", path)  # versions 1, 2, 3
+    folder = tmp_path / "frames"
+    device = agent(server, broker, tmp_path, "shadow-dev", folder, model=v1)
+    try:
+        shadow = {"sample_fraction": 1.0, "cpu_budget_pct": 100, "min_samples": 30, "min_agreement": 0.9}
+        first = rollout(server, "shadowed", 2, ["shadow-dev"], shadow=shadow)
+        write_images(folder, frames(400, seed=3), "a")
+        wait_until(lambda: get(server, f"/v1/rollouts/{first}")["state"] != "running", timeout=30)
+        held = get(server, f"/v1/rollouts/{first}")
+        assert held["state"] == "paused", held
+        assert held["reason"].startswith("wave 1: shadow agreement ") and "on shadow-dev below 0.900" in held["reason"]
+        row = held["devices"][0]
+        assert row["state"] == "rejected" and row["reason"].startswith("shadow: agreement ")
+        assert row["shadow"]["passed"] is False and row["shadow"]["agreement"] < 0.9
+        assert row["shadow"]["samples"] >= 30
+        served = device.host.meta
+        assert served is not None and served.version == 1  # the old model keeps serving
+        assert device.updater is not None and device.updater.slots.active_slot() is None  # no slot switched
+
+        requests.post(f"{server.url}/v1/rollouts/{first}/abort", headers=server.admin(), json={}, timeout=10)
+        second = rollout(server, "shadowed", 3, ["shadow-dev"], shadow=shadow)
+        write_images(folder, frames(400, seed=4), "b")
+        wait_until(lambda: get(server, f"/v1/rollouts/{second}")["state"] != "running", timeout=40)
+        passed = get(server, f"/v1/rollouts/{second}")
+        assert passed["state"] == "completed", passed
+        row = passed["devices"][0]
+        assert row["state"] == "committed" and row["shadow"]["passed"] is True
+        assert row["shadow"]["agreement"] == 1.0
+        served = device.host.meta
+        assert served is not None and served.version == 3
+    finally:
+        device.stop()
+        device.close()
+
+
+def test_darker_inputs_are_flagged_unchanged_are_not(rig: tuple[RunningServer, Mosquitto], tmp_path: Path) -> None:
+    server, broker = rig
+    images = frames(120, seed=7)
+    v1 = make_onnx_image_classifier(tmp_path / "v1.onnx", size=SIZE, seed=0)
+    version = upload(server, "drifty", v1, calibration=tensors(images))
+    assert version["drift_profile"]["source"] == "calibration" and version["drift_profile"]["samples"] == 120
+    assert "input.brightness" in version["drift_profile"]["stats"]
+    same, dark = tmp_path / "same", tmp_path / "dark"
+    devices = [agent(server, broker, tmp_path, "drift-same", same, samples=True),
+               agent(server, broker, tmp_path, "drift-dark", dark)]
+    try:
+        rollout_id = rollout(server, "drifty", version["version"], ["drift-same", "drift-dark"])
+        wait_until(lambda: get(server, f"/v1/rollouts/{rollout_id}")["state"] == "completed", timeout=40)
+        write_images(same, images, "s")
+        write_images(dark, [np.clip(f.astype(np.float32) * 0.45, 0, 255).astype(np.uint8) for f in images], "d")
+
+        def flags() -> dict[str, Any]:
+            return {d["device_id"]: d["drift"] for d in get(server, "/v1/devices")["devices"]
+                    if d["device_id"].startswith("drift-")}
+
+        wait_until(lambda: all(f and f["ready"] and f["samples"] == 120 for f in flags().values()), timeout=30)
+        found = flags()
+        assert found["drift-dark"]["drifted"] is True and found["drift-dark"]["max_psi"] > 1.0
+        assert found["drift-same"]["drifted"] is False and found["drift-same"]["max_psi"] < 0.05
+        assert get(server, "/v1/devices/drift-dark")["drift"]["drifted"] is True
+        summary = get(server, f"/v1/models/drifty/versions/{version['version']}/drift")
+        assert summary["flagged"] is True and summary["ready"] == 2 and summary["drifted"] == 1
+        assert [d["device_id"] for d in summary["drifted_devices"]] == ["drift-dark"]
+        assert summary["profile"]["source"] == "calibration"
+        newest = get(server, "/v1/devices/drift-dark/telemetry?limit=1")["telemetry"][0]
+        flagged, text = drift_flag(newest["payload"]["drift"])  # what the dashboard shows
+        assert flagged is True and text.startswith(found["drift-dark"]["max_stat"] + " ")
+
+        # ground truth: samples stay on the device until asked for; the operator labels them
+        assert get(server, "/v1/samples?device_id=drift-same")["samples"] == []
+        kept = devices[0].quality
+        assert kept is not None and kept.store is not None and len(kept.store) == 10  # newest max_count kept
+        sent = requests.post(f"{server.url}/v1/devices/drift-same/commands", headers=server.admin(),
+                             json={"type": "upload_samples"}, timeout=10)
+        assert sent.status_code == 202, sent.text
+        wait_until(lambda: len(get(server, "/v1/samples?device_id=drift-same")["samples"]) == 10, timeout=15)
+        wait_until(lambda: len(kept.store) == 0, timeout=5)  # uploaded samples leave the device
+        listed = get(server, "/v1/samples?device_id=drift-same")["samples"]
+        assert {s["version"] for s in listed} == {version["version"]} and all(s["prediction"] for s in listed)
+        image = requests.get(f"{server.url}/v1/samples/drift-same/{listed[0]['id']}/image", headers=server.admin(),
+                             timeout=10)
+        assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
+        truth = [{"device_id": "drift-same", "id": s["id"],
+                  "label": s["prediction"]["class"] if i < 7 else (s["prediction"]["class"] + 1) % 4}
+                 for i, s in enumerate(listed)]
+        labelled = requests.post(f"{server.url}/v1/samples/labels", headers=server.admin(), json={"labels": truth},
+                                 timeout=10)
+        assert labelled.status_code == 200 and labelled.json() == {"labelled": 10, "cleared": 0}
+        scores = get(server, "/v1/quality/accuracy?model=drifty")
+        assert scores["overall"] == {"n": 10, "correct": 7, "accuracy": 0.7}
+        assert scores["by_version"][f"drifty@{version['version']}"]["accuracy"] == 0.7
+        assert scores["by_device_class"]["test-cpu"]["n"] == 10
+    finally:
+        for running in devices:
+            running.stop()
+            running.close()
