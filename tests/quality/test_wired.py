@@ -219,13 +219,14 @@ def test_darker_inputs_are_flagged_unchanged_are_not(rig: tuple[RunningServer, M
 
         # ground truth: samples stay on the device until asked for; the operator labels them
         assert get(server, "/v1/samples?device_id=drift-same")["samples"] == []
-        kept = devices[0].quality
-        assert kept is not None and kept.store is not None and len(kept.store) == 10  # newest max_count kept
+        assert devices[0].quality is not None
+        kept = devices[0].quality.store
+        assert kept is not None and len(kept) == 10  # the newest max_count are kept
         sent = requests.post(f"{server.url}/v1/devices/drift-same/commands", headers=server.admin(),
                              json={"type": "upload_samples"}, timeout=10)
         assert sent.status_code == 202, sent.text
         wait_until(lambda: len(get(server, "/v1/samples?device_id=drift-same")["samples"]) == 10, timeout=15)
-        wait_until(lambda: len(kept.store) == 0, timeout=5)  # uploaded samples leave the device
+        wait_until(lambda: len(kept) == 0, timeout=5)  # uploaded samples leave the device
         listed = get(server, "/v1/samples?device_id=drift-same")["samples"]
         assert {s["version"] for s in listed} == {version["version"]} and all(s["prediction"] for s in listed)
         image = requests.get(f"{server.url}/v1/samples/drift-same/{listed[0]['id']}/image", headers=server.admin(),
