@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ class QualityMonitor:
         self.monitor: DriftMonitor | None = None
         self.profile_note: str | None = None  # why there is no monitor
         self._sha: str | None = None
+        self._cost_ns = 0  # time spent in DriftMonitor.observe, for the report's cost figure
+        self._cost_calls = 0
         self._lock = threading.Lock()
         self.store: SampleStore | None = None
         samples = config.samples
@@ -90,6 +93,7 @@ class QualityMonitor:
                                        min_samples=drift.min_samples)
         with self._lock:
             self.monitor, self.profile_note, self._sha = monitor, note, meta.sha256
+            self._cost_ns = self._cost_calls = 0
         log.info("drift: %s", "monitoring " + f"{meta.name} v{meta.version}" if monitor else note)
 
     # --- hot path ----------------------------------------------------------------------------------
@@ -98,7 +102,10 @@ class QualityMonitor:
         """After an inference of the loop (or the local API); never raises."""
         monitor = self.monitor
         if monitor is not None and meta.sha256 == self._sha:
+            start = time.perf_counter_ns()
             monitor.observe(frame, outputs)
+            self._cost_ns += time.perf_counter_ns() - start
+            self._cost_calls += 1
         store = self.store
         if store is not None and frame is not None:
             try:
@@ -113,7 +120,12 @@ class QualityMonitor:
         monitor = self.monitor
         if monitor is None:
             return {"enabled": False, "reason": self.profile_note} if self.profile_note else None
-        return monitor.report()
+        report = monitor.report()
+        calls = self._cost_calls
+        # mean cost per served inference (binned or skipped by `every`), on the inference thread
+        report["cost_us_per_frame"] = round(self._cost_ns / calls / 1000.0, 2) if calls else None
+        report["every"] = monitor.every
+        return report
 
     def sample_batches(self, limit: int | None = None) -> list[list[dict[str, Any]]]:
         """Stored samples as upload bodies: ``[{"record": {...}, "jpeg_b64": "..."}]`` in batches."""

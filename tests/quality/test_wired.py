@@ -214,7 +214,9 @@ def test_darker_inputs_are_flagged_unchanged_are_not(rig: tuple[RunningServer, M
         assert [d["device_id"] for d in summary["drifted_devices"]] == ["drift-dark"]
         assert summary["profile"]["source"] == "calibration"
         newest = get(server, "/v1/devices/drift-dark/telemetry?limit=1")["telemetry"][0]
-        flagged, text = drift_flag(newest["payload"]["drift"])  # what the dashboard shows
+        section = newest["payload"]["drift"]
+        assert section["every"] == 1 and 0 < section["cost_us_per_frame"] < 5000  # the drift cost, in telemetry
+        flagged, text = drift_flag(section)  # what the dashboard shows
         assert flagged is True and text.startswith(found["drift-dark"]["max_stat"] + " ")
 
         # ground truth: samples stay on the device until asked for; the operator labels them
