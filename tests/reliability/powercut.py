@@ -1,0 +1,179 @@
+"""The power-cut loop shared by tests/reliability/test_power_cut.py and benchmarks/power_cut.py.
+
+One real agent (``edgefleet-agent run``: synthetic source, local API, MQTT telemetry, OTA client) runs
+against the real server and Mosquitto. Each cycle pushes a new model version, rolls it out to the agent
+and ``kill -9``s the agent (its whole process group, so a running test-load dies with it) at a random
+instant of the update. Then, with the agent dead, the state directory must be consistent; after a
+restart the agent must serve (``/v1/infer`` answers with the exact outputs of the model it names) a
+model whose sha256 is the previous or the new version's; and the update must end committed (serving the
+new version) or rolled back / failed (serving the previous one).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.reliability.support import (
+    TERMINAL,
+    DaemonAgent,
+    Versions,
+    agent_yaml,
+    api_port,
+    assert_exact_outputs,
+    check_state_files,
+)
+from tests.support.net import wait_until
+from tests.support.server import RunningServer
+
+
+@dataclass
+class PowerCutReport:
+    seed: int
+    cycles: int = 0
+    committed: int = 0  # the update finished: the new version serves
+    rolled_back: int = 0  # killed in the trial (or failed): the previous version serves
+    corrupt: int = 0  # never > 0: the loop raises on the first inconsistency
+    killed_in: collections.Counter[str] = field(default_factory=collections.Counter)
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    restart_to_serving_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        restarts = sorted(self.restart_to_serving_s)
+        return {"seed": self.seed, "cycles": self.cycles, "committed": self.committed,
+                "rolled_back": self.rolled_back, "corrupt": self.corrupt, "killed_in": dict(self.killed_in),
+                "outcomes": dict(self.outcomes),
+                "restart_to_serving_s_p50": round(restarts[len(restarts) // 2], 2) if restarts else None,
+                "restart_to_serving_s_max": round(restarts[-1], 2) if restarts else None,
+                "seconds": round(self.seconds, 1)}
+
+
+def _target_done(agent: DaemonAgent, version: int) -> str | None:
+    path = agent.state_dir / "update" / "state.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    target = ((record.get("target") or {}).get("manifest") or {}).get("model") or {}
+    if target.get("version") == version and record.get("state") in TERMINAL:
+        return str(record["state"])
+    return None
+
+
+def _wait_started(agent: DaemonAgent, version: int, timeout: float = 10.0) -> None:
+    """Until state.json names ``version`` as its target (in progress or already ended)."""
+    path = agent.state_dir / "update" / "state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            record = json.loads(path.read_text())
+            if (((record.get("target") or {}).get("manifest") or {}).get("model") or {}).get("version") == version:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+
+
+def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, *, cycles: int, seed: int,
+                   kill_window_s: float = 1.6, device_id: str = "pc-01") -> PowerCutReport:
+    rng = random.Random(seed)
+    report = PowerCutReport(seed=seed)
+    started = time.monotonic()
+    versions = Versions(server, workdir / "models", f"pc-{device_id}")
+    base_seed = 1000 * (1 + sum(map(ord, device_id)) % 97)  # each device its own model bytes
+    config = agent_yaml(workdir / "state", device_id, server=server, mqtt_port=mqtt_port, api_port=api_port())
+    agent = DaemonAgent(workdir / "agent", config).start()
+    try:
+        first = versions.push(seed=base_seed)
+        agent.wait_enrolled()
+        versions.roll_out(first["version"], [device_id])
+        wait_until(lambda: _target_done(agent, first["version"]) == "committed", timeout=60)
+        body = agent.wait_serving()
+        assert body["model"]["sha256"] == first["sha256"]
+        current = first
+        for cycle in range(cycles):
+            target = versions.push(seed=base_seed + 1 + cycle)
+            versions.roll_out(target["version"], [device_id])
+            if rng.random() < 0.2:  # any instant around the poll that sees the new desired state
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:  # an instant of the update itself, once the agent has saved its first step
+                _wait_started(agent, target["version"])
+                time.sleep(rng.uniform(0.0, kill_window_s))
+            agent.kill9()
+            report.killed_in[agent.update_state() or "none"] += 1
+            found = check_state_files(agent.state_dir)
+            assert found["sha256"] in (current["sha256"], target["sha256"]), (cycle, found)
+            restarted = time.monotonic()
+            agent.start()
+            body = agent.wait_serving(timeout=60)
+            report.restart_to_serving_s.append(time.monotonic() - restarted)
+            served = versions.by_sha(body["model"]["sha256"])
+            assert served is not None and served["sha256"] in (current["sha256"], target["sha256"]), (cycle, body)
+            assert_exact_outputs(body, served["seed"])
+            wait_until(lambda t=target: _target_done(agent, t["version"]) is not None, timeout=60)
+            outcome = str(_target_done(agent, target["version"]))
+            report.outcomes[outcome] += 1
+            expected = target if outcome == "committed" else current
+            wait_until(lambda e=expected: agent.wait_serving()["model"]["sha256"] == e["sha256"], timeout=20)
+            body = agent.wait_serving()
+            assert_exact_outputs(body, expected["seed"])
+            found = check_state_files(agent.state_dir)
+            assert found["sha256"] == expected["sha256"], (cycle, outcome, found)
+            if outcome == "committed":
+                report.committed += 1
+            else:
+                assert outcome in ("rolled_back", "failed"), (cycle, outcome)
+                report.rolled_back += 1
+            current = expected
+            report.cycles += 1
+    except BaseException:
+        print(agent.log()[-4000:])
+        raise
+    finally:
+        agent.stop()
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def run_parallel(server: RunningServer, mqtt_port: int | None, workdir: Path, *, cycles: int, seed: int,
+                 agents: int = 2, kill_window_s: float = 1.6) -> PowerCutReport:
+    """``cycles`` power cuts split over ``agents`` devices cut independently at the same time."""
+    import threading
+
+    share = [cycles // agents + (1 if i < cycles % agents else 0) for i in range(agents)]
+    reports: list[PowerCutReport | BaseException] = [RuntimeError("not run")] * agents
+
+    def one(i: int) -> None:
+        try:
+            reports[i] = run_power_cuts(server, mqtt_port, workdir / f"dev{i}", cycles=share[i], seed=seed + i,
+                                        kill_window_s=kill_window_s, device_id=f"pc-{i:02d}")
+        except BaseException as exc:  # surfaced below
+            reports[i] = exc
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(agents)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for item in reports:
+        if isinstance(item, BaseException):
+            raise item
+    total = PowerCutReport(seed=seed)
+    for item in reports:
+        assert isinstance(item, PowerCutReport)
+        total.cycles += item.cycles
+        total.committed += item.committed
+        total.rolled_back += item.rolled_back
+        total.corrupt += item.corrupt
+        total.killed_in.update(item.killed_in)
+        total.outcomes.update(item.outcomes)
+        total.restart_to_serving_s += item.restart_to_serving_s
+    total.seconds = time.monotonic() - started
+    return total
