@@ -206,7 +206,7 @@ def schemathesis(srv: RunningServer, token: str, seconds: int, *extra: str) -> s
                            "--max-examples", "25", "--seed", "20260101", "--no-shrink", "--workers", "2",
                            "--max-time", str(seconds), "--request-timeout", "20", "--warnings", "off",
                            "--header", f"Authorization: Bearer {token}", *extra],
-                          capture_output=True, text=True, timeout=seconds + 120)
+                          capture_output=True, text=True, timeout=seconds + 120, cwd=srv.workdir)
 
 
 def assert_no_server_error(done: subprocess.CompletedProcess[str]) -> None:

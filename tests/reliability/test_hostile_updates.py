@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from agent.ota.client import UpdateClient
-from tests.ota.helpers import image, make_classifier, ort_loader
+from tests.ota.helpers import image, ort_loader
 from tests.ota.rig import Device, Traffic
 from tests.reliability.support import FAST_TRIAL, Versions, check_state_files
 from tests.support.models import reference_image_classifier
