@@ -241,6 +241,7 @@ class Proxy:
         self.stall_after = 0
         self.downstream = 0
         self.connections = 0
+        self.ranges: list[str] = []  # the Range header of each artifact request that went through
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -286,6 +287,11 @@ class Proxy:
                 if not data:
                     break
                 if not down:
+                    head = data.decode("latin-1", "replace")
+                    if "/v1/artifacts/" in head.split("\r\n", 1)[0]:
+                        found = [line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                                 if line.lower().startswith("range:")]
+                        self.ranges.append(found[0] if found else "")
                     dst.sendall(data)
                     continue
                 while data and not self._stop.is_set():
