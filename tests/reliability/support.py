@@ -241,7 +241,7 @@ class Proxy:
         self.stall_after = 0
         self.downstream = 0
         self.connections = 0
-        self.ranges: list[str] = []  # the Range header of each artifact request that went through
+        self.ranges: list[str] = []  # the Range header of each artifact or delta request that went through
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -288,7 +288,8 @@ class Proxy:
                     break
                 if not down:
                     head = data.decode("latin-1", "replace")
-                    if "/v1/artifacts/" in head.split("\r\n", 1)[0]:
+                    first_line = head.split("\r\n", 1)[0]
+                    if "/v1/artifacts/" in first_line or "/v1/deltas/" in first_line:
                         found = [line.split(":", 1)[1].strip() for line in head.split("\r\n")
                                  if line.lower().startswith("range:")]
                         self.ranges.append(found[0] if found else "")
@@ -317,6 +318,17 @@ class Proxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def cut(self) -> None:
+        """Drop every open connection (bytes already buffered inside the proxy are lost, as on a real link)."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
     def close(self) -> None:
         self._stop.set()
