@@ -25,6 +25,8 @@ from server.storage import ArtifactStore
 _lock = threading.Lock()
 # bsdiff holds both files and a suffix array in memory (~ 9x the larger file): bigger ones go whole
 MAX_DELTA_BYTES = 256 * 1024 * 1024
+# patches for models up to this size are made before a rollout's first wave starts (milliseconds)
+INLINE_DELTA_BYTES = 8 * 1024 * 1024
 
 
 def ensure_delta(db: Database, store: ArtifactStore, *, from_sha256: str, to_sha256: str) -> tuple[str, int]:
@@ -90,6 +92,17 @@ def rollout_delta_pairs(session: Session, *, rollout_id: int, config: ServerConf
         if variant.sha256 and variant.sha256 != device.model_sha256:
             pairs.add((device.model_sha256, variant.sha256))
     return pairs
+
+
+def rollout_artifact_bytes(state: Any, rollout_id: int) -> int:
+    """The bytes bsdiff would read for a rollout's patches (the larger side of each pair)."""
+    with state.db.session() as session:
+        pairs = rollout_delta_pairs(session, rollout_id=rollout_id, config=state.config)
+    return sum(max(_size(state.store, a), _size(state.store, b)) for a, b in pairs)
+
+
+def _size(store: ArtifactStore, sha256: str) -> int:
+    return store.size(sha256) if store.exists(sha256) else 0
 
 
 def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerConfig, rollout_id: int,

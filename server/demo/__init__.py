@@ -242,7 +242,9 @@ class Demo:
             seqs = sorted([r["seq"] for r in rows] + [e["seq"] for e in events])
             gaps = sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1)
             types = sorted({e["type"] for e in events if str(e["type"]).startswith("update.")})
-            flow[device_id] = {"telemetry": len(rows), "events": types, "gaps": gaps}
+            installs = [e.get("payload") or {} for e in events if e["type"] == "update.installed"]
+            via = {f"v{i.get('version')}": i.get("via") for i in installs}
+            flow[device_id] = {"telemetry": len(rows), "events": types, "gaps": gaps, "installed_via": via}
         return flow
 
     def run(self) -> int:
@@ -273,7 +275,7 @@ class Demo:
         self.console.print()
         for device_id, counts in flow.items():
             self.console.print(f"{device_id}: {counts['telemetry']} telemetry messages (seq gaps: {counts['gaps']}), "
-                               f"events: {', '.join(counts['events']) or '-'}")
+                               f"installed {counts['installed_via']}, events: {', '.join(counts['events']) or '-'}")
         self.console.print(f"[bold]rollout {second}: {result.get('state')}[/] {result.get('reason') or ''}")
         self.console.print(f"local inference API answers (device → model version): {answers}")
         self.console.print(f"whole loop in {time.monotonic() - started:.0f} s")

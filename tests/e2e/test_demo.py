@@ -30,4 +30,6 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, broker: str) -> None:
         assert flow["gaps"] == 0, device_id
         assert {"update.downloading", "update.verified", "update.installed", "update.committed"} <= set(
             flow["events"]), device_id
+        # v1 came whole; v2 (a fine-tuned v1) as a bsdiff delta the rollout prepared
+        assert flow["installed_via"] == {"v1": "full", "v2": "delta"}, device_id
     assert "stopped: agents, server, broker" in proc.stdout

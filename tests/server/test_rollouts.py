@@ -139,7 +139,7 @@ def test_rollout_prepares_deltas_so_later_waves_get_them(server: RunningServer,
         "gates": {"min_committed_ratio": 1.0, "soak_s": 0}}).json()
     second = next(d["device_id"] for d in created["devices"] if d["wave"] == 1)
     first = next(d["device_id"] for d in created["devices"] if d["wave"] == 0)
-    # the patch v1 → v2 is made in the background, before the second wave starts (no device asked yet)
+    # the patch v1 → v2 is made when the rollout starts, before any device asks for it
     def delta_rows() -> list[tuple[str, str]]:
         with sqlite3.connect(server.workdir / "edgefleet.db") as db:
             return db.execute("SELECT from_sha256, to_sha256 FROM deltas WHERE to_sha256 = ?",

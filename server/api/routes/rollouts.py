@@ -10,7 +10,7 @@ from server.api.deps import DB_ID_MAX, AdminDep, SessionDep, StateDep
 from server.api.schemas import AbortBody, RolloutCreate
 from server.crud import registry
 from server.crud import rollouts as crud
-from server.deltas import prepare_rollout_deltas
+from server.deltas import INLINE_DELTA_BYTES, prepare_rollout_deltas, rollout_artifact_bytes
 from server.state import ServerState
 
 router = APIRouter(tags=["rollouts"], dependencies=[AdminDep])
@@ -27,9 +27,12 @@ def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
             trial=body.trial.model_dump(mode="json") if body.trial else None,
             shadow=body.shadow.model_dump(mode="json") if body.shadow else None, auto_revert=body.auto_revert)
         rollout_id = rollout.id
-    state.jobs.submit(kind="deltas", params={"rollout_id": rollout_id},
-                      function=lambda _job, progress: prepare_rollout_deltas(
-                          state.db, state.store, state.config, rollout_id, progress))
+    if rollout_artifact_bytes(state, rollout_id) <= INLINE_DELTA_BYTES:
+        prepare_rollout_deltas(state.db, state.store, state.config, rollout_id, lambda _f, _m: None)
+    else:  # big models: the first wave may start with full downloads while the patches are made
+        state.jobs.submit(kind="deltas", params={"rollout_id": rollout_id},
+                          function=lambda _job, progress: prepare_rollout_deltas(
+                              state.db, state.store, state.config, rollout_id, progress))
     engine.step(state.db, rollout_id=rollout_id, now=time.time())  # the first wave starts now
     with state.db.session() as session:
         return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
