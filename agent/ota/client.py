@@ -188,6 +188,9 @@ class UpdateClient:
             except EdgefleetError as exc:
                 self.last_error = str(exc)
                 log.warning("update check failed: %s", exc)
+            except OSError as exc:  # e.g. a full disk refused the state record: retried, one line each time
+                self.last_error = f"{exc.strerror or exc} ({exc.filename or 'state'})"
+                log.warning("update cycle failed: %s", self.last_error)
             except Exception as exc:  # never let the updater thread die
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("update cycle crashed")
@@ -331,6 +334,8 @@ class UpdateClient:
             log.warning("download paused: %s", exc)
             return
         except (DiskFull, UpdateRejected) as exc:
+            if isinstance(exc, DiskFull):
+                self._clear_partial()  # give back what this download took, so that `failed` can be saved
             self._enter(Trigger.FAILED, reason=str(exc))
             return
         self._enter(Trigger.DOWNLOADED, via=via)
