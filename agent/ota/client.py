@@ -90,6 +90,7 @@ class UpdateClient:
         self._api: ServerApi | None = None
         self._key: Ed25519PublicKey | None = None
         self._etag: str | None = None
+        self._signed: SignedManifest | None = None  # the manifest behind _etag
         self._old: tuple[Model, ModelMeta] | None = None  # the previous model, kept loaded during a trial
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -160,6 +161,10 @@ class UpdateClient:
             if reply.status == 200 and reply.signed is not None:
                 self._consider(reply.signed)
                 self._etag = reply.etag
+                self._signed = reply.signed
+            elif reply.status == 304 and self._signed is not None and \
+                    self.record.state in (State.FAILED, State.REJECTED):
+                self._consider(self._signed)  # unchanged desired state: a failed target is retried when due
             self._drive()
             return self.record.state
 
