@@ -12,6 +12,7 @@ new version) or rolled back / failed (serving the previous one).
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import random
 import time
@@ -66,6 +67,10 @@ def _target_done(agent: DaemonAgent, version: int) -> str | None:
     return None
 
 
+def _serving(agent: DaemonAgent, sha256: str) -> bool:
+    return bool(agent.wait_serving()["model"]["sha256"] == sha256)
+
+
 def _wait_started(agent: DaemonAgent, version: int, timeout: float = 10.0) -> None:
     """Until state.json names ``version`` as its target (in progress or already ended)."""
     path = agent.state_dir / "update" / "state.json"
@@ -116,11 +121,11 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
             served = versions.by_sha(body["model"]["sha256"])
             assert served is not None and served["sha256"] in (current["sha256"], target["sha256"]), (cycle, body)
             assert_exact_outputs(body, served["seed"])
-            wait_until(lambda t=target: _target_done(agent, t["version"]) is not None, timeout=60)
+            wait_until(functools.partial(_target_done, agent, int(target["version"])), timeout=60)
             outcome = str(_target_done(agent, target["version"]))
             report.outcomes[outcome] += 1
             expected = target if outcome == "committed" else current
-            wait_until(lambda e=expected: agent.wait_serving()["model"]["sha256"] == e["sha256"], timeout=20)
+            wait_until(functools.partial(_serving, agent, str(expected["sha256"])), timeout=20)
             body = agent.wait_serving()
             assert_exact_outputs(body, expected["seed"])
             found = check_state_files(agent.state_dir)

@@ -104,7 +104,7 @@ def test_artifact_bytes_changed_in_transit(server: RunningServer, tmp_path: Path
                 for i, block in enumerate(inner(chunk_size, decode_unicode)):
                     yield (bytes([block[0] ^ 0x01]) + block[1:]) if i == 0 else block
 
-            response.iter_content = flipped  # type: ignore[method-assign]
+            response.iter_content = flipped  # type: ignore[method-assign,assignment]
 
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Middle(flip))
     versions.roll_out(v2["version"], [device.config.device_id])

@@ -114,7 +114,7 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("case", "request_bytes", "status"), HOSTILE,
-                         ids=[str(c.values[0]) if hasattr(c, "marks") else str(c[0]) for c in HOSTILE])
+                         ids=[str(getattr(c, "values", c)[0]) for c in HOSTILE])
 def test_hostile_request_gets_a_4xx_and_the_next_one_is_served(agent: DaemonAgent, case: str,
                                                                request_bytes: bytes, status: int) -> None:
     got, body = raw(agent, request_bytes)
