@@ -97,7 +97,7 @@ def test_artifact_bytes_changed_in_transit(server: RunningServer, tmp_path: Path
     v2 = versions.push(seed=13)
 
     def flip(url: str, response: requests.Response) -> None:
-        if "/v1/artifacts/" in url:
+        if "/v1/artifacts/" in url or "/v1/deltas/" in url:  # the patch too: deltas are on offer
             inner = response.iter_content
 
             def flipped(chunk_size: int = 1, decode_unicode: bool = False) -> Any:
