@@ -325,6 +325,12 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
         rollout_to = time.time()
         rollout_cpu = meter.stop()
         doc = state["doc"]
+        failed_on_server = sum(w["failed"] for w in doc["waves"])
+        try:  # the server can see a failure before the worker's progress message says so
+            run.wait_for(out, "outcomes", lambda: run.outcome("rolled_back") + run.outcome("rejected")
+                         >= failed_on_server, 10.0)
+        except Deadline as exc:
+            run.log(str(exc))
         result["rollout"] = {
             "id": rollout_id, "state": doc["state"], "reason": doc.get("reason"), "timed_out": timed_out,
             "waves_spec": o.waves, "soak_s": o.soak_s,
