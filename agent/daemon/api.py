@@ -58,6 +58,8 @@ def json_feeds(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from exc
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), dict):
         raise ApiError(400, 'expected {"inputs": {name: nested list}}')
     given: dict[str, Any] = document["inputs"]
@@ -72,9 +74,15 @@ def json_feeds(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     for name, value in given.items():
         spec = by_name[name]
         try:
-            array = np.asarray(value, dtype=np.dtype(spec.dtype))
+            given_array = np.asarray(value)
+            if given_array.dtype == np.bool_ and spec.dtype != "bool":
+                raise TypeError("true/false given for numbers")
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = given_array.astype(np.dtype(spec.dtype))
         except (ValueError, TypeError, OverflowError) as exc:
             raise ApiError(400, f"input '{name}' is not a {spec.dtype} array: {exc}") from exc
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ApiError(400, f"input '{name}' has values that are NaN, infinite or beyond {spec.dtype}")
         shape_ok = array.ndim == len(spec.shape) and all(
             want is None or want == got for want, got in zip(spec.shape, array.shape, strict=True))
         if not shape_ok:
@@ -112,6 +120,7 @@ class Handler(BaseHTTPRequestHandler):
     server: ApiServer
     server_version = "edgefleet-agent"
     protocol_version = "HTTP/1.0"
+    timeout = 10.0  # a client that stalls mid-request loses its connection instead of holding a thread
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("api %s: " + format, self.client_address[0], *args)

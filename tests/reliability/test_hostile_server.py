@@ -194,8 +194,6 @@ def test_ids_past_the_database_integer_are_a_422(srv: RunningServer) -> None:
     assert requests.get(f"{srv.url}/v1/rollouts/{2**63 - 1}", headers=srv.admin(), timeout=5).status_code == 404
 
 
-@pytest.mark.xfail(strict=True, reason="finding S1b: GET /v1/samples?version=2**64 overflows SQLite's INTEGER (500); "
-                                       "server/api/routes/quality.py is another helper's work in progress")
 def test_samples_version_past_the_database_integer(srv: RunningServer) -> None:
     got = requests.get(f"{srv.url}/v1/samples", params={"version": str(2**64)}, headers=srv.admin(), timeout=5)
     assert got.status_code == 422, got.status_code
@@ -224,9 +222,7 @@ def _cases(output: str) -> int:
 
 def test_schemathesis_no_5xx_as_operator(srv: RunningServer, tokens: dict[str, str], tmp_path: Path) -> None:
     Versions(srv, tmp_path, "st-model").push(seed=0)  # something for the operator routes to find
-    # /v1/samples is left out until finding S1b (its `version` query overflows SQLite: 500) is fixed by the
-    # quality routes' owner; test_samples_version_past_the_database_integer tracks it
-    done = schemathesis(srv, srv.admin_token, FUZZ_S, "--exclude-path", "/v1/samples")
+    done = schemathesis(srv, srv.admin_token, FUZZ_S)
     print(f"schemathesis (admin token): {_cases(done.stdout)} cases")
     assert_no_server_error(done)
     assert _cases(done.stdout) > 100

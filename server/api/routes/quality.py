@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from agent.quality import accuracy_by, summarize_fleet
-from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, require_device
+from server.api.deps import DB_ID_MAX, AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, require_device
 from server.api.routes.models import ModelName, VersionNo
 from server.crud import fleet
 from server.crud import registry as registry_crud
@@ -121,7 +121,8 @@ def _sample_public(row: Sample) -> dict[str, Any]:
 
 
 @router.get("/v1/samples", dependencies=[AdminDep])
-def list_samples(session: SessionDep, model: str | None = None, version: int | None = None,
+def list_samples(session: SessionDep, model: str | None = None,
+                 version: Annotated[int | None, Query(ge=0, le=DB_ID_MAX)] = None,
                  device_id: str | None = None, unlabeled: bool = False,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> dict[str, Any]:
     query = select(Sample).order_by(Sample.id).limit(limit)
