@@ -151,7 +151,9 @@ class Agent:
         try:
             from agent.runtime import probe_hardware
 
-            return dict(probe_hardware())
+            # without the runtime inventory: it imports every runtime (torch takes seconds on a Pi), and a
+            # restarted device must serve again first; `edgefleet-agent probe` shows the inventory
+            return dict(probe_hardware(runtimes=False))
         except Exception as exc:  # the probe is informative only
             log.debug("hardware probe unavailable: %s", exc)
             return {}
