@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import bsdiff4
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.config import ServerConfig
@@ -17,9 +18,8 @@ from server.crud import NotFound
 from server.crud import deltas as crud
 from server.crud.devices import runnable_formats
 from server.crud.registry import list_variants
-from server.crud.rollouts import rollout_devices
 from server.db import Database
-from server.db.models import Device, Rollout
+from server.db.models import Device, Rollout, RolloutDevice
 from server.storage import ArtifactStore
 
 _lock = threading.Lock()
@@ -79,18 +79,23 @@ def rollout_delta_pairs(session: Session, *, rollout_id: int, config: ServerConf
     if rollout is None:
         return set()
     variants = list_variants(session, version_id=rollout.version_id)
+    members = select(Device).join(RolloutDevice, RolloutDevice.device_id == Device.id).where(
+        RolloutDevice.rollout_id == rollout_id, Device.model_sha256.is_not(None))
+    # a fleet has few distinct (model, class, runtimes): choose the variant once per combination
+    kinds: set[tuple[str, str, frozenset[str] | None]] = set()
+    for device in session.scalars(members):
+        runnable = runnable_formats(device)
+        kinds.add((str(device.model_sha256), device.device_class or "",
+                   frozenset(runnable) if runnable is not None else None))
     pairs: set[tuple[str, str]] = set()
-    for member in rollout_devices(session, rollout_id=rollout_id):
-        device = session.get(Device, member.device_id)
-        if device is None or not device.model_sha256:
-            continue
+    for current, device_class, formats in kinds:
         try:
-            variant = select_variant(variants, preferences=config.device_classes.get(device.device_class or "", []),
-                                     formats=runnable_formats(device))
+            variant = select_variant(variants, preferences=config.device_classes.get(device_class, []),
+                                     formats=set(formats) if formats is not None else None)
         except LookupError:
             continue
-        if variant.sha256 and variant.sha256 != device.model_sha256:
-            pairs.add((device.model_sha256, variant.sha256))
+        if variant.sha256 and variant.sha256 != current:
+            pairs.add((current, variant.sha256))
     return pairs
 
 
