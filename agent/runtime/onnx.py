@@ -17,7 +17,7 @@ import numpy as np
 
 from agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
 from agent.runtime._common import InputBinder, default_threads, first_line
-from agent.runtime.base import LoadOptions
+from agent.runtime.base import LoadOptions, Signature
 from agent.wire import TensorSpec
 
 # Preference order (DESIGN.md "Runtime layer").
@@ -51,7 +51,7 @@ def _spec(arg: Any) -> TensorSpec:
                       dtype=_DTYPES.get(arg.type, "float32"))
 
 
-class OnnxModel:
+class OnnxModel(Signature):
     runtime = "onnxruntime"
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
@@ -89,14 +89,6 @@ class OnnxModel:
         self._in_names = [s.name for s in self._inputs]
         self._out_names = [s.name for s in self._outputs]
         self._run = session.run
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = self._binder.check_feeds(feeds)

@@ -27,7 +27,7 @@ import numpy as np
 
 from agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
 from agent.runtime._common import InputBinder, default_threads, dequantize, first_line
-from agent.runtime.base import LoadOptions
+from agent.runtime.base import LoadOptions, Signature
 from agent.wire import TensorSpec
 
 # runtime name -> module that holds Interpreter and load_delegate
@@ -87,7 +87,7 @@ def _unique_names(specs: list[TensorSpec]) -> list[TensorSpec]:
     return out
 
 
-class TFLiteModel:
+class TFLiteModel(Signature):
     def __init__(self, path: Path, runtime: str, options: LoadOptions, content: bytes | None = None) -> None:
         module = import_runtime(runtime)
         self.path = path
@@ -150,14 +150,6 @@ class TFLiteModel:
             return any(op.get("op_name") == "DELEGATE" for op in self._interpreter._get_ops_details())
         except Exception:  # an older interpreter without the introspection call: trust the request
             return True
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._binder.check(feeds)

@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
 from agent.runtime._common import InputBinder, default_threads, first_line
-from agent.runtime.base import LoadOptions
+from agent.runtime.base import LoadOptions, Signature
 from agent.wire import TensorSpec
 
 SIGNATURE_FILE = "edgefleet.json"
@@ -34,7 +34,7 @@ def _import_torch() -> Any:
     return torch
 
 
-class TorchScriptModel:
+class TorchScriptModel(Signature):
     runtime = "torch"
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
@@ -78,14 +78,6 @@ class TorchScriptModel:
         names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
         return inputs, [TensorSpec(name=n, shape=[], dtype="float32") for n in names], False
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._binder.check(feeds)
         torch = self._torch
@@ -109,7 +101,7 @@ class TorchScriptModel:
         self._module = None
 
 
-class ExecuTorchModel:
+class ExecuTorchModel(Signature):
     runtime = "executorch"
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
@@ -137,14 +129,6 @@ class ExecuTorchModel:
         if dtype.isdigit():  # ScalarType as an integer
             dtype = {"0": "uint8", "1": "int8", "3": "int32", "4": "int64", "6": "float32"}.get(dtype, "float32")
         return TensorSpec(name=name, shape=[int(d) for d in tmeta.sizes()], dtype=dtype)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._binder.check(feeds)
