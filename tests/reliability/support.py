@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,10 @@ import numpy as np
 import requests
 import yaml
 
+from tests.support.broker import Mosquitto
 from tests.support.models import make_onnx_image_classifier, reference_image_classifier
 from tests.support.net import free_port, wait_until
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("idle", "committed", "rolled_back", "rejected", "failed")
@@ -360,3 +363,20 @@ def restart_server(server: RunningServer, timeout: float = 30.0) -> None:
             return False
 
     wait_until(up, timeout=timeout, interval=0.1)
+
+
+@contextmanager
+def broker_server_behind_proxy(base: Path) -> Iterator[tuple[Mosquitto, RunningServer, Proxy]]:
+    """A persistent Mosquitto and the real server, with devices reaching the server through a Proxy
+    (``public_url``), so a test can slow, stall or cut downloads."""
+    (base / "broker").mkdir()
+    broker = Mosquitto(base / "broker", persistence=True).start()
+    proxy = Proxy(0)
+    server = start_server(base, mqtt_port=broker.port, overrides={"public_url": proxy.url})
+    proxy.target_port = int(server.url.rsplit(":", 1)[1])
+    try:
+        yield broker, server, proxy
+    finally:
+        server.stop()
+        proxy.close()
+        broker.stop()

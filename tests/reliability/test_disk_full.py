@@ -21,27 +21,20 @@ from tests.reliability.support import (
     agent_yaml,
     api_port,
     assert_exact_outputs,
+    broker_server_behind_proxy,
     check_state_files,
 )
 from tests.reliability.test_outages import Hammer, seqs_in_order, spool_state
 from tests.support.broker import Mosquitto
 from tests.support.net import wait_until
-from tests.support.server import RunningServer, start_server
+from tests.support.server import RunningServer
 from tests.telemetry.support import ROOT, Collector
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, RunningServer, Proxy]]:
-    base = tmp_path_factory.mktemp("diskfull")
-    (base / "broker").mkdir()
-    broker = Mosquitto(base / "broker", persistence=True).start()
-    proxy = Proxy(0)
-    server = start_server(base, mqtt_port=broker.port, overrides={"public_url": proxy.url})
-    proxy.target_port = int(server.url.rsplit(":", 1)[1])
-    yield broker, server, proxy
-    server.stop()
-    proxy.close()
-    broker.stop()
+    with broker_server_behind_proxy(tmp_path_factory.mktemp("diskfull")) as parts:
+        yield parts
 
 
 @pytest.fixture

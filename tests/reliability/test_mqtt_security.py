@@ -4,20 +4,16 @@ a client certificate from another CA, an expired broker certificate: all refused
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.telemetry import Telemetry
 from tests.support.broker import Mosquitto
 from tests.support.net import wait_until
+from tests.support.pki import issue
 from tests.telemetry.support import ROOT, agent_config
 from tests.telemetry.test_will_acl import ACL, PASSWORDS, V5Client
 
@@ -86,27 +82,6 @@ def test_anonymous_and_wrong_password_clients_are_refused(acl_broker: Mosquitto,
 
 
 # --- TLS ------------------------------------------------------------------------------------------
-
-
-def issue(name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, out: Path, *,
-          san: str | None = None, days: float = 1.0) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name, issuer_key = issuer or (subject, key)
-    now = dt.datetime.now(dt.timezone.utc)
-    end = now + dt.timedelta(days=days)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(min(now, end) - dt.timedelta(days=2)).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (out / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                                       serialization.NoEncryption()))
-    return subject, key
 
 
 @pytest.fixture

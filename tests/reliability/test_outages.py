@@ -24,11 +24,12 @@ from tests.reliability.support import (
     agent_yaml,
     api_port,
     assert_exact_outputs,
+    broker_server_behind_proxy,
     restart_server,
 )
 from tests.support.broker import Mosquitto
 from tests.support.net import wait_until
-from tests.support.server import RunningServer, start_server
+from tests.support.server import RunningServer
 from tests.telemetry.support import ROOT, Collector
 
 OUTAGE_S = float(os.environ.get("RELIABILITY_OUTAGE_S", "12"))
@@ -76,16 +77,8 @@ class Hammer:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, RunningServer, Proxy]]:
-    base = tmp_path_factory.mktemp("outage")
-    (base / "broker").mkdir()
-    broker = Mosquitto(base / "broker", persistence=True).start()
-    proxy = Proxy(0)
-    server = start_server(base, mqtt_port=broker.port, overrides={"public_url": proxy.url})
-    proxy.target_port = int(server.url.rsplit(":", 1)[1])
-    yield broker, server, proxy
-    server.stop()
-    proxy.close()
-    broker.stop()
+    with broker_server_behind_proxy(tmp_path_factory.mktemp("outage")) as parts:
+        yield parts
 
 
 def seqs_in_order(collector: Collector, device_id: str) -> list[int]:
