@@ -13,9 +13,10 @@ import hmac
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select
@@ -28,7 +29,10 @@ from server.crud import counters
 from server.crud.deltas import get_delta
 from server.crud.devices import hash_token, runnable_formats
 from server.crud.registry import list_variants, version_by_id
-from server.db.models import Counter, Device, Rollout, Variant
+from server.db.models import Counter, Device, Rollout
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 
 class Signer:
@@ -50,7 +54,21 @@ class SignedBody:
     etag: str
 
 
-def select_variant(variants: list[Variant], *, preferences: list[str], formats: set[str] | None) -> Variant:
+class VariantLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def format(self) -> str | None: ...
+
+
+V = TypeVar("V", bound=VariantLike)
+
+
+def select_variant(variants: Sequence[V], *, preferences: list[str], formats: set[str] | None) -> V:
     """The first ready variant named in the class's preferences whose format the device runs; else the reference."""
     by_name = {v.name: v for v in variants}
     for name in preferences:
@@ -65,37 +83,100 @@ def select_variant(variants: list[Variant], *, preferences: list[str], formats: 
     return reference
 
 
-def build_manifest(session: Session, *, device: Device, config: ServerConfig, public_url: str) -> dict[str, Any]:
-    assert device.desired_version_id is not None and device.desired_issued_at is not None
-    model, version = version_by_id(session, version_id=device.desired_version_id)
-    preferences = config.device_classes.get(device.device_class or "", [])
-    variant = select_variant(list_variants(session, version_id=version.id), preferences=preferences,
-                             formats=runnable_formats(device))
+@dataclass(frozen=True)
+class VariantInfo:
+    name: str
+    status: str
+    sha256: str | None
+    format: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a manifest names of one model version, read once per registry generation (versions do not change;
+    their variants do, and each change bumps the generation)."""
+
+    model_name: str
+    version: int
+    task: str
+    labels: list[str] | None
+    preprocess: dict[str, Any] | None
+    runtime_hints: dict[str, Any] | None
+    drift_profile: dict[str, Any] | None
+    variants: tuple[VariantInfo, ...]
+
+    @classmethod
+    def load(cls, session: Session, version_id: int) -> Release:
+        model, version = version_by_id(session, version_id=version_id)
+        return cls(model.name, version.version, version.task, version.labels, version.preprocess,
+                   version.runtime_hints, version.drift_profile,
+                   tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size)
+                         for v in list_variants(session, version_id=version_id)))
+
+
+@dataclass(frozen=True)
+class RolloutTerms:
+    """A rollout's trial and shadow specs: fixed when the rollout is created."""
+
+    trial: dict[str, Any] | None
+    shadow: dict[str, Any] | None
+
+
+def build_manifest(*, device: Device, release: Release, terms: RolloutTerms | None,
+                   delta: tuple[str, str, int] | None, config: ServerConfig, public_url: str) -> dict[str, Any]:
+    """The manifest document for a device; ``delta`` is (from_sha256, patch sha256, size) when one exists from
+    what it runs to the variant ``variant_for`` chose."""
+    assert device.desired_issued_at is not None
+    variant = variant_for(device, release, config)
     assert variant.sha256 is not None and variant.format is not None and variant.size is not None
-    delta = None
-    if device.model_sha256 and device.model_sha256 != variant.sha256:
-        row = get_delta(session, from_sha256=device.model_sha256, to_sha256=variant.sha256)
-        if row is not None:
-            delta = {"from_sha256": row.from_sha256, "sha256": row.sha256, "size": row.size,
-                     "url": f"{public_url}/v1/deltas/{row.from_sha256}/{variant.sha256}"}
-    rollout = session.get(Rollout, device.desired_rollout_id) if device.desired_rollout_id else None
+    delta_doc = None
+    if delta is not None:
+        delta_doc = {"from_sha256": delta[0], "sha256": delta[1], "size": delta[2],
+                     "url": f"{public_url}/v1/deltas/{delta[0]}/{variant.sha256}"}
     manifest = Manifest.model_validate(dict(
         device_id=device.id,
-        model={"name": model.name, "version": version.version, "sha256": variant.sha256, "task": version.task,
-               "labels": version.labels, "preprocess": version.preprocess},
+        model={"name": release.model_name, "version": release.version, "sha256": variant.sha256,
+               "task": release.task, "labels": release.labels, "preprocess": release.preprocess},
         artifact={"sha256": variant.sha256, "size": variant.size, "format": variant.format, "variant": variant.name,
                   "url": f"{public_url}/v1/artifacts/{variant.sha256}"},
-        delta=delta,
-        runtime=version.runtime_hints or {},
-        trial=rollout.trial if rollout else None,
-        shadow=rollout.shadow if rollout else None,
+        delta=delta_doc,
+        runtime=release.runtime_hints or {},
+        trial=terms.trial if terms else None,
+        shadow=terms.shadow if terms else None,
         rollout_id=device.desired_rollout_id,
         revert=bool(device.desired_revert),
-        drift_profile=version.drift_profile,
+        drift_profile=release.drift_profile,
         issued_at=device.desired_issued_at,
         expires_at=device.desired_issued_at + config.manifest_ttl_s,
     ))
     return manifest.model_dump(mode="json")
+
+
+def variant_for(device: Device, release: Release, config: ServerConfig) -> VariantInfo:
+    return select_variant(release.variants, preferences=config.device_classes.get(device.device_class or "", []),
+                          formats=runnable_formats(device))
+
+
+class _Lru(Generic[K, T]):
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[K, T] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> T | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: T) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
 
 
 class ManifestService:
@@ -105,9 +186,11 @@ class ManifestService:
         self.config = config
         self.signer = signer
         self.public_url = public_url.rstrip("/")
-        self._cache: OrderedDict[str, tuple[tuple[Any, ...], SignedBody]] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
+        self._signed: _Lru[str, tuple[tuple[Any, ...], SignedBody]] = _Lru(size)
+        # what many devices share: a release per (version, generation), a rollout's terms, a delta row
+        self._releases: _Lru[tuple[int, int], Release] = _Lru(64)
+        self._terms: _Lru[int, RolloutTerms] = _Lru(256)
+        self._deltas: _Lru[tuple[str, str, int], tuple[str, str, int] | tuple[()]] = _Lru(1024)
 
     def _state_key(self, session: Session, device: Device) -> tuple[Any, ...]:
         return (device.desired_version_id, device.desired_rollout_id, bool(device.desired_revert),
@@ -129,8 +212,7 @@ class ManifestService:
             return None
         key = (row[1], row[2], bool(row[3]), row[4], row[5], json.dumps((row[6] or {}).get("runtimes")), row[7],
                int(row[8] or 0))
-        with self._lock:
-            hit = self._cache.get(device_id)
+        hit = self._signed.get(device_id)
         return hit[1] if hit is not None and hit[0] == key else None
 
     def signed(self, session: Session, *, device: Device, now: float) -> SignedBody | None:
@@ -140,17 +222,47 @@ class ManifestService:
         if device.desired_issued_at is None or now >= device.desired_issued_at + self.config.manifest_ttl_s / 2:
             device.desired_issued_at = now
         key = self._state_key(session, device)
-        with self._lock:
-            hit = self._cache.get(device.id)
-            if hit is not None and hit[0] == key:
-                self._cache.move_to_end(device.id)
-                return hit[1]
-        document = build_manifest(session, device=device, config=self.config, public_url=self.public_url)
+        hit = self._signed.get(device.id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        generation = key[-1]
+        release = self._release(session, device.desired_version_id, generation)
+        document = build_manifest(device=device, release=release, terms=self._rollout_terms(session, device),
+                                  delta=self._delta(session, device, release, generation), config=self.config,
+                                  public_url=self.public_url)
         body = self.signer.sign(document).model_dump_json().encode()
         signed = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
-        with self._lock:
-            self._cache[device.id] = (key, signed)
-            self._cache.move_to_end(device.id)
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+        self._signed.put(device.id, (key, signed))
         return signed
+
+    def _release(self, session: Session, version_id: int, generation: int) -> Release:
+        release = self._releases.get((version_id, generation))
+        if release is None:
+            release = Release.load(session, version_id)
+            self._releases.put((version_id, generation), release)
+        return release
+
+    def _rollout_terms(self, session: Session, device: Device) -> RolloutTerms | None:
+        if device.desired_rollout_id is None:
+            return None
+        terms = self._terms.get(device.desired_rollout_id)
+        if terms is None:
+            rollout = session.get(Rollout, device.desired_rollout_id)
+            if rollout is None:
+                return None
+            terms = RolloutTerms(rollout.trial, rollout.shadow)
+            self._terms.put(device.desired_rollout_id, terms)
+        return terms
+
+    def _delta(self, session: Session, device: Device, release: Release,
+               generation: int) -> tuple[str, str, int] | None:
+        target = variant_for(device, release, self.config).sha256
+        if not device.model_sha256 or target is None or device.model_sha256 == target:
+            return None
+        key = (device.model_sha256, target, generation)
+        found = self._deltas.get(key)
+        if found is None:
+            row = get_delta(session, from_sha256=device.model_sha256, to_sha256=target)
+            found = (row.from_sha256, row.sha256, row.size) if row is not None else ()
+            self._deltas.put(key, found)
+        return found or None

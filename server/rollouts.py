@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.crud import rollouts as crud
-from server.crud.telemetry import mean_p95
 from server.db import Database
-from server.db.models import ModelVersion, Rollout
+from server.db.models import ModelVersion, Rollout, RolloutDevice
 
 log = logging.getLogger("edgefleet.server.rollouts")
 
@@ -122,17 +122,16 @@ def gates_of(rollout: Rollout) -> Gates:
 
 
 def outcomes_for(db_session: Session, rollout: Rollout) -> list[DeviceOutcome]:
+    """The devices given the version so far, as plain values (two queries whatever the fleet size)."""
     version = db_session.get(ModelVersion, rollout.version_id)
-    outcomes = []
-    for row in crud.rollout_devices(db_session, rollout_id=rollout.id):
-        if row.wave > rollout.current_wave:
-            continue
-        p95 = None
-        if row.state == "committed" and version is not None:
-            p95 = mean_p95(db_session, device_id=row.device_id, model_version=version.version,
-                           after=row.assigned_at)
-        outcomes.append(DeviceOutcome(row.state, row.baseline_p95_ms, p95, row.shadow, row.device_id))
-    return outcomes
+    p95s = crud.committed_p95(db_session, rollout_id=rollout.id, model_version=version.version,
+                              up_to_wave=rollout.current_wave) if version is not None else {}
+    rows = db_session.execute(
+        select(RolloutDevice.device_id, RolloutDevice.state, RolloutDevice.baseline_p95_ms, RolloutDevice.shadow)
+        .where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave <= rollout.current_wave)
+        .order_by(RolloutDevice.wave, RolloutDevice.device_id))
+    return [DeviceOutcome(state, baseline, p95s.get(device_id) if state == "committed" else None, shadow, device_id)
+            for device_id, state, baseline, shadow in rows]
 
 
 def step(db: Database, *, rollout_id: int, now: float) -> Decision | None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import Counter, defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from agent.wire import UpdateReport
 from server.crud import Conflict, Invalid, NotFound
 from server.crud.devices import set_desired
-from server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice
+from server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice, Telemetry
 
 ACTIVE = ("running", "paused")
 FAILED_STATES = ("rolled_back", "rejected", "failed")
@@ -109,29 +110,39 @@ def rollout_devices(session: Session, *, rollout_id: int) -> list[RolloutDevice]
 
 
 def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float) -> None:
-    """Give the wave's devices this rollout's version, unless a stronger rollout holds them."""
-    for row in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id,
-                                                           RolloutDevice.wave == wave)):
-        device = session.get(Device, row.device_id)
+    """Give the wave's devices this rollout's version, unless a stronger rollout holds them.
+
+    Three queries for the whole wave (its rows, their devices, their rivals), not two per device."""
+    rows = list(session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id,
+                                                            RolloutDevice.wave == wave)))
+    members = select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout.id,
+                                                    RolloutDevice.wave == wave)
+    devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(members)))}
+    rivals: dict[str, list[tuple[RolloutDevice, Rollout]]] = defaultdict(list)
+    for other_row, other in session.execute(
+            select(RolloutDevice, Rollout).join(Rollout, Rollout.id == RolloutDevice.rollout_id).where(
+                RolloutDevice.device_id.in_(members), RolloutDevice.rollout_id != rollout.id,
+                Rollout.state.in_(ACTIVE), RolloutDevice.state.not_in(("pending", "superseded", "reverted")))):
+        rivals[other_row.device_id].append((other_row, other))
+    version_sha = _version_sha(session, rollout.version_id)
+    for row in rows:
+        device = devices.get(row.device_id)
         if device is None:
             continue
-        rivals = list(session.execute(
-            select(RolloutDevice, Rollout).join(Rollout, Rollout.id == RolloutDevice.rollout_id).where(
-                RolloutDevice.device_id == device.id, RolloutDevice.rollout_id != rollout.id,
-                Rollout.state.in_(ACTIVE), RolloutDevice.state.not_in(("pending", "superseded", "reverted")))))
-        stronger = [r for _, r in rivals if (r.priority, r.id) > (rollout.priority, rollout.id)]
+        held_by = rivals.get(device.id, [])
+        stronger = [r for _, r in held_by if (r.priority, r.id) > (rollout.priority, rollout.id)]
         row.assigned_at = row.updated_at = now
         if stronger:
             winner = max(stronger, key=lambda r: (r.priority, r.id))
             row.state, row.reason = "superseded", f"rollout {winner.id} (priority {winner.priority}) wins"
             continue
-        for other_row, _other in rivals:
+        for other_row, _other in held_by:
             other_row.state = "superseded"
             other_row.reason = f"rollout {rollout.id} (priority {rollout.priority}) wins"
             other_row.updated_at = now
         row.previous_version_id = device.desired_version_id
         row.baseline_p95_ms = device.p95_ms
-        if device.model_sha256 and _version_sha(session, rollout.version_id) == device.model_sha256:
+        if device.model_sha256 and version_sha == device.model_sha256:
             row.state, row.reason = "committed", "already runs this version"
         else:
             row.state, row.reason = "assigned", None
@@ -211,24 +222,49 @@ def record_report(session: Session, *, device: Device, report: UpdateReport, now
         row.shadow = shadow
 
 
+def wave_tallies(session: Session, *, rollout_id: int) -> dict[int, Counter[str]]:
+    """Per wave, how many of its devices are in each state (one GROUP BY, no rows loaded)."""
+    tallies: dict[int, Counter[str]] = defaultdict(Counter)
+    for wave, state, count in session.execute(
+            select(RolloutDevice.wave, RolloutDevice.state, func.count()).where(
+                RolloutDevice.rollout_id == rollout_id).group_by(RolloutDevice.wave, RolloutDevice.state)):
+        tallies[int(wave)][str(state)] = int(count)
+    return tallies
+
+
+def committed_p95(session: Session, *, rollout_id: int, model_version: int, up_to_wave: int) -> dict[str, float]:
+    """Mean p95 reported with the rollout's version since assignment, per committed device (one query)."""
+    query = (select(Telemetry.device_id, func.avg(Telemetry.p95_ms))
+             .join(RolloutDevice, and_(RolloutDevice.device_id == Telemetry.device_id,
+                                       RolloutDevice.rollout_id == rollout_id))
+             .where(RolloutDevice.state == "committed", RolloutDevice.wave <= up_to_wave,
+                    Telemetry.model_version == model_version, Telemetry.p95_ms.is_not(None),
+                    or_(RolloutDevice.assigned_at.is_(None), Telemetry.ts >= RolloutDevice.assigned_at))
+             .group_by(Telemetry.device_id))
+    return {device_id: float(p95) for device_id, p95 in session.execute(query) if p95 is not None}
+
+
 def rollout_public(session: Session, rollout: Rollout, *, with_devices: bool = True) -> dict[str, Any]:
     version = session.get(ModelVersion, rollout.version_id)
     model = session.get(Model, version.model_id) if version else None
-    rows = rollout_devices(session, rollout_id=rollout.id)
+    tallies = wave_tallies(session, rollout_id=rollout.id)
     waves = []
     for index, size in enumerate(rollout.waves):
-        members = [r for r in rows if r.wave == index]
+        members = tallies.get(index, Counter())
         if rollout.state == "completed" or index < rollout.current_wave:
             state = "done"
         elif index == rollout.current_wave:
             state = "active" if rollout.state == "running" else rollout.state
         else:
             state = "pending"
-        waves.append({"index": index, "size": size, "devices": len(members),
-                      "committed": sum(r.state == "committed" for r in members),
-                      "failed": sum(r.state in FAILED_STATES for r in members),
-                      "in_flight": sum(r.state in IN_FLIGHT for r in members),
-                      "superseded": sum(r.state == "superseded" for r in members), "state": state})
+        waves.append({"index": index, "size": size, "devices": sum(members.values()),
+                      "committed": members["committed"],
+                      "failed": sum(members[s] for s in FAILED_STATES),
+                      "in_flight": sum(members[s] for s in IN_FLIGHT),
+                      "superseded": members["superseded"], "state": state})
+    conflicts = session.execute(select(RolloutDevice.device_id, RolloutDevice.reason).where(
+        RolloutDevice.rollout_id == rollout.id, RolloutDevice.state == "superseded").order_by(
+        RolloutDevice.wave, RolloutDevice.device_id))
     doc: dict[str, Any] = {
         "id": rollout.id, "model": model.name if model else None, "version": version.version if version else None,
         "target": rollout.target, "waves_spec": rollout.waves_spec, "gates": rollout.gates,
@@ -237,12 +273,13 @@ def rollout_public(session: Session, rollout: Rollout, *, with_devices: bool = T
         "reason": rollout.reason, "wave_started_at": rollout.wave_started_at,
         "healthy_since": rollout.healthy_since, "created_at": rollout.created_at, "updated_at": rollout.updated_at,
         "waves": waves,
-        "conflicts": [{"device_id": r.device_id, "reason": r.reason} for r in rows if r.state == "superseded"],
+        "conflicts": [{"device_id": device_id, "reason": reason} for device_id, reason in conflicts],
     }
     if with_devices:
         doc["devices"] = [{"device_id": r.device_id, "wave": r.wave, "state": r.state, "reason": r.reason,
                            "baseline_p95_ms": r.baseline_p95_ms, "assigned_at": r.assigned_at,
-                           "updated_at": r.updated_at, "shadow": _shadow_brief(r.shadow)} for r in rows]
+                           "updated_at": r.updated_at, "shadow": _shadow_brief(r.shadow)}
+                          for r in rollout_devices(session, rollout_id=rollout.id)]
     return doc
 
 

@@ -120,17 +120,6 @@ def list_rollups(session: Session, *, device_id: str, limit: int = 500) -> list[
     return list(reversed(list(session.scalars(query))))
 
 
-def mean_p95(session: Session, *, device_id: str, model_version: int | None = None,
-             after: float | None = None) -> float | None:
-    query = select(func.avg(Telemetry.p95_ms)).where(Telemetry.device_id == device_id, Telemetry.p95_ms.is_not(None))
-    if model_version is not None:
-        query = query.where(Telemetry.model_version == model_version)
-    if after is not None:
-        query = query.where(Telemetry.ts >= after)
-    value = session.scalar(query)
-    return float(value) if value is not None else None
-
-
 def downsample_and_expire(session: Session, *, downsample_before: float, expire_before: float) -> tuple[int, int]:
     """Fold raw rows older than ``downsample_before`` into hourly rollups, then delete them; delete rollups
     older than ``expire_before``. Returns (raw rows folded, rollups expired)."""

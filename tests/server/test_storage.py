@@ -101,6 +101,46 @@ def test_status_sessions_and_rollout_reports(db: Database) -> None:
         assert (row.state, device.model_sha256, device.desired_version_id) == ("committed", "d" * 64, version.id)
 
 
+def test_wave_aggregates_and_committed_p95(db: Database) -> None:
+    """One query each: state tallies per wave, and the p95 gate's mean over telemetry with the new version
+    sent after assignment (older telemetry and other versions do not count)."""
+    with db.session() as s:
+        for i in range(4):
+            device_crud.enroll_device(s, device_id=f"agg{i}", device_class=None, tags=["agg"], hw={})
+    add_version(db, "agg", "e" * 64)
+    add_version(db, "agg", "f" * 64)
+    with db.session() as s:
+        _, version = registry.get_version(s, name="agg", version=2)
+        rollout = rollouts.create_rollout(s, version_id=version.id, target={"tags": ["agg"]}, waves=[50, 100],
+                                          gates={}, priority=0, trial=None, shadow=None, auto_revert=False)
+        rollouts.start_wave(s, rollout=rollout, wave=0, now=100.0)
+        rollout_id = rollout.id
+        first = [r.device_id for r in rollouts.rollout_devices(s, rollout_id=rollout_id) if r.wave == 0]
+    assert len(first) == 2
+
+    def sample(device_id: str, seq: int, ts: float, version: int, p95: float) -> dict[str, object]:
+        return telemetry.telemetry_row(device_id, {"seq": seq, "ts": ts, "model": {"name": "agg", "version": version},
+                                                   "inference": {"latency_ms": {"p95": p95}}}, ts)
+
+    with db.session() as s:
+        telemetry.insert_telemetry(s, rows=[
+            sample(first[0], 1, 90.0, 2, 100.0),  # before assignment
+            sample(first[0], 2, 110.0, 2, 4.0), sample(first[0], 3, 120.0, 2, 6.0),
+            sample(first[0], 4, 130.0, 1, 50.0),  # the old version
+            sample(first[1], 1, 110.0, 2, 9.0)])  # not committed
+        device = device_crud.get_device(s, device_id=first[0])
+        rollouts.record_report(s, device=device, report=UpdateReport(state="committed", model="agg", version=2,
+                                                                     sha256="f" * 64), now=111.0)
+    with db.session() as s:
+        assert rollouts.committed_p95(s, rollout_id=rollout_id, model_version=2, up_to_wave=0) == {first[0]: 5.0}
+        tallies = rollouts.wave_tallies(s, rollout_id=rollout_id)
+        assert (dict(tallies[0]), dict(tallies[1])) == ({"committed": 1, "assigned": 1}, {"pending": 2})
+        doc = rollouts.rollout_public(s, rollouts.get_rollout(s, rollout_id=rollout_id), with_devices=False)
+        assert [(w["devices"], w["committed"], w["in_flight"], w["state"]) for w in doc["waves"]] == [
+            (2, 1, 1, "active"), (2, 0, 0, "pending")]
+        assert "devices" not in doc and doc["conflicts"] == []
+
+
 def test_wave_counts() -> None:
     assert rollouts.wave_counts([1, 10, 50, 100], 200) == [2, 20, 100, 200]
     assert rollouts.wave_counts([1, 10, 50, 100], 3) == [1, 2, 3]
