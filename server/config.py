@@ -57,7 +57,6 @@ class ServerConfig(Section):
     max_upload_mb: float = Field(default=512.0, gt=0)
     device_classes: dict[str, list[str]] = Field(default_factory=dict)  # class -> variants to make on upload
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
-    workers: int = Field(default=1, ge=1)
     log_level: str = "INFO"
     rollout_tick_s: float = Field(default=1.0, gt=0)  # how often running rollouts are evaluated
     job_workers: int = Field(default=1, ge=1)  # threads building variants and deltas

@@ -22,24 +22,29 @@ NOT_COUNTED = ("pending", "superseded")
 IN_FLIGHT = ("assigned", "idle", "downloading", "verifying", "installing", "trial")
 
 
-def resolve_target(session: Session, *, target: dict[str, Any]) -> list[Device]:
-    """Enrolled devices matching every criterion given: ids, any of the tags, class."""
+def target_matches(target: dict[str, Any], device: Device) -> bool:
+    """Whether a device meets every criterion a target gives: one of its ids, one of its tags, its class."""
     ids, tags, device_class = target.get("device_ids"), target.get("tags"), target.get("device_class")
     if not ids and not tags and not device_class:
+        return False
+    return ((not ids or device.id in ids) and (not device_class or device.device_class == device_class)
+            and (not tags or bool(set(tags) & set(device.tags or []))))
+
+
+def resolve_target(session: Session, *, target: dict[str, Any]) -> list[Device]:
+    """Enrolled devices matching every criterion given: ids, any of the tags, class."""
+    ids = target.get("device_ids")
+    if not ids and not target.get("tags") and not target.get("device_class"):
         raise Invalid("target needs device_ids, tags or device_class")
     query = select(Device).where(Device.token_hash.is_not(None)).order_by(Device.id)
     if ids:
         query = query.where(Device.id.in_(ids))
-    if device_class:
-        query = query.where(Device.device_class == device_class)
-    devices = list(session.scalars(query))
+    enrolled = list(session.scalars(query))
+    devices = [d for d in enrolled if target_matches(target, d)]
     if ids:
-        missing = sorted(set(ids) - {d.id for d in devices})
+        missing = sorted(set(ids) - {d.id for d in enrolled})
         if missing:
             raise Invalid(f"target names devices that are not enrolled: {', '.join(missing[:5])}")
-    if tags:
-        wanted = set(tags)
-        devices = [d for d in devices if wanted & set(d.tags or [])]
     if not devices:
         raise Invalid("the target matches no enrolled device")
     return devices
@@ -110,13 +115,13 @@ def rollout_devices(session: Session, *, rollout_id: int) -> list[RolloutDevice]
 
 
 def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float) -> None:
-    """Give the wave's devices this rollout's version, unless a stronger rollout holds them.
+    """Give the wave's pending devices this rollout's version, unless a stronger rollout holds them.
 
-    Three queries for the whole wave (its rows, their devices, their rivals), not two per device."""
-    rows = list(session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id,
-                                                            RolloutDevice.wave == wave)))
-    members = select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout.id,
-                                                    RolloutDevice.wave == wave)
+    Three queries for the whole wave (its rows, their devices, their rivals), not two per device; rows
+    already started are left alone, so starting a wave again only picks up devices that joined it since."""
+    in_wave = (RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave == wave, RolloutDevice.state == "pending")
+    rows = list(session.scalars(select(RolloutDevice).where(*in_wave)))
+    members = select(RolloutDevice.device_id).where(*in_wave)
     devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(members)))}
     rivals: dict[str, list[tuple[RolloutDevice, Rollout]]] = defaultdict(list)
     for other_row, other in session.execute(
@@ -149,6 +154,33 @@ def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float) -> 
         set_desired(device, version_id=rollout.version_id, rollout_id=rollout.id, now=now)
 
 
+def join_rollouts(session: Session, *, device: Device, now: float) -> Rollout | None:
+    """Give a device enrolled after a rollout started the version meant for it, so a fleet's newcomers do not
+    sit on what they shipped with. An active rollout whose target it matches wins (strongest first: priority,
+    then newest); it joins the last wave, which assigns it when that wave starts (at once when the rollout
+    is already in it). Else the newest completed rollout whose target it matches assigns it at once.
+    A device that already has a desired state is left alone."""
+    if device.desired_version_id is not None:
+        return None
+    joined = select(RolloutDevice.rollout_id).where(RolloutDevice.device_id == device.id)
+    candidates = [r for r in session.scalars(select(Rollout).where(
+        Rollout.state.in_((*ACTIVE, "completed")), Rollout.id.not_in(joined))) if target_matches(r.target, device)]
+    active = [r for r in candidates if r.state in ACTIVE]
+    if active:
+        rollout = max(active, key=lambda r: (r.priority, r.id))
+    elif candidates:
+        rollout = max(candidates, key=lambda r: r.id)
+    else:
+        return None
+    last = len(rollout.waves) - 1
+    session.add(RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=last, state="pending",
+                              updated_at=now))
+    session.flush()
+    if rollout.state == "completed" or (rollout.state == "running" and rollout.current_wave == last):
+        start_wave(session, rollout=rollout, wave=last, now=now)
+    return rollout
+
+
 def _version_sha(session: Session, version_id: int) -> str | None:
     row = session.get(ModelVersion, version_id)
     return row.sha256 if row else None
@@ -167,6 +199,7 @@ def set_state(session: Session, *, rollout_id: int, action: str, revert: bool = 
         if rollout.state != "paused":
             raise Conflict(f"rollout {rollout_id} is {rollout.state}, not paused")
         rollout.state, rollout.reason, rollout.healthy_since = "running", None, None
+        start_wave(session, rollout=rollout, wave=rollout.current_wave, now=now)  # devices that joined meanwhile
     elif action == "abort":
         if rollout.state not in ACTIVE:
             raise Conflict(f"rollout {rollout_id} is already {rollout.state}")

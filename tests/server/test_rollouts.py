@@ -152,3 +152,44 @@ def test_rollout_prepares_deltas_so_later_waves_get_them(server: RunningServer,
     assert manifest is not None
     assert manifest["delta"]["from_sha256"] == v1["sha256"]
     assert manifest["artifact"]["sha256"] == v2["sha256"]
+
+
+def test_devices_enrolled_after_a_rollout_starts_join_it(server: RunningServer,
+                                                         onnx_files: tuple[Path, Path]) -> None:
+    tokens = {f"late-{i}": server.enroll(f"late-{i}", tags=["late"]) for i in range(2)}
+    push(server, "late", onnx_files[0])
+    created = requests.post(server.url + "/v1/rollouts", headers=server.admin(), timeout=10, json={
+        "model": "late", "version": 1, "target": {"tags": ["late"]}, "waves": [50, 100],
+        "gates": {"min_committed_ratio": 1.0, "soak_s": 0.0}}).json()
+    rid = created["id"]
+    # wave 1 of 2 is running: a newcomer waits in the last wave
+    tokens["late-new"] = server.enroll("late-new", tags=["late", "lab"])
+    outsider = server.enroll("late-other", tags=["elsewhere"])
+    doc = rollout(server, rid)
+    assert {"device_id": "late-new", "wave": 1, "state": "pending"} in [
+        {k: d[k] for k in ("device_id", "wave", "state")} for d in doc["devices"]]
+    assert desired(server, "late-new", tokens["late-new"]) is None
+    assert desired(server, "late-other", outsider) is None
+
+    def commit_assigned() -> None:
+        for row in rollout(server, rid)["devices"]:
+            if row["state"] == "assigned":
+                report(server, row["device_id"], tokens[row["device_id"]], "committed", "late", 1, rid)
+
+    commit_assigned()
+    wait_until(lambda: rollout(server, rid)["current_wave"] == 1, timeout=10)
+    manifest = desired(server, "late-new", tokens["late-new"])
+    assert manifest is not None and manifest["model"]["version"] == 1 and manifest["rollout_id"] == rid
+    commit_assigned()
+    wait_until(lambda: rollout(server, rid)["state"] == "completed", timeout=10)
+    assert rollout(server, rid)["waves"][1]["devices"] == 2
+    # after the rollout completed: a newcomer is given its version at once
+    late = server.enroll("late-after", tags=["late"])
+    manifest = desired(server, "late-after", late)
+    assert manifest is not None and manifest["model"]["name"] == "late" and manifest["rollout_id"] == rid
+    assert [d["state"] for d in rollout(server, rid)["devices"] if d["device_id"] == "late-after"] == ["assigned"]
+    assert desired(server, "late-other", outsider) is None
+    # enrolling again (a reflashed device) keeps its desired state and joins nothing twice
+    again = server.enroll("late-after", tags=["late"])
+    assert desired(server, "late-after", again) == manifest
+    assert len([d for d in rollout(server, rid)["devices"] if d["device_id"] == "late-after"]) == 1
