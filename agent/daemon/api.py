@@ -46,6 +46,8 @@ class ApiContext:
     pipelines: Pipelines
     health: Callable[[], tuple[bool, str]]
     max_body_bytes: int
+    # drift and samples, as for the loop's frames: ``observe(image or None, outputs, meta)``, never raises
+    observe: Callable[[np.ndarray | None, dict[str, np.ndarray], ModelMeta], None] | None = None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -92,7 +94,9 @@ def json_feeds(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def image_feeds(body: bytes, model: Model, meta: ModelMeta, pipelines: Pipelines) -> dict[str, np.ndarray]:
+def image_feeds(body: bytes, model: Model, meta: ModelMeta,
+                pipelines: Pipelines) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The model's feeds from an encoded image, and the decoded image (BGR, as a source's frame)."""
     pipeline = pipelines.get(model, meta)
     if pipeline.pre is None:
         raise ApiError(415, f"this model does not take images ({pipeline.error}); send application/json")
@@ -103,7 +107,7 @@ def image_feeds(body: bytes, model: Model, meta: ModelMeta, pipelines: Pipelines
     others = [spec.name for spec in model.inputs if spec.name != pipeline.pre.name]
     if others:
         raise ApiError(415, f"the model also needs inputs {others}; send application/json")
-    return feeds
+    return feeds, image
 
 
 def model_document(host: ModelHost) -> dict[str, Any]:
@@ -226,14 +230,20 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(415, "Content-Type must be application/json, image/* or application/octet-stream")
         body = self._read_body()
 
+        images: list[np.ndarray] = []
+
         def prepare(model: Model, meta: ModelMeta) -> dict[str, np.ndarray]:
             if is_json:
                 return json_feeds(body, list(model.inputs))
-            return image_feeds(body, model, meta, context.pipelines)
+            feeds, image = image_feeds(body, model, meta, context.pipelines)
+            images[:] = [image]
+            return feeds
 
         start = time.perf_counter()
         outputs, meta, model = context.host.infer_with(prepare)
         latency = time.perf_counter() - start
+        if context.observe is not None:
+            context.observe(images[0] if images else None, outputs, meta)
         document: dict[str, Any] = {"outputs": Postprocessor.as_lists(outputs)}
         top = context.pipelines.get(model, meta).post.top_k(outputs)
         if top:

@@ -94,7 +94,8 @@ class Agent:
         self.loop.start()
         self._start_source(config)
         if config.api.listen is not None:
-            context = ApiContext(self.host, self.pipelines, self.health, int(config.api.max_body_mb * 1024 * 1024))
+            context = ApiContext(self.host, self.pipelines, self.health, int(config.api.max_body_mb * 1024 * 1024),
+                                 observe=self.quality.observe if self.quality is not None else None)
             self.api = ApiServer(config.api.listen, context).start()
             log.info("local API on http://%s:%d", *self.api.server_address[:2])
         if self.updater is not None:
@@ -172,9 +173,11 @@ class Agent:
         except Exception as exc:  # recovery problems must not keep the device from serving
             log.error("update recovery failed: %s", exc)
 
-    def load(self, path: Path, meta: ModelMeta) -> Model:
+    def load(self, path: Path, meta: ModelMeta, *, threads: int | None = None) -> Model:
         """The loader handed to the update client: the runtime layer with this agent's runtime config."""
-        return load_model(path, self.config.runtime, self.cache_dir)
+        runtime = self.config.runtime if threads is None else self.config.runtime.model_copy(
+            update={"threads": threads, "autotune": False})
+        return load_model(path, runtime, self.cache_dir)
 
     def _load_initial_model(self) -> None:
         try:

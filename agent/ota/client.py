@@ -24,9 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,7 +57,12 @@ from agent.wire import Command, EnrollRequest, Manifest, ModelMeta, SignedManife
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[Path, ModelMeta], Model]
+class Loader(Protocol):
+    """Opens a model file; ``threads`` overrides the runtime threads (the shadow instance runs on few)."""
+
+    def __call__(self, path: Path, meta: ModelMeta, *, threads: int | None = None) -> Model: ...
+
+
 RUNTIME_MODULES = {"litert": "ai_edge_litert", "tflite_runtime": "tflite_runtime", "onnxruntime": "onnxruntime",
                    "torch": "torch", "executorch": "executorch"}
 
@@ -451,7 +455,7 @@ class UpdateClient:
             return
         self._keep_profile(manifest)
         if manifest.shadow is not None and self.host.model is not None:
-            passed, reason = self._run_shadow(manifest, model)
+            passed, reason = self._shadow_candidate(manifest, path, meta)
             if passed is None:  # stopping: recovery installs (and shadows) again at the next start
                 model.close()
                 return
@@ -472,6 +476,18 @@ class UpdateClient:
             save_profile(self.state_dir, manifest.artifact.sha256, manifest.drift_profile)
         except (OSError, ValueError) as exc:  # drift monitoring is informative: never fail an update on it
             log.warning("drift profile of %s v%d not kept: %s", manifest.model.name, manifest.model.version, exc)
+
+    def _shadow_candidate(self, manifest: Manifest, path: Path, meta: ModelMeta) -> tuple[bool | None, str]:
+        """Shadow a second instance of the candidate opened with ``quality.shadow.threads`` runtime threads, so
+        the comparison leaves the serving model its cores; the instance that passes serves with the full count."""
+        try:
+            shadow = self.loader(path, meta, threads=self.config.quality.shadow.threads)
+        except (OSError, ValueError, EdgefleetError) as exc:
+            return False, f"cannot open the candidate for shadowing: {exc}"
+        try:
+            return self._run_shadow(manifest, shadow)
+        finally:
+            shadow.close()
 
     def _run_shadow(self, manifest: Manifest, candidate: Model) -> tuple[bool | None, str]:
         """Run the candidate beside the serving model on live inputs (ModelHost tap) until the verdict

@@ -23,15 +23,14 @@ class OrtModel:
 
     runtime = "onnxruntime"
     delegate = "CPUExecutionProvider"
-    threads = 1
-
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime as ort
 
         from agent.errors import ModelLoadError
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = threads
+        self.threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -57,8 +56,8 @@ class OrtModel:
         self.closed = True
 
 
-def ort_loader(path: Path, _meta: ModelMeta) -> OrtModel:
-    return OrtModel(path)
+def ort_loader(path: Path, _meta: ModelMeta, *, threads: int | None = None) -> OrtModel:
+    return OrtModel(path, threads=threads or 1)
 
 
 def sha256(path: Path) -> str:

@@ -125,7 +125,7 @@ def agent(server: RunningServer, broker: Mosquitto, tmp: Path, device_id: str, f
                    "device_class": "test-cpu"},
         "update": {"min_free_mb": 0, "retry_backoff_s": 0.1, "warmup_runs": 1, "retry_failed_s": 3600},
         "quality": {"drift": {"every": 1, "window": 200, "min_samples": 60},
-                    "shadow": {"timeout_s": 30},
+                    "shadow": {"timeout_s": 30, "threads": 2},
                     "samples": {"enabled": samples, "per_hour": 900, "max_count": 10}},
     }
     if model is not None:
@@ -152,6 +152,16 @@ def test_disagreeing_candidate_is_held_back_and_agreeing_one_commits(
         upload(server, "shadowed", path)  # versions 1, 2, 3
     folder = tmp_path / "frames"
     device = agent(server, broker, tmp_path, "shadow-dev", folder, model=v1)
+    assert device.updater is not None
+    opened: list[tuple[int | None, int]] = []  # (threads asked for, threads the runtime took) per candidate load
+    load = device.updater.loader
+
+    def recording_load(path: Path, meta: Any, *, threads: int | None = None) -> Any:
+        model = load(path, meta, threads=threads)
+        opened.append((threads, model.threads))
+        return model
+
+    device.updater.loader = recording_load
     try:
         shadow = {"sample_fraction": 1.0, "cpu_budget_pct": 100, "min_samples": 30, "min_agreement": 0.9}
         first = rollout(server, "shadowed", 2, ["shadow-dev"], shadow=shadow)
@@ -179,6 +189,9 @@ def test_disagreeing_candidate_is_held_back_and_agreeing_one_commits(
         assert row["shadow"]["agreement"] == 1.0
         served = device.host.meta
         assert served is not None and served.version == 3
+        # each candidate: the serving instance with the runtime's threads, the shadowed one with shadow.threads
+        assert opened == [(None, 1), (2, 2)] * 2
+        assert device.host.model is not None and device.host.model.threads == 1
     finally:
         device.stop()
         device.close()
@@ -248,3 +261,44 @@ def test_darker_inputs_are_flagged_unchanged_are_not(rig: tuple[RunningServer, M
         for running in devices:
             running.stop()
             running.close()
+
+
+def test_local_api_requests_feed_drift(tmp_path: Path) -> None:
+    """Images sent to the local API are watched for drift like a source's frames (no server, no broker)."""
+    from agent.quality import build_reference_profile
+    from agent.runtime.base import LoadOptions
+    from agent.runtime.onnx import load
+    from tests.support.net import free_port
+
+    images = frames(120, seed=7)
+    path = make_onnx_image_classifier(tmp_path / "v1.onnx", size=SIZE, seed=0)
+    model = load(path, LoadOptions(threads=1, providers=("CPUExecutionProvider",)))
+    name = model.inputs[0].name
+    outputs = [model.infer({name: batch[None]}) for batch in tensors(images)]
+    model.close()
+    profile = build_reference_profile(images, outputs, "classification", model="cls", version=1)
+    (tmp_path / "profile.json").write_text(profile.model_dump_json())
+    listen = f"127.0.0.1:{free_port()}"
+    running = Agent(AgentConfig.model_validate({
+        "device_id": "api-drift", "state_dir": str(tmp_path / "state"), "mqtt": {"enabled": False},
+        "api": {"listen": listen}, "runtime": {"threads": 1, "autotune": False},
+        "model": {"path": str(path), "name": "cls", "version": 1, "task": "classification",
+                  "preprocess": PREPROCESS},
+        "quality": {"drift": {"every": 1, "window": 200, "min_samples": 60,
+                              "profile": str(tmp_path / "profile.json")}}}))
+    running.start()
+    try:
+        with requests.Session() as http:
+            for image in images:
+                dark = np.clip(image.astype(np.float32) * 0.45, 0, 255).astype(np.uint8)
+                response = http.post(f"http://{listen}/v1/infer", data=cv2.imencode(".png", dark)[1].tobytes(),
+                                     headers={"Content-Type": "image/png"}, timeout=10)
+                assert response.status_code == 200, response.text
+            tensor_body = {"inputs": {name: tensors(images[:1]).tolist()}}
+            assert http.post(f"http://{listen}/v1/infer", json=tensor_body, timeout=10).status_code == 200
+        assert running.quality is not None
+        report = running.quality.drift_report()
+        assert report is not None and report["observed"] == 121  # 120 images, 1 tensor request (outputs only)
+        assert report["ready"] and report["drifted"] is True and report["max_psi"] > 1.0
+    finally:
+        running.stop()
