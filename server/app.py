@@ -27,6 +27,7 @@ from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.manifests import ManifestService, Signer
 from server.metrics import install as install_metrics
+from server.reports import ReportWriter
 from server.state import ServerState, public_url_of
 from server.storage import make_store
 
@@ -75,7 +76,7 @@ def build_state(config: ServerConfig) -> ServerState:
     public_url = public_url_of(config)
     return ServerState(config=config, db=db, store=make_store(config.storage), signer=signer,
                        manifests=ManifestService(config, signer, public_url),
-                       jobs=JobRunner(db, workers=config.job_workers))
+                       jobs=JobRunner(db, workers=config.job_workers), reports=ReportWriter(db))
 
 
 def _one_line(exc: RequestValidationError) -> str:
@@ -95,6 +96,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         migrate(state.db.engine)
         with state.db.session() as session:
             job_crud.fail_interrupted(session)
+        state.reports.start()
         tasks = Background(state)
         app.state.background = tasks
         if config.mqtt.enabled:
@@ -110,6 +112,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
             if state.ingestor is not None:
                 state.ingestor.stop()
             state.jobs.shutdown()
+            state.reports.stop()
             state.db.dispose()
 
     app = FastAPI(title="edgefleet update server", version="1", lifespan=lifespan)

@@ -3,7 +3,8 @@
 - Fleet state (devices online/offline, devices per model version, rollout state and device counts) is read
   from the database at scrape time by a collector, so every replica reports the same fleet.
 - Check-ins (``GET /v1/devices/{id}/manifest``) are counted and timed by a pure ASGI middleware.
-- Ingestion counters come from the ingestor's ``IngestStats``; batch write latency from its ``on_batch`` hook.
+- Ingestion counters come from the ingestor's ``IngestStats``; batch write latency from its ``on_batch`` hook;
+  update-report counters from the report writer.
 
 ``/metrics`` takes ``Authorization: Bearer <metrics_token or admin_token>`` (401 otherwise).
 """
@@ -55,6 +56,19 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._fleet()
         yield from self._ingest()
+        yield from self._reports()
+
+    def _reports(self) -> Iterator[Metric]:
+        writer = self.state.reports
+        written = CounterMetricFamily("edgefleet_reports_written", "Update reports committed")
+        written.add_metric([], writer.written)
+        yield written
+        batches = CounterMetricFamily("edgefleet_report_batches", "Transactions the reports were committed in")
+        batches.add_metric([], writer.batches)
+        yield batches
+        depth = GaugeMetricFamily("edgefleet_report_queue_depth", "Update reports waiting for the writer")
+        depth.add_metric([], writer.queue_depth())
+        yield depth
 
     def _fleet(self) -> Iterator[Metric]:
         started = time.perf_counter()

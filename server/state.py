@@ -9,6 +9,7 @@ from server.db import Database
 from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.manifests import ManifestService, Signer
+from server.reports import ReportWriter
 from server.storage import ArtifactStore
 
 
@@ -24,4 +25,5 @@ class ServerState:
     signer: Signer
     manifests: ManifestService
     jobs: JobRunner
+    reports: ReportWriter
     ingestor: Ingestor | None = None

@@ -41,7 +41,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID, description="device id")]
 
 
-def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     return credentials.credentials
@@ -53,7 +53,7 @@ def is_admin(state: ServerState, token: str) -> bool:
 
 
 def require_admin(state: StateDep, session: SessionDep, credentials: Credentials) -> None:
-    token = _token(credentials)
+    token = bearer_token(credentials)
     if is_admin(state, token):
         return
     if device_crud.any_device_for_token(session, token=token) is not None:
@@ -63,7 +63,7 @@ def require_admin(state: StateDep, session: SessionDep, credentials: Credentials
 
 def require_device(device_id: DeviceIdPath, session: SessionDep, credentials: Credentials) -> Device:
     """The device named in the path, authenticated by its own token."""
-    token = _token(credentials)
+    token = bearer_token(credentials)
     device = device_crud.device_for_token(session, device_id=device_id, token=token)
     if device is not None:
         return device
@@ -73,7 +73,7 @@ def require_device(device_id: DeviceIdPath, session: SessionDep, credentials: Cr
 
 
 def require_device_or_admin(state: StateDep, session: SessionDep, credentials: Credentials) -> None:
-    token = _token(credentials)
+    token = bearer_token(credentials)
     if is_admin(state, token) or device_crud.any_device_for_token(session, token=token) is not None:
         return
     raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})

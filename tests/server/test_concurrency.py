@@ -32,3 +32,35 @@ def test_enrollment_burst_beyond_pool_and_thread_limits(server: RunningServer) -
     listed = httpx.get(server.url + "/v1/devices", headers=server.admin(), timeout=10).json()
     devices = listed if isinstance(listed, list) else listed["devices"]
     assert {f"burst-{i}" for i in range(120)} <= {d["device_id"] for d in devices}
+
+
+def test_report_burst_is_group_committed_and_each_answer_is_its_own(server: RunningServer) -> None:
+    """More update reports in flight than HTTP threads: each is committed and acknowledged (or refused for
+    its own token) and they share transactions, so they do not hold the threads check-ins need."""
+    tokens = {f"rep-{i}": server.enroll(f"rep-{i}") for i in range(40)}
+
+    def metric(name: str) -> float:
+        text = httpx.get(server.url + "/metrics", headers=server.admin(), timeout=10).text
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+    written_before, batches_before = metric("edgefleet_reports_written_total"), metric("edgefleet_report_batches_total")
+
+    async def burst() -> list[tuple[str, int, int]]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100), timeout=30) as client:
+            async def send(device: str, index: int, token: str) -> tuple[str, int, int]:
+                response = await client.post(f"{server.url}/v1/devices/{device}/reports", json={
+                    "state": "downloading", "model": "m", "version": 1, "reason": f"step {index}"},
+                    headers={"Authorization": f"Bearer {token}"})
+                return device, index, response.status_code
+            sends = [send(device, index, token) for index in range(5) for device, token in tokens.items()]
+            sends += [send("rep-0", 99, "not-a-token"), send("rep-1", 99, tokens["rep-2"])]
+            return await asyncio.gather(*sends)
+
+    results = asyncio.run(burst())
+    assert sorted(status for _, index, status in results if index < 99) == [204] * 200
+    assert {(device, status) for device, index, status in results if index == 99} == {("rep-0", 401), ("rep-1", 403)}
+    written = metric("edgefleet_reports_written_total") - written_before
+    batches = metric("edgefleet_report_batches_total") - batches_before
+    assert written == 200 and 1 <= batches < written  # refused tokens are answered from the same transactions
+    device = httpx.get(server.url + "/v1/devices/rep-7", headers=server.admin(), timeout=10).json()
+    assert device["update_state"] == "downloading" and device["last_seen"] is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Annotated, Any
@@ -11,18 +12,17 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
 from agent.wire import Command, UpdateReport
-from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, require_device
+from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, bearer_token, require_device
 from server.api.schemas import CommandBody
 from server.crud import devices as crud
 from server.crud import fleet
-from server.crud import rollouts as rollout_crud
 from server.crud import telemetry as telemetry_crud
 from server.manifests import SignedBody
 from server.quality import device_drift
-from server.rollouts import WRITE_LOCK
 from server.state import ServerState
 
 router = APIRouter(tags=["devices"])
+REPORT_TIMEOUT_S = 30.0
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -70,10 +70,19 @@ def _refuse(state: ServerState, device_id: str, token: str) -> None:
 
 
 @router.post("/v1/devices/{device_id}/reports", status_code=204)
-def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, credentials: Credentials) -> Response:
-    with WRITE_LOCK, state.db.session() as session:
-        device = require_device(device_id, session, credentials)
-        rollout_crud.record_report(session, device=device, report=body)
+async def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, credentials: Credentials) -> Response:
+    # waits as a coroutine, not on an HTTP thread: server/reports.py commits queued reports together
+    written = state.reports.submit(device_id, bearer_token(credentials), body)
+    try:
+        refused = await asyncio.wait_for(asyncio.wrap_future(written), REPORT_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise HTTPException(503, "the report was not written in time; send it again", headers={"Retry-After": "5"}) \
+            from exc
+    except Exception as exc:
+        raise HTTPException(503, f"the report was not written: {type(exc).__name__}",
+                            headers={"Retry-After": "5"}) from exc
+    if refused is not None:
+        raise refused
     return Response(status_code=204)
 
 
