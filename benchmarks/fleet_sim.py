@@ -68,6 +68,7 @@ class Options:
     mqtt_v5: bool = True
     seed: int = 1
     quiet: bool = False
+    checkins_csv: Path | None = None  # every check-in: seconds since the rollout started, ms, HTTP status
 
 
 class Deadline(Exception):
@@ -379,14 +380,26 @@ def _device_side(run: Run, steady_from: float, steady_to: float, rollout_from: f
     t = [x for f in finals for x in f["checkin_t"]]
     ms = [x for f in finals for x in f["checkin_ms"]]
     status = [x for f in finals for x in f["checkin_status"]]
+    queued = [x for f in finals for x in f["checkin_queued_ms"]]
 
     def window(lo: float, hi: float) -> dict[str, Any]:
         picked = [(m, s) for ti, m, s in zip(t, ms, status, strict=True) if lo <= ti <= hi]
         doc: dict[str, Any] = summary([m for m, _ in picked])
+        # the same check-ins less the wait for one of the simulator's pooled connections: what a device with
+        # its own connection would see
+        doc["on_connection"] = summary([m - q for ti, m, q in zip(t, ms, queued, strict=True) if lo <= ti <= hi])
         doc["share_304"] = round(sum(s == 304 for _, s in picked) / len(picked), 3) if picked else None
         doc["per_s"] = round(len(picked) / (hi - lo), 1) if hi > lo else None
         doc["by_status"] = {str(code): sum(s == code for _, s in picked) for code in sorted({s for _, s in picked})}
+        doc["p99_ms_by_status"] = {str(code): percentile([m for m, s in picked if s == code], 99)
+                                   for code in sorted({s for _, s in picked})}
         return doc
+
+    if run.o.checkins_csv is not None:
+        with run.o.checkins_csv.open("w") as out:
+            out.write("t_from_rollout_s,ms,status,queued_ms\n")
+            for ti, m, s, q in sorted(zip(t, ms, status, queued, strict=True)):
+                out.write(f"{ti - rollout_from:.3f},{m:.2f},{s},{q:.2f}\n")
 
     lag = [x for f in finals for x in f["loop_lag_ms"]]
     errors: dict[str, int] = {}
@@ -484,6 +497,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--plot", type=Path, help="PNG of check-in p99 and rollout time against fleet size")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--checkins-csv", type=Path, help="write every check-in (t from the rollout, ms, status) here")
     args = p.parse_args(argv)
     try:
         waves = [float(w) for w in args.waves.split(",")]
@@ -498,7 +512,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
                       http_connections=args.http_connections, broker=args.broker_kind, server=args.server,
                       admin_token=args.admin_token, enrollment_token=args.enrollment_token,
                       public_key=args.public_key, broker_address=args.broker, mqtt_v5=args.mqtt == "5",
-                      quiet=args.quiet)
+                      quiet=args.quiet, checkins_csv=args.checkins_csv)
     return options, args
 
 

@@ -32,6 +32,7 @@ from server.state import ServerState, public_url_of
 from server.storage import make_store
 
 log = logging.getLogger("edgefleet.server")
+EVAL_DUTY = 9.0  # wait at least this many times the last rollout evaluation before the next one
 
 
 class Background:
@@ -45,11 +46,16 @@ class Background:
     def _loop(self) -> None:
         config = self.state.config
         next_retention = time.monotonic() + config.retention_interval_s
-        while not self.stop_event.wait(config.rollout_tick_s):
+        pause = config.rollout_tick_s
+        while not self.stop_event.wait(pause):
+            started = time.monotonic()
             try:
                 rollouts.tick(self.state.db, now=time.time())
             except Exception:
                 log.exception("rollout evaluation failed")
+            # evaluation grows with the devices given a version so far: keep it under ~1/(1+EVAL_DUTY)
+            # of the process however large the fleet, so check-ins and reports keep their share
+            pause = max(config.rollout_tick_s, EVAL_DUTY * (time.monotonic() - started))
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + config.retention_interval_s
                 self.retention()

@@ -117,6 +117,7 @@ class VirtualDevice:
         self.stats.checkin_ms.append((time.perf_counter() - started) * 1000)
         self.stats.checkin_t.append(sent)
         self.stats.checkin_status.append(reply.status)
+        self.stats.checkin_queued_ms.append(reply.queued_s * 1000)
         self.stats.checkins[reply.status] += 1
         if reply.status == 304:
             return

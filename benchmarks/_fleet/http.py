@@ -22,6 +22,7 @@ class Reply:
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes
+    queued_s: float = 0.0  # waiting for one of the pool's connections (the simulator's queue, not the server's)
 
 
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -58,7 +59,9 @@ class HttpPool:
         if body is not None:
             head += f"Content-Length: {len(body)}\r\n"
         data = (head + "\r\n").encode() + (body or b"")
+        queued = time.perf_counter()
         async with self._slots:
+            queued = time.perf_counter() - queued
             for attempt in (0, 1):  # a kept-alive connection the server closed is retried once on a new one
                 conn = self._take() if attempt == 0 else None
                 fresh = conn is None
@@ -75,6 +78,7 @@ class HttpPool:
                     self._idle.append((conn, time.monotonic()))
                 else:
                     conn[1].close()
+                reply.queued_s = queued
                 return reply
         raise HttpError(f"{method} {url}: no reply")  # pragma: no cover - the loop always returns or raises
 

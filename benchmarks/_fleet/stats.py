@@ -43,6 +43,7 @@ class WorkerStats:
     checkin_t: array[float] = field(default_factory=lambda: array("d"))
     checkin_ms: array[float] = field(default_factory=lambda: array("d"))
     checkin_status: array[int] = field(default_factory=lambda: array("H"))
+    checkin_queued_ms: array[float] = field(default_factory=lambda: array("d"))  # part spent in the client's pool
     publish_ms: array[float] = field(default_factory=lambda: array("d"))  # telemetry QoS 1 PUBACK time
     loop_lag_ms: array[float] = field(default_factory=lambda: array("d"))
 
@@ -61,7 +62,8 @@ class WorkerStats:
     def final(self) -> dict[str, Any]:
         doc = self.progress()
         doc.update(checkin_t=self.checkin_t.tolist(), checkin_ms=self.checkin_ms.tolist(),
-                   checkin_status=self.checkin_status.tolist(), publish_ms=self.publish_ms.tolist(),
+                   checkin_status=self.checkin_status.tolist(),
+                   checkin_queued_ms=self.checkin_queued_ms.tolist(), publish_ms=self.publish_ms.tolist(),
                    loop_lag_ms=self.loop_lag_ms.tolist(),
                    checkins_by_status=dict(self.checkins))
         return doc
