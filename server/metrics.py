@@ -60,15 +60,11 @@ class FleetCollector(Collector):
 
     def _reports(self) -> Iterator[Metric]:
         writer = self.state.reports
-        written = CounterMetricFamily("edgefleet_reports_written", "Update reports committed")
-        written.add_metric([], writer.written)
-        yield written
-        batches = CounterMetricFamily("edgefleet_report_batches", "Transactions the reports were committed in")
-        batches.add_metric([], writer.batches)
-        yield batches
-        depth = GaugeMetricFamily("edgefleet_report_queue_depth", "Update reports waiting for the writer")
-        depth.add_metric([], writer.queue_depth())
-        yield depth
+        yield _single(CounterMetricFamily, "edgefleet_reports_written", "Update reports committed", writer.written)
+        yield _single(CounterMetricFamily, "edgefleet_report_batches", "Transactions the reports were committed in",
+                      writer.batches)
+        yield _single(GaugeMetricFamily, "edgefleet_report_queue_depth", "Update reports waiting for the writer",
+                      writer.queue_depth())
 
     def _fleet(self) -> Iterator[Metric]:
         started = time.perf_counter()
@@ -108,38 +104,37 @@ class FleetCollector(Collector):
         yield state
         yield wave
         yield members
-        scrape = GaugeMetricFamily("edgefleet_fleet_scrape_seconds", "Time to read the fleet state for this scrape")
-        scrape.add_metric([], time.perf_counter() - started)
-        yield scrape
+        yield _single(GaugeMetricFamily, "edgefleet_fleet_scrape_seconds",
+                      "Time to read the fleet state for this scrape", time.perf_counter() - started)
 
     def _ingest(self) -> Iterator[Metric]:
         ingestor = self.state.ingestor
-        connected = GaugeMetricFamily("edgefleet_mqtt_connected", "1 while the ingestor is connected to the broker")
-        connected.add_metric([], 1.0 if ingestor is not None and ingestor.stats.connected else 0.0)
-        yield connected
+        yield _single(GaugeMetricFamily, "edgefleet_mqtt_connected", "1 while the ingestor is connected to the broker",
+                      1.0 if ingestor is not None and ingestor.stats.connected else 0.0)
         if ingestor is None:
             return
         stats = ingestor.stats
-        received = CounterMetricFamily("edgefleet_ingest_received", "MQTT messages received by the ingestor")
-        received.add_metric([], stats.received)
-        yield received
+        yield _single(CounterMetricFamily, "edgefleet_ingest_received", "MQTT messages received by the ingestor",
+                      stats.received)
         by_kind = CounterMetricFamily("edgefleet_ingest_messages", "Valid messages ingested, by topic leaf",
                                       labels=["kind"])
         for kind, count in sorted(dict(stats.by_kind).items()):
             by_kind.add_metric([kind], count)
         yield by_kind
-        invalid = CounterMetricFamily("edgefleet_ingest_invalid", "Messages dropped as invalid")
-        invalid.add_metric([], stats.invalid)
-        yield invalid
-        written = CounterMetricFamily("edgefleet_ingest_written", "Rows handed to the database (before dedup)")
-        written.add_metric([], stats.written)
-        yield written
-        batches = CounterMetricFamily("edgefleet_ingest_batches", "Batches written")
-        batches.add_metric([], stats.batches)
-        yield batches
-        depth = GaugeMetricFamily("edgefleet_ingest_queue_depth", "Messages waiting for the batch writer")
-        depth.add_metric([], ingestor.writer.queue.qsize())
-        yield depth
+        yield _single(CounterMetricFamily, "edgefleet_ingest_invalid", "Messages dropped as invalid", stats.invalid)
+        yield _single(CounterMetricFamily, "edgefleet_ingest_written", "Rows handed to the database (before dedup)",
+                      stats.written)
+        yield _single(CounterMetricFamily, "edgefleet_ingest_batches", "Batches written", stats.batches)
+        yield _single(GaugeMetricFamily, "edgefleet_ingest_queue_depth", "Messages waiting for the batch writer",
+                      ingestor.writer.queue.qsize())
+
+
+def _single(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
+            value: float) -> Metric:
+    """A metric family with one unlabelled sample."""
+    family = kind(name, documentation)
+    family.add_metric([], value)
+    return family
 
 
 def fleet_version_label(session: Any, version_id: int) -> tuple[str, str]:
