@@ -123,12 +123,11 @@ class RolloutTerms:
     shadow: dict[str, Any] | None
 
 
-def build_manifest(*, device: Device, release: Release, terms: RolloutTerms | None,
+def build_manifest(*, device: Device, release: Release, variant: VariantInfo, terms: RolloutTerms | None,
                    delta: tuple[str, str, int] | None, config: ServerConfig, public_url: str) -> dict[str, Any]:
     """The manifest document for a device; ``delta`` is (from_sha256, patch sha256, size) when one exists from
-    what it runs to the variant ``variant_for`` chose."""
+    what it runs to ``variant``."""
     assert device.desired_issued_at is not None
-    variant = variant_for(device, release, config)
     assert variant.sha256 is not None and variant.format is not None and variant.size is not None
     delta_doc = None
     if delta is not None:
@@ -227,8 +226,10 @@ class ManifestService:
             return hit[1]
         generation = key[-1]
         release = self._release(session, device.desired_version_id, generation)
-        document = build_manifest(device=device, release=release, terms=self._rollout_terms(session, device),
-                                  delta=self._delta(session, device, release, generation), config=self.config,
+        variant = variant_for(device, release, self.config)
+        document = build_manifest(device=device, release=release, variant=variant,
+                                  terms=self._rollout_terms(session, device),
+                                  delta=self._delta(session, device, variant.sha256, generation), config=self.config,
                                   public_url=self.public_url)
         body = self.signer.sign(document).model_dump_json().encode()
         signed = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
@@ -254,9 +255,8 @@ class ManifestService:
             self._terms.put(device.desired_rollout_id, terms)
         return terms
 
-    def _delta(self, session: Session, device: Device, release: Release,
+    def _delta(self, session: Session, device: Device, target: str | None,
                generation: int) -> tuple[str, str, int] | None:
-        target = variant_for(device, release, self.config).sha256
         if not device.model_sha256 or target is None or device.model_sha256 == target:
             return None
         key = (device.model_sha256, target, generation)
