@@ -94,7 +94,7 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
     base_seed = 1000 * (1 + sum(map(ord, device_id)) % 97)  # each device its own model bytes
     config = agent_yaml(workdir / "state", device_id, server=server, mqtt_port=mqtt_port, api_port=api_port())
     agent = DaemonAgent(workdir / "agent", config).start()
-    try:
+    with agent:
         first = versions.push(seed=base_seed)
         agent.wait_enrolled()
         versions.roll_out(first["version"], [device_id])
@@ -137,12 +137,7 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
                 report.rolled_back += 1
             current = expected
             report.cycles += 1
-    except BaseException:
-        print(agent.log()[-4000:])
-        raise
-    finally:
-        agent.stop()
-        report.seconds = time.monotonic() - started
+    report.seconds = time.monotonic() - started
     return report
 
 

@@ -96,6 +96,8 @@ def agent_yaml(state_dir: Path, device_id: str, *, server: RunningServer | None,
             config[key] = value
     return config
 
+LOG_TAIL = 6000  # characters of the agent log printed when a test around it fails
+
 
 class DaemonAgent:
     """``edgefleet-agent run --config FILE`` as a real subprocess; ``kill9()`` is the power cut."""
@@ -148,6 +150,15 @@ class DaemonAgent:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> DaemonAgent:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Stop the agent; when the block failed, print the tail of its log first (pytest shows it)."""
+        if kind is not None:
+            print(self.log()[-LOG_TAIL:])
+        self.stop()
 
     def infer(self, seed: int = 0, timeout: float = 5.0) -> requests.Response:
         body = json.dumps({"inputs": {"image": probe_image(seed).tolist()}}).encode()

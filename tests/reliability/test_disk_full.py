@@ -9,6 +9,7 @@ import errno
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_disk_fills_during_download_and_spooling(world: tuple[Mosquitto, Running
                         update={"retry_failed_s": 1.0})
     agent = DaemonAgent(tmp_path / "agent", config).start()
     versions = Versions(server, tmp_path / "models", "disk")
-    try:
+    with agent, closing(ops):
         agent.wait_enrolled()
         v1 = versions.push(seed=0)
         versions.roll_out(v1["version"], [device_id])
@@ -125,9 +126,3 @@ def test_disk_fills_during_download_and_spooling(world: tuple[Mosquitto, Running
         print(f"disk full for {full_for:.1f}s: update failed cleanly ({failed[0]['reason']}), v1 served "
               f"{served_while_full} requests meanwhile, 0 failed; {errors} spool writes refused; then v2 committed; "
               f"seq 1..{last} delivered with no gap")
-    except BaseException:
-        print(agent.log()[-6000:])
-        raise
-    finally:
-        agent.stop()
-        ops.close()

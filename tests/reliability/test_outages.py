@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def test_broker_and_server_outages_while_inferring(world: tuple[Mosquitto, Runni
                         server_url=proxy.url, telemetry={"interval_s": 0.5})
     agent = DaemonAgent(tmp_path / "agent", config).start()
     versions = Versions(server, tmp_path / "models", "outage")
-    try:
+    with agent, closing(ops):
         agent.wait_enrolled()
         v1 = versions.push(seed=0)
         versions.roll_out(v1["version"], [device_id])
@@ -165,12 +166,6 @@ def test_broker_and_server_outages_while_inferring(world: tuple[Mosquitto, Runni
               f"{broker_outage_s:.1f}s): {hammer.ok} inferences answered, 0 failed, longest gap "
               f"{hammer.longest_gap_s:.2f}s; {len(seen)} telemetry/event messages, seq {seen[0]}..{seen[-1]}, "
               f"0 lost; download resumed at byte {kept} of {big['size']}")
-    except BaseException:
-        print(agent.log()[-5000:])
-        raise
-    finally:
-        agent.stop()
-        ops.close()
 
 
 def spool_state(path: Path) -> tuple[int, int, int]:
