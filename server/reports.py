@@ -20,6 +20,7 @@ from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from agent.wire import UpdateReport
+from server.api.auth import device_refusal
 from server.crud import devices as device_crud
 from server.crud import rollouts as rollout_crud
 from server.db import Database
@@ -108,8 +109,6 @@ class ReportWriter:
 def _apply(session: Session, item: _Pending) -> HTTPException | None:
     device = device_crud.device_for_token(session, device_id=item.device_id, token=item.token)
     if device is None:
-        if device_crud.any_device_for_token(session, token=item.token) is not None:
-            return HTTPException(403, f"this token does not belong to device {item.device_id}")
-        return HTTPException(401, "invalid device token", headers={"WWW-Authenticate": "Bearer"})
+        return device_refusal(session, item.device_id, item.token)
     rollout_crud.record_report(session, device=device, report=item.report)
     return None

@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from server.api.auth import device_refusal
 from server.crud import devices as device_crud
 from server.db.models import Device
 from server.state import ServerState
@@ -67,9 +68,7 @@ def require_device(device_id: DeviceIdPath, session: SessionDep, credentials: Cr
     device = device_crud.device_for_token(session, device_id=device_id, token=token)
     if device is not None:
         return device
-    if device_crud.any_device_for_token(session, token=token) is not None:
-        raise HTTPException(403, f"this token does not belong to device {device_id}")
-    raise HTTPException(401, "invalid device token", headers={"WWW-Authenticate": "Bearer"})
+    raise device_refusal(session, device_id, token)
 
 
 def require_device_or_admin(state: StateDep, session: SessionDep, credentials: Credentials) -> None:
