@@ -105,7 +105,8 @@ class ServerSection(Section):
     token: str | None = None  # per-device token; obtained by enrollment when absent
     enrollment_token: str | None = None
     poll_interval_s: float = Field(default=60.0, gt=0)
-    public_key: Path | None = None
+    public_key: Path | None = None  # a bare key: root of trust version 0 (docs/ota.md "Root of trust")
+    root: Path | None = None  # a signed root (the server's trust/root/N.root.json); preferred over public_key
     device_class: str | None = None  # None: derived from the hardware probe
     tags: list[str] = Field(default_factory=list)
     timeout_s: float = Field(default=30.0, gt=0)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from server import dashboard, rollouts
-from server.api.routes import artifacts, devices, enroll, health, jobs, models
+from server.api.routes import artifacts, devices, enroll, health, jobs, models, trust
 from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
 from server.config import ServerConfig
@@ -78,7 +78,7 @@ class Background:
 def build_state(config: ServerConfig) -> ServerState:
     # every HTTP thread, plus the ingest writer, rollout loop, job workers and retention
     db = Database(config.database_url, connections=config.http_threads + config.job_workers + 8)
-    signer = Signer.from_file(config.signing_key)
+    signer = Signer.from_config(config)
     public_url = public_url_of(config)
     return ServerState(config=config, db=db, store=make_store(config.storage), signer=signer,
                        manifests=ManifestService(config, signer, public_url),
@@ -123,7 +123,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
 
     app = FastAPI(title="edgefleet update server", version="1", lifespan=lifespan)
     app.state.edgefleet = state
-    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes):
+    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes, trust):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)

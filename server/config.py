@@ -49,7 +49,9 @@ class ServerConfig(Section):
     database_url: str = "sqlite:////var/lib/edgefleet-server/edgefleet.db"
     storage: StorageSection = Field(default_factory=StorageSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
-    signing_key: Path = Path("/etc/edgefleet-server/signing.key")
+    signing_key: Path = Path("/etc/edgefleet-server/signing.key")  # the online key (server/trust.py)
+    trust_dir: Path | None = None  # the root chain (trust/root/N.root.json); None: trust/ beside signing_key
+    legacy_manifests: bool = True  # sign the legacy form for agents that do not ask for the RFC 8785 one
     admin_token: str | None = None
     metrics_token: str | None = None  # bearer token Prometheus scrapes /metrics with (admin_token works too)
     enrollment_token: str | None = None

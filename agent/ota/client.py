@@ -27,23 +27,23 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import AgentConfig
 from agent.daemon.host import ModelHost
-from agent.errors import ConfigError, EdgefleetError
+from agent.errors import ConfigError, EdgefleetError, SignatureError, TransportError
 from agent.ota import accept
+from agent.ota.clock import Clock, SystemClock
 from agent.ota.context import Loader, UpdateContext
 from agent.ota.enroll import enroll
 from agent.ota.handlers import Transition, handlers
 from agent.ota.handlers.report import Reporter, report_metrics
 from agent.ota.handlers.rollback import restore_previous, serve_active
+from agent.ota.roots import RootStore
 from agent.ota.serverapi import ReportQueue, ServerApi, load_token
 from agent.ota.slots import SlotStore
 from agent.ota.state import EVENTS, IN_PROGRESS, TERMINAL, State, StateRecord, StateStore, Trigger, next_state
 from agent.ota.trial import LatencyWindow
-from agent.ota.verify import Running, verify_manifest
-from agent.signing import load_public_key
+from agent.ota.verify import Running, Seen, authenticate, check_policy
 from agent.wire import Command, Manifest, SignedManifest
 
 __all__ = ["Loader", "UpdateClient"]
@@ -55,7 +55,8 @@ ENDS = TERMINAL - {State.IDLE}  # entering one of these clears the partial downl
 
 class UpdateClient:
     def __init__(self, config: AgentConfig, host: ModelHost, telemetry: Any | None, loader: Loader, *,
-                 session: requests.Session | None = None, rng: random.Random | None = None) -> None:
+                 session: requests.Session | None = None, rng: random.Random | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
         self.host = host
         self.telemetry = telemetry
@@ -67,6 +68,8 @@ class UpdateClient:
         self.record = self.store.load()
         self.session = session or requests.Session()
         self.rng = rng or random.Random()
+        self.clock: Clock = clock or SystemClock()
+        self.roots = RootStore(self.state_dir, config.server)
         self._stop = threading.Event()
         self.ctx = UpdateContext(
             config=config, host=host, loader=loader, session=self.session, slots=self.slots,
@@ -77,7 +80,6 @@ class UpdateClient:
         self.cycles = 0  # poll cycles the worker finished
         self._handlers = handlers()
         self._api: ServerApi | None = None
-        self._key: Ed25519PublicKey | None = None
         self._etag: str | None = None
         self._signed: SignedManifest | None = None  # the manifest behind _etag
         self._lock = threading.RLock()
@@ -226,16 +228,37 @@ class UpdateClient:
 
     # --- deciding on a manifest --------------------------------------------------------------
 
-    def _public_key(self) -> Ed25519PublicKey:
-        if self._key is None:
-            path = self.config.server.public_key
-            if path is None:
-                raise ConfigError("server.public_key is not set: refusing unsigned updates")
-            self._key = load_public_key(path)
-        return self._key
-
     def _verify(self, signed: SignedManifest) -> Manifest:
-        return verify_manifest(signed, self._public_key(), self.config.device_id, self.running())
+        """Authenticate against the newest root (walking the server's chain when the manifest names a newer
+        root or does not verify), save a newer generation / issued_at before acting on it, then the policy."""
+        walked = False
+        if signed.root_version is not None and signed.root_version > self.roots.current().version:
+            self._update_roots()
+            walked = True
+        try:
+            manifest = self._authenticate(signed)
+        except SignatureError:
+            if walked:
+                raise
+            self._update_roots()
+            manifest = self._authenticate(signed)
+        record = self.record
+        if manifest.generation > record.generation or manifest.issued_at > record.trusted_time:
+            record.generation = max(record.generation, manifest.generation)
+            record.trusted_time = max(record.trusted_time, manifest.issued_at)
+            self.store.save(record)
+        check_policy(manifest, self.running())
+        return manifest
+
+    def _authenticate(self, signed: SignedManifest) -> Manifest:
+        seen = Seen(self.record.generation, self.record.trusted_time)
+        return authenticate(signed, self.roots.current(), self.config.device_id, seen=seen, clock=self.clock)
+
+    def _update_roots(self) -> None:
+        try:
+            self.roots.update(self.api().roots)
+        except TransportError as exc:
+            log.warning("root of trust not refreshed: %s", exc)
 
     def _consider(self, signed: SignedManifest) -> None:
         transition = accept.consider(self.ctx, self.record, signed, self.running(), self._verify)

@@ -40,6 +40,8 @@ class Device(Base):
     desired_rollout_id: Mapped[int | None] = mapped_column(Integer)
     desired_revert: Mapped[bool] = mapped_column(Boolean, default=False)
     desired_issued_at: Mapped[float | None] = mapped_column(Float)
+    # grows with every change of the desired state (reverts too); the manifest carries it (anti-replay)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Model(Base):

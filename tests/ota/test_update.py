@@ -119,7 +119,8 @@ def test_bad_signature_wrong_key_older_version_rejected(server: RunningServer, t
 
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Rewriter("version"))
     assert device.update() == "rejected"
-    assert rejected(device) == "manifest signature does not verify with the pinned server key"
+    assert rejected(device) == "manifest is not signed by a threshold of root version 1's manifest keys (0 valid, " \
+                               "1 needed)"
     # 2. a device that pins another key
     other = tmp_path / "other.pub"
     from agent.signing import generate_private_key, public_key_pem
@@ -128,7 +129,7 @@ def test_bad_signature_wrong_key_older_version_rejected(server: RunningServer, t
     config = device.config.model_copy(update={"server": device.config.server.model_copy(
         update={"public_key": other})})
     device.client = UpdateClient(config, device.host, device.log, ort_loader)
-    assert device.update() == "rejected" and "does not verify" in rejected(device)
+    assert device.update() == "rejected" and "is not signed by a threshold" in rejected(device)
     assert device.host.meta is not None and device.host.meta.version == 1
     # 3. the real key: v2 installs; then a rollout back to v1 (not a revert) is an older version
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader)
