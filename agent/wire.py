@@ -285,15 +285,16 @@ class Command(WireModel):
 
 class EnrollRequest(WireModel):
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    enrollment_token: str
-    device_class: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    hw: dict[str, Any] = Field(default_factory=dict)
+    enrollment_token: str = Field(max_length=256)  # the shared token, or a one-time token for this id
+    device_class: Name64 | None = None
+    tags: list[Name64] = Field(default_factory=list, max_length=64)
+    hw: FreeForm = Field(default_factory=dict)
 
 
 class EnrollResponse(WireModel):
     device_id: str
     token: str
+    status: Literal["enrolled", "pending"] = "enrolled"  # pending: refused until the operator approves it
 
 
 UpdateState = Literal[
