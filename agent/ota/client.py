@@ -33,9 +33,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.config import AgentConfig
 from agent.daemon.host import ModelHost
 from agent.daemon.quality import save_profile
-from agent.errors import ConfigError, EdgefleetError, SignatureError, TransportError, UpdateRejected
+from agent.errors import ConfigError, EdgefleetError, Refused, SignatureError, TransportError, UpdateRejected
 from agent.ota.download import DiskFull, Downloader, apply_delta
-from agent.ota.serverapi import ReportQueue, ServerApi, load_token, save_token
+from agent.ota.enrollment import Enrollment
+from agent.ota.serverapi import ReportQueue, ServerApi
 from agent.ota.slots import SlotInfo, SlotStore
 from agent.ota.state import (
     EVENTS,
@@ -53,7 +54,7 @@ from agent.ota.verify import Running, check_artifact, verify_manifest
 from agent.quality import BoxLayout, ShadowRunner
 from agent.runtime.base import Model
 from agent.signing import load_public_key
-from agent.wire import Command, EnrollRequest, Manifest, ModelMeta, SignedManifest, UpdateReport
+from agent.wire import Command, Manifest, ModelMeta, SignedManifest, UpdateReport
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class UpdateClient:
         self._shadow: ShadowRunner | None = None  # the candidate being shadowed right now
         self._shadow_last: dict[str, Any] | None = None  # its final report (telemetry and UpdateReport)
         self._api: ServerApi | None = None
+        self._enrollment = Enrollment(config, self.state_dir, _hardware)
         self._key: Ed25519PublicKey | None = None
         self._etag: str | None = None
         self._signed: SignedManifest | None = None  # the manifest behind _etag
@@ -161,7 +163,7 @@ class UpdateClient:
         """One cycle: flush reports, fetch the manifest, act on it, drive an update in progress."""
         with self._lock:
             self._flush_reports()
-            reply = self.api().manifest(self.config.device_id, self._etag)
+            reply = self._enrollment.manifest(self.api(), self._etag)
             if reply.status == 200 and reply.signed is not None:
                 self._consider(reply.signed)
                 self._etag = reply.etag
@@ -178,7 +180,7 @@ class UpdateClient:
             if not server.url:
                 raise ConfigError("server.url is not set: no update server to poll")
             api = ServerApi(server.url, None, timeout_s=server.timeout_s, session=self.session)
-            api.token = server.token or load_token(self.state_dir) or self._enroll(api)
+            api.token = self._enrollment.token(api)
             self._api = api
         return self._api
 
@@ -197,6 +199,8 @@ class UpdateClient:
             except EdgefleetError as exc:
                 self.last_error = str(exc)
                 log.warning("update check failed: %s", exc)
+                if isinstance(exc, Refused):  # asked again at the next poll, never sooner
+                    self._retry_s = self.config.server.poll_interval_s
             except OSError as exc:  # e.g. a full disk refused the state record: retried, one line each time
                 self.last_error = f"{exc.strerror or exc} ({exc.filename or 'state'})"
                 log.warning("update cycle failed: %s", self.last_error)
@@ -652,21 +656,12 @@ class UpdateClient:
         self._flush_reports()
 
     def _flush_reports(self) -> None:
+        if not self.reports.pending():
+            return
         try:
             self.reports.flush(self.api(), self.config.device_id)
         except (TransportError, ConfigError) as exc:
             log.info("reports queued: %s", exc)
-
-    def _enroll(self, api: ServerApi) -> str:
-        server = self.config.server
-        if not server.enrollment_token:
-            raise ConfigError("no server.token and no server.enrollment_token to enroll with")
-        device_class, hw = _hardware()
-        request = EnrollRequest(device_id=self.config.device_id, enrollment_token=server.enrollment_token,
-                                device_class=server.device_class or device_class, tags=server.tags, hw=hw)
-        token = api.enroll(request).token
-        save_token(self.state_dir, token)
-        return token
 
     def _clear_partial(self) -> None:
         if self.partial_dir.exists():
