@@ -53,6 +53,11 @@ class FleetCollector(Collector):
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
+    def describe(self) -> Iterator[Metric]:
+        """Nothing up front: without this the registry collects at registration, which reads the database
+        before the migrations ran (a server on a fresh database did not start)."""
+        return iter(())
+
     def collect(self) -> Iterator[Metric]:
         yield from self._fleet()
         yield from self._ingest()
