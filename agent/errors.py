@@ -10,6 +10,7 @@ boundary into one of these, raised ``from`` the original.
     ├── SignatureError         a manifest whose Ed25519 signature does not verify
     ├── UpdateRejected         a manifest or artifact refused by policy (expired, older, hash)
     └── TransportError         the update server or broker could not be reached
+        └── Refused            the server refused this device's credentials (HTTP 401, 403, 409)
 """
 
 from __future__ import annotations
@@ -49,3 +50,12 @@ class UpdateRejected(EdgefleetError):
 
 class TransportError(EdgefleetError):
     pass
+
+
+class Refused(TransportError):
+    """``status`` is the HTTP status: 401 (token unknown or revoked), 403 (waiting for approval, or another
+    device's token), 409 (the id is enrolled and this is not its token)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +42,14 @@ class TelemetrySection(Section):
     downsample_after_hours: float = Field(default=24.0, gt=0)
     batch_max: int = Field(default=500, ge=1)
     batch_interval_s: float = Field(default=0.5, gt=0)
+    max_message_kb: int = Field(default=256, ge=1, le=65536)  # larger device messages are refused (the broker's 256)
+    future_skew_s: float = Field(default=300.0, ge=0)  # a device ts later than this past receipt is replaced
+
+
+class EnrollmentSection(Section):
+    # open: a new id enrolls with the shared enrollment_token; approve: it then waits for the operator
+    mode: Literal["open", "approve"] = "open"
+    token_ttl_h: float = Field(default=72.0, gt=0)  # lifetime of a one-time per-device enrollment token
 
 
 class ServerConfig(Section):
@@ -55,6 +64,7 @@ class ServerConfig(Section):
     admin_token: str | None = None
     metrics_token: str | None = None  # bearer token Prometheus scrapes /metrics with (admin_token works too)
     enrollment_token: str | None = None
+    enrollment: EnrollmentSection = Field(default_factory=EnrollmentSection)
     manifest_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     max_upload_mb: float = Field(default=512.0, gt=0)
     device_classes: dict[str, list[str]] = Field(default_factory=dict)  # class -> variants to make on upload

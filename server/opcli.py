@@ -288,10 +288,32 @@ class Commands:
                 ("desired", f"version id {desired.get('version_id')} by rollout {desired.get('rollout_id')}"
                  + (" (revert)" if desired.get("revert") else "") if desired else None),
                 ("hw", json.dumps(d.get("hw") or {}, separators=(",", ":"))[:200]),
+                ("enrollment", d.get("enrollment")),
+                ("refused msgs", dig(d, "ingest.rejected")), ("last refusal", dig(d, "ingest.last_reason")),
             ]
             for key, value in facts:
                 self.console.print(f"{key:>14}: {fmt(value)}", highlight=False, soft_wrap=True)
         self.emit(self.client.device(a.id), human)
+
+    def device_pending(self, a: argparse.Namespace) -> None:
+        self.emit(self.client.devices(enrollment="pending"), lambda d: render_table(
+            self.console, "waiting for approval", _items(d, "devices"),
+            [("device", "device_id"), ("class", "device_class"), ("tags", "tags"), ("asked", "pending_since")],
+            {"pending_since": ago, "tags": _joined}))
+
+    def device_enrollment(self, a: argparse.Namespace) -> None:
+        """reset | approve: the enrollment state the server answers with."""
+        call = self.client.device_reset if a.action == "reset" else self.client.device_approve
+        done = "reset: it may enroll again with the shared token" if a.action == "reset" else "approved"
+        self.emit(call(a.id), lambda d: self.console.print(
+            f"{a.id} {done} (enrollment: {fmt(dig(d, 'enrollment'))})", highlight=False))
+
+    def device_enroll_token(self, a: argparse.Namespace) -> None:
+        def human(d: Any) -> None:
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(d["expires_at"])))
+            self.console.print(f"one-time enrollment token for {a.id} (valid once, until {until}):", highlight=False)
+            print(d["enrollment_token"])
+        self.emit(self.client.enrollment_token(a.id, a.ttl_h), human)
 
     def device_command(self, a: argparse.Namespace) -> None:
         args: dict[str, Any] = {}
@@ -460,6 +482,17 @@ def build_parser() -> argparse.ArgumentParser:
     dshow = command_parser(device, "show")
     dshow.add_argument("id")
     dshow.set_defaults(run=Commands.device_show)
+    command_parser(device, "pending", help="devices waiting for approval (enrollment.mode: approve)") \
+        .set_defaults(run=Commands.device_pending)
+    for action, text in (("reset", "revoke its token: the id may enroll again with the shared token"),
+                         ("approve", "let a device waiting for approval in")):
+        sub = command_parser(device, action, help=text)
+        sub.add_argument("id")
+        sub.set_defaults(run=Commands.device_enrollment, action=action)
+    enroll_token = command_parser(device, "enroll-token", help="a one-time enrollment token for one id")
+    enroll_token.add_argument("id")
+    enroll_token.add_argument("--ttl-h", type=float, help="hours it stays valid (server default 72)")
+    enroll_token.set_defaults(run=Commands.device_enroll_token)
     command = command_parser(device, "command", help="send a command over MQTT")
     command.add_argument("id")
     command.add_argument("type")

@@ -108,8 +108,18 @@ class ServerClient:
     def accuracy(self, model: str | None) -> Any:
         return self.request("GET", "/v1/quality/accuracy", params={"model": model} if model else None)
 
-    def devices(self) -> Any:
-        return self.request("GET", "/v1/devices")
+    def devices(self, enrollment: str | None = None) -> Any:
+        return self.request("GET", "/v1/devices", params={"enrollment": enrollment} if enrollment else None)
+
+    def device_reset(self, device_id: str) -> Any:
+        return self.request("POST", f"/v1/devices/{device_id}/reset")
+
+    def device_approve(self, device_id: str) -> Any:
+        return self.request("POST", f"/v1/devices/{device_id}/approve")
+
+    def enrollment_token(self, device_id: str, ttl_h: float | None) -> Any:
+        return self.request("POST", f"/v1/devices/{device_id}/enrollment-token",
+                            json={"ttl_h": ttl_h} if ttl_h is not None else None)
 
     def device(self, device_id: str) -> Any:
         return self.request("GET", f"/v1/devices/{device_id}")

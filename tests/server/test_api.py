@@ -50,8 +50,12 @@ def test_enrollment_and_the_auth_matrix(server: RunningServer) -> None:
     operator = requests.get(server.url + "/v1/devices", headers=bearer(token_a), timeout=5)
     assert operator.status_code == 403 and operator.json()["detail"] == "a device token cannot call operator routes"
     assert requests.get(server.url + "/v1/models", headers=bearer(token_a), timeout=5).status_code == 403
-    # re-enrolling rotates the token: the old one stops working
-    new_a = server.enroll("auth-a")
+    # the shared token alone cannot re-enroll an enrolled id (a takeover); its current token rotates it
+    taken = requests.post(server.url + "/v1/enroll", json={"device_id": "auth-a",
+                                                           "enrollment_token": server.enrollment_token}, timeout=5)
+    assert taken.status_code == 409 and "edgefleet devices reset auth-a" in taken.json()["detail"]
+    assert requests.get(url, headers=bearer(token_a), timeout=5).status_code == 204
+    new_a = server.enroll("auth-a", current_token=token_a)
     assert requests.get(url, headers=bearer(token_a), timeout=5).status_code == 401
     assert requests.get(url, headers=bearer(new_a), timeout=5).status_code == 204
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -93,8 +93,10 @@ async def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, c
 
 
 @router.get("/v1/devices", dependencies=[AdminDep])
-def list_devices(session: SessionDep, online: bool | None = None) -> dict[str, Any]:
-    devices = crud.list_devices(session, online=online)
+def list_devices(session: SessionDep, online: bool | None = None,
+                 enrollment: Annotated[Literal["enrolled", "pending", "unenrolled"] | None, Query(
+                     description="pending: waiting for the operator's approval")] = None) -> dict[str, Any]:
+    devices = crud.list_devices(session, online=online, enrollment=enrollment)
     drift = fleet.latest_drift(session, device_ids=[d.id for d in devices])
     return {"devices": [{**crud.device_public(d), "drift": device_drift(drift.get(d.id))} for d in devices]}
 
@@ -112,7 +114,8 @@ def telemetry(device_id: DeviceIdPath, session: SessionDep, since: Annotated[flo
               rollups: Annotated[bool, Query(description="include hourly downsampled rows")] = False,
               ) -> dict[str, Any]:
     crud.get_device(session, device_id=device_id)
-    doc: dict[str, Any] = {"device_id": device_id, "telemetry": [
+    doc: dict[str, Any] = {"device_id": device_id, "epochs": telemetry_crud.epoch_summary(session, device_id=device_id),
+                           "telemetry": [
         telemetry_crud.telemetry_public(r)
         for r in telemetry_crud.list_telemetry(session, device_id=device_id, since=since, limit=limit)]}
     if rollups:
