@@ -65,9 +65,10 @@ def cli_json(env: Env, *args: str) -> Any:
     return json.loads(cli(env, *args, "--json").stdout)  # the whole stdout is one JSON document
 
 
-def failure(env: Env, *args: str, token: str | None = None) -> str:
+def failure(env: Env, *args: str, token: str | None = None, code: int = 1) -> str:
+    """The one-line reason of a command that must fail with exit code ``code`` (its class, docs/operator.md)."""
     done = cli(env, *args, token=token, ok=False)
-    assert done.returncode == 1 and done.stdout == ""
+    assert (done.returncode, done.stdout) == (code, ""), done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("edgefleet: ")
     return done.stderr.strip()
 
@@ -122,7 +123,7 @@ def test_rollout_create_status_pause_resume_abort(env: Env) -> None:
     assert [[c.strip() for c in row.split("│")[1:-1]] for row in wave_rows[:2]] == [
         ["1", "1", "1", "0", "0", "0", "active"], ["2", "3", "0", "0", "0", "0", "pending"]]
     assert "paused" in cli(env, "rollout", "pause", str(rollout_id)).stdout
-    assert failure(env, "rollout", "pause", str(rollout_id)) == (
+    assert failure(env, "rollout", "pause", str(rollout_id), code=5) == (
         f"edgefleet: POST /v1/rollouts/{rollout_id}/pause: HTTP 409: rollout {rollout_id} is paused, not running")
     assert cli_json(env, "rollout", "resume", str(rollout_id))["state"] == "running"
     aborted = cli_json(env, "rollout", "abort", str(rollout_id), "--revert")
@@ -177,14 +178,17 @@ def test_devices_command_reaches_the_device(env: Env) -> None:
 
 
 def test_errors_are_one_line(env: Env, tmp_path: Path) -> None:
-    assert failure(env, "model", "list", token="wrong") == "edgefleet: GET /v1/models: HTTP 401: invalid token"
-    assert failure(env, "model", "show", "nope") == "edgefleet: GET /v1/models/nope: HTTP 404: model nope is not known"
-    assert failure(env, "telemetry", "ghost") == (
+    assert failure(env, "model", "list", token="wrong", code=4) == "edgefleet: GET /v1/models: HTTP 401: invalid token"
+    assert failure(env, "model", "show", "nope", code=3) == (
+        "edgefleet: GET /v1/models/nope: HTTP 404: model nope is not known")
+    assert failure(env, "telemetry", "ghost", code=3) == (
         "edgefleet: GET /v1/devices/ghost/telemetry: HTTP 404: device ghost is not known")
-    assert "HTTP 404: model cls has no version 9" in failure(env, "rollout", "create", "cls", "9", "--devices", "x")
+    assert "HTTP 404: model cls has no version 9" in failure(env, "rollout", "create", "cls", "9", "--devices", "x",
+                                                             code=3)
     assert failure(env, "model", "push", "m", str(tmp_path / "missing.onnx")).startswith("edgefleet: cannot read ")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model at all")
-    assert "HTTP 422: not a model" in failure(env, "model", "push", "m", str(junk))
+    assert "HTTP 422: not a model" in failure(env, "model", "push", "m", str(junk), code=6)
     assert cli_json(env, "model", "list")["models"][0]["name"] == "cls"  # nothing half-written
-    assert failure(env, "--server", "http://127.0.0.1:9", "devices").startswith("edgefleet: cannot reach ")
+    assert failure(env, "--server", "http://127.0.0.1:9", "devices", code=7) == (
+        "edgefleet: cannot reach http://127.0.0.1:9: connection refused")
