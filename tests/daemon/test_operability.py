@@ -174,3 +174,31 @@ def _healthy(port: int) -> bool:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_server_takes_its_secrets_from_systemd_credentials(tmp_path: Path) -> None:
+    """As under LoadCredential=: the admin token and the signing key come from $CREDENTIALS_DIRECTORY."""
+    port = free_port()
+    config = server_config(tmp_path, port)
+    document = yaml.safe_load(config.read_text())
+    key = Path(document.pop("signing_key"))
+    document.pop("admin_token")
+    config.write_text(yaml.safe_dump(document))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "admin_token").write_text("token-from-a-credential\n")
+    key.rename(credentials / "signing_key")
+    env = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+    log = tmp_path / "server.log"
+    with log.open("wb") as handle:
+        proc = subprocess.Popen([str(BIN / "edgefleet-server"), "run", "--config", str(config)], stdout=handle,
+                                stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: _healthy(port) or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, log.read_text()
+        url = f"http://127.0.0.1:{port}/v1/models"
+        assert requests.get(url, headers={"Authorization": "Bearer token-from-a-credential"}, timeout=5).ok
+        assert requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
