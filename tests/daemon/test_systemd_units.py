@@ -130,7 +130,8 @@ def test_sysusers_and_tmpfiles_make_the_users_and_directories(tmp_path: Path) ->
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     users = {line.split(":")[0]: line.split(":") for line in (root / "etc/passwd").read_text().splitlines()}
-    groups = {line.split(":")[0]: line.split(":")[3].split(",") for line in (root / "etc/group").read_text().splitlines()}
+    group_lines = (root / "etc/group").read_text().splitlines()
+    groups = {line.split(":")[0]: line.split(":")[3].split(",") for line in group_lines}
     for unit in (AGENT_UNIT, SERVER_UNIT):
         user = directives(unit)["User"][0]
         assert user in users and users[user][6] == "/usr/sbin/nologin", users

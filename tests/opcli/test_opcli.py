@@ -94,7 +94,7 @@ def test_optimize_waits_then_lists_variants(env: Env) -> None:
     assert result["job"]["state"] == "succeeded" and result["job"]["progress"] == 1.0
     variants = {v["name"]: v for v in result["variants"]}
     assert set(variants) == {"reference", "cpu-int8-static", "cpu-int8-dynamic"}
-    assert all(v["status"] in ("ready", "failed") for v in variants.values())
+    assert all(v["status"] in ("ready", "rejected") for v in variants.values())
     table = cli(env, "model", "variants", "cls", "1").stdout
     assert "variants of cls v1" in table
     for name, variant in variants.items():
@@ -192,3 +192,40 @@ def test_errors_are_one_line(env: Env, tmp_path: Path) -> None:
     assert cli_json(env, "model", "list")["models"][0]["name"] == "cls"  # nothing half-written
     assert failure(env, "--server", "http://127.0.0.1:9", "devices", code=7) == (
         "edgefleet: cannot reach http://127.0.0.1:9: connection refused")
+
+
+def test_token_from_a_file_or_the_environment_never_the_command_line(env: Env, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(env.server.admin_token + "\n")
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+
+    def run(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(EDGEFLEET), "--server", env.server.url, *args], capture_output=True, text=True,
+                              timeout=60, env={**bare, **(extra or {})})
+
+    assert run("--token-file", str(token_file), "model", "list", "--json").returncode == 0
+    assert run("model", "list", extra={"EDGEFLEET_ADMIN_TOKEN_FILE": str(token_file)}).returncode == 0
+    piped = subprocess.run([str(EDGEFLEET), "--server", env.server.url, "--token-file", "-", "devices"],
+                           input=env.server.admin_token, capture_output=True, text=True, timeout=60, env=bare)
+    assert piped.returncode == 0, piped.stderr
+    nothing = run("model", "list")
+    assert nothing.returncode == 4 and "(set EDGEFLEET_ADMIN_TOKEN or pass --token-file)" in nothing.stderr
+    old = run("--token", env.server.admin_token, "model", "list")
+    assert old.returncode == 0 and old.stderr.startswith("edgefleet: warning: --token is visible to every user")
+    missing = run("--token-file", str(tmp_path / "nope"), "model", "list")
+    assert missing.returncode == 2 and missing.stderr.startswith("edgefleet: cannot read the token file ")
+
+
+def test_push_refuses_the_same_file_twice_and_bad_calibration(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+
+    assert cli_json(env, "model", "push", "dup", str(env.models[0]))["version"] == 1
+    again = failure(env, "model", "push", "dup", str(env.models[0]), code=5)
+    assert again.startswith("edgefleet: POST /v1/models/dup/versions: HTTP 409: model dup version 1 is already "
+                            "this file")
+    assert cli_json(env, "model", "push", "dup", str(env.models[0]), "--force")["version"] == 2
+    calibration = tmp_path / "cal.npz"
+    np.savez(calibration, image=np.zeros((4, 32, 32), np.float32))  # the model takes [?, 3, 32, 32]
+    bad = failure(env, "model", "push", "dup", str(env.models[1]), "--calibration", str(calibration), code=6)
+    assert bad == ("edgefleet: POST /v1/models/dup/versions: HTTP 422: calibration input 'image' has rank 3, the "
+                   "model wants 4 ([?, 3, 32, 32], sample axis first)")
