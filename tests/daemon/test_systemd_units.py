@@ -114,6 +114,11 @@ def test_units_init_and_config_defaults_agree_on_paths(tmp_path: Path) -> None:
     assert defaults.database_url == f"sqlite:///{DATA_DIR / 'edgefleet.db'}"
     assert defaults.storage.path.parent == DATA_DIR
     assert Path("/var/lib") / agent["StateDirectory"][0] == AgentConfig.model_fields["state_dir"].default
+    # the docs name the same files
+    server_doc, daemon_doc = (ROOT / "docs" / "server.md").read_text(), (ROOT / "docs" / "daemon.md").read_text()
+    for path in (config_file, str(CONFIG_DIR / "signing.key"), str(DATA_DIR / "edgefleet.db")):
+        assert path in server_doc, path
+    assert agent["ExecStart"][0].split("--config ")[1] in daemon_doc and "/var/lib/edgefleet" in daemon_doc
     # init splits the same way: config and keys in one directory, database and artifacts in the other
     config_dir, data_dir = tmp_path / "etc", tmp_path / "lib"
     path = init(config_dir, data_dir=data_dir)
