@@ -123,11 +123,11 @@ def run(config_path: Path) -> None:
 def serve(config: ServerConfig) -> None:
     sock = bind(config.listen)  # first: a taken address is one line before anything else starts
     try:
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every start
         import uvicorn
 
         from server.app import create_app
 
-        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every start
         # log_config=None: uvicorn's loggers propagate to the root handler configure_logging made
         server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=config.log_level.lower(),
                                                log_config=None, access_log=False))
