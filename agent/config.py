@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.configfile import load_config
+from agent.configfile import foreign_to_agent, load_config
+from agent.logsetup import LogFormat
 from agent.wire import PreprocessSpec, TrialPolicy
 
 ENV_PREFIX = "EDGEFLEET_"
@@ -153,6 +154,10 @@ class QualitySection(Section):
     samples: SamplesSection = Field(default_factory=SamplesSection)
 
 
+class LogSection(Section):
+    format: LogFormat = "auto"  # auto: journal lines under systemd, text otherwise; json: one object per line
+
+
 class AgentConfig(Section):
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     state_dir: Path = Path("/var/lib/edgefleet")
@@ -167,7 +172,8 @@ class AgentConfig(Section):
     update: UpdateSection = Field(default_factory=UpdateSection)
     quality: QualitySection = Field(default_factory=QualitySection)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log: LogSection = Field(default_factory=LogSection)
 
 
 def load_agent_config(path: str | Path | None, environ: dict[str, str] | None = None) -> AgentConfig:
-    return load_config(AgentConfig, path, env_prefix=ENV_PREFIX, environ=environ)
+    return load_config(AgentConfig, path, env_prefix=ENV_PREFIX, environ=environ, foreign=foreign_to_agent)

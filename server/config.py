@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.configfile import load_config
+from agent.configfile import SERVER_ENV_PREFIX, foreign_to_server, load_config
+from agent.logsetup import LogFormat
 
-ENV_PREFIX = "EDGEFLEET_SERVER_"
+ENV_PREFIX = SERVER_ENV_PREFIX
 
 
 class Section(BaseModel):
@@ -52,6 +53,10 @@ class EnrollmentSection(Section):
     token_ttl_h: float = Field(default=72.0, gt=0)  # lifetime of a one-time per-device enrollment token
 
 
+class LogSection(Section):
+    format: LogFormat = "auto"  # auto: journal lines under systemd, text otherwise; json: one object per line
+
+
 class ServerConfig(Section):
     listen: str = "127.0.0.1:8080"
     public_url: str | None = None  # how devices reach this server; defaults to http://{listen}
@@ -70,6 +75,7 @@ class ServerConfig(Section):
     device_classes: dict[str, list[str]] = Field(default_factory=dict)  # class -> variants to make on upload
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     log_level: str = "INFO"
+    log: LogSection = Field(default_factory=LogSection)
     rollout_tick_s: float = Field(default=1.0, gt=0)  # how often running rollouts are evaluated
     job_workers: int = Field(default=1, ge=1)  # threads building variants and deltas
     # Threads serving sync routes. The database pool is sized above this, so a request thread never
@@ -77,6 +83,14 @@ class ServerConfig(Section):
     http_threads: int = Field(default=32, ge=1, le=1024)
     retention_interval_s: float = Field(default=3600.0, gt=0)  # how often telemetry is downsampled/expired
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
+        return value
+
 
 def load_server_config(path: str | Path | None, environ: dict[str, str] | None = None) -> ServerConfig:
-    return load_config(ServerConfig, path, env_prefix=ENV_PREFIX, environ=environ)
+    return load_config(ServerConfig, path, env_prefix=ENV_PREFIX, environ=environ, foreign=foreign_to_server)

@@ -47,8 +47,8 @@ def start_variants_job(*, db: Database, store: ArtifactStore, runner: JobRunner,
                 if result.status == "ready" and result.path is not None:
                     entry["sha256"], entry["size"] = store.put_file(Path(result.path))
                     entry["status"] = "ready"
-                else:
-                    entry["status"] = "failed"
+                else:  # refused by validation or not applicable; "failed" is kept for a job that broke
+                    entry["status"] = "rejected"
                 published.append(entry)
             with db.session() as session:
                 registry.publish_variants(session, version_id=version_id, target=target, job_id=job_id,

@@ -27,7 +27,7 @@ import numpy as np
 from agent.daemon.host import ModelHost, NoModelError
 from agent.daemon.loop import Pipelines, model_ref
 from agent.daemon.preprocess import Postprocessor
-from agent.errors import InvalidInputError
+from agent.errors import InvalidInputError, ListenError
 from agent.runtime.base import Model
 from agent.wire import ModelMeta, TensorSpec
 
@@ -264,7 +264,10 @@ class ApiServer(ThreadingHTTPServer):
         self._closing = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        super().__init__(parse_listen(listen), Handler)
+        try:
+            super().__init__(parse_listen(listen), Handler)
+        except OSError as exc:
+            raise ListenError.from_os_error(listen, exc, "api.listen") from exc
 
     @property
     def port(self) -> int:

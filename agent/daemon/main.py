@@ -31,21 +31,18 @@ from agent.daemon.results import ResultsSink
 from agent.daemon.sources import Mailbox, SourceRunner, make_source
 from agent.daemon.systemd import Notifier
 from agent.errors import ConfigError, EdgefleetError
+from agent.logsetup import configure_logging
 from agent.runtime.base import Model
+from agent.version import package_version
 from agent.wire import ModelMeta
 
 log = logging.getLogger("agent.daemon")
 STOP_BUDGET_S = 4.0  # SIGTERM to exit; systemd's default TimeoutStopSec is far above, the brief says 5 s
-LIVE_KEYS = ("source", "results", "log_level", "telemetry")
+LIVE_KEYS = ("source", "results", "log_level", "log", "telemetry")
 
 
 def agent_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("edgefleet")
-    except Exception:
-        return "0+unknown"
+    return package_version()
 
 
 class Agent:
@@ -347,7 +344,9 @@ class Agent:
         old = self.config
         self.reloads += 1
         changed = [key for key in AgentConfig.model_fields if getattr(old, key) != getattr(new, key)]
-        if new.log_level != old.log_level:
+        if new.log != old.log:
+            configure_logging(new.log_level, new.log.format)
+        elif new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
         if new.source != old.source:
             self._restart_source(new)
@@ -444,14 +443,6 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 def run_agent(config_path: str) -> int:
     """The ``run`` subcommand: 0 after an orderly stop, 2 for a bad config, 1 when it cannot start."""
     try:
@@ -459,12 +450,16 @@ def run_agent(config_path: str) -> int:
     except ConfigError as exc:
         print(f"edgefleet-agent: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log.format)
     tune_interpreter()
     agent = Agent(config, config_path)
     agent.install_signals()
     try:
         agent.start()
+    except EdgefleetError as exc:  # a known cause (an address taken, a bad state dir): one line, no traceback
+        log.error("cannot start: %s", exc)
+        agent.stop()
+        return 1
     except Exception as exc:
         log.exception("the agent could not start")
         print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import bsdiff4
 import numpy as np
+import pytest
 import requests
 
 from agent.signing import load_public_key, verify_document
@@ -196,3 +197,41 @@ def test_calibration_is_stored_with_the_version(server: RunningServer, onnx_file
     assert bad.status_code == 422
     versions = requests.get(f"{server.url}/v1/models/cal", headers=server.admin(), timeout=5).json()["versions"]
     assert [v["version"] for v in versions] == [1]
+
+
+@pytest.mark.parametrize(("arrays", "reason"), [
+    ({"image": np.ones((3, 32, 32), np.float32)},
+     "calibration input 'image' has rank 3, the model wants 4 ([?, 3, 32, 32], sample axis first)"),
+    ({"pixels": np.ones((2, 3, 32, 32), np.float32)},
+     "calibration inputs ['pixels'] do not match the model's inputs ['image']"),
+    ({"image": np.ones((2, 32, 32, 3), np.float32)},
+     "calibration input 'image' has shape [2, 32, 32, 3], the model wants [?, 3, 32, 32] (dim 1 must be 3)"),
+    ({"image": np.array([[["x"] * 32] * 32] * 3 * 2).reshape(2, 3, 32, 32)},
+     "calibration input 'image' is str32, the model takes float32"),
+])
+def test_calibration_that_cannot_feed_the_model_is_refused_at_push(server: RunningServer, onnx_files: tuple[Path, Path],
+                                                                    arrays: dict[str, np.ndarray], reason: str) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    response = requests.post(f"{server.url}/v1/models/badcal/versions", headers=server.admin(), timeout=30, files={
+        "file": ("a.onnx", onnx_files[0].read_bytes()), "calibration": ("c.npz", buffer.getvalue())})
+    assert (response.status_code, response.json()["detail"]) == (422, reason)
+    assert requests.get(f"{server.url}/v1/models/badcal", headers=server.admin(), timeout=5).status_code == 404
+
+
+def test_the_same_file_twice_is_a_conflict_unless_forced(server: RunningServer, onnx_files: tuple[Path, Path]) -> None:
+    def push(path: Path, **data: str) -> requests.Response:
+        return requests.post(f"{server.url}/v1/models/twice/versions", headers=server.admin(), timeout=30,
+                             files={"file": ("m.onnx", path.read_bytes())}, data=data)
+
+    assert push(onnx_files[0]).status_code == 201
+    again = push(onnx_files[0])
+    sha = hashlib.sha256(onnx_files[0].read_bytes()).hexdigest()
+    assert (again.status_code, again.json()["detail"]) == (
+        409, f"model twice version 1 is already this file (sha256 {sha[:12]}); send force=true "
+             "(edgefleet model push --force) for a new version anyway")
+    assert push(onnx_files[1]).status_code == 201  # another file: version 2
+    forced = push(onnx_files[0], force="true")
+    assert (forced.status_code, forced.json()["version"]) == (201, 3)
+    versions = requests.get(f"{server.url}/v1/models/twice", headers=server.admin(), timeout=5).json()["versions"]
+    assert [v["version"] for v in versions] == [1, 2, 3]

@@ -20,12 +20,13 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from agent.wire import PreprocessSpec, RuntimeHints
 from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
 from server.api.schemas import UploadMeta, VariantsRequest
+from server.calibration import CalibrationError, check_calibration, signature
 from server.crud import jobs as job_crud
 from server.crud import registry as crud
 from server.formats import NotAModel, inspect_model
 from server.quality import compute_profile
 from server.state import ServerState
-from server.storage import TooLarge, copy_limited
+from server.storage import TooLarge, copy_limited, hash_file
 from server.variants import start_variants_job
 
 router = APIRouter(tags=["models"], dependencies=[AdminDep])
@@ -37,7 +38,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "file": {"type": "string", "format": "binary", "description": "the model file"},
         "labels": {"type": "string", "description": "labels, one per line"},
         "meta": {"type": "string", "description": "JSON: task, preprocess, runtime"},
-        "calibration": {"type": "string", "format": "binary", "description": ".npz of sample inputs"}}}}}}}
+        "calibration": {"type": "string", "format": "binary", "description": ".npz of sample inputs"},
+        "force": {"type": "string", "enum": ["true", "false"],
+                  "description": "make a new version even when one of this model is the same file (else 409)"}}}}}}}
 
 
 async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -79,8 +82,18 @@ def _parse_meta(raw: str | None) -> UploadMeta:
     return meta
 
 
+def _refuse_same_file(state: ServerState, name: str, path: Path) -> None:
+    """409 when ``name`` already has a version of exactly this file (pushing it again is usually a mistake)."""
+    sha256, _size = hash_file(path)
+    with state.db.session() as session:
+        same = crud.version_with_sha256(session, name=name, sha256=sha256)
+    if same is not None:
+        raise HTTPException(409, f"model {name} version {same} is already this file (sha256 {sha256[:12]}); "
+                                 "send force=true (edgefleet model push --force) for a new version anyway")
+
+
 def _store_version(state: ServerState, name: str, upload: UploadFile, labels: list[str] | None, meta: UploadMeta,
-                   calibration: UploadFile | None, limit: int) -> dict[str, Any]:
+                   calibration: UploadFile | None, limit: int, force: bool = False) -> dict[str, Any]:
     scratch = state.store.scratch_dir()
     fd, tmp_name = tempfile.mkstemp(dir=scratch, prefix="model-")
     tmp = Path(tmp_name)
@@ -112,6 +125,12 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
         if cal_tmp is not None:
             with np.load(cal_tmp, allow_pickle=False) as data:
                 calibration_arrays = {k: data[k] for k in data.files}
+            try:
+                check_calibration(calibration_arrays, signature(info.inputs))
+            except CalibrationError as exc:
+                raise HTTPException(422, str(exc)) from exc
+        if not force:
+            _refuse_same_file(state, name, tmp)
         profile, source, note = compute_profile(tmp, task=meta.task, inputs=info.inputs, preprocess=meta.preprocess,
                                                 calibration=calibration_arrays, name=name)
         if cal_tmp is not None:
@@ -161,8 +180,10 @@ async def upload_version(name: ModelName, request: Request, state: StateDep) -> 
         calibration = form.get("calibration")
         if calibration is not None and not isinstance(calibration, UploadFile):
             raise HTTPException(422, "calibration must be a file part (.npz)")
+        force = str(await _text(form.get("force")) or "").strip().lower() in ("1", "true", "yes")
         try:
-            return await run_in_threadpool(_store_version, state, name, upload, labels, meta, calibration, limit)
+            return await run_in_threadpool(_store_version, state, name, upload, labels, meta, calibration, limit,
+                                           force)
         except TooLarge as exc:
             raise HTTPException(413, str(exc)) from exc
     finally:
