@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from server import dashboard, rollouts
+from server import dashboard, rollouts, sandbox
 from server.api.routes import artifacts, devices, enroll, health, jobs, models
 from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
@@ -25,6 +25,7 @@ from server.crud.telemetry import downsample_and_expire
 from server.db import Database, migrate
 from server.ingest import Ingestor
 from server.jobs import JobRunner
+from server.limits import BodyLimits
 from server.manifests import ManifestService, Signer
 from server.metrics import install as install_metrics
 from server.reports import ReportWriter
@@ -99,6 +100,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.http_threads
+        sandbox.reopen()
         migrate(state.db.engine)
         with state.db.session() as session:
             job_crud.fail_interrupted(session)
@@ -113,6 +115,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            sandbox.kill_all()  # a model being inspected or optimized must not hold the shutdown
             if background:
                 tasks.stop()
             if state.ingestor is not None:
@@ -127,6 +130,8 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)
+    app.add_middleware(BodyLimits, http=config.http,  # outermost: before any parsing
+                       upload_bytes=int(config.max_upload_mb * 1024 * 1024))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

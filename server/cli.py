@@ -17,10 +17,44 @@ from agent.signing import generate_private_key, private_key_pem, public_key_pem
 from server.config import load_server_config
 
 
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` anew with exactly ``mode``, whatever was there: a new file (O_EXCL|O_NOFOLLOW, then an
+    explicit fchmod, so neither the umask nor an old file's mode counts) renamed over it. A symlink at
+    ``path`` is replaced itself; its target is never written."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    _write_file(path, data, 0o600)
+
+
+def _private_database(path: Path) -> None:
+    """Create the SQLite file 0600 (or make an existing one 0600) before SQLite opens it; never through a link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if path.is_symlink():
+            raise EdgefleetError(f"{path} is a symbolic link; refusing to use it as the database") from exc
+        raise
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.is_file() and not side.is_symlink():
+            side.chmod(0o600)
 
 
 def init(directory: Path, *, listen: str = "127.0.0.1:8080", mqtt_host: str = "localhost",
@@ -33,7 +67,7 @@ def init(directory: Path, *, listen: str = "127.0.0.1:8080", mqtt_host: str = "l
     directory.mkdir(parents=True, exist_ok=True)
     key = generate_private_key()
     _write_private(directory / "signing.key", private_key_pem(key))
-    (directory / "server.pub").write_bytes(public_key_pem(key.public_key()))
+    _write_file(directory / "server.pub", public_key_pem(key.public_key()), 0o644)
     config = {
         "listen": listen,
         "database_url": f"sqlite:///{directory / 'edgefleet.db'}",
@@ -47,6 +81,7 @@ def init(directory: Path, *, listen: str = "127.0.0.1:8080", mqtt_host: str = "l
     _write_private(config_path, yaml.safe_dump(config, sort_keys=False).encode())
     from server.db import Database, migrate
 
+    _private_database(directory / "edgefleet.db")
     db = Database(f"sqlite:///{directory / 'edgefleet.db'}")
     migrate(db.engine)
     db.dispose()
@@ -54,17 +89,15 @@ def init(directory: Path, *, listen: str = "127.0.0.1:8080", mqtt_host: str = "l
 
 
 def run(config_path: Path) -> None:
-    import uvicorn
-
     from server.app import create_app
+    from server.serving import serve
 
     config = load_server_config(config_path)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, _, port = config.listen.rpartition(":")
     if not host or not port.isdigit():
         raise EdgefleetError(f"{config_path}: listen must be HOST:PORT, not {config.listen!r}")
-    uvicorn.run(create_app(config), host=host, port=int(port), log_level=config.log_level.lower(),
-                access_log=False)
+    serve(create_app(config), host=host, port=int(port), http=config.http, log_level=config.log_level.lower())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
