@@ -23,6 +23,7 @@ from server.crud import Conflict, Invalid, NotFound
 from server.crud import jobs as job_crud
 from server.crud.telemetry import downsample_and_expire
 from server.db import Database, migrate
+from server.housekeeping import Collected, collect
 from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.limits import BodyLimits
@@ -60,6 +61,7 @@ class Background:
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + config.retention_interval_s
                 self.retention()
+                self.collect()
 
     def retention(self) -> tuple[int, int]:
         section = self.state.config.telemetry
@@ -67,6 +69,14 @@ class Background:
         with self.state.db.session() as session:
             return downsample_and_expire(session, downsample_before=now - section.downsample_after_hours * 3600,
                                          expire_before=now - section.retention_days * 86400)
+
+    def collect(self) -> Collected | None:
+        """Patches no manifest can offer and samples past their retention or size cap (server/housekeeping.py)."""
+        try:
+            return collect(self.state.db, self.state.store, self.state.config.samples, now=time.time())
+        except Exception:
+            log.exception("garbage collection failed")
+            return None
 
     def start(self) -> None:
         self.thread.start()
