@@ -18,7 +18,7 @@ from server.crud import jobs as job_crud
 from server.crud.deltas import get_delta
 from server.db.models import Device
 from server.deltas import bsdiff_fits, delta_limits, ensure_delta
-from server.offers import artifact_refusal, delta_refusal
+from server.offers import artifact_refusal, delta_refusal, refusal
 from server.storage import ArtifactStore, iter_range
 
 router = APIRouter(tags=["artifacts"])
@@ -96,9 +96,11 @@ Downloader = Annotated[Device | None, Depends(downloader)]
     200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content"},
     403: {"description": "not offered to this device by its manifest"},
     404: {"description": "unknown artifact"}, 416: {"description": "range not satisfiable"}})
-def artifact(sha256: ShaPath, state: StateDep, who: Downloader, range: Annotated[str | None, Header()] = None,
-             if_range: Annotated[str | None, Header()] = None) -> Response:
-    if who is not None and (refused := artifact_refusal(who, sha256)) is not None:
+def artifact(sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
+             range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None
+             ) -> Response:
+    if who is not None and (refused := refusal(state.manifests, session, who,
+                                               lambda device: artifact_refusal(device, sha256))) is not None:
         raise HTTPException(403, refused)
     return serve(state.store, sha256, sha256, range, if_range)
 
@@ -111,7 +113,9 @@ def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep, session: Se
           range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None) -> Response:
     if from_sha256 == to_sha256:
         raise HTTPException(422, "from and to are the same artifact")
-    if who is not None and (refused := delta_refusal(who, from_sha256, to_sha256)) is not None:
+    if who is not None and (refused := refusal(state.manifests, session, who,
+                                               lambda device: delta_refusal(device, from_sha256, to_sha256))
+                            ) is not None:
         raise HTTPException(403, refused)
     row = get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256)
     if row is None or not state.store.exists(row.sha256):
