@@ -14,11 +14,13 @@ import asyncio
 import json
 import logging
 import math
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from server import sandbox
 from server.config import HttpSection
 
 log = logging.getLogger("edgefleet.server.http")
@@ -113,7 +115,15 @@ def guarded_protocol(http: HttpSection) -> type[GuardedHttpTools]:
         "header_timeout_s": http.header_timeout_s, "max_header_bytes": http.max_header_kb * 1024})
 
 
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        sandbox.kill_all()  # a model being inspected or optimized ends now, so its request ends and shutdown is quick
+        super().handle_exit(sig, frame)
+
+
 def serve(app: Any, *, host: str, port: int, http: HttpSection, log_level: str) -> None:
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, http=guarded_protocol(http),
-                timeout_keep_alive=max(1, math.ceil(http.keep_alive_s)), limit_concurrency=http.max_connections,
-                timeout_graceful_shutdown=max(1, math.ceil(http.shutdown_timeout_s)))
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            http=guarded_protocol(http), timeout_keep_alive=max(1, math.ceil(http.keep_alive_s)),
+                            limit_concurrency=http.max_connections,
+                            timeout_graceful_shutdown=max(1, math.ceil(http.shutdown_timeout_s)))
+    _Server(config).run()
