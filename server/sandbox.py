@@ -105,9 +105,9 @@ def run(task: str, args: dict[str, Any], limits: Limits,
                 _children.discard(proc)
         stderr.seek(0)
         tail = stderr.read()[-STDERR_TAIL:].decode("utf-8", errors="replace")
+    if _closing.is_set() and (late or proc.returncode != 0):  # killed by kill_all()
+        raise SandboxError("stopped: the server is shutting down", "timeout")
     if late:
-        if _closing.is_set():
-            raise SandboxError("stopped: the server is shutting down", "timeout")
         raise SandboxError(f"did not finish within {limits.timeout_s:g}s", "timeout")
     return _judge(proc.returncode, outcome, tail, limits)
 
