@@ -62,7 +62,8 @@ class SandboxSection(Section):
     inspect_timeout_s: float = Field(default=45.0, gt=0)  # format, signature and drift profile of one upload
     variants_timeout_s: float = Field(default=1800.0, gt=0)  # one variants job (all recipes of a target)
     delta_cpu_s: float = Field(default=300.0, gt=0)  # CPU time of one bsdiff
-    memory_mb: int = Field(default=4096, ge=256)  # address space of each child
+    delta_memory_mb: int = Field(default=4096, ge=64)  # address space of a bsdiff child (~12x the larger file)
+    memory_mb: int = Field(default=4096, ge=256)  # address space of the other children (inspection, variants)
 
 
 class SamplesSection(Section):

@@ -1,7 +1,7 @@
 """bsdiff4 patches between two stored artifacts, made once by a background job and kept in the store.
 
 bsdiff runs in a bounded child process (server/sandbox.py: CPU budget ``sandbox.delta_cpu_s``, memory
-``sandbox.memory_mb``), one at a time, and only for pairs within ``MAX_DELTA_BYTES``; the download route
+``sandbox.delta_memory_mb``), one at a time, and only for pairs within ``MAX_DELTA_BYTES``; the download route
 never makes one. Until a patch exists, manifests offer the full artifact only.
 """
 
@@ -43,7 +43,7 @@ class DeltaRefused(EdgefleetError):
 
 def delta_limits(config: ServerConfig) -> Limits:
     cpu = config.sandbox.delta_cpu_s
-    return Limits(timeout_s=cpu * 2 + 30, cpu_s=cpu, memory_mb=config.sandbox.memory_mb)
+    return Limits(timeout_s=cpu * 2 + 30, cpu_s=cpu, memory_mb=config.sandbox.delta_memory_mb)
 
 
 def bsdiff_fits(size: int, limits: Limits) -> str | None:
@@ -51,7 +51,7 @@ def bsdiff_fits(size: int, limits: Limits) -> str | None:
     if size > MAX_DELTA_BYTES:
         return f"larger than MAX_DELTA_BYTES ({MAX_DELTA_BYTES} bytes)"
     if BSDIFF_BASE_MB + size * BSDIFF_MEMORY_FACTOR / 2**20 > limits.memory_mb:
-        return f"bsdiff would need more than sandbox.memory_mb ({limits.memory_mb} MB)"
+        return f"bsdiff would need more than sandbox.delta_memory_mb ({limits.memory_mb} MB)"
     return None
 
 
