@@ -56,6 +56,13 @@ class SourceSection(Section):
 class ApiSection(Section):
     listen: str | None = "127.0.0.1:8500"
     max_body_mb: float = Field(default=16.0, gt=0)
+    # Host header values accepted besides loopback names and the listen host (DNS rebinding: 421 otherwise)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    token: str | None = None  # when set, every request needs "Authorization: Bearer <token>"
+    token_file: Path | None = None  # ... the token read from this file's first line instead
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers within this, or the connection is cut
+    body_timeout_s: float = Field(default=30.0, gt=0)  # a request body within this
+    max_connections: int = Field(default=512, ge=1)  # threads, one a connection; beyond them: 503 at once
 
     @field_validator("listen")
     @classmethod

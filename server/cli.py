@@ -34,11 +34,44 @@ DATA_DIR = Path("/var/lib/edgefleet-server")
 SERVICE_USER = "edgefleet-server"
 
 
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` anew with exactly ``mode``, whatever was there: a new file (O_EXCL|O_NOFOLLOW, then an
+    explicit fchmod, so neither the umask nor an old file's mode counts) renamed over it. A symlink at
+    ``path`` is replaced itself; its target is never written."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # whatever mode an existing file had
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    _write_file(path, data, 0o600)
+
+
+def _private_database(path: Path) -> None:
+    """Create the SQLite file 0600 (or make an existing one 0600) before SQLite opens it; never through a link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if path.is_symlink():
+            raise EdgefleetError(f"{path} is a symbolic link; refusing to use it as the database") from exc
+        raise
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.is_file() and not side.is_symlink():
+            side.chmod(0o600)
 
 
 def default_owner() -> str | None:
@@ -75,7 +108,7 @@ def init(directory: Path, *, data_dir: Path | None = None, listen: str = "127.0.
     data_dir.mkdir(parents=True, exist_ok=True)
     key = generate_private_key()
     _write_private(directory / "signing.key", private_key_pem(key))
-    (directory / "server.pub").write_bytes(public_key_pem(key.public_key()))
+    _write_file(directory / "server.pub", public_key_pem(key.public_key()), 0o644)
     from server.trust import ServerTrust
 
     ServerTrust(directory / "signing.key").ensure_initial()  # trust/root/1.root.json: provision it on devices
@@ -93,6 +126,7 @@ def init(directory: Path, *, data_dir: Path | None = None, listen: str = "127.0.
     _write_private(config_path, yaml.safe_dump(config, sort_keys=False).encode())
     from server.db import Database, migrate
 
+    _private_database(database)
     db = Database(f"sqlite:///{database}")
     migrate(db.engine)
     db.dispose()
@@ -129,15 +163,10 @@ def serve(config: ServerConfig) -> None:
     sock = bind(config.listen)  # first: a taken address is one line before anything else starts
     try:
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every start
-        import uvicorn
-
         from server.app import create_app
+        from server.serving import serve_on
 
-        # log_config=None: uvicorn's loggers propagate to the root handler configure_logging made
-        server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=config.log_level.lower(),
-                                               log_config=None, access_log=False))
-        server.run(sockets=[sock])
-        if not server.started:
+        if not serve_on(create_app(config), sock, http=config.http, log_level=config.log_level.lower()):
             raise EdgefleetError("the server did not start (its reason is logged above)")
     finally:
         sock.close()

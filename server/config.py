@@ -57,6 +57,38 @@ class LogSection(Section):
     format: LogFormat = "auto"  # auto: journal lines under systemd, text otherwise; json: one object per line
 
 
+class HttpSection(Section):
+    """What one HTTP client may hold of the server: time, connections and buffered bytes."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request line and headers must arrive within this
+    body_timeout_s: float = Field(default=30.0, gt=0)  # a JSON/form body must arrive within this (upload: per chunk)
+    keep_alive_s: float = Field(default=5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(default=1024, ge=1)  # open connections and requests; beyond them: 503
+    max_header_kb: int = Field(default=64, ge=1)  # request line + headers; beyond: 431 and the connection closes
+    max_json_depth: int = Field(default=32, ge=2)  # nesting of arrays/objects in a JSON body; beyond: 400
+    max_buffered_mb: float = Field(default=256.0, gt=0)  # bodies held in memory by all requests together; then 503
+    shutdown_timeout_s: float = Field(default=5.0, gt=0)  # after SIGTERM, in-flight requests get this long
+
+
+class SandboxSection(Section):
+    """Uploaded models are loaded and run only in child processes bounded by these."""
+
+    inspect_timeout_s: float = Field(default=45.0, gt=0)  # format, signature and drift profile of one upload
+    variants_timeout_s: float = Field(default=1800.0, gt=0)  # one variants job (all recipes of a target)
+    delta_cpu_s: float = Field(default=300.0, gt=0)  # CPU time of one bsdiff
+    delta_memory_mb: int = Field(default=4096, ge=64)  # address space of a bsdiff child (~12x the larger file)
+    memory_mb: int = Field(default=4096, ge=256)  # address space of the other children (inspection, variants)
+
+
+class SamplesSection(Section):
+    """Ground-truth samples: accepted only after an ``upload_samples`` command, and garbage-collected."""
+
+    per_command: int = Field(default=500, ge=1)  # samples one upload_samples command lets a device send
+    window_s: float = Field(default=3600.0, gt=0)  # ... within this long after the command
+    retention_days: float = Field(default=90.0, gt=0)
+    max_total_mb: float = Field(default=2048.0, gt=0)  # all sample images; the oldest go first (unlabelled first)
+
+
 class ServerConfig(Section):
     listen: str = "127.0.0.1:8080"
     public_url: str | None = None  # how devices reach this server; defaults to http://{listen}
@@ -82,6 +114,9 @@ class ServerConfig(Section):
     # waits for a connection while the requests holding them wait for a thread (a pool deadlock).
     http_threads: int = Field(default=32, ge=1, le=1024)
     retention_interval_s: float = Field(default=3600.0, gt=0)  # how often telemetry is downsampled/expired
+    http: HttpSection = Field(default_factory=HttpSection)
+    sandbox: SandboxSection = Field(default_factory=SandboxSection)
+    samples: SamplesSection = Field(default_factory=SamplesSection)
 
     @field_validator("listen")
     @classmethod

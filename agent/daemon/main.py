@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.config import AgentConfig, load_agent_config
 from agent.daemon.api import ApiContext, ApiServer
+from agent.daemon.apiguard import api_guard
 from agent.daemon.host import ModelHost
 from agent.daemon.loop import InferenceLoop, Pipelines
 from agent.daemon.modelload import load_model, meta_from_config, startup_model
@@ -92,7 +93,8 @@ class Agent:
         self._start_source(config)
         if config.api.listen is not None:
             context = ApiContext(self.host, self.pipelines, self.health, int(config.api.max_body_mb * 1024 * 1024),
-                                 observe=self.quality.observe if self.quality is not None else None)
+                                 observe=self.quality.observe if self.quality is not None else None,
+                                 guard=api_guard(config.api))
             self.api = ApiServer(config.api.listen, context).start()
             log.info("local API on http://%s:%d", *self.api.server_address[:2])
         if self.updater is not None:

@@ -18,7 +18,9 @@ from server.crud import devices as crud
 from server.crud import fleet
 from server.crud import telemetry as telemetry_crud
 from server.manifests import SignedBody
+from server.offers import record_offer
 from server.quality import device_drift
+from server.samples import grant
 from server.state import ServerState
 
 router = APIRouter(tags=["devices"])
@@ -66,7 +68,9 @@ def _checkin(state: ServerState, device_id: str, token: str, legacy: bool) -> tu
         device = crud.device_for_token(session, device_id=device_id, token=token) if token else None
         if device is None:
             return False, None
-        return True, state.manifests.signed(session, device=device, now=time.time(), legacy=legacy)
+        signed = state.manifests.signed(session, device=device, now=time.time(), legacy=legacy)
+        record_offer(device, signed.body if signed is not None else None)  # what it may download now
+        return True, signed
 
 
 def _refuse(state: ServerState, device_id: str, token: str) -> None:
@@ -138,7 +142,12 @@ def command(device_id: DeviceIdPath, body: CommandBody, state: StateDep, session
     crud.get_device(session, device_id=device_id)
     if state.ingestor is None:
         raise HTTPException(503, "MQTT is disabled in this server's configuration")
-    sent = Command(id=uuid.uuid4().hex, type=body.type, args=body.args)
+    args = dict(body.args)
+    if body.type == "upload_samples":  # the device may upload only now, as many as this grants (server/samples.py)
+        with state.db.session() as grants:  # committed before the device can answer the command
+            args["limit"] = grant(grants, device_id=device_id, args=args, section=state.config.samples,
+                                  now=time.time())
+    sent = Command(id=uuid.uuid4().hex, type=body.type, args=args)
     try:
         state.ingestor.publish_command(device_id, sent)
     except ConnectionError as exc:

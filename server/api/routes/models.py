@@ -18,13 +18,12 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from agent.wire import PreprocessSpec, RuntimeHints
+from server import sandbox
 from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
 from server.api.schemas import UploadMeta, VariantsRequest
-from server.calibration import CalibrationError, check_calibration, signature
 from server.crud import jobs as job_crud
 from server.crud import registry as crud
-from server.formats import NotAModel, inspect_model
-from server.quality import compute_profile
+from server.sandbox import Limits, SandboxError
 from server.state import ServerState
 from server.storage import TooLarge, copy_limited, hash_file
 from server.variants import start_variants_job
@@ -90,6 +89,23 @@ def _refuse_same_file(state: ServerState, name: str, path: Path) -> None:
     if same is not None:
         raise HTTPException(409, f"model {name} version {same} is already this file (sha256 {sha256[:12]}); "
                                  "send force=true (edgefleet model push --force) for a new version anyway")
+def _inspect(state: ServerState, path: Path, *, name: str, meta: UploadMeta, calibration: Path | None
+             ) -> dict[str, Any]:
+    """Format, signature and drift profile, found in a bounded child process (server/sandbox.py)."""
+    limits = Limits(timeout_s=state.config.sandbox.inspect_timeout_s, cpu_s=state.config.sandbox.inspect_timeout_s,
+                    memory_mb=state.config.sandbox.memory_mb)
+    try:
+        return sandbox.run("inspect", {"path": str(path), "task": meta.task, "preprocess": meta.preprocess,
+                                       "calibration": str(calibration) if calibration else None, "name": name},
+                           limits)
+    except SandboxError as exc:
+        if exc.detail == "not_a_model":
+            raise HTTPException(422, f"not a model: {exc}") from exc
+        if exc.detail == "bad_calibration":  # the arrays do not fit the model's inputs (server/calibration.py)
+            raise HTTPException(422, str(exc)) from exc
+        if exc.kind == "refused":
+            raise HTTPException(422, f"model refused: {exc}") from exc
+        raise HTTPException(422, f"model refused: loading and running it once {exc}") from exc
 
 
 def _store_version(state: ServerState, name: str, upload: UploadFile, labels: list[str] | None, meta: UploadMeta,
@@ -104,10 +120,6 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
             copy_limited(upload.file, out, limit)
         if tmp.stat().st_size == 0:
             raise HTTPException(422, "the uploaded file is empty")
-        try:
-            info = inspect_model(tmp)
-        except NotAModel as exc:
-            raise HTTPException(422, f"not a model: {exc}") from exc
         cal_sha = None
         if calibration is not None:
             fd2, cal_name = tempfile.mkstemp(dir=scratch, prefix="cal-")
@@ -116,31 +128,23 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
                 calibration.file.seek(0)
                 copy_limited(calibration.file, out, limit)
             try:
-                with np.load(cal_tmp, allow_pickle=False) as data:
+                with np.load(cal_tmp, allow_pickle=False) as data:  # the zip directory only: no array is read here
                     if not data.files:
                         raise ValueError("it holds no arrays")
             except (ValueError, OSError) as exc:
                 raise HTTPException(422, f"calibration is not a .npz of arrays: {exc}") from exc
-        calibration_arrays = None
-        if cal_tmp is not None:
-            with np.load(cal_tmp, allow_pickle=False) as data:
-                calibration_arrays = {k: data[k] for k in data.files}
-            try:
-                check_calibration(calibration_arrays, signature(info.inputs))
-            except CalibrationError as exc:
-                raise HTTPException(422, str(exc)) from exc
         if not force:
             _refuse_same_file(state, name, tmp)
-        profile, source, note = compute_profile(tmp, task=meta.task, inputs=info.inputs, preprocess=meta.preprocess,
-                                                calibration=calibration_arrays, name=name)
+        checked = _inspect(state, tmp, name=name, meta=meta, calibration=cal_tmp)
+        profile, source, note = checked["profile"], checked["source"], checked["note"]
         if cal_tmp is not None:
             cal_sha, _ = state.store.put_file(cal_tmp)
         sha256, size = state.store.put_file(tmp)
         with state.db.session() as session:
             model, row = crud.create_version(
-                session, name=name, sha256=sha256, size=size, fmt=info.format, task=meta.task, inputs=info.inputs,
-                outputs=info.outputs, labels=labels, preprocess=meta.preprocess, runtime_hints=meta.runtime,
-                calibration_sha256=cal_sha)
+                session, name=name, sha256=sha256, size=size, fmt=checked["format"], task=meta.task,
+                inputs=checked["inputs"], outputs=checked["outputs"], labels=labels, preprocess=meta.preprocess,
+                runtime_hints=meta.runtime, calibration_sha256=cal_sha)
             if profile is not None:
                 profile["version"] = row.version
             row.drift_profile, row.drift_profile_source = profile, source
