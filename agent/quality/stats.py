@@ -5,16 +5,18 @@ area-averaged), so their cost does not grow with the camera's resolution and a f
 the device and the same image seen by the server (as a model-input tensor) give the same
 figures. Output statistics are the top-1 class and score of a classifier, or a strided
 sample of each output's values otherwise.
+
+numpy only: the server profiles calibration tensors with the same code and must not need OpenCV.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
 WORK_SIZE = 48  # side of the grayscale copy the input statistics are computed on
@@ -23,19 +25,41 @@ INPUT_STATS = ("brightness", "contrast", "blur", "aspect", "pixels")
 SIZE_STATS = ("aspect", "pixels")  # meaningless on model-input tensors (already resized)
 
 
+_LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)  # ITU-R BT.601, as OpenCV's BGR2GRAY
+
+
+@functools.lru_cache(maxsize=64)
+def _area_weights(out: int, size: int) -> np.ndarray:
+    """(out, size) matrix averaging each output cell over the input cells it covers (OpenCV's INTER_AREA)."""
+    edges = np.arange(out + 1, dtype=np.float64) * (size / out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    cells = np.arange(size, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None)
+    weights = (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
 def _gray_small(frame: np.ndarray) -> np.ndarray:
+    """The frame as a WORK_SIZE square of luma in 0..255 (float32)."""
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim not in (2, 3) or frame.size == 0 or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
         raise ValueError(f"expected an image (H, W[, 1|3|4]), got shape {list(frame.shape)}")
     if frame.dtype != np.uint8:
         frame = np.clip(frame, 0, 255).astype(np.uint8)
-    if min(frame.shape[:2]) > WORK_SIZE * 4:  # point-sample big frames first: the cost stays flat up to 4K
-        frame = cv2.resize(frame, (WORK_SIZE * 2, WORK_SIZE * 2), interpolation=cv2.INTER_NEAREST)
-    small = cv2.resize(frame, (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_AREA)
-    if small.ndim == 3:
-        small = cv2.cvtColor(small, cv2.COLOR_BGRA2GRAY if small.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    return small
+    h, w = frame.shape[:2]
+    if min(h, w) > WORK_SIZE * 4:  # point-sample big frames first (a strided view): the cost stays flat up to 4K
+        frame = frame[:: h // (WORK_SIZE * 2), :: w // (WORK_SIZE * 2)]
+        h, w = frame.shape[:2]
+    luma = frame.astype(np.float32) if frame.ndim == 2 else frame[:, :, :3] @ _LUMA_BGR
+    return np.asarray(_area_weights(WORK_SIZE, h) @ luma @ _area_weights(WORK_SIZE, w).T)
+
+
+def _laplacian(image: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian of the interior pixels."""
+    return np.asarray(image[:-2, 1:-1] + image[2:, 1:-1] + image[1:-1, :-2] + image[1:-1, 2:]
+                      - 4.0 * image[1:-1, 1:-1])
 
 
 def input_stats(frame: np.ndarray) -> dict[str, float]:
@@ -43,13 +67,11 @@ def input_stats(frame: np.ndarray) -> dict[str, float]:
     Laplacian of luma in 0..1) (sharper is higher), aspect = w/h, pixels = log2(h*w)."""
     h, w = frame.shape[:2]
     small = _gray_small(frame)
-    mean, std = cv2.meanStdDev(small)
-    lap = cv2.Laplacian(small, cv2.CV_32F, ksize=1)
-    _lmean, lstd = cv2.meanStdDev(lap)
-    lap_var = float(lstd[0, 0]) ** 2 / (255.0 * 255.0)
+    lap_var = float(_laplacian(small).var()) / (255.0 * 255.0)
+    mean = float(small.mean())
     return {
-        "brightness": float(mean[0, 0]) / 255.0,
-        "contrast": float(std[0, 0]) / 255.0,
+        "brightness": mean / 255.0,
+        "contrast": math.sqrt(max(0.0, float(np.mean(small * small)) - mean * mean)) / 255.0,
         "blur": math.log10(1e-6 + lap_var),
         "aspect": w / h,
         "pixels": math.log2(h * w),
@@ -120,7 +142,7 @@ def tensor_to_frames(batch: np.ndarray, *, layout: str = "auto", color: str = "R
     pixels = np.clip(np.rint(values / scale), 0, 255).astype(np.uint8)
     for image in pixels:
         if image.shape[2] == 3 and color == "RGB":
-            yield cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            yield np.ascontiguousarray(image[:, :, ::-1])
         else:
             yield image if image.shape[2] == 3 else image[:, :, 0]
 

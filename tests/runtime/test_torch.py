@@ -9,6 +9,8 @@ from agent.errors import InvalidInputError, RuntimeUnavailable
 from agent.runtime import load_model
 from tests.support.models import reference_torchscript
 
+pytestmark = pytest.mark.torch
+
 
 def test_torchscript_with_signature_exact(models: dict[str, Path]) -> None:
     model = load_model(models["torchscript"], threads=1)
