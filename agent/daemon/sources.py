@@ -1,11 +1,13 @@
 """Where frames come from: camera, video file, stream, folder of images, synthetic, none.
 
-A ``Source`` opens, reads frames and closes. ``SourceRunner`` drives one in a thread: it
-paces reads at ``fps``, hands each frame to a one-slot ``Mailbox`` (the newest frame wins;
-an unread frame that gets replaced is counted as dropped), and when the source fails it
-closes it and reopens it with exponential backoff and jitter. Nothing a source does can
-end the daemon. Camera, video, stream and image sources read with OpenCV, imported when such a
-source is made (``make_source``), so a device without one needs no OpenCV.
+A ``Source`` opens, reads frames and closes. ``SourceRunner`` drives one in a thread: a file
+is read at ``fps``; a camera or stream is read as it delivers, and at most ``fps`` frames a
+second are passed on, on a schedule that absorbs jitter. Each frame goes to a one-slot
+``Mailbox`` (the newest frame wins; an unread frame that gets replaced is counted as dropped),
+and when the source fails the runner closes it and reopens it with exponential backoff and
+jitter. Nothing a source does can end the daemon. Camera, video, stream and image sources read
+with OpenCV, imported when such a source is made (``make_source``), so a device without one
+needs no OpenCV.
 """
 
 from __future__ import annotations
@@ -362,10 +364,12 @@ class SourceRunner:
             if self.state != "running":
                 self.state = "running"
                 self.backoff.reset()
-            if not self.source.paced:
-                now = time.monotonic()  # device-paced: keep reading, pass on at most fps frames
-                if now < next_at:
-                    continue
-                next_at = now + self.interval
+            if not self.source.paced:  # device-paced: keep reading, pass on at most fps frames
+                now = time.monotonic()
+                if now < next_at - self.interval / 2:
+                    continue  # early by more than half a slot: a camera faster than fps
+                # On a schedule, so a camera at exactly fps keeps every frame whatever its jitter; after a
+                # stall the schedule restarts from now instead of letting a burst through to catch up.
+                next_at = max(next_at + self.interval, now + self.interval / 2)
             self._seq += 1
             self.mailbox.put(Frame(data, self._seq, time.time(), origin), wait=wait)
