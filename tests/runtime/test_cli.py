@@ -37,6 +37,8 @@ def test_probe_json() -> None:
     assert doc["auto"]["tflite"] == "litert/xnnpack"
     assert doc["auto"]["onnx"] == "onnxruntime/CPUExecutionProvider"
     assert doc["hw"]["runtimes"]["litert"]["available"] and len(doc["fingerprint"]) == 16
+    if not doc["hw"]["nvidia_gpus"] and not doc["hw"]["jetson"]:  # CUDA libraries alone are no accelerator
+        assert not any("CUDA" in name or "GPU" in name for name in doc["accelerators"]), doc["accelerators"]
 
 
 def test_probe_human_table() -> None:
