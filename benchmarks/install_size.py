@@ -1,0 +1,103 @@
+"""Download and unpacked size of each target's install, resolved for the target's platform.
+
+    .venv/bin/python benchmarks/install_size.py            # the table of docs/targets.md
+    .venv/bin/python benchmarks/install_size.py --json
+
+For each target, ``pip download --only-binary=:all: --platform P --python-version V`` resolves
+``edgefleet[extras]`` (this checkout, built as a wheel) for that platform from the package index
+into an empty folder; "download" is the sum of the wheels' sizes, "unpacked" the sum of the
+sizes of the files in them (what lands in site-packages, before byte-compilation). A target
+whose set does not resolve from PyPI binaries is reported with pip's reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    extras: str
+    platform: str
+    python: str
+    note: str = ""
+
+
+TARGETS = [
+    Target("Raspberry Pi OS 64-bit, camera (Pi 4/5)", "device,litert,camera", "manylinux_2_28_aarch64", "3.11"),
+    Target("Raspberry Pi OS 64-bit, JSON/.npy inputs", "device,litert", "manylinux_2_28_aarch64", "3.11"),
+    Target("Raspberry Pi OS 64-bit, edgefleet[agent]", "agent", "manylinux_2_28_aarch64", "3.11",
+           "LiteRT + ONNX Runtime + OpenCV"),
+    Target("32-bit Raspberry Pi OS (armv7l)", "device,tflite", "linux_armv7l", "3.11",
+           "PyPI only; Raspberry Pi OS's pip also reads piwheels"),
+    Target("Jetson, JetPack 6 (before NVIDIA's wheels)", "device,camera", "manylinux_2_28_aarch64", "3.10",
+           "plus NVIDIA's onnxruntime-gpu or torch wheel"),
+    Target("x86 gateway", "agent", "manylinux_2_28_x86_64", "3.11"),
+    Target("update server (x86)", "server", "manylinux_2_28_x86_64", "3.11"),
+]
+
+
+def build_wheel(out: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)], check=True)
+    return next(out.glob("edgefleet-*.whl"))
+
+
+def measure(target: Target, wheel: Path) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="edgefleet-size-") as folder:
+        command = [sys.executable, "-m", "pip", "download", "-q", "--dest", folder, "--only-binary=:all:",
+                   "--platform", target.platform, "--python-version", target.python,
+                   f"edgefleet[{target.extras}] @ {wheel.as_uri()}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        row: dict[str, object] = {"target": target.name, "extras": target.extras, "platform": target.platform,
+                                  "python": target.python, "note": target.note}
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if "ERROR" in line] or done.stderr.splitlines()[-1:]
+            row["error"] = lines[0].strip() if lines else f"pip exited {done.returncode}"
+            return row
+        wheels = sorted(Path(folder).glob("*.whl"))
+        download = sum(w.stat().st_size for w in wheels)
+        unpacked = 0
+        for w in wheels:
+            with zipfile.ZipFile(w) as archive:
+                unpacked += sum(info.file_size for info in archive.infolist())
+        largest = sorted(wheels, key=lambda w: -w.stat().st_size)[:3]
+        row.update({"wheels": len(wheels), "download_mb": round(download / 2**20, 1),
+                    "unpacked_mb": round(unpacked / 2**20, 1),
+                    "largest": [f"{w.name.split('-')[0]} {w.stat().st_size / 2**20:.1f} MB" for w in largest]})
+        return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-wheel-") as out:
+        wheel = build_wheel(Path(out))
+        rows = [measure(target, wheel) for target in TARGETS]
+    if args.json:
+        print(json.dumps({"targets": rows}))
+        return 0
+    print("| target | extras | platform, Python | download | unpacked | largest wheels |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        where = f"{row['platform']}, {row['python']}"
+        if "error" in row:
+            print(f"| {row['target']} | `{row['extras']}` | {where} | does not resolve: {row['error']} | | |")
+        else:
+            print(f"| {row['target']} | `{row['extras']}` | {where} | {row['download_mb']} MB | "
+                  f"{row['unpacked_mb']} MB | {', '.join(row['largest'])} |")  # type: ignore[arg-type]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
