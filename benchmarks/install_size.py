@@ -5,8 +5,9 @@
 
 For each target, ``pip download --only-binary=:all: --platform P --python-version V`` resolves
 ``edgefleet[extras]`` (this checkout, built as a wheel) for that platform from the package index
-into an empty folder; "download" is the sum of the wheels' sizes, "unpacked" the sum of the
-sizes of the files in them (what lands in site-packages, before byte-compilation). A target
+into an empty folder (with every manylinux tag the target's glibc accepts, as pip would on the
+device: bookworm has glibc 2.36, Ubuntu 22.04 2.35); "download" is the sum of the wheels' sizes,
+"unpacked" the sum of the sizes of the files in them (what lands in site-packages, before byte-compilation). A target
 whose set does not resolve from PyPI binaries is reported with pip's reason.
 """
 
@@ -28,22 +29,27 @@ REPO = Path(__file__).resolve().parents[1]
 class Target:
     name: str
     extras: str
-    platform: str
+    arch: str  # aarch64, armv7l, x86_64
     python: str
     note: str = ""
+    glibc: int = 36  # 2.36: Debian bookworm (Raspberry Pi OS); 35: Ubuntu 22.04 (JetPack 6)
+
+    def platforms(self) -> list[str]:
+        """Every platform tag pip accepts on such a device: manylinux_2_<glibc> down to manylinux2014."""
+        tags = [f"manylinux_2_{minor}_{self.arch}" for minor in range(self.glibc, 16, -1)]
+        return [*tags, f"manylinux2014_{self.arch}", f"linux_{self.arch}"]
 
 
 TARGETS = [
-    Target("Raspberry Pi OS 64-bit, camera (Pi 4/5)", "device,litert,camera", "manylinux_2_28_aarch64", "3.11"),
-    Target("Raspberry Pi OS 64-bit, JSON/.npy inputs", "device,litert", "manylinux_2_28_aarch64", "3.11"),
-    Target("Raspberry Pi OS 64-bit, edgefleet[agent]", "agent", "manylinux_2_28_aarch64", "3.11",
-           "LiteRT + ONNX Runtime + OpenCV"),
-    Target("32-bit Raspberry Pi OS (armv7l)", "device,tflite", "linux_armv7l", "3.11",
+    Target("Raspberry Pi OS 64-bit, camera (Pi 4/5)", "device,litert,camera", "aarch64", "3.11"),
+    Target("Raspberry Pi OS 64-bit, JSON/.npy inputs", "device,litert", "aarch64", "3.11"),
+    Target("Raspberry Pi OS 64-bit, edgefleet[agent]", "agent", "aarch64", "3.11", "LiteRT + ONNX Runtime + OpenCV"),
+    Target("32-bit Raspberry Pi OS (armv7l)", "device,tflite", "armv7l", "3.11",
            "PyPI only; Raspberry Pi OS's pip also reads piwheels"),
-    Target("Jetson, JetPack 6 (before NVIDIA's wheels)", "device,camera", "manylinux_2_28_aarch64", "3.10",
-           "plus NVIDIA's onnxruntime-gpu or torch wheel"),
-    Target("x86 gateway", "agent", "manylinux_2_28_x86_64", "3.11"),
-    Target("update server (x86)", "server", "manylinux_2_28_x86_64", "3.11"),
+    Target("Jetson, JetPack 6 (before NVIDIA's wheels)", "device,camera", "aarch64", "3.10",
+           "plus NVIDIA's onnxruntime-gpu or torch wheel", glibc=35),
+    Target("x86 gateway", "agent", "x86_64", "3.11"),
+    Target("update server (x86)", "server", "x86_64", "3.11"),
 ]
 
 
@@ -54,12 +60,13 @@ def build_wheel(out: Path) -> Path:
 
 def measure(target: Target, wheel: Path) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="edgefleet-size-") as folder:
+        platforms = [arg for tag in target.platforms() for arg in ("--platform", tag)]
         command = [sys.executable, "-m", "pip", "download", "-q", "--dest", folder, "--only-binary=:all:",
-                   "--platform", target.platform, "--python-version", target.python,
-                   f"edgefleet[{target.extras}] @ {wheel.as_uri()}"]
+                   *platforms, "--python-version", target.python, f"edgefleet[{target.extras}] @ {wheel.as_uri()}"]
         done = subprocess.run(command, capture_output=True, text=True)
-        row: dict[str, object] = {"target": target.name, "extras": target.extras, "platform": target.platform,
-                                  "python": target.python, "note": target.note}
+        row: dict[str, object] = {"target": target.name, "extras": target.extras,
+                                  "platform": f"{target.arch}, glibc 2.{target.glibc}", "python": target.python,
+                                  "note": target.note}
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if "ERROR" in line] or done.stderr.splitlines()[-1:]
             row["error"] = lines[0].strip() if lines else f"pip exited {done.returncode}"
