@@ -1,17 +1,16 @@
 """Cheap per-frame statistics and bounded-memory windowed histograms.
 
-Input statistics are computed on a small grayscale copy of the frame (``WORK_SIZE`` square,
-area-averaged), so their cost does not grow with the camera's resolution and a frame seen on
-the device and the same image seen by the server (as a model-input tensor) give the same
-figures. Output statistics are the top-1 class and score of a classifier, or a strided
+Input statistics are computed on a small grayscale copy of the frame (at most ``WORK_SIZE`` a
+side, area-averaged: ``smallgray``), so their cost does not grow with the camera's resolution
+and a frame seen on the device and the same image seen by the server (as a model-input tensor)
+give the same figures. Output statistics are the top-1 class and score of a classifier, or a strided
 sample of each output's values otherwise.
 
-numpy only: the server profiles calibration tensors with the same code and must not need OpenCV.
+No OpenCV import here: the server profiles calibration tensors with the same code.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,60 +18,22 @@ from typing import Any
 
 import numpy as np
 
-WORK_SIZE = 48  # side of the grayscale copy the input statistics are computed on
+from agent.quality.smallgray import luma_stats
+
 MAX_VALUES_PER_OUTPUT = 256  # values of one output that go into its histogram per frame
 INPUT_STATS = ("brightness", "contrast", "blur", "aspect", "pixels")
 SIZE_STATS = ("aspect", "pixels")  # meaningless on model-input tensors (already resized)
-
-
-_LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)  # ITU-R BT.601, as OpenCV's BGR2GRAY
-
-
-@functools.lru_cache(maxsize=64)
-def _area_weights(out: int, size: int) -> np.ndarray:
-    """(out, size) matrix averaging each output cell over the input cells it covers (OpenCV's INTER_AREA)."""
-    edges = np.arange(out + 1, dtype=np.float64) * (size / out)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    cells = np.arange(size, dtype=np.float64)[None, :]
-    overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None)
-    weights = (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
-    weights.flags.writeable = False
-    return weights
-
-
-def _gray_small(frame: np.ndarray) -> np.ndarray:
-    """The frame as a WORK_SIZE square of luma in 0..255 (float32)."""
-    if frame.ndim == 3 and frame.shape[2] == 1:
-        frame = frame[:, :, 0]
-    if frame.ndim not in (2, 3) or frame.size == 0 or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
-        raise ValueError(f"expected an image (H, W[, 1|3|4]), got shape {list(frame.shape)}")
-    if frame.dtype != np.uint8:
-        frame = np.clip(frame, 0, 255).astype(np.uint8)
-    h, w = frame.shape[:2]
-    if min(h, w) > WORK_SIZE * 4:  # point-sample big frames first (a strided view): the cost stays flat up to 4K
-        frame = frame[:: h // (WORK_SIZE * 2), :: w // (WORK_SIZE * 2)]
-        h, w = frame.shape[:2]
-    luma = frame.astype(np.float32) if frame.ndim == 2 else frame[:, :, :3] @ _LUMA_BGR
-    return np.asarray(_area_weights(WORK_SIZE, h) @ luma @ _area_weights(WORK_SIZE, w).T)
-
-
-def _laplacian(image: np.ndarray) -> np.ndarray:
-    """The 4-neighbour Laplacian of the interior pixels."""
-    return np.asarray(image[:-2, 1:-1] + image[2:, 1:-1] + image[1:-1, :-2] + image[1:-1, 2:]
-                      - 4.0 * image[1:-1, 1:-1])
 
 
 def input_stats(frame: np.ndarray) -> dict[str, float]:
     """brightness = mean luma, contrast = luma std (both 0..1), blur = log10(1e-6 + variance of the
     Laplacian of luma in 0..1) (sharper is higher), aspect = w/h, pixels = log2(h*w)."""
     h, w = frame.shape[:2]
-    small = _gray_small(frame)
-    lap_var = float(_laplacian(small).var()) / (255.0 * 255.0)
-    mean = float(small.mean())
+    mean, std, lap_var = luma_stats(frame)
     return {
         "brightness": mean / 255.0,
-        "contrast": math.sqrt(max(0.0, float(np.mean(small * small)) - mean * mean)) / 255.0,
-        "blur": math.log10(1e-6 + lap_var),
+        "contrast": std / 255.0,
+        "blur": math.log10(1e-6 + lap_var / (255.0 * 255.0)),
         "aspect": w / h,
         "pixels": math.log2(h * w),
     }
