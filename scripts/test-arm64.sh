@@ -17,9 +17,11 @@ arch="${ARCH:-arm64}"
 cache="${EDGEFLEET_ARM_CACHE:-/var/cache/edgefleet-arm}"
 root="$cache/bookworm-$arch"
 case "$arch" in
-  arm64) qemu=aarch64; cpu="${QEMU_CPU:-cortex-a76}"; extras="${EXTRAS:-agent,server,test}"; venv_flags=""
+  arm64) qemu=aarch64; cpu="${QEMU_CPU:-cortex-a76}"; extras="${EXTRAS:-agent,server,test}"; venv_flags=""; include=""
          suites=(tests/runtime tests/unit tests/daemon tests/telemetry tests/ota tests/quality) ;;
-  armhf) qemu=arm; cpu="${QEMU_CPU:-cortex-a7}"; extras="${EXTRAS:-device,tflite,test}"; venv_flags=""
+  armhf) qemu=arm; cpu="${QEMU_CPU:-cortex-a7}"; extras="${EXTRAS:-device,tflite,test}"
+         # PyPI has no armv7l numpy, psutil, PyYAML: Debian's, through the venv; bsdiff4 builds from source
+         venv_flags="--system-site-packages"; include=",python3-numpy,python3-psutil,python3-yaml,python3-dev,gcc"
          suites=(tests/runtime tests/unit) ;;
   *) echo "test-arm64.sh: ARCH must be arm64 or armhf, not $arch" >&2; exit 2 ;;
 esac
@@ -79,7 +81,7 @@ if [ ! -f "$root/.edgefleet-ready" ]; then
   say "debootstrap bookworm $arch from $mirror into $root"
   rm -rf "$root.tmp"; mkdir -p "$cache"
   debootstrap --arch="$arch" --variant=minbase \
-    --include=python3,python3-venv,python3-dev,gcc,ca-certificates,libgomp1,libstdc++6,mosquitto,mosquitto-clients \
+    --include="python3,python3-venv,ca-certificates,libgomp1,libstdc++6,mosquitto,mosquitto-clients$include" \
     bookworm "$root.tmp" "$mirror" > "$cache/debootstrap-$arch.log" 2>&1 \
     || { tail -20 "$cache/debootstrap-$arch.log" >&2; exit 1; }
   printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' > "$root.tmp/etc/hosts"  # debootstrap writes none
@@ -131,6 +133,7 @@ tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude=./.arm64 --exclude='
   | tar -C "$root/src" -xf -
 in_root() {  # a clean environment: none of the host's PIP_* or PYTHON* variables leak in
   chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TMPDIR=/tmp QEMU_CPU="$cpu" \
+    EDGEFLEET_TEST_SLOWDOWN="${EDGEFLEET_TEST_SLOWDOWN:-10}" \
     PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 "$@"
 }
 want="$(sha256sum pyproject.toml | cut -c1-16) $extras"
@@ -138,7 +141,7 @@ if [ "$(cat "$root/opt/venv/.edgefleet-installed" 2>/dev/null)" != "$want" ]; th
   say "installing .[$extras] into /opt/venv (pip cache: $root/root/.cache/pip)"
   [ -x "$root/opt/venv/bin/python" ] || in_root python3 -m venv $venv_flags /opt/venv
   in_root /opt/venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-  in_root /bin/sh -c "cd /src && /opt/venv/bin/python -m pip install -q --prefer-binary -e '.[$extras]'"
+  in_root /bin/sh -c "cd /src && /opt/venv/bin/python -m pip install -q --no-compile --prefer-binary -e '.[$extras]'"
   echo "$want" > "$root/opt/venv/.edgefleet-installed"
 else
   in_root /bin/sh -c "cd /src && /opt/venv/bin/python -m pip install -q --no-deps --no-build-isolation -e ."
