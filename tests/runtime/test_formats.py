@@ -10,7 +10,8 @@ from agent.runtime import detect_format, load_model
 from tests.support.models import write_jpeg, write_truncated
 
 
-@pytest.mark.parametrize(("key", "fmt"), [("tflite_float", "tflite"), ("tflite_uint8", "tflite"), ("onnx", "onnx"),
+@pytest.mark.parametrize(("key", "fmt"), [("tflite_float", "tflite"), ("tflite_uint8", "tflite"),
+                                          pytest.param("onnx", "onnx", marks=pytest.mark.onnx),
                                           pytest.param("torchscript", "torchscript", marks=pytest.mark.torch)])
 def test_detects_by_content(models: dict[str, Path], tmp_path: Path, key: str, fmt: str) -> None:
     renamed = tmp_path / "model.bin"  # the name says nothing
@@ -24,7 +25,8 @@ def test_executorch_identifier(tmp_path: Path) -> None:
     assert detect_format(pte) == "pte"
 
 
-@pytest.mark.parametrize("make", ["jpeg", "truncated_onnx", "truncated_tflite_header", "missing", "empty", "directory",
+@pytest.mark.parametrize("make", ["jpeg", pytest.param("truncated_onnx", marks=pytest.mark.onnx),
+                                  "truncated_tflite_header", "missing", "empty", "directory",
                                   "plain_zip", "text"])
 def test_bad_files_are_one_line_model_load_errors(models: dict[str, Path], tmp_path: Path, make: str) -> None:
     path = tmp_path / "model.onnx"
