@@ -1,11 +1,18 @@
-"""bsdiff4 patches between two stored artifacts, made once and kept in the store."""
+"""Patches between two stored artifacts, made once and kept in the store.
+
+Two algorithms: ``bsdiff4`` (bytes; any file) and ``tensor`` (ONNX / TFLite: tensor by tensor, see
+server/tensordelta.py). A rollout makes the patches its devices will want before its waves reach them,
+and — where every float weight moved — a validated ``delta-q8`` variant (server/deltavariant.py); the
+manifest then offers the smallest valid option (server/transfers.py).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,58 +28,96 @@ from server.crud.registry import list_variants
 from server.db import Database
 from server.db.models import Device, Rollout, RolloutDevice
 from server.storage import ArtifactStore
+from server.tensors import NotParsable
 
 _lock = threading.Lock()
 # bsdiff holds both files and a suffix array in memory (~ 9x the larger file): bigger ones go whole
 MAX_DELTA_BYTES = 256 * 1024 * 1024
+# a tensor delta maps both files and holds one tensor at a time (and the skeleton)
+MAX_TENSOR_DELTA_BYTES = 8 * 1024 * 1024 * 1024
 # patches for models up to this size are made before a rollout's first wave starts (milliseconds)
 INLINE_DELTA_BYTES = 8 * 1024 * 1024
 
 
-def ensure_delta(db: Database, store: ArtifactStore, *, from_sha256: str, to_sha256: str) -> tuple[str, int]:
-    """(patch sha256, size) for from→to, making and storing the patch on first request."""
+@contextmanager
+def local_files(store: ArtifactStore, shas: list[str]) -> Iterator[list[Path]]:
+    """Paths of stored artifacts on this machine (a remote store's are copied into scratch for the block)."""
+    temporary: list[Path] = []
+    try:
+        local: list[Path] = []
+        for sha in shas:
+            path = store.path(sha)
+            if path is None:
+                fd, name = tempfile.mkstemp(dir=store.scratch_dir(), prefix="src-")
+                with os.fdopen(fd, "wb") as out, store.open(sha) as src:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                path = Path(name)
+                temporary.append(path)
+            local.append(path)
+        yield local
+    finally:
+        for path in temporary:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch_file(store: ArtifactStore, prefix: str) -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(dir=store.scratch_dir(), prefix=prefix)
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _make(algorithm: str, old: Path, new: Path, patch: Path) -> dict[str, Any] | None:
+    if algorithm == "bsdiff4":
+        bsdiff4.file_diff(str(old), str(new), str(patch))
+        return None
+    from server.tensordelta import build_tensor_delta
+    from server.tensors import read_layout
+
+    return build_tensor_delta(read_layout(old, external=False), read_layout(new, external=False), patch).summary()
+
+
+def ensure_delta(db: Database, store: ArtifactStore, *, from_sha256: str, to_sha256: str,
+                 algorithm: str = "bsdiff4") -> tuple[str, int]:
+    """(patch sha256, size) for from→to, making and storing the patch on first request. NotFound for an
+    artifact that is not stored; NotParsable when a tensor delta cannot be made between these files."""
+    if algorithm not in crud.ALGORITHMS:
+        raise ValueError(f"unknown delta algorithm {algorithm!r}: one of {', '.join(crud.ALGORITHMS)}")
     with db.session() as session:
-        row = crud.get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256)
+        row = crud.get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, algorithm=algorithm)
         if row is not None and store.exists(row.sha256):
             return row.sha256, row.size
     for sha in (from_sha256, to_sha256):
         if not store.exists(sha):
             raise NotFound(f"artifact {sha} is not stored")
-    with _lock:  # one bsdiff at a time: it holds both files in memory
+    with _lock:  # one patch at a time: bsdiff holds both files in memory
         with db.session() as session:
-            row = crud.get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256)
+            row = crud.get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, algorithm=algorithm)
             if row is not None and store.exists(row.sha256):
                 return row.sha256, row.size
-        scratch = store.scratch_dir()
-        temporary: list[Path] = []
-        try:
-            local: dict[str, Path] = {}
-            for sha in (from_sha256, to_sha256):
-                path = store.path(sha)
-                if path is None:  # a remote store: copy it down first
-                    fd, name = tempfile.mkstemp(dir=scratch, prefix="src-")
-                    with os.fdopen(fd, "wb") as out, store.open(sha) as src:
-                        while chunk := src.read(1 << 20):
-                            out.write(chunk)
-                    path = Path(name)
-                    temporary.append(path)
-                local[sha] = path
-            fd, patch_name = tempfile.mkstemp(dir=scratch, prefix="delta-")
-            os.close(fd)
-            patch = Path(patch_name)
-            temporary.append(patch)
-            bsdiff4.file_diff(str(local[from_sha256]), str(local[to_sha256]), str(patch))
+        with local_files(store, [from_sha256, to_sha256]) as (old, new), scratch_file(store, "delta-") as patch:
+            report = _make(algorithm, old, new, patch)
             sha256, size = store.put_file(patch)
-        finally:
-            for path in temporary:
-                path.unlink(missing_ok=True)
         with db.session() as session:
-            crud.record_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, sha256=sha256, size=size)
+            crud.record_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, sha256=sha256, size=size,
+                              algorithm=algorithm, report=report)
         return sha256, size
 
 
 def rollout_delta_pairs(session: Session, *, rollout_id: int, config: ServerConfig) -> set[tuple[str, str]]:
     """(from, to) artifact pairs the devices of a rollout will ask for: what each runs → its variant."""
+    return {(current, target) for current, target, _ in rollout_transfer_kinds(session, rollout_id=rollout_id,
+                                                                                config=config)}
+
+
+def rollout_transfer_kinds(session: Session, *, rollout_id: int,
+                           config: ServerConfig) -> set[tuple[str, str, str]]:
+    """(what a device runs, the variant's sha256, the variant's name) for each kind of device in a rollout."""
     from server.manifests import select_variant
 
     rollout = session.get(Rollout, rollout_id)
@@ -87,7 +132,7 @@ def rollout_delta_pairs(session: Session, *, rollout_id: int, config: ServerConf
         runnable = runnable_formats(device)
         kinds.add((str(device.model_sha256), device.device_class or "",
                    frozenset(runnable) if runnable is not None else None))
-    pairs: set[tuple[str, str]] = set()
+    found: set[tuple[str, str, str]] = set()
     for current, device_class, formats in kinds:
         try:
             variant = select_variant(variants, preferences=config.device_classes.get(device_class, []),
@@ -95,8 +140,8 @@ def rollout_delta_pairs(session: Session, *, rollout_id: int, config: ServerConf
         except LookupError:
             continue
         if variant.sha256 and variant.sha256 != current:
-            pairs.add((current, variant.sha256))
-    return pairs
+            found.add((current, variant.sha256, variant.name))
+    return found
 
 
 def rollout_artifact_bytes(state: Any, rollout_id: int) -> int:
@@ -112,19 +157,35 @@ def _size(store: ArtifactStore, sha256: str) -> int:
 
 def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerConfig, rollout_id: int,
                            progress: Callable[[float, str], None]) -> dict[str, Any]:
-    """Make the patches a rollout's devices will want before its waves reach them (a background job)."""
+    """Make the patches (and delta variants) a rollout's devices will want before its waves reach them."""
+    from server.deltavariant import maybe_build_delta_variant
+
     with db.session() as session:
-        pairs = sorted(rollout_delta_pairs(session, rollout_id=rollout_id, config=config))
+        kinds = sorted(rollout_transfer_kinds(session, rollout_id=rollout_id, config=config))
+        rollout = session.get(Rollout, rollout_id)
+        version_id = rollout.version_id if rollout is not None else None
     made: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    for index, (from_sha, to_sha) in enumerate(pairs):
-        progress(index / max(1, len(pairs)), f"delta {from_sha[:12]} → {to_sha[:12]}")
+    for index, (from_sha, to_sha, variant_name) in enumerate(kinds):
+        progress(index / max(1, len(kinds)), f"delta {from_sha[:12]} → {to_sha[:12]}")
         if not (store.exists(from_sha) and store.exists(to_sha)):
             skipped.append({"from": from_sha, "to": to_sha, "reason": "artifact not stored"})
             continue
-        if max(store.size(from_sha), store.size(to_sha)) > MAX_DELTA_BYTES:
-            skipped.append({"from": from_sha, "to": to_sha, "reason": "too large for bsdiff"})
-            continue
-        sha256, size = ensure_delta(db, store, from_sha256=from_sha, to_sha256=to_sha)
-        made.append({"from": from_sha, "to": to_sha, "sha256": sha256, "size": size})
+        larger = max(store.size(from_sha), store.size(to_sha))
+        for algorithm, limit in (("bsdiff4", MAX_DELTA_BYTES), ("tensor", MAX_TENSOR_DELTA_BYTES)):
+            if larger > limit:
+                skipped.append({"from": from_sha, "to": to_sha, "algorithm": algorithm,
+                                "reason": f"too large for {algorithm}"})
+                continue
+            try:
+                sha256, size = ensure_delta(db, store, from_sha256=from_sha, to_sha256=to_sha, algorithm=algorithm)
+            except NotParsable as exc:
+                skipped.append({"from": from_sha, "to": to_sha, "algorithm": algorithm, "reason": str(exc)})
+                continue
+            made.append({"from": from_sha, "to": to_sha, "algorithm": algorithm, "sha256": sha256, "size": size})
+        if version_id is not None and larger <= MAX_TENSOR_DELTA_BYTES:
+            outcome = maybe_build_delta_variant(db, store, version_id=version_id, base_sha256=from_sha,
+                                                variant_name=variant_name)
+            if outcome is not None:
+                made.append(outcome)
     return {"rollout_id": rollout_id, "deltas": made, "skipped": skipped}

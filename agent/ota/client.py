@@ -34,7 +34,8 @@ from agent.config import AgentConfig
 from agent.daemon.host import ModelHost
 from agent.daemon.quality import save_profile
 from agent.errors import ConfigError, EdgefleetError, SignatureError, TransportError, UpdateRejected
-from agent.ota.download import DiskFull, Downloader, apply_delta
+from agent.ota.download import DiskFull, Downloader
+from agent.ota.patches import apply_patch, patch_supported
 from agent.ota.serverapi import ReportQueue, ServerApi, load_token, save_token
 from agent.ota.slots import SlotInfo, SlotStore
 from agent.ota.state import (
@@ -363,7 +364,7 @@ class UpdateClient:
         delta = manifest.delta
         assert delta is not None
         old = self._current_artifact(delta.from_sha256)
-        if old is None:
+        if old is None or not patch_supported(delta.algorithm):
             return False
         patch = self.partial_dir / f"{delta.sha256}.patch"
         try:
@@ -377,7 +378,7 @@ class UpdateClient:
         try:
             check_artifact(patch, delta.sha256, delta.size)
             tmp = done.with_suffix(".patched")
-            apply_delta(old, patch, tmp)
+            apply_patch(delta.algorithm, old, patch, tmp)
             check_artifact(tmp, manifest.artifact.sha256, manifest.artifact.size)
         except UpdateRejected as exc:
             log.warning("delta failed (%s); fetching the full artifact", exc)

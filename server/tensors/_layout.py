@@ -46,8 +46,10 @@ class ModelLayout:
         return [str(path.relative_to(root)) for path in self.files]
 
 
-def read_layout(path: Path) -> ModelLayout:
-    """The layout of an ONNX or TFLite model; NotParsable for anything else or a malformed file."""
+def read_layout(path: Path, *, external: bool = True) -> ModelLayout:
+    """The layout of an ONNX or TFLite model; NotParsable for anything else or a malformed file.
+    ``external=False`` refuses ONNX external data (a stored artifact is one file: whatever lies beside it in
+    the store is another artifact)."""
     with path.open("rb") as handle:
         head = handle.read(8)
     if len(head) >= 8 and head[4:8] == b"TFL3":
@@ -57,7 +59,7 @@ def read_layout(path: Path) -> ModelLayout:
     if head[:1] == b"\x08":  # ModelProto field 1 (ir_version), varint
         from server.tensors._onnx import onnx_layout
 
-        return onnx_layout(path)
+        return onnx_layout(path, external=external)
     raise NotParsable(f"{path.name}: neither ONNX nor TFLite")
 
 

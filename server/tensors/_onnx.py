@@ -76,9 +76,9 @@ class _Wire:
 
 
 class _Walker:
-    def __init__(self, wire: _Wire, folder: Path) -> None:
+    def __init__(self, wire: _Wire, folder: Path | None) -> None:
         self.wire = wire
-        self.folder = folder
+        self.folder = folder  # None: external data is refused
         self.files: list[Path] = []
         self.tensors: list[TensorSpan] = []
         self.seen: dict[str, int] = {}
@@ -181,6 +181,8 @@ class _Walker:
 
     def external(self, key: str, dtype: str, dims: tuple[int, ...], info: dict[str, str]) -> None:
         location = info.get("location", "")
+        if self.folder is None:
+            raise NotParsable(f"tensor {key} keeps its data in an external file ({location!r})")
         relative = PurePosixPath(location)
         if not location or relative.is_absolute() or ".." in relative.parts:
             raise NotParsable(f"external data location {location!r} is not a file beside the model")
@@ -201,12 +203,12 @@ class _Walker:
             self.tensors.append(TensorSpan(key, dtype, dims, self.files.index(path) + 1, offset, length))
 
 
-def onnx_layout(path: Path) -> ModelLayout:
+def onnx_layout(path: Path, *, external: bool = True) -> ModelLayout:
     size = path.stat().st_size
     if size == 0:
         raise NotParsable(f"{path.name} is empty")
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        walker = _Walker(_Wire(buf), path.parent)
+        walker = _Walker(_Wire(buf), path.parent if external else None)
         try:
             walker.model()
         except (IndexError, ValueError) as exc:

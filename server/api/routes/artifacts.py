@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -13,6 +13,7 @@ from server.api.deps import SHA256, StateDep, require_device_or_admin
 from server.crud import NotFound
 from server.deltas import ensure_delta
 from server.storage import ArtifactStore, iter_range
+from server.tensors import NotParsable
 
 router = APIRouter(tags=["artifacts"], dependencies=[Depends(require_device_or_admin)])
 
@@ -81,15 +82,18 @@ def artifact(sha256: ShaPath, state: StateDep, range: Annotated[str | None, Head
 
 @router.get("/v1/deltas/{from_sha256}/{to_sha256}", response_class=Response, responses={
     200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content"},
-    404: {"description": "unknown artifact"}})
+    404: {"description": "unknown artifact"}, 422: {"description": "no such delta can be made"}})
 async def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep,
+                algorithm: Annotated[Literal["bsdiff4", "tensor"], Query()] = "bsdiff4",
                 range: Annotated[str | None, Header()] = None,
                 if_range: Annotated[str | None, Header()] = None) -> Response:
     if from_sha256 == to_sha256:
         raise HTTPException(422, "from and to are the same artifact")
     try:
         patch_sha, _ = await run_in_threadpool(ensure_delta, state.db, state.store, from_sha256=from_sha256,
-                                               to_sha256=to_sha256)
+                                               to_sha256=to_sha256, algorithm=algorithm)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
+    except NotParsable as exc:
+        raise HTTPException(422, f"no tensor delta between these artifacts: {exc}") from exc
     return serve(state.store, patch_sha, patch_sha, range, if_range)
