@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from server.db import Database
 from server.db.models import Device, Rollout, RolloutDevice
 from server.storage import ArtifactStore
 from server.tensors import NotParsable
+from server.transfers import choose_transfer, is_delta_variant
 
 _lock = threading.Lock()
 # bsdiff holds both files and a suffix array in memory (~ 9x the larger file): bigger ones go whole
@@ -115,6 +117,18 @@ def rollout_delta_pairs(session: Session, *, rollout_id: int, config: ServerConf
                                                                                 config=config)}
 
 
+def _member_kinds(session: Session, rollout_id: int) -> Counter[tuple[str | None, str, frozenset[str] | None]]:
+    """Devices of a rollout by (what they run, class, runnable formats): a fleet has few distinct kinds."""
+    members = select(Device).join(RolloutDevice, RolloutDevice.device_id == Device.id).where(
+        RolloutDevice.rollout_id == rollout_id)
+    kinds: Counter[tuple[str | None, str, frozenset[str] | None]] = Counter()
+    for device in session.scalars(members):
+        runnable = runnable_formats(device)
+        kinds[(device.model_sha256, device.device_class or "",
+               frozenset(runnable) if runnable is not None else None)] += 1
+    return kinds
+
+
 def rollout_transfer_kinds(session: Session, *, rollout_id: int,
                            config: ServerConfig) -> set[tuple[str, str, str]]:
     """(what a device runs, the variant's sha256, the variant's name) for each kind of device in a rollout."""
@@ -123,17 +137,11 @@ def rollout_transfer_kinds(session: Session, *, rollout_id: int,
     rollout = session.get(Rollout, rollout_id)
     if rollout is None:
         return set()
-    variants = list_variants(session, version_id=rollout.version_id)
-    members = select(Device).join(RolloutDevice, RolloutDevice.device_id == Device.id).where(
-        RolloutDevice.rollout_id == rollout_id, Device.model_sha256.is_not(None))
-    # a fleet has few distinct (model, class, runtimes): choose the variant once per combination
-    kinds: set[tuple[str, str, frozenset[str] | None]] = set()
-    for device in session.scalars(members):
-        runnable = runnable_formats(device)
-        kinds.add((str(device.model_sha256), device.device_class or "",
-                   frozenset(runnable) if runnable is not None else None))
+    variants = [v for v in list_variants(session, version_id=rollout.version_id) if not is_delta_variant(v.name)]
     found: set[tuple[str, str, str]] = set()
-    for current, device_class, formats in kinds:
+    for current, device_class, formats in _member_kinds(session, rollout_id):
+        if current is None:
+            continue
         try:
             variant = select_variant(variants, preferences=config.device_classes.get(device_class, []),
                                      formats=set(formats) if formats is not None else None)
@@ -142,6 +150,33 @@ def rollout_transfer_kinds(session: Session, *, rollout_id: int,
         if variant.sha256 and variant.sha256 != current:
             found.add((current, variant.sha256, variant.name))
     return found
+
+
+def rollout_transfers(session: Session, *, rollout_id: int, config: ServerConfig) -> list[dict[str, Any]]:
+    """What each kind of device in a rollout is offered (the manifest's choice) and how many devices that is."""
+    from server.manifests import Release, select_variant
+
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        return []
+    release = Release.load(session, rollout.version_id)
+
+    def lookup(current: str, target: str) -> list[tuple[str, str, int]]:
+        return [(r.algorithm, r.sha256, r.size) for r in crud.deltas_between(session, from_sha256=current,
+                                                                              to_sha256=target)]
+
+    plans: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for (current, device_class, formats), count in _member_kinds(session, rollout_id).items():
+        try:
+            variant = select_variant(release.variants, preferences=config.device_classes.get(device_class, []),
+                                     formats=set(formats) if formats is not None else None)
+        except LookupError:
+            continue
+        transfer = choose_transfer(current, variant, release.variants, lookup).public()
+        key = (current, *transfer.values())
+        plan = plans.setdefault(key, {"from_sha256": current, **transfer, "devices": 0})
+        plan["devices"] += count
+    return sorted(plans.values(), key=lambda p: (-p["devices"], str(p["from_sha256"])))
 
 
 def rollout_artifact_bytes(state: Any, rollout_id: int) -> int:
@@ -189,3 +224,32 @@ def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerCon
             if outcome is not None:
                 made.append(outcome)
     return {"rollout_id": rollout_id, "deltas": made, "skipped": skipped}
+
+
+def version_deltas(session: Session, *, version_id: int) -> list[dict[str, Any]]:
+    """Every stored delta into a variant of the version, and whether the manifest would choose it for a device
+    running its ``from`` artifact (against the full artifact and the other deltas)."""
+    from server.manifests import Release
+
+    release = Release.load(session, version_id)
+    by_sha = {v.sha256: v for v in release.variants if v.sha256}
+    by_name = {v.name: v for v in release.variants}
+    rows = crud.deltas_to(session, to_sha256s=list(by_sha))
+
+    def lookup(current: str, target: str) -> list[tuple[str, str, int]]:
+        return [(r.algorithm, r.sha256, r.size) for r in rows if (r.from_sha256, r.to_sha256) == (current, target)]
+
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        to = by_sha[row.to_sha256]
+        exact = by_name.get(to.of or "") if is_delta_variant(to.name) else to
+        if exact is None or exact.sha256 is None:
+            continue
+        chosen = choose_transfer(row.from_sha256, exact, release.variants, lookup)
+        full = int(exact.size or 0)
+        out.append({"from_sha256": row.from_sha256, "to_sha256": row.to_sha256, "to_variant": to.name,
+                    "algorithm": row.algorithm, "size": row.size, "full_size": full,
+                    "ratio": round(row.size / full, 4) if full else None,
+                    "chosen": chosen.delta is not None and chosen.delta.sha256 == row.sha256
+                    and chosen.variant.sha256 == row.to_sha256})
+    return out

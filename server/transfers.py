@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-OPTIONS = ("full", "bsdiff4", "tensor", "delta-q8")  # the tie-break order
+OPTIONS = ("installed", "full", "bsdiff4", "tensor", "delta-q8")  # the tie-break order
 DELTA_VARIANT = "delta-q8"  # the name prefix of delta variants (server/deltavariant.py)
 
 
@@ -43,7 +43,7 @@ class VariantView(Protocol):
 
 @dataclass(frozen=True)
 class Transfer:
-    option: str  # one of OPTIONS
+    option: str  # one of OPTIONS ("installed": nothing to send)
     variant: VariantView  # what the device installs (a delta-q8 variant where that option wins)
     delta: DeltaOffer | None
     bytes: int  # what crosses the wire
@@ -63,14 +63,16 @@ def choose_transfer(current: str | None, target: VariantView, variants: Sequence
     """The option for a device running ``current`` whose class and runtimes select ``target``."""
     assert target.sha256 is not None
     full_size = int(target.size or 0)
+    if current == target.sha256:
+        return Transfer("installed", target, None, 0, full_size)
     full = Transfer("full", target, None, full_size, full_size)
-    if not current or current == target.sha256:
+    if not current:
         return full
     derived = [v for v in variants if is_delta_variant(v.name) and v.status == "ready" and v.sha256
                and v.of == target.name]
     for variant in derived:
         if variant.sha256 == current:
-            return Transfer("delta-q8", variant, None, 0, full_size)  # it runs this version's variant already
+            return Transfer("installed", variant, None, 0, full_size)  # it runs this version's delta variant
     options = [full]
     for algorithm, sha256, size in deltas(current, target.sha256):
         options.append(Transfer(algorithm, target, DeltaOffer(current, sha256, size, algorithm), size, full_size))

@@ -84,3 +84,39 @@ def make_onnx_mlp(path: Path, weights: dict[str, np.ndarray], *, external: str |
 def mlp_reference(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     hidden = np.maximum(x @ weights["w1"].T + weights["b1"], 0)
     return (hidden @ weights["w2"].T + weights["b2"]).astype(np.float32)
+
+
+def image_mlp_weights(seed: int, hidden: int = 512, classes: int = 128) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"w1": (rng.standard_normal((3 * 8 * 8, hidden)) * 0.1).astype(np.float32),
+            "w2": (rng.standard_normal((hidden, classes)) * 0.1).astype(np.float32)}
+
+
+def make_image_mlp(path: Path, weights: dict[str, np.ndarray]) -> Path:
+    """``image`` float32 [N,3,32,32] -> 4x4 average pool -> flatten -> MatMul w1 -> Relu -> MatMul w2 ->
+    Softmax -> ``scores`` [N, classes]: the OTA rig's input, with weights large enough for deltas to matter."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.support.models import _save_onnx
+
+    flat = weights["w1"].shape[0]
+    inits = [numpy_helper.from_array(weights["w1"], "w1"), numpy_helper.from_array(weights["w2"], "w2"),
+             numpy_helper.from_array(np.array([-1, flat], dtype=np.int64), "flat")]
+    nodes = [helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
+             helper.make_node("Reshape", ["pooled", "flat"], ["rows"]),
+             helper.make_node("MatMul", ["rows", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["scores"], axis=1)]
+    graph = helper.make_graph(nodes, "image_mlp",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT,
+                                                             ["N", weights["w2"].shape[1]])], inits)
+    return _save_onnx(graph, path)
+
+
+def image_mlp_reference(weights: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+    pooled = image.reshape(image.shape[0], 3, 8, 4, 8, 4).mean(axis=(3, 5)).reshape(image.shape[0], -1)
+    logits = np.maximum(pooled @ weights["w1"], 0) @ weights["w2"]
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
