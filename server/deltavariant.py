@@ -29,7 +29,7 @@ from server.transfers import DELTA_VARIANT as PREFIX
 log = logging.getLogger("edgefleet.server.deltavariant")
 
 DELTA_Q8 = Thresholds(top1_min=0.99, cosine_min=0.999, max_rel_abs_error=None)
-MIN_CHANGED_FLOATS = 0.5  # a version "whose weights all moved": at least this share of float elements changed
+MIN_CHANGED_FLOAT32 = 0.5  # a version "whose weights all moved": changed float32 tensors hold this share of the data
 MAX_RATIO = 0.9  # of the best exact option (full, bsdiff or tensor delta): a lossy variant must save clearly
 
 
@@ -64,13 +64,13 @@ def maybe_build_delta_variant(db: Database, store: ArtifactStore, *, version_id:
     tensor = exact.get("tensor")
     if tensor is None or not tensor[1]:
         return None  # no exact tensor delta: not two models with matching tensors
-    moved = float(tensor[1].get("changed_float_fraction") or 0.0)
-    if moved < MIN_CHANGED_FLOATS:
-        return None  # a partial retrain: the exact tensor delta is already what changed
+    moved = float(tensor[1].get("changed_float32_share") or 0.0)
+    if moved < MIN_CHANGED_FLOAT32:
+        return None  # a partial retrain (or an int8 model): the exact tensor delta is already what changed
     best = min([full, *(size for size, _ in exact.values())])
     report: dict[str, Any] = {"recipe": PREFIX, "what": "base + int8 per-tensor quantization of (new - base)",
                               "of": variant_name, "base_sha256": base_sha256, "target_sha256": target_sha,
-                              "exact_best_bytes": best, "changed_float_fraction": moved}
+                              "exact_best_bytes": best, "changed_float32_share": moved}
     with local_files(store, [base_sha256, target_sha]) as (base, new), \
             scratch_file(store, "q8delta-") as patch, scratch_file(store, "q8variant-") as variant:
         outcome = _build(store, base, new, patch, variant, report, best=best, task=task,

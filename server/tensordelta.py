@@ -54,6 +54,8 @@ class DeltaStats:
     quantized: int = 0
     unchanged_bytes: int = 0
     changed_bytes: int = 0  # raw size of the changed (and new) tensors
+    tensor_bytes: int = 0
+    changed_float32_bytes: int = 0  # what a delta-q8 variant can shrink
     float_elements: int = 0
     changed_float_elements: int = 0
     payload_bytes: int = 0
@@ -67,6 +69,8 @@ class DeltaStats:
         doc = {k: v for k, v in self.__dict__.items() if k != "by_tensor"}
         doc["changed_float_fraction"] = round(self.changed_float_elements / self.float_elements, 4) \
             if self.float_elements else 0.0
+        doc["changed_float32_share"] = round(self.changed_float32_bytes / self.tensor_bytes, 4) \
+            if self.tensor_bytes else 0.0
         return doc
 
 
@@ -122,7 +126,8 @@ class _Writer:
         self.targets = targets  # None: the target exists already, only its sha256 is wanted
         self.digests = [hashlib.sha256() for _ in targets]
         self.segments: list[list[Any]] = []
-        self.compressor = zstandard.ZstdCompressor(level=level)
+        self.stream = zstandard.ZstdCompressor(level=level).stream_writer(payload, closefd=False)  # one frame
+        self.compressor = zstandard.ZstdCompressor(level=level)  # for trials (a context streams one frame at a time)
 
     def rebuilt(self, member: int, data: bytes) -> None:
         out = self.targets[member]
@@ -130,12 +135,14 @@ class _Writer:
             out.write(data)
         self.digests[member].update(data)
 
-    def frame(self, pieces: Any, size: int) -> int:
-        start = self.payload.tell()
-        with self.compressor.stream_writer(self.payload, size=size, closefd=False) as writer:
-            for piece in pieces:
-                writer.write(piece)
-        return self.payload.tell() - start
+    def data(self, pieces: Any) -> None:
+        for piece in pieces:
+            self.stream.write(piece)
+
+    def close(self) -> int:
+        """End the payload frame; its compressed size."""
+        self.stream.close()
+        return self.payload.tell()
 
 
 def build_tensor_delta(base: ModelLayout, target: ModelLayout, out: Path, *, q8: bool = False,
@@ -174,7 +181,8 @@ def build_tensor_delta(base: ModelLayout, target: ModelLayout, out: Path, *, q8:
                 position = t.offset + t.length
             if size > position:
                 skeleton_at = _skeleton(writer, member, target_skeleton, skeleton_at, size - position)
-        header = {"chunk": chunk,
+        stats.payload_bytes = writer.close()
+        header = {"chunk": chunk, "payload_size": stats.payload_bytes,
                   "bases": [{"name": n, "size": s} for n, s in zip(base.names(), base_sizes, strict=True)],
                   "targets": [{"name": n, "size": s, "sha256": d.hexdigest()} for n, s, d in
                               zip(target.names(), target_sizes, writer.digests, strict=True)],
@@ -183,7 +191,6 @@ def build_tensor_delta(base: ModelLayout, target: ModelLayout, out: Path, *, q8:
                                "sha256": hashlib.sha256(target_skeleton).hexdigest()},
                   "segments": writer.segments}
         packed = zstandard.ZstdCompressor(level=level).compress(json.dumps(header, separators=(",", ":")).encode())
-        stats.payload_bytes = payload.tell()
         stats.skeleton_patch_bytes = len(patch)
         stats.header_bytes = PREAMBLE.size + len(packed)
         payload.seek(0)
@@ -213,6 +220,7 @@ def _array(files: _Files, t: TensorSpan) -> np.ndarray:
 def _tensor(writer: _Writer, member: int, t: TensorSpan, match: TensorSpan | None, old: _Files, new: _Files,
             stats: DeltaStats, *, q8: bool, chunk: int) -> None:
     stats.tensors += 1
+    stats.tensor_bytes += t.length
     floats = t.dtype in ("float32", "float16", "float64")
     elements = t.length // t.elem
     stats.float_elements += elements if floats else 0
@@ -220,8 +228,8 @@ def _tensor(writer: _Writer, member: int, t: TensorSpan, match: TensorSpan | Non
         stats.new += 1
         stats.changed_bytes += t.length
         stats.changed_float_elements += elements if floats else 0
-        size = writer.frame((shuffle(p, t.elem) for p in _pieces(new, t, chunk)), t.length)
-        writer.segments.append(["l", member, t.length, t.elem, size])
+        writer.data(shuffle(p, t.elem) for p in _pieces(new, t, chunk))
+        writer.segments.append(["l", member, t.length, t.elem])
         for piece in _pieces(new, t, chunk):
             writer.rebuilt(member, piece)
         return
@@ -234,6 +242,7 @@ def _tensor(writer: _Writer, member: int, t: TensorSpan, match: TensorSpan | Non
         return
     stats.changed += 1
     stats.changed_bytes += t.length
+    stats.changed_float32_bytes += t.length if t.dtype == "float32" else 0
     if floats:
         stats.changed_float_elements += int(np.count_nonzero(_array(old, match) != _array(new, t)))
     if q8 and t.dtype == "float32":
@@ -243,21 +252,21 @@ def _tensor(writer: _Writer, member: int, t: TensorSpan, match: TensorSpan | Non
             scale, q = quantized
             stats.quantized += 1
             step = chunk // 4
-            size = writer.frame((q[s:s + step].tobytes() for s in range(0, q.size, step)), q.size)
-            writer.segments.append(["q", member, t.length, match.file, match.offset, scale, size])
+            writer.data(q[s:s + step].tobytes() for s in range(0, q.size, step))
+            writer.segments.append(["q", member, t.length, match.file, match.offset, scale])
             writer.rebuilt(member, q8_apply(base_f, np.float32(scale), q).astype("<f4").tobytes())
-            stats.by_tensor.append({"key": t.key, "kind": "q", "bytes": t.length, "payload": size})
+            stats.by_tensor.append({"key": t.key, "kind": "q", "bytes": t.length})
             return
     kind = _better_coding(old.span(match, 0, min(chunk, t.length)), new.span(t, 0, min(chunk, t.length)), t.elem,
                           writer.compressor)
     coded = (shuffle(np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)), t.elem) if kind == "x"
              else diff_encode(a, b, t.elem) for a, b in zip(_pieces(old, match, chunk), _pieces(new, t, chunk),
                                                            strict=True))
-    size = writer.frame(coded, t.length)
-    writer.segments.append([kind, member, t.length, match.file, match.offset, t.elem, size])
+    writer.data(coded)
+    writer.segments.append([kind, member, t.length, match.file, match.offset, t.elem])
     for piece in _pieces(new, t, chunk):
         writer.rebuilt(member, piece)
-    stats.by_tensor.append({"key": t.key, "kind": kind, "bytes": t.length, "payload": size})
+    stats.by_tensor.append({"key": t.key, "kind": kind, "bytes": t.length})
 
 
 def _better_coding(old: bytes, new: bytes, elem: int, compressor: zstandard.ZstdCompressor) -> str:

@@ -6,17 +6,17 @@ dtype and writes one file, read here front to back::
     b"EFTD"  u16 format version  u16 0  u32 header length      (little-endian)
     header   zstd-compressed JSON: base and target files, the skeleton, the segments
     patch    bsdiff4 patch from the base's skeleton to the target's (everything that is not tensor data)
-    payloads one zstd frame per segment that carries data, in segment order
+    payload  one zstd frame: the data of every segment that carries any, in segment order
 
 Each target file is the concatenation of its segments:
 
     ["s", m, n]                         the next n bytes of the rebuilt target skeleton
     ["c", m, n, bm, boff]               n bytes copied from base file bm at boff (an unchanged tensor)
-    ["x", m, n, bm, boff, elem, z]      base bytes XOR the payload (z bytes), byte-plane shuffled per chunk
-    ["d", m, n, bm, boff, elem, z]      base + the payload: zigzag differences of the elem-byte bit patterns
-                                        (integers, wrapping), byte-plane shuffled per chunk
-    ["l", m, n, elem, z]                literal bytes, byte-plane shuffled per chunk (a new tensor)
-    ["q", m, n, bm, boff, scale, z]     float32: base + scale * int8 payload (a ``delta-q8`` variant)
+    ["x", m, n, bm, boff, elem]         base bytes XOR n payload bytes, byte-plane shuffled per chunk
+    ["d", m, n, bm, boff, elem]         base + n payload bytes: zigzag differences of the elem-byte bit
+                                        patterns (integers, wrapping), byte-plane shuffled per chunk
+    ["l", m, n, elem]                   n literal payload bytes, byte-plane shuffled per chunk (a new tensor)
+    ["q", m, n, bm, boff, scale]        float32: base + scale * n/4 int8 payload bytes (a ``delta-q8`` variant)
 
 Memory stays bounded by the skeleton (capped) and a few chunks, whatever the model's size: the base is
 read by offset, the delta and the output are streamed. Every figure in the header is checked before
@@ -102,6 +102,7 @@ class Header:
     targets: list[dict[str, Any]]
     skeleton: dict[str, Any]
     segments: list[list[Any]]
+    payload_size: int  # of the zstd frame after the skeleton patch
     payload_start: int  # file offset of the skeleton patch
 
 
@@ -139,6 +140,7 @@ def read_header(handle: BinaryIO, file_size: int) -> Header:
         raise _fail("header is not an object")
     parts: dict[str, Any] = {k: doc.get(k) for k in ("bases", "targets", "skeleton", "segments")}
     header = Header(FORMAT_VERSION, _int(doc.get("chunk"), "chunk", 8, MAX_CHUNK_BYTES),
+                    payload_size=_int(doc.get("payload_size"), "payload_size", 0, file_size),
                     payload_start=PREAMBLE.size + length, **parts)
     _check(header, file_size)
     return header
@@ -177,7 +179,7 @@ def _check(header: Header, file_size: int) -> None:
     if not isinstance(segments, list) or len(segments) > MAX_SEGMENTS:
         raise _fail(f"segments is not a list of at most {MAX_SEGMENTS}")
     written = [0] * len(header.targets)
-    skeleton_used, payload, last = 0, patch, 0
+    skeleton_used, last = 0, 0
     for seg in segments:
         if not isinstance(seg, list) or len(seg) < 3 or seg[0] not in ("s", "c", "x", "d", "l", "q"):
             raise _fail(f"unknown segment {str(seg)[:60]}")
@@ -185,7 +187,7 @@ def _check(header: Header, file_size: int) -> None:
         last = member
         length = _int(seg[2], "segment length")
         kind = seg[0]
-        shape = {"s": 3, "c": 5, "x": 7, "d": 7, "l": 5, "q": 7}[kind]
+        shape = {"s": 3, "c": 5, "x": 6, "d": 6, "l": 4, "q": 6}[kind]
         if len(seg) != shape:
             raise _fail(f"segment {kind} has {len(seg)} fields, not {shape}")
         if kind in ("c", "x", "d", "q"):
@@ -202,21 +204,19 @@ def _check(header: Header, file_size: int) -> None:
                 raise _fail("a q8 segment has no valid scale or is not float32")
         if kind == "s":
             skeleton_used += length
-        else:
-            payload += 0 if kind == "c" else _int(seg[-1], "payload size")
         written[member] += length
     if skeleton_used != skel["target_size"]:
         raise _fail("the segments do not use the whole skeleton")
-    if header.payload_start + payload != file_size:
-        raise _fail(f"the payloads need {payload} bytes after the header, the file has "
-                    f"{file_size - header.payload_start}")
+    if header.payload_start + patch + header.payload_size != file_size:
+        raise _fail(f"the patch and payload need {patch + header.payload_size} bytes after the header, the file "
+                    f"has {file_size - header.payload_start}")
     for member, entry in enumerate(header.targets):
         if written[member] != entry["size"]:
             raise _fail(f"target {member}: segments make {written[member]} bytes, not {entry['size']}")
 
 
 class _Slice:
-    """A reader over the next ``size`` bytes of ``handle`` (one zstd frame)."""
+    """A reader over the next ``size`` bytes of ``handle`` (the payload frame)."""
 
     def __init__(self, handle: BinaryIO, size: int) -> None:
         self.handle = handle
@@ -229,32 +229,36 @@ class _Slice:
         return data
 
 
-def _frames(handle: BinaryIO, zsize: int, length: int, chunk: int) -> Any:
-    """Yield the decompressed payload of one segment in pieces of ``chunk`` bytes (the last shorter)."""
-    import zstandard
+class _Payload:
+    """The decompressed payload stream, taken a piece at a time in segment order."""
 
-    source = _Slice(handle, zsize)
-    try:
-        reader_of = zstandard.ZstdDecompressor().stream_reader
-        with reader_of(source, read_across_frames=False, closefd=False) as reader:  # type: ignore[arg-type]
-            done = 0
-            while done < length:
-                want = min(chunk, length - done)
-                piece = bytearray()
-                while len(piece) < want:
-                    block = reader.read(want - len(piece))
-                    if not block:
-                        raise _fail(f"a payload ended after {done + len(piece)} of {length} bytes")
-                    piece += block
-                done += want
-                yield bytes(piece)
-            if reader.read(1):
-                raise _fail("a payload holds more than its segment")
-    except zstandard.ZstdError as exc:
-        raise _fail(f"a payload does not decompress: {exc}") from exc
-    if source.left:
-        source.read()
-        raise _fail("a payload is longer than its frame")
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        import zstandard
+
+        self.source = _Slice(handle, size)
+        self.error = zstandard.ZstdError
+        self.reader = zstandard.ZstdDecompressor().stream_reader(
+            self.source, read_across_frames=False, closefd=False)  # type: ignore[arg-type]
+
+    def take(self, size: int) -> bytes:
+        piece = bytearray()
+        try:
+            while len(piece) < size:
+                block = self.reader.read(size - len(piece))
+                if not block:
+                    raise _fail("the payload ended before the last segment")
+                piece += block
+        except self.error as exc:
+            raise _fail(f"the payload does not decompress: {exc}") from exc
+        return bytes(piece)
+
+    def finish(self) -> None:
+        try:
+            extra = self.reader.read(1)
+        except self.error as exc:
+            raise _fail(f"the payload does not decompress: {exc}") from exc
+        if extra or self.source.left:
+            raise _fail("the payload holds more than its segments")
 
 
 def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
@@ -265,7 +269,7 @@ def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
     return data
 
 
-def _segment(seg: list[Any], delta: BinaryIO, bases: Sequence[BinaryIO], skeleton: memoryview, chunk: int,
+def _segment(seg: list[Any], payload: _Payload, bases: Sequence[BinaryIO], skeleton: memoryview, chunk: int,
              used: int, out: BinaryIO, digest: Any) -> int:
     """Write one segment's bytes; returns how much of the skeleton it used."""
     kind, _member, length = seg[0], seg[1], seg[2]
@@ -277,27 +281,24 @@ def _segment(seg: list[Any], delta: BinaryIO, bases: Sequence[BinaryIO], skeleto
     if kind == "s":
         emit(skeleton[used:used + length])
         return length
-    if kind == "c":
-        base, offset = bases[seg[3]], seg[4]
-        for start in range(0, length, chunk):
-            emit(_read_at(base, offset + start, min(chunk, length - start)))
-        return 0
     if kind == "l":
-        for piece in _frames(delta, seg[4], length, chunk):
-            emit(unshuffle(piece, seg[3]).tobytes())
+        for start in range(0, length, chunk):
+            emit(unshuffle(payload.take(min(chunk, length - start)), seg[3]).tobytes())
         return 0
     base, offset = bases[seg[3]], seg[4]
-    position = offset
-    plain, step = (length // 4, chunk // 4) if kind == "q" else (length, chunk)  # q8: one byte per float32
-    for piece in _frames(delta, seg[6], plain, step):
-        if kind in ("x", "d"):
-            old = _read_at(base, position, len(piece))
-            emit(xor_apply(old, unshuffle(piece, seg[5])) if kind == "x" else diff_apply(old, piece, seg[5]))
-            position += len(piece)
+    step = chunk if kind != "q" else chunk - chunk % 4
+    for start in range(0, length, step):
+        size = min(step, length - start)
+        old = _read_at(base, offset + start, size)
+        if kind == "c":
+            emit(old)
+        elif kind == "x":
+            emit(xor_apply(old, unshuffle(payload.take(size), seg[5])))
+        elif kind == "d":
+            emit(diff_apply(old, payload.take(size), seg[5]))
         else:
-            old_f = np.frombuffer(_read_at(base, position, 4 * len(piece)), "<f4")
-            emit(q8_apply(old_f, np.float32(seg[5]), np.frombuffer(piece, np.int8)).astype("<f4").tobytes())
-            position += 4 * len(piece)
+            q = np.frombuffer(payload.take(size // 4), np.int8)
+            emit(q8_apply(np.frombuffer(old, "<f4"), np.float32(seg[5]), q).astype("<f4").tobytes())
     return 0
 
 
@@ -328,13 +329,15 @@ def apply_files(bases: list[Path], delta_path: Path, outputs: list[Path]) -> Non
             if len(skeleton) != header.skeleton["target_size"] or \
                     hashlib.sha256(skeleton).hexdigest() != header.skeleton["sha256"]:
                 raise _fail("the rebuilt skeleton does not match its sha256")
-            _write_targets(header, delta, handles, memoryview(skeleton), outputs)
+            payload = _Payload(delta, header.payload_size)
+            _write_targets(header, payload, handles, memoryview(skeleton), outputs)
+            payload.finish()
         finally:
             for handle in handles:
                 handle.close()
 
 
-def _write_targets(header: Header, delta: BinaryIO, bases: Sequence[BinaryIO], skeleton: memoryview,
+def _write_targets(header: Header, payload: _Payload, bases: Sequence[BinaryIO], skeleton: memoryview,
                    outputs: list[Path]) -> None:
     used = 0
     for member, path in enumerate(outputs):
@@ -342,7 +345,7 @@ def _write_targets(header: Header, delta: BinaryIO, bases: Sequence[BinaryIO], s
         with open(path, "wb") as out:
             for seg in header.segments:
                 if seg[1] == member:
-                    used += _segment(seg, delta, bases, skeleton, header.chunk, used, out, digest)
+                    used += _segment(seg, payload, bases, skeleton, header.chunk, used, out, digest)
             out.flush()
             os.fsync(out.fileno())
         if digest.hexdigest() != header.targets[member]["sha256"]:

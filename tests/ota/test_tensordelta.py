@@ -159,7 +159,7 @@ def test_a_corrupt_or_truncated_header_is_refused(pair: tuple[Path, Path, Path],
     base, _target, delta = pair
     data = delta.read_bytes()
     (tmp_path / "short").write_bytes(data[: len(data) - 7])
-    _refused(base, tmp_path / "short", tmp_path / "out", "payloads need")
+    _refused(base, tmp_path / "short", tmp_path / "out", "the patch and payload need")
     garbled = bytearray(data)
     garbled[PREAMBLE.size + 3] ^= 0xFF
     (tmp_path / "garbled").write_bytes(bytes(garbled))
