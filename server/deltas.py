@@ -8,6 +8,7 @@ manifest then offers the smallest valid option (server/transfers.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -32,6 +33,7 @@ from server.storage import ArtifactStore
 from server.tensors import NotParsable
 from server.transfers import choose_transfer, is_delta_variant
 
+log = logging.getLogger("edgefleet.server.deltas")
 _lock = threading.Lock()
 # bsdiff holds both files and a suffix array in memory (~ 9x the larger file): bigger ones go whole
 MAX_DELTA_BYTES = 256 * 1024 * 1024
@@ -217,10 +219,21 @@ def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerCon
             except NotParsable as exc:
                 skipped.append({"from": from_sha, "to": to_sha, "algorithm": algorithm, "reason": str(exc)})
                 continue
+            except Exception as exc:  # a model this code trips on must not stop the rollout: it goes whole
+                if algorithm == "bsdiff4":
+                    raise
+                log.exception("tensor delta %s → %s failed", from_sha[:12], to_sha[:12])
+                skipped.append({"from": from_sha, "to": to_sha, "algorithm": algorithm,
+                                "reason": f"{type(exc).__name__}: {exc}"})
+                continue
             made.append({"from": from_sha, "to": to_sha, "algorithm": algorithm, "sha256": sha256, "size": size})
         if version_id is not None and larger <= MAX_TENSOR_DELTA_BYTES:
-            outcome = maybe_build_delta_variant(db, store, version_id=version_id, base_sha256=from_sha,
-                                                variant_name=variant_name)
+            try:
+                outcome = maybe_build_delta_variant(db, store, version_id=version_id, base_sha256=from_sha,
+                                                    variant_name=variant_name)
+            except Exception as exc:  # the exact options stand without it
+                log.exception("delta-q8 variant from %s failed", from_sha[:12])
+                outcome = {"variant": "delta-q8", "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
             if outcome is not None:
                 made.append(outcome)
     return {"rollout_id": rollout_id, "deltas": made, "skipped": skipped}

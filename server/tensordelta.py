@@ -55,7 +55,7 @@ class DeltaStats:
     unchanged_bytes: int = 0
     changed_bytes: int = 0  # raw size of the changed (and new) tensors
     tensor_bytes: int = 0
-    changed_float32_bytes: int = 0  # what a delta-q8 variant can shrink
+    changed_float32_bytes: int = 0  # bytes of float32 values that differ: what a delta-q8 variant can shrink
     float_elements: int = 0
     changed_float_elements: int = 0
     payload_bytes: int = 0
@@ -105,17 +105,22 @@ def _gaps(layout: ModelLayout, sizes: list[int]) -> list[tuple[int, int, int]]:
     return gaps
 
 
-def _q8(base: np.ndarray, new: np.ndarray) -> tuple[float, np.ndarray] | None:
-    """(scale, int8 q) with ``base + scale * q`` ≈ ``new`` per tensor; None where that cannot hold."""
-    if not (np.all(np.isfinite(base)) and np.all(np.isfinite(new))):
-        return None
-    diff = new.astype(np.float64) - base.astype(np.float64)
-    peak = float(np.max(np.abs(diff))) if diff.size else 0.0
+def _q8_scale(pairs: Any) -> float | None:
+    """The per-tensor scale max|new - base| / 127 over (base, new) float32 chunks; None where q8 cannot hold
+    (non-finite values, no change, a scale that underflows)."""
+    peak = 0.0
+    for base, new in pairs:
+        if not (np.all(np.isfinite(base)) and np.all(np.isfinite(new))):
+            return None
+        if base.size:
+            peak = max(peak, float(np.max(np.abs(new.astype(np.float64) - base.astype(np.float64)))))
     scale = np.float32(peak / 127.0)
-    if not peak or not np.isfinite(scale) or scale <= 0:
-        return None
-    q = np.clip(np.rint(diff / float(scale)), -127, 127).astype(np.int8)
-    return float(scale), q
+    return float(scale) if peak and np.isfinite(scale) and scale > 0 else None
+
+
+def _q8(base: np.ndarray, new: np.ndarray, scale: float) -> np.ndarray:
+    diff = new.astype(np.float64) - base.astype(np.float64)
+    return np.clip(np.rint(diff / scale), -127, 127).astype(np.int8)
 
 
 class _Writer:
@@ -213,8 +218,11 @@ def _pieces(files: _Files, t: TensorSpan, chunk: int) -> Any:
     return (files.span(t, s, min(chunk, t.length - s)) for s in range(0, t.length, chunk))
 
 
-def _array(files: _Files, t: TensorSpan) -> np.ndarray:
-    return np.frombuffer(files.span(t), np.dtype(t.dtype).newbyteorder("<"))
+def _arrays(old: _Files, match: TensorSpan, new: _Files, t: TensorSpan, chunk: int) -> Any:
+    """(base, target) values of two matched float tensors, a chunk at a time."""
+    dtype = np.dtype(t.dtype).newbyteorder("<")
+    return ((np.frombuffer(a, dtype), np.frombuffer(b, dtype))
+            for a, b in zip(_pieces(old, match, chunk), _pieces(new, t, chunk), strict=True))
 
 
 def _tensor(writer: _Writer, member: int, t: TensorSpan, match: TensorSpan | None, old: _Files, new: _Files,
@@ -242,19 +250,19 @@ def _tensor(writer: _Writer, member: int, t: TensorSpan, match: TensorSpan | Non
         return
     stats.changed += 1
     stats.changed_bytes += t.length
-    stats.changed_float32_bytes += t.length if t.dtype == "float32" else 0
     if floats:
-        stats.changed_float_elements += int(np.count_nonzero(_array(old, match) != _array(new, t)))
+        moved = sum(int(np.count_nonzero(a != b)) for a, b in _arrays(old, match, new, t, chunk))
+        stats.changed_float_elements += moved
+        stats.changed_float32_bytes += 4 * moved if t.dtype == "float32" else 0
     if q8 and t.dtype == "float32":
-        base_f = _array(old, match)
-        quantized = _q8(base_f, _array(new, t))
-        if quantized is not None:
-            scale, q = quantized
+        scale = _q8_scale(_arrays(old, match, new, t, chunk))
+        if scale is not None:
             stats.quantized += 1
-            step = chunk // 4
-            writer.data(q[s:s + step].tobytes() for s in range(0, q.size, step))
             writer.segments.append(["q", member, t.length, match.file, match.offset, scale])
-            writer.rebuilt(member, q8_apply(base_f, np.float32(scale), q).astype("<f4").tobytes())
+            for base_f, new_f in _arrays(old, match, new, t, chunk):
+                q = _q8(base_f, new_f, scale)
+                writer.data([q.tobytes()])
+                writer.rebuilt(member, q8_apply(base_f, np.float32(scale), q).astype("<f4").tobytes())
             stats.by_tensor.append({"key": t.key, "kind": "q", "bytes": t.length})
             return
     kind = _better_coding(old.span(match, 0, min(chunk, t.length)), new.span(t, 0, min(chunk, t.length)), t.elem,
