@@ -41,6 +41,7 @@ from server.tensors import ModelLayout, NotParsable, TensorSpan
 
 CHUNK_BYTES = 1 << 20
 ZSTD_LEVEL = 19
+WINDOW_LOG = 22  # a 4 MiB window: the device's decoder holds it (agent/ota/tensordelta.py MAX_WINDOW_BYTES)
 
 
 @dataclass
@@ -131,7 +132,8 @@ class _Writer:
         self.targets = targets  # None: the target exists already, only its sha256 is wanted
         self.digests = [hashlib.sha256() for _ in targets]
         self.segments: list[list[Any]] = []
-        self.stream = zstandard.ZstdCompressor(level=level).stream_writer(payload, closefd=False)  # one frame
+        params = zstandard.ZstdCompressionParameters.from_level(level, window_log=WINDOW_LOG)
+        self.stream = zstandard.ZstdCompressor(compression_params=params).stream_writer(payload, closefd=False)
         self.compressor = zstandard.ZstdCompressor(level=level)  # for trials (a context streams one frame at a time)
 
     def rebuilt(self, member: int, data: bytes) -> None:

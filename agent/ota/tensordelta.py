@@ -45,6 +45,7 @@ PREAMBLE = struct.Struct("<4sHHI")
 MAX_HEADER_BYTES = 16 << 20  # compressed and decompressed
 MAX_SKELETON_BYTES = 64 << 20  # each side; the server makes no tensor delta past it
 MAX_CHUNK_BYTES = 16 << 20
+MAX_WINDOW_BYTES = 8 << 20  # the zstd window a payload may ask the decoder to hold (the server uses 4 MiB)
 MAX_SEGMENTS = 1 << 20
 MAX_FILES = 64
 ELEM_SIZES = (1, 2, 4, 8)
@@ -237,7 +238,7 @@ class _Payload:
 
         self.source = _Slice(handle, size)
         self.error = zstandard.ZstdError
-        self.reader = zstandard.ZstdDecompressor().stream_reader(
+        self.reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).stream_reader(
             self.source, read_across_frames=False, closefd=False)  # type: ignore[arg-type]
 
     def take(self, size: int) -> bytes:

@@ -212,3 +212,15 @@ def test_rebuild_memory_is_bounded_by_chunks_not_by_the_model(tmp_path: Path) ->
     assert size > 48e6
     assert peak < 12e6, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.0f} MB model"
     assert hashlib.sha256((tmp_path / "out.onnx").read_bytes()).digest() == hashlib.sha256(target.read_bytes()).digest()
+
+
+def test_a_payload_asking_for_a_larger_zstd_window_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder's memory is bounded too: a frame declaring a 32 MiB window is refused, not allocated."""
+    import server.tensordelta
+
+    weights = mlp_weights(51)
+    base = make_onnx_mlp(tmp_path / "v1.onnx", weights)
+    target = make_onnx_mlp(tmp_path / "v2.onnx", fine_tuned(weights, 52))
+    monkeypatch.setattr(server.tensordelta, "WINDOW_LOG", 25)
+    build_tensor_delta(read_layout(base), read_layout(target), tmp_path / "wide.eftd")
+    _refused(base, tmp_path / "wide.eftd", tmp_path / "out", "does not decompress")
