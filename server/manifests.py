@@ -232,7 +232,8 @@ class ManifestService:
         generation = key[-1]
         release = self._release(session, device.desired_version_id, generation)
         transfer = self.transfer(session, device, release, generation)
-        document = build_manifest(device=device, release=release, variant=transfer.variant,  # type: ignore[arg-type]
+        assert isinstance(transfer.variant, VariantInfo)  # one of release.variants
+        document = build_manifest(device=device, release=release, variant=transfer.variant,
                                   terms=self._rollout_terms(session, device), delta=transfer.delta,
                                   config=self.config, public_url=self.public_url)
         body = self.signer.sign(document).model_dump_json().encode()
