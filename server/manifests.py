@@ -26,10 +26,11 @@ from agent.signing import sign_canonical, sign_document
 from agent.wire import Manifest, SignedManifest
 from server.config import ServerConfig
 from server.crud import counters
-from server.crud.deltas import get_delta
+from server.crud.deltas import deltas_between
 from server.crud.devices import hash_token, runnable_formats
 from server.crud.registry import list_variants, version_by_id
 from server.db.models import Counter, Device, Rollout
+from server.transfers import DeltaOffer, Transfer, choose_transfer
 from server.trust import Material, ServerTrust
 
 K = TypeVar("K", bound=Hashable)
@@ -103,6 +104,8 @@ class VariantInfo:
     sha256: str | None
     format: str | None
     size: int | None
+    base_sha256: str | None = None  # a delta-q8 variant: the artifact it was made from
+    of: str | None = None  # a delta-q8 variant: the variant it approximates
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ class Release:
         model, version = version_by_id(session, version_id=version_id)
         return cls(model.name, version.version, version.task, version.labels, version.preprocess,
                    version.runtime_hints, version.drift_profile,
-                   tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size)
+                   tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size,
+                                     (v.report or {}).get("base_sha256"), (v.report or {}).get("of"))
                          for v in list_variants(session, version_id=version_id)))
 
 
@@ -137,15 +141,16 @@ class RolloutTerms:
 
 
 def build_manifest(*, device: Device, release: Release, variant: VariantInfo, terms: RolloutTerms | None,
-                   delta: tuple[str, str, int] | None, config: ServerConfig, public_url: str) -> dict[str, Any]:
-    """The manifest document for a device; ``delta`` is (from_sha256, patch sha256, size) when one exists from
-    what it runs to ``variant``."""
+                   delta: DeltaOffer | None, config: ServerConfig, public_url: str) -> dict[str, Any]:
+    """The manifest document for a device; ``delta`` is the patch chosen from what it runs to ``variant``."""
     assert device.desired_issued_at is not None
     assert variant.sha256 is not None and variant.format is not None and variant.size is not None
     delta_doc = None
     if delta is not None:
-        delta_doc = {"from_sha256": delta[0], "sha256": delta[1], "size": delta[2],
-                     "url": f"{public_url}/v1/deltas/{delta[0]}/{variant.sha256}"}
+        query = "" if delta.algorithm == "bsdiff4" else f"?algorithm={delta.algorithm}"
+        delta_doc = {"from_sha256": delta.from_sha256, "sha256": delta.sha256, "size": delta.size,
+                     "algorithm": delta.algorithm,
+                     "url": f"{public_url}/v1/deltas/{delta.from_sha256}/{variant.sha256}{query}"}
     manifest = Manifest.model_validate(dict(
         device_id=device.id,
         model={"name": release.model_name, "version": release.version, "sha256": variant.sha256,
@@ -203,7 +208,7 @@ class ManifestService:
         # what many devices share: a release per (version, generation), a rollout's terms, a delta row
         self._releases: _Lru[tuple[int, int], Release] = _Lru(64)
         self._terms: _Lru[int, RolloutTerms] = _Lru(256)
-        self._deltas: _Lru[tuple[str, str, int], tuple[str, str, int] | tuple[()]] = _Lru(1024)
+        self._deltas: _Lru[tuple[str, str, int], tuple[tuple[str, str, int], ...]] = _Lru(1024)
 
     def _state_key(self, session: Session, device: Device, legacy: bool) -> tuple[Any, ...]:
         return (device.desired_version_id, device.desired_rollout_id, bool(device.desired_revert),
@@ -245,11 +250,11 @@ class ManifestService:
             return hit[1]
         generation = key[-1]  # the registry's
         release = self._release(session, device.desired_version_id, generation)
-        variant = variant_for(device, release, self.config)
-        document = build_manifest(device=device, release=release, variant=variant,
-                                  terms=self._rollout_terms(session, device),
-                                  delta=self._delta(session, device, variant.sha256, generation), config=self.config,
-                                  public_url=self.public_url)
+        transfer = self.transfer(session, device, release, generation)
+        assert isinstance(transfer.variant, VariantInfo)  # one of release.variants
+        document = build_manifest(device=device, release=release, variant=transfer.variant,
+                                  terms=self._rollout_terms(session, device), delta=transfer.delta,
+                                  config=self.config, public_url=self.public_url)
         signed = self.signer.sign(document, legacy=legacy)
         body = signed.model_dump_json(exclude_none=True, exclude_defaults=legacy).encode()
         answer = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
@@ -275,14 +280,17 @@ class ManifestService:
             self._terms.put(device.desired_rollout_id, terms)
         return terms
 
-    def _delta(self, session: Session, device: Device, target: str | None,
-               generation: int) -> tuple[str, str, int] | None:
-        if not device.model_sha256 or target is None or device.model_sha256 == target:
-            return None
-        key = (device.model_sha256, target, generation)
+    def transfer(self, session: Session, device: Device, release: Release, generation: int) -> Transfer:
+        """The smallest valid way from what the device runs to its variant (server/transfers.py)."""
+        return choose_transfer(device.model_sha256, variant_for(device, release, self.config), release.variants,
+                               lambda a, b: self._deltas_between(session, a, b, generation))
+
+    def _deltas_between(self, session: Session, current: str, target: str,
+                        generation: int) -> tuple[tuple[str, str, int], ...]:
+        key = (current, target, generation)
         found = self._deltas.get(key)
         if found is None:
-            row = get_delta(session, from_sha256=device.model_sha256, to_sha256=target)
-            found = (row.from_sha256, row.sha256, row.size) if row is not None else ()
+            found = tuple((row.algorithm, row.sha256, row.size)
+                          for row in deltas_between(session, from_sha256=current, to_sha256=target))
             self._deltas.put(key, found)
-        return found or None
+        return found

@@ -23,6 +23,7 @@ from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
 from server.api.schemas import UploadMeta, VariantsRequest
 from server.crud import jobs as job_crud
 from server.crud import registry as crud
+from server.deltas import version_deltas
 from server.sandbox import Limits, SandboxError
 from server.state import ServerState
 from server.storage import TooLarge, copy_limited, hash_file
@@ -216,7 +217,8 @@ def get_version(name: ModelName, version: VersionNo, session: SessionDep) -> dic
 def list_variants(name: ModelName, version: VersionNo, session: SessionDep) -> dict[str, Any]:
     _, row = crud.get_version(session, name=name, version=version)
     return {"model": name, "version": version,
-            "variants": [crud.variant_public(v) for v in crud.list_variants(session, version_id=row.id)]}
+            "variants": [crud.variant_public(v) for v in crud.list_variants(session, version_id=row.id)],
+            "deltas": version_deltas(session, version_id=row.id)}
 
 
 @router.post("/v1/models/{name}/versions/{version}/variants", status_code=202)
