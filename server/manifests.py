@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from agent.signing import sign_canonical, sign_document
+from agent.signing import canonical_json, sign_canonical, sign_document
 from agent.wire import Manifest, SignedManifest
 from server.config import ServerConfig
 from server.crud import counters
@@ -51,13 +51,15 @@ class Signer:
     def material(self) -> Material:
         return self.trust.material()
 
-    def sign(self, document: dict[str, Any], *, legacy: bool = False) -> SignedManifest:
+    def sign(self, document: dict[str, Any], *, legacy: bool = False,
+             encoded: dict[str, bytes] | None = None) -> SignedManifest:
+        """``encoded``: members of ``document`` already in RFC 8785 form (the release's drift profile)."""
         material = self.material()
         if legacy:
             return SignedManifest(manifest=document, signature=sign_document(material.key, document),
                                   key_id=material.key_id)
-        return SignedManifest.model_validate({"manifest": document, "signatures": [sign_canonical(material.key,
-                                                                                                  document)],
+        signature = sign_canonical(material.key, document, encoded)
+        return SignedManifest.model_validate({"manifest": document, "signatures": [signature],
                                               "root_version": material.root_version})
 
 
@@ -118,14 +120,17 @@ class Release:
     runtime_hints: dict[str, Any] | None
     drift_profile: dict[str, Any] | None
     variants: tuple[VariantInfo, ...]
+    drift_canonical: bytes | None = None  # the drift profile in RFC 8785 form: the bulk of a manifest, shared
 
     @classmethod
     def load(cls, session: Session, version_id: int) -> Release:
         model, version = version_by_id(session, version_id=version_id)
+        profile = version.drift_profile
         return cls(model.name, version.version, version.task, version.labels, version.preprocess,
-                   version.runtime_hints, version.drift_profile,
+                   version.runtime_hints, profile,
                    tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size)
-                         for v in list_variants(session, version_id=version_id)))
+                         for v in list_variants(session, version_id=version_id)),
+                   canonical_json(profile) if profile is not None else None)
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,8 @@ class ManifestService:
                                   terms=self._rollout_terms(session, device),
                                   delta=self._delta(session, device, variant.sha256, generation), config=self.config,
                                   public_url=self.public_url)
-        signed = self.signer.sign(document, legacy=legacy)
+        encoded = {"drift_profile": release.drift_canonical} if release.drift_canonical is not None else None
+        signed = self.signer.sign(document, legacy=legacy, encoded=encoded)
         body = signed.model_dump_json(exclude_none=True, exclude_defaults=legacy).encode()
         answer = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
         self._signed.put(device.id, (key, answer))
