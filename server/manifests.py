@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -22,6 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from agent.errors import SignatureError
 from agent.signing import canonical_json, sign_canonical, sign_document
 from agent.wire import Manifest, SignedManifest
 from server.config import ServerConfig
@@ -32,6 +34,7 @@ from server.crud.registry import list_variants, version_by_id
 from server.db.models import Counter, Device, Rollout
 from server.trust import Material, ServerTrust
 
+log = logging.getLogger("edgefleet.server.manifests")
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
@@ -125,12 +128,17 @@ class Release:
     @classmethod
     def load(cls, session: Session, version_id: int) -> Release:
         model, version = version_by_id(session, version_id=version_id)
-        profile = version.drift_profile
+        profile, encoded = version.drift_profile, None
+        if profile is not None:
+            try:
+                encoded = canonical_json(profile)
+            except SignatureError as exc:  # drift is informative: a profile that cannot be signed is left out
+                log.warning("%s v%d: drift profile left out of manifests: %s", model.name, version.version, exc)
+                profile = None
         return cls(model.name, version.version, version.task, version.labels, version.preprocess,
                    version.runtime_hints, profile,
                    tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size)
-                         for v in list_variants(session, version_id=version_id)),
-                   canonical_json(profile) if profile is not None else None)
+                         for v in list_variants(session, version_id=version_id)), encoded)
 
 
 @dataclass(frozen=True)
