@@ -135,7 +135,13 @@ class ServerTrust:
             self._checked = now
             stamp = self._files_stamp()
             if self._material is None or stamp != self._stamp:
-                self._material = self._load()
+                try:
+                    self._material = self._load()
+                except ConfigError as exc:
+                    if self._material is None:
+                        raise
+                    log.error("trust material not reloaded, still signing with %s: %s", self._material.key_id[:12],
+                              exc)
                 self._stamp = stamp
             return self._material
 

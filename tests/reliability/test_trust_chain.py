@@ -86,9 +86,13 @@ def served(proxy: MitmProxy, version: int | None = None) -> Exchange:
 
 
 def rotate_key(server: RunningServer) -> str:
+    """``edgefleet-server rotate-key`` on the running server's config; returns once the server serves it."""
+    before = requests.get(f"{server.url}/v1/trust/roots", timeout=5).json()["latest"]
     done = subprocess.run([sys.executable, "-m", "server.cli", "rotate-key", "--config", str(server.config_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    wait_until(lambda: requests.get(f"{server.url}/v1/trust/roots", timeout=5).json()["latest"] == before + 1,
+               timeout=10)
     return done.stdout
 
 
