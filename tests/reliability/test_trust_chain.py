@@ -358,3 +358,9 @@ def test_a_served_manifest_verifies_with_an_independent_implementation(stack: St
     with pytest.raises(TransportError, match=r"not JSON \(NaN is not a JSON number\)"):
         device.client.run_once()
     assert device.client.state.value == "committed" and serving(device) == 1
+    # and a man in the middle cannot make the agent hold gigabytes: the body is read up to a cap
+    proxy.forward("/manifest")
+    proxy.serve("/manifest", b'{"manifest": "' + b"x" * (5 << 20) + b'"}')
+    with pytest.raises(TransportError, match="manifest is larger than 4194304 bytes"):
+        device.client.run_once()
+    assert device.client.state.value == "committed" and serving(device) == 1
