@@ -30,16 +30,17 @@ import requests
 
 from agent.config import AgentConfig
 from agent.daemon.host import ModelHost
-from agent.errors import ConfigError, EdgefleetError, SignatureError, TransportError
+from agent.errors import ConfigError, EdgefleetError, Refused, SignatureError, TransportError
 from agent.ota import accept
 from agent.ota.clock import Clock, SystemClock
 from agent.ota.context import Loader, UpdateContext
-from agent.ota.enroll import enroll
+from agent.ota.enroll import hardware
+from agent.ota.enrollment import Enrollment
 from agent.ota.handlers import Transition, handlers
 from agent.ota.handlers.report import Reporter, report_metrics
 from agent.ota.handlers.rollback import restore_previous, serve_active
 from agent.ota.roots import RootStore
-from agent.ota.serverapi import ReportQueue, ServerApi, load_token
+from agent.ota.serverapi import ReportQueue, ServerApi
 from agent.ota.slots import SlotStore
 from agent.ota.state import EVENTS, IN_PROGRESS, TERMINAL, State, StateRecord, StateStore, Trigger, next_state
 from agent.ota.trial import LatencyWindow
@@ -80,6 +81,7 @@ class UpdateClient:
         self.cycles = 0  # poll cycles the worker finished
         self._handlers = handlers()
         self._api: ServerApi | None = None
+        self._enrollment = Enrollment(config, self.state_dir, hardware)
         self._etag: str | None = None
         self._signed: SignedManifest | None = None  # the manifest behind _etag
         self._lock = threading.RLock()
@@ -162,7 +164,7 @@ class UpdateClient:
         """One cycle: flush reports, fetch the manifest, act on it, drive an update in progress."""
         with self._lock:
             self.ctx.reporter.flush()
-            reply = self.api().manifest(self.config.device_id, self._etag)
+            reply = self._enrollment.manifest(self.api(), self._etag)
             if reply.status == 200 and reply.signed is not None:
                 self._consider(reply.signed)
                 self._etag = reply.etag
@@ -179,7 +181,7 @@ class UpdateClient:
             if not server.url:
                 raise ConfigError("server.url is not set: no update server to poll")
             api = ServerApi(server.url, None, timeout_s=server.timeout_s, session=self.session)
-            api.token = server.token or load_token(self.state_dir) or enroll(self.config, api)
+            api.token = self._enrollment.token(api)
             self._api = api
         return self._api
 
@@ -208,6 +210,8 @@ class UpdateClient:
             except EdgefleetError as exc:
                 self.ctx.last_error = str(exc)
                 log.warning("update check failed: %s", exc)
+                if isinstance(exc, Refused):  # asked again at the next poll, never sooner
+                    self._retry_s = self.config.server.poll_interval_s
             except OSError as exc:  # e.g. a full disk refused the state record: retried, one line each time
                 self.ctx.last_error = f"{exc.strerror or exc} ({exc.filename or 'state'})"
                 log.warning("update cycle failed: %s", self.ctx.last_error)

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 from pydantic import ValidationError
 
-from agent.errors import TransportError
+from agent.errors import Refused, TransportError
 from agent.ota.fsutil import atomic_write, read_json
 from agent.signing import strict_json
 from agent.wire import MANIFEST_MEDIA_TYPE, EnrollRequest, EnrollResponse, SignedManifest, SignedRoot, UpdateReport
@@ -54,16 +54,25 @@ class ServerApi:
     @staticmethod
     def _fail(response: requests.Response, what: str) -> TransportError:
         try:
-            detail = response.json().get("detail")
+            body = response.json()
+            detail = body.get("detail") if isinstance(body, dict) else body
         except ValueError:
             detail = response.text[:200]
-        return TransportError(f"{what}: HTTP {response.status_code} {detail}")
+        message = f"{what}: HTTP {response.status_code} {str(detail)[:300]}"
+        if response.status_code in (401, 403, 409):
+            return Refused(message, response.status_code)
+        return TransportError(message)
 
-    def enroll(self, request: EnrollRequest) -> EnrollResponse:
-        response = self._call("POST", "/v1/enroll", json=request.model_dump(mode="json"))
+    def enroll(self, request: EnrollRequest, current_token: str | None = None) -> EnrollResponse:
+        """Enroll; an enrolled device presents its ``current_token`` (rotated by the server)."""
+        headers = {"Authorization": f"Bearer {current_token}"} if current_token else {}
+        response = self._call("POST", "/v1/enroll", json=request.model_dump(mode="json"), headers=headers)
         if response.status_code != 200:
             raise self._fail(response, "enrollment refused")
-        return EnrollResponse.model_validate(response.json())
+        try:
+            return EnrollResponse.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise TransportError(f"enrollment answer is not an EnrollResponse: {str(exc).splitlines()[0]}") from exc
 
     def manifest(self, device_id: str, etag: str | None) -> ManifestReply:
         headers = {**self.auth, "Accept": MANIFEST_MEDIA_TYPE}

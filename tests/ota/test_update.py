@@ -44,11 +44,11 @@ def test_full_update_then_a_delta_update(server: RunningServer, tmp_path: Path, 
     np.testing.assert_allclose(outputs["scores"], reference_image_classifier(image(2), seed=0), rtol=1e-5)
     assert device.client.slots.active_slot() == "slot-a"
     assert device.log.types() == ["update.downloading", "update.verified", "update.installed", "update.committed"]
-    # v2, offered as a bsdiff4 delta against v1 (the admin asks for the patch first so the manifest carries it)
+    # v2, offered as a bsdiff4 delta against v1 (the rollout makes the patch its device will ask for)
     v2 = push(server.url, server.admin(), "full", models["v2"])
+    rollout = roll_out(server.url, server.admin(), "full", v2["version"], ["ota-full"])
     made = requests.get(f"{server.url}/v1/deltas/{v1['sha256']}/{v2['sha256']}", headers=server.admin(), timeout=30)
     assert made.status_code == 200
-    rollout = roll_out(server.url, server.admin(), "full", v2["version"], ["ota-full"])
     before = device.client.bytes_transferred
     with Traffic(device.host) as traffic:
         assert device.update() == "committed"

@@ -231,8 +231,20 @@ def test_schemathesis_no_5xx_as_operator(srv: RunningServer, tokens: dict[str, s
 
 def test_schemathesis_no_5xx_as_a_device(srv: RunningServer, tokens: dict[str, str]) -> None:
     done = schemathesis(srv, tokens["a"], max(10, FUZZ_S // 2), "--include-path-regex",
-                        "^/v1/(devices|enroll|artifacts)")
+                        "^/v1/(devices|enroll|artifacts|deltas)")
     print(f"schemathesis (device token): {_cases(done.stdout)} cases")
     assert_no_server_error(done)
     assert _cases(done.stdout) > 100
+    assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_schemathesis_no_5xx_on_the_routes_issue_14_changed(srv: RunningServer, tokens: dict[str, str]) -> None:
+    """Downloads limited to the manifest's offer, deltas made only by jobs (GET never diffs, POST starts a job),
+    samples validated before storing, the upload_samples command: more cases each, as operator and device."""
+    routes = "^/v1/(deltas|artifacts|devices/\\{device_id\\}/(samples|commands|manifest|reports)|enroll)"
+    for who, token in (("admin", srv.admin_token), ("device", tokens["a"])):
+        done = schemathesis(srv, token, max(10, FUZZ_S // 2), "--include-path-regex", routes)
+        print(f"schemathesis ({who} token, issue-14 routes): {_cases(done.stdout)} cases")
+        assert_no_server_error(done)
+        assert _cases(done.stdout) > 50
     assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200

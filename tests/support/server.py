@@ -39,11 +39,12 @@ class RunningServer:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
     def enroll(self, device_id: str, *, device_class: str | None = None, tags: list[str] | None = None,
-               hw: dict[str, Any] | None = None) -> str:
-        """Enroll a device over HTTP; return its token."""
+               hw: dict[str, Any] | None = None, current_token: str | None = None) -> str:
+        """Enroll a device over HTTP (an enrolled one re-enrolls with ``current_token``); return its token."""
         response = requests.post(self.url + "/v1/enroll", json={
             "device_id": device_id, "enrollment_token": self.enrollment_token, "device_class": device_class,
-            "tags": tags or [], "hw": hw or {}}, timeout=10)
+            "tags": tags or [], "hw": hw or {}}, timeout=10,
+            headers={"Authorization": f"Bearer {current_token}"} if current_token else {})
         response.raise_for_status()
         return str(response.json()["token"])
 

@@ -59,6 +59,8 @@ class Reporter:
         self.flush()
 
     def flush(self) -> None:
+        if not self.queue.pending():
+            return
         try:
             self.queue.flush(self.api(), self.device_id)
         except (TransportError, ConfigError) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -18,7 +18,9 @@ from server.crud import devices as crud
 from server.crud import fleet
 from server.crud import telemetry as telemetry_crud
 from server.manifests import SignedBody
+from server.offers import record_offer
 from server.quality import device_drift
+from server.samples import grant
 from server.state import ServerState
 
 router = APIRouter(tags=["devices"])
@@ -66,7 +68,9 @@ def _checkin(state: ServerState, device_id: str, token: str, legacy: bool) -> tu
         device = crud.device_for_token(session, device_id=device_id, token=token) if token else None
         if device is None:
             return False, None
-        return True, state.manifests.signed(session, device=device, now=time.time(), legacy=legacy)
+        signed = state.manifests.signed(session, device=device, now=time.time(), legacy=legacy)
+        record_offer(device, signed.body if signed is not None else None)  # what it may download now
+        return True, signed
 
 
 def _refuse(state: ServerState, device_id: str, token: str) -> None:
@@ -93,8 +97,10 @@ async def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, c
 
 
 @router.get("/v1/devices", dependencies=[AdminDep])
-def list_devices(session: SessionDep, online: bool | None = None) -> dict[str, Any]:
-    devices = crud.list_devices(session, online=online)
+def list_devices(session: SessionDep, online: bool | None = None,
+                 enrollment: Annotated[Literal["enrolled", "pending", "unenrolled"] | None, Query(
+                     description="pending: waiting for the operator's approval")] = None) -> dict[str, Any]:
+    devices = crud.list_devices(session, online=online, enrollment=enrollment)
     drift = fleet.latest_drift(session, device_ids=[d.id for d in devices])
     return {"devices": [{**crud.device_public(d), "drift": device_drift(drift.get(d.id))} for d in devices]}
 
@@ -112,7 +118,8 @@ def telemetry(device_id: DeviceIdPath, session: SessionDep, since: Annotated[flo
               rollups: Annotated[bool, Query(description="include hourly downsampled rows")] = False,
               ) -> dict[str, Any]:
     crud.get_device(session, device_id=device_id)
-    doc: dict[str, Any] = {"device_id": device_id, "telemetry": [
+    doc: dict[str, Any] = {"device_id": device_id, "epochs": telemetry_crud.epoch_summary(session, device_id=device_id),
+                           "telemetry": [
         telemetry_crud.telemetry_public(r)
         for r in telemetry_crud.list_telemetry(session, device_id=device_id, since=since, limit=limit)]}
     if rollups:
@@ -135,7 +142,12 @@ def command(device_id: DeviceIdPath, body: CommandBody, state: StateDep, session
     crud.get_device(session, device_id=device_id)
     if state.ingestor is None:
         raise HTTPException(503, "MQTT is disabled in this server's configuration")
-    sent = Command(id=uuid.uuid4().hex, type=body.type, args=body.args)
+    args = dict(body.args)
+    if body.type == "upload_samples":  # the device may upload only now, as many as this grants (server/samples.py)
+        with state.db.session() as grants:  # committed before the device can answer the command
+            args["limit"] = grant(grants, device_id=device_id, args=args, section=state.config.samples,
+                                  now=time.time())
+    sent = Command(id=uuid.uuid4().hex, type=body.type, args=args)
     try:
         state.ingestor.publish_command(device_id, sent)
     except ConnectionError as exc:
