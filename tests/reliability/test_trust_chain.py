@@ -364,3 +364,14 @@ def test_a_served_manifest_verifies_with_an_independent_implementation(stack: St
     with pytest.raises(TransportError, match="manifest is larger than 4194304 bytes"):
         device.client.run_once()
     assert device.client.state.value == "committed" and serving(device) == 1
+
+
+def test_once_the_fleet_is_updated_the_legacy_form_can_be_switched_off(tmp_path: Path) -> None:
+    with stack_of(tmp_path / "strict", legacy_manifests=False) as (server, proxy):
+        device = proxied(server, proxy, tmp_path, "strict")
+        versions = Versions(server, tmp_path / "models", "strict")
+        install(device, server, versions, seed=0)  # the agent asks for the RFC 8785 form: served
+        token = {"Authorization": f"Bearer {device.client.api().token}"}
+        old_agent = requests.get(f"{server.url}/v1/devices/strict/manifest", headers=token, timeout=5)
+        assert old_agent.status_code == 406
+        assert MANIFEST_MEDIA_TYPE in old_agent.json()["detail"]
