@@ -128,3 +128,16 @@ def test_check_artifact(tmp_path: Path) -> None:
         check_artifact(path, good, 11)
     with pytest.raises(UpdateRejected, match=r"artifact sha256 .* does not match the manifest's aaaaaaaaaaaa"):
         check_artifact(path, SHA, 10)
+
+
+def test_system_clock_reads_timesyncd_and_the_kernel(tmp_path: Path) -> None:
+    import time
+
+    from agent.ota.clock import SystemClock
+
+    flag = tmp_path / "synchronized"
+    flag.touch()
+    assert SystemClock(flag).synchronized() is True  # systemd-timesyncd says so
+    kernel = SystemClock(tmp_path / "absent").synchronized()  # adjtimex(2) decides: whatever it is, a bool
+    assert isinstance(kernel, bool)
+    assert abs(SystemClock(flag).now() - time.time()) < 1.0
