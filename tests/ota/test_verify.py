@@ -130,7 +130,7 @@ def test_check_artifact(tmp_path: Path) -> None:
         check_artifact(path, SHA, 10)
 
 
-def test_system_clock_reads_timesyncd_and_the_kernel(tmp_path: Path) -> None:
+def test_system_clock_reads_timesyncds_flag(tmp_path: Path) -> None:
     import time
 
     from agent.ota.clock import SystemClock
@@ -138,6 +138,4 @@ def test_system_clock_reads_timesyncd_and_the_kernel(tmp_path: Path) -> None:
     flag = tmp_path / "synchronized"
     flag.touch()
     assert SystemClock(flag).synchronized() is True  # systemd-timesyncd says so
-    kernel = SystemClock(tmp_path / "absent").synchronized()  # adjtimex(2) decides: whatever it is, a bool
-    assert isinstance(kernel, bool)
     assert abs(SystemClock(flag).now() - time.time()) < 1.0
