@@ -104,10 +104,13 @@ def auto_picks(hw: dict[str, Any]) -> dict[str, str]:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from agent.runtime import device_class, hardware_fingerprint, probe_hardware
+    from agent.runtime.probe import accelerators
 
     hw = probe_hardware()
     picks = auto_picks(hw)
-    doc = {"device_class": device_class(hw), "fingerprint": hardware_fingerprint(hw), "hw": hw, "auto": picks}
+    present, unusable = accelerators(hw)
+    doc = {"device_class": device_class(hw), "fingerprint": hardware_fingerprint(hw), "hw": hw,
+           "accelerators": present, "not_usable": unusable, "auto": picks}
     if args.json:
         _emit_json(doc)
         return 0
@@ -119,11 +122,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     console.print(f"[bold]{doc['device_class']}[/] ({hw['board']['model'] or cpu['model']}), "
                   f"{cpu['arch']}, {cpu['usable_cores']}/{cpu['cores']} cores, {hw['memory']['total_mb']} MB; "
                   f"int8 dot product: {'yes' if cpu['int8_dot_product'] else 'no'}; flags: {' '.join(cpu['flags'])}")
-    extras = [f"Jetson L4T {hw['jetson']['l4t']}" if hw["jetson"] else "",
-              ", ".join(c["name"] for c in hw["coral"]), ", ".join(g["model"] for g in hw["nvidia_gpus"]),
-              f"CUDA {hw['cuda']}" if hw["cuda"] else "", f"TensorRT {hw['tensorrt']}" if hw["tensorrt"] else ""]
-    if any(extras):
-        console.print("accelerators: " + "; ".join(e for e in extras if e))
+    console.print("accelerators: " + ("; ".join(doc["accelerators"]) or "none"))
+    if doc["not_usable"]:
+        console.print("not usable: " + "; ".join(doc["not_usable"]))
     if hw["thermal"]:
         console.print("thermal: " + ", ".join(f"{z['type'] or z['zone']} {z['temp_c']:.1f} °C" for z in hw["thermal"]))
     table = Table(title="runtimes, delegates and providers")

@@ -1,6 +1,7 @@
 """The local inference API on ``api.listen``, with the standard library only.
 
-    POST /v1/infer   image/* or application/octet-stream: an encoded image, pre-processed
+    POST /v1/infer   image/* or application/octet-stream: an encoded image, pre-processed (needs
+                     OpenCV: without it, 415 naming the extra to install)
                      application/json: {"inputs": {name: nested list}}, cast to the input dtype
                      → {"outputs", "top_k" (classifiers), "model": {name, version, sha256}, "latency_ms"}
     GET  /v1/health  200 {"status": "ok"} / 503 {"status": "unhealthy", "reason"}
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import cv2
 import numpy as np
 
 from agent.daemon.apiguard import ApiGuard
@@ -30,6 +30,7 @@ from agent.daemon.host import ModelHost, NoModelError
 from agent.daemon.loop import Pipelines, model_ref
 from agent.daemon.preprocess import Postprocessor
 from agent.errors import InvalidInputError, ListenError
+from agent.opencv import OpenCVMissing, load_cv2
 from agent.runtime.base import Model
 from agent.wire import ModelMeta, TensorSpec
 
@@ -100,6 +101,10 @@ def json_feeds(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
 def image_feeds(body: bytes, model: Model, meta: ModelMeta,
                 pipelines: Pipelines) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The model's feeds from an encoded image, and the decoded image (BGR, as a source's frame)."""
+    try:
+        cv2 = load_cv2("an image request")
+    except OpenCVMissing as exc:
+        raise ApiError(415, f"{exc}; or send application/json") from exc
     pipeline = pipelines.get(model, meta)
     if pipeline.pre is None:
         raise ApiError(415, f"this model does not take images ({pipeline.error}); send application/json")
