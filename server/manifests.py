@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -22,7 +23,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from agent.signing import sign_canonical, sign_document
+from agent.errors import SignatureError
+from agent.signing import canonical_json, sign_canonical, sign_document
 from agent.wire import Manifest, SignedManifest
 from server.config import ServerConfig
 from server.crud import counters
@@ -33,6 +35,7 @@ from server.db.models import Counter, Device, Rollout
 from server.transfers import DeltaOffer, Transfer, choose_transfer
 from server.trust import Material, ServerTrust
 
+log = logging.getLogger("edgefleet.server.manifests")
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
@@ -52,13 +55,15 @@ class Signer:
     def material(self) -> Material:
         return self.trust.material()
 
-    def sign(self, document: dict[str, Any], *, legacy: bool = False) -> SignedManifest:
+    def sign(self, document: dict[str, Any], *, legacy: bool = False,
+             encoded: dict[str, bytes] | None = None) -> SignedManifest:
+        """``encoded``: members of ``document`` already in RFC 8785 form (the release's drift profile)."""
         material = self.material()
         if legacy:
             return SignedManifest(manifest=document, signature=sign_document(material.key, document),
                                   key_id=material.key_id)
-        return SignedManifest.model_validate({"manifest": document, "signatures": [sign_canonical(material.key,
-                                                                                                  document)],
+        signature = sign_canonical(material.key, document, encoded)
+        return SignedManifest.model_validate({"manifest": document, "signatures": [signature],
                                               "root_version": material.root_version})
 
 
@@ -121,15 +126,23 @@ class Release:
     runtime_hints: dict[str, Any] | None
     drift_profile: dict[str, Any] | None
     variants: tuple[VariantInfo, ...]
+    drift_canonical: bytes | None = None  # the drift profile in RFC 8785 form: the bulk of a manifest, shared
 
     @classmethod
     def load(cls, session: Session, version_id: int) -> Release:
         model, version = version_by_id(session, version_id=version_id)
+        profile, encoded = version.drift_profile, None
+        if profile is not None:
+            try:
+                encoded = canonical_json(profile)
+            except SignatureError as exc:  # drift is informative: a profile that cannot be signed is left out
+                log.warning("%s v%d: drift profile left out of manifests: %s", model.name, version.version, exc)
+                profile = None
         return cls(model.name, version.version, version.task, version.labels, version.preprocess,
-                   version.runtime_hints, version.drift_profile,
+                   version.runtime_hints, profile,
                    tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size,
                                      (v.report or {}).get("base_sha256"), (v.report or {}).get("of"))
-                         for v in list_variants(session, version_id=version_id)))
+                         for v in list_variants(session, version_id=version_id)), encoded)
 
 
 @dataclass(frozen=True)
@@ -255,7 +268,8 @@ class ManifestService:
         document = build_manifest(device=device, release=release, variant=transfer.variant,
                                   terms=self._rollout_terms(session, device), delta=transfer.delta,
                                   config=self.config, public_url=self.public_url)
-        signed = self.signer.sign(document, legacy=legacy)
+        encoded = {"drift_profile": release.drift_canonical} if release.drift_canonical is not None else None
+        signed = self.signer.sign(document, legacy=legacy, encoded=encoded)
         body = signed.model_dump_json(exclude_none=True, exclude_defaults=legacy).encode()
         answer = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
         self._signed.put(device.id, (key, answer))
