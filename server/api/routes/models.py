@@ -91,6 +91,9 @@ def _inspect(state: ServerState, path: Path, *, name: str, meta: UploadMeta, cal
     except SandboxError as exc:
         if exc.detail == "not_a_model":
             raise HTTPException(422, f"not a model: {exc}") from exc
+        if exc.kind == "shutdown":
+            raise HTTPException(503, "the server is shutting down; upload the model again",
+                                headers={"Retry-After": "10"}) from exc
         if exc.kind == "refused":
             raise HTTPException(422, f"model refused: {exc}") from exc
         raise HTTPException(422, f"model refused: loading and running it once {exc}") from exc
