@@ -24,6 +24,7 @@ from server.crud import jobs as job_crud
 from server.crud.telemetry import downsample_and_expire
 from server.db import Database, migrate
 from server.housekeeping import Collected, collect
+from server.httpmetrics import HttpGuardCollector
 from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.limits import BodyLimits
@@ -140,6 +141,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)
+    metrics.registry.register(HttpGuardCollector())
     app.add_middleware(BodyLimits, http=config.http,  # outermost: before any parsing
                        upload_bytes=int(config.max_upload_mb * 1024 * 1024))
 

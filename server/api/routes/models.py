@@ -104,6 +104,9 @@ def _inspect(state: ServerState, path: Path, *, name: str, meta: UploadMeta, cal
             raise HTTPException(422, f"not a model: {exc}") from exc
         if exc.detail == "bad_calibration":  # the arrays do not fit the model's inputs (server/calibration.py)
             raise HTTPException(422, str(exc)) from exc
+        if exc.kind == "shutdown":
+            raise HTTPException(503, "the server is shutting down; upload the model again",
+                                headers={"Retry-After": "10"}) from exc
         if exc.kind == "refused":
             raise HTTPException(422, f"model refused: {exc}") from exc
         raise HTTPException(422, f"model refused: loading and running it once {exc}") from exc
