@@ -173,7 +173,9 @@ def judge(case: dict[str, Any]) -> dict[str, Any]:
         out["exact_floor_vs_bsdiff"] = floor
         if not direct and floor > TARGETS["all_tensor_vs_bsdiff"]:
             out["why"] = (f"the changed bits' entropy alone is {floor:.2f}x bsdiff: no exact encoding reaches 0.5x; "
-                          "the delta variant's target applies")
+                          + ("the delta variant's target applies" if "delta_variant_bytes" in case else
+                             "and no delta variant is built here (no float32 weights moved: "
+                             f"{case['tensors']['changed_float32_share']:.0%} of the tensor data)"))
     if case["change"].startswith("last"):
         out["tensor_delta_le_1.1x_changed_raw"] = (case["tensor_vs_changed_raw"] or 0) <= \
             TARGETS["last_layer_vs_changed_raw"]
