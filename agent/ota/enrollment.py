@@ -4,6 +4,10 @@ can tell the device from someone who only holds the shared enrollment token.
 
 A refusal (401/403/409) is remembered for one poll interval: the device asks again at its next poll, not
 in a loop, and its one warning line says why. Inference never waits on any of this.
+
+The server stores nothing from an id that is not enrolled, so telemetry waits in the spool (it does not
+connect to the broker) until the device holds a token the server takes: ``enrolled(config)``. While the
+server has it waiting for approval, ``device-token.pending`` says so; the first manifest answered removes it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from agent.wire import EnrollRequest
 log = logging.getLogger(__name__)
 
 Hardware = Callable[[], tuple[str | None, dict[str, Any]]]  # (device class, hw) sent with the enrollment
+PENDING_FILE = "device-token.pending"
+
+
+def enrolled(config: AgentConfig) -> bool:
+    """Whether the device holds a token the server takes (configured, or enrolled and not waiting)."""
+    if config.server.token:
+        return True
+    return load_token(config.state_dir) is not None and not (config.state_dir / PENDING_FILE).exists()
 
 
 class Enrollment:
@@ -41,13 +53,15 @@ class Enrollment:
         """``api.manifest``; when the server no longer takes the device's token (401), enroll again once."""
         device_id = self.config.device_id
         try:
-            return api.manifest(device_id, etag)
+            reply = api.manifest(device_id, etag)
         except Refused as exc:
             if exc.status != 401 or self.config.server.token:
                 raise
             log.warning("the update server no longer takes this device's token (%s); enrolling again", exc)
-        api.token = self.enroll(api, current=api.token)
-        return api.manifest(device_id, etag)
+            api.token = self.enroll(api, current=api.token)
+            reply = api.manifest(device_id, etag)
+        (self.state_dir / PENDING_FILE).unlink(missing_ok=True)  # answered: approved, if it was waiting
+        return reply
 
     def enroll(self, api: ServerApi, *, current: str | None) -> str:
         """Enroll with ``server.enrollment_token`` (presenting ``current``, the token held now); save the token."""
@@ -65,10 +79,15 @@ class Enrollment:
             self._refused = (self.clock(), exc)
             raise
         self._refused = None
-        save_token(self.state_dir, answer.token)
+        pending = self.state_dir / PENDING_FILE
         if answer.status == "pending":
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            pending.write_bytes(b"")  # before the token: telemetry never sees a token without it
+            save_token(self.state_dir, answer.token)
             log.warning("enrolled as %s, waiting for the operator's approval (edgefleet devices approve %s)",
                         self.config.device_id, self.config.device_id)
         else:
+            save_token(self.state_dir, answer.token)
+            pending.unlink(missing_ok=True)
             log.info("enrolled as %s", self.config.device_id)
         return answer.token
