@@ -109,19 +109,20 @@ def test_a_reset_spool_is_stored_again_in_a_new_epoch(server: RunningServer, bro
         spool.write_bytes(b"a corrupt spool " * 200)  # the agent moves it aside and starts a new one
         agent.start()
         wait_until(lambda: len(telemetry(server, name)["epochs"]) == 2
-                   and telemetry(server, name)["epochs"][0]["rows"] >= 5, timeout=30)
+                   and telemetry(server, name)["epochs"][0]["messages"] >= 5, timeout=30)
         doc = wait_until(lambda: (d := device(server, name))["session"] == 1 and d["online"] and d, timeout=30)
     assert isinstance(doc, dict)
     after = telemetry(server, name)
     new, kept = after["epochs"]
     assert new["epoch"] != old["epoch"] and new["first_seq"] == 1 and new["missing"] == 0
-    assert kept == {**old, "rows": kept["rows"], "last_seq": kept["last_seq"], "last_received": kept["last_received"]}
-    assert kept["rows"] >= old["rows"] and kept["first_seq"] == 1
+    assert kept == {**old, "messages": kept["messages"], "last_seq": kept["last_seq"],
+                    "last_received": kept["last_received"]}
+    assert kept["messages"] >= old["messages"] and kept["first_seq"] == 1
     assert doc["epoch"] == new["epoch"]  # the birth of session 1 in the new epoch was applied over session 2
     stored = {(r["epoch"], r["seq"]) for r in after["telemetry"]}
     assert {(new["epoch"], s) for s in range(1, new["last_seq"] + 1)} <= stored
-    print(f"reset spool: epoch {old['epoch']} kept {kept['rows']} rows, the new epoch {new['epoch']} stored "
-          f"{new['rows']} rows from seq 1; the birth of session 1 replaced session 2")
+    print(f"reset spool: epoch {old['epoch']} kept {kept['messages']} messages, the new epoch {new['epoch']} "
+          f"stored {new['messages']} from seq 1, none missing; the birth of session 1 replaced session 2")
 
 
 def test_a_reimaged_box_is_refused_until_the_operator_resets_the_id(server: RunningServer, broker: Mosquitto,
