@@ -155,13 +155,18 @@ def test_a_reimaged_box_is_refused_until_the_operator_resets_the_id(server: Runn
 
 
 @pytest.fixture
-def strict(tmp_path: Path, broker: Mosquitto) -> Iterator[RunningServer]:
+def strict(tmp_path: Path) -> Iterator[tuple[RunningServer, Mosquitto]]:
+    """A server in ``enrollment.mode: approve`` with a broker of its own (two servers on one broker would share
+    the ``$share/edgefleet`` stream as if they were replicas of one fleet)."""
+    (tmp_path / "strict-broker").mkdir()
+    broker = Mosquitto(tmp_path / "strict-broker").start()
     running = start_server(tmp_path / "strict", mqtt_port=broker.port,
                            overrides={"enrollment": {"mode": "approve"}, "telemetry": {"batch_interval_s": 0.1}})
     try:
-        yield running
+        yield running, broker
     finally:
         running.stop()
+        broker.stop()
 
 
 def dashboard_post(server: RunningServer, path: str, *, csrf: bool = True) -> requests.Response:
@@ -175,9 +180,9 @@ def dashboard_post(server: RunningServer, path: str, *, csrf: bool = True) -> re
     return browser.post(server.url + path, data={"csrf": field}, timeout=10, allow_redirects=False)
 
 
-def test_approve_mode_holds_new_devices_until_the_operator_lets_them_in(strict: RunningServer, broker: Mosquitto,
+def test_approve_mode_holds_new_devices_until_the_operator_lets_them_in(strict: tuple[RunningServer, Mosquitto],
                                                                          tmp_path: Path) -> None:
-    server = strict
+    server, broker = strict
     name = "appr-01"
     versions = Versions(server, tmp_path / "models", "approve")
     agent = start_agent(tmp_path, name, server, broker, server={"poll_interval_s": 1.0})
