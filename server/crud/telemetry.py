@@ -158,6 +158,9 @@ def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
     ``ts_replaced``, how many of its timestamps were replaced: one UPDATE executed for all devices."""
     if not updates:
         return
+    if session.get_bind().dialect.name == "postgresql":
+        _apply_live_pg(session, updates)
+        return
     table = cast(Table, Device.__table__)
     values: dict[str, Any] = {name: func.coalesce(bindparam(f"v_{name}", type_=table.c[name].type), table.c[name])
                               for name in LIVE_COLUMNS}
@@ -166,6 +169,32 @@ def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
     params = [{"v_id": device_id, "v_ts_replaced": int(live.get("ts_replaced", 0)),
                **{f"v_{name}": live.get(name) for name in LIVE_COLUMNS}} for device_id, live in sorted(updates.items())]
     session.connection().execute(statement, params)
+
+
+LIVE_TYPES = {"last_seen": "float8", "p95_ms": "float8", "cpu_pct": "float8", "model_name": "text",
+              "model_version": "int4", "runtime": "text", "delegate": "text"}
+
+
+def _apply_live_pg(session: Session, updates: dict[str, dict[str, Any]]) -> None:
+    """The same in two set-based statements: lock the rows in id order (two replicas updating the same
+    devices wait for each other instead of deadlocking), then one UPDATE … FROM unnest(arrays)."""
+    import psycopg
+
+    ids = sorted(updates)
+    columns = ", ".join(f"{name} = COALESCE(v.{name}, d.{name})" for name in LIVE_COLUMNS)
+    arrays = ", ".join(f"%s::{LIVE_TYPES[name]}[]" for name in LIVE_COLUMNS)
+    statement = (f"UPDATE devices AS d SET {columns}, ts_replaced = d.ts_replaced + v.ts_replaced "
+                 f"FROM unnest(%s::text[], %s::bigint[], {arrays}) AS v(id, ts_replaced, {', '.join(LIVE_COLUMNS)}) "
+                 "WHERE d.id = v.id")
+    params = [ids, [int(updates[i].get("ts_replaced", 0)) for i in ids],
+              *([updates[i].get(name) for i in ids] for name in LIVE_COLUMNS)]
+    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM devices WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
+            cursor.execute(statement, params)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 def record_rejections(session: Session, *, rejected: dict[str, tuple[int, str, float]]) -> None:
