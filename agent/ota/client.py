@@ -93,7 +93,8 @@ class UpdateClient:
         self._shadow: ShadowRunner | None = None  # the candidate being shadowed right now
         self._shadow_last: dict[str, Any] | None = None  # its final report (telemetry and UpdateReport)
         self._api: ServerApi | None = None
-        self._enrollment = Enrollment(config, self.state_dir, _hardware)
+        self._enrollment = Enrollment(config, self.state_dir, _hardware,
+                                      on_enrolled=getattr(telemetry, "announce", None))
         self._key: Ed25519PublicKey | None = None
         self._etag: str | None = None
         self._signed: SignedManifest | None = None  # the manifest behind _etag

@@ -38,11 +38,14 @@ def enrolled(config: AgentConfig) -> bool:
 
 class Enrollment:
     def __init__(self, config: AgentConfig, state_dir: Path, hardware: Hardware,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, on_enrolled: Callable[[], None] | None = None) -> None:
         self.config = config
         self.state_dir = state_dir
         self.hardware = hardware
         self.clock = clock
+        # called when the server starts taking the device again (enrolled anew, or approved): what the
+        # server dropped meanwhile includes the retained birth, so the agent announces itself once more
+        self.on_enrolled = on_enrolled
         self._refused: tuple[float, Refused] | None = None
 
     def token(self, api: ServerApi) -> str:
@@ -60,8 +63,18 @@ class Enrollment:
             log.warning("the update server no longer takes this device's token (%s); enrolling again", exc)
             api.token = self.enroll(api, current=api.token)
             reply = api.manifest(device_id, etag)
-        (self.state_dir / PENDING_FILE).unlink(missing_ok=True)  # answered: approved, if it was waiting
+        pending = self.state_dir / PENDING_FILE
+        if pending.exists():  # answered: the operator approved it
+            pending.unlink(missing_ok=True)
+            self._announce()
         return reply
+
+    def _announce(self) -> None:
+        if self.on_enrolled is not None:
+            try:
+                self.on_enrolled()
+            except Exception as exc:  # telemetry is informative: never let it stop the update client
+                log.warning("announcing the enrollment failed: %s", exc)
 
     def enroll(self, api: ServerApi, *, current: str | None) -> str:
         """Enroll with ``server.enrollment_token`` (presenting ``current``, the token held now); save the token."""
@@ -90,4 +103,5 @@ class Enrollment:
             save_token(self.state_dir, answer.token)
             pending.unlink(missing_ok=True)
             log.info("enrolled as %s", self.config.device_id)
+            self._announce()
         return answer.token

@@ -156,6 +156,10 @@ class Telemetry:
                    commands_handled=self._commands.handled, commands_failed=self._commands.failed)
         return out
 
+    def announce(self) -> None:
+        """Publish the retained birth again (the server dropped the last one while it did not take the device)."""
+        self._birth_dirty = True
+
     def connect_when(self, ready: Callable[[], bool] | None) -> None:
         """Connect to the broker only once ``ready()`` is true (the device is enrolled: the server stores
         nothing of an id that is not); until then messages wait in the spool."""

@@ -216,6 +216,8 @@ def test_approve_mode_holds_new_devices_until_the_operator_lets_them_in(strict: 
         assert asked <= (time.monotonic() - waited) / 0.8 + 2, asked
         assert dashboard_post(server, f"/devices/{name}/approve").status_code == 303
         wait_until(lambda: device(server, name)["enrollment"] == "enrolled", timeout=10)
+        # approved again, it announces itself: its birth (dropped while it was not taken) counts again
+        wait_until(lambda: device(server, name)["online"], timeout=20)
         serve_version(versions, agent, seed=4)
     # a one-time token enrolls its id once, without approval; it cannot be used twice
     grant = cli(server, "devices", "enroll-token", "appr-02")
