@@ -3,6 +3,7 @@ boundary into one of these, raised ``from`` the original.
 
     EdgefleetError
     ├── ConfigError            a config file or override is invalid (names key and file)
+    ├── ListenError            an address to listen on is taken or cannot be bound (names it)
     ├── ModelError
     │   ├── ModelLoadError     missing, truncated, corrupt or unsupported model file
     │   └── InvalidInputError  inputs that do not match the model's signature
@@ -22,6 +23,14 @@ class EdgefleetError(Exception):
 
 class ConfigError(EdgefleetError):
     pass
+
+
+class ListenError(EdgefleetError):
+    @classmethod
+    def from_os_error(cls, address: str, exc: OSError, setting: str) -> ListenError:
+        """``cannot listen on 127.0.0.1:8500 (api.listen): address already in use``."""
+        reason = (exc.strerror or str(exc)).lower()
+        return cls(f"cannot listen on {address} ({setting}): {reason}")
 
 
 class ModelError(EdgefleetError):

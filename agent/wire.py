@@ -137,12 +137,53 @@ class Manifest(WireModel):
     drift_profile: dict[str, Any] | None = None
     issued_at: float
     expires_at: float
+    # grows whenever the server changes this device's desired state (reverts too): replays are refused
+    generation: int = Field(default=0, ge=0)
+
+
+# What an agent that verifies the RFC 8785 form sends in Accept; without it the server sends the legacy form.
+MANIFEST_MEDIA_TYPE = "application/vnd.edgefleet.manifest.v2+json"
+
+
+class Signature(WireModel):
+    keyid: str  # sha256 of the Ed25519 public key's 32 raw bytes, hex
+    sig: str  # base64 Ed25519 over the RFC 8785 form of the signed document
 
 
 class SignedManifest(WireModel):
     manifest: dict[str, Any]  # verified as canonical JSON before it is parsed as a Manifest
-    signature: str
-    key_id: str | None = None
+    signatures: list[Signature] = Field(default_factory=list, max_length=16)  # RFC 8785 form
+    root_version: int | None = None  # the newest root of trust the server has (a hint to fetch the chain)
+    signature: str | None = None  # legacy form: base64 Ed25519 over json.dumps(sort_keys=True)
+    key_id: str | None = None  # legacy form
+
+
+# --- root of trust (docs/ota.md "Root of trust") ----------------------------------------------------
+
+
+class RootKey(WireModel):
+    keytype: Literal["ed25519"] = "ed25519"
+    public: str  # base64 of the 32 raw bytes
+
+
+class RootRole(WireModel):
+    keyids: list[str] = Field(min_length=1, max_length=32)
+    threshold: int = Field(ge=1)
+
+
+class Root(WireModel):
+    """One version of the root of trust: its keys, and which keys (how many of them) sign what."""
+
+    type: Literal["root"]
+    version: int = Field(ge=1)
+    keys: dict[str, RootKey] = Field(max_length=64)
+    roles: dict[Literal["root", "manifest"], RootRole]
+    created_at: float | None = None
+
+
+class SignedRoot(WireModel):
+    signed: dict[str, Any]  # a Root, verified as canonical JSON before it is parsed
+    signatures: list[Signature] = Field(max_length=32)
 
 
 # --- MQTT payloads ------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from server import dashboard, rollouts
-from server.api.routes import artifacts, devices, enroll, health, jobs, models
+from server import dashboard, rollouts, sandbox
+from server.api.routes import artifacts, devices, enroll, health, jobs, models, trust
 from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
 from server.config import ServerConfig
@@ -23,8 +23,10 @@ from server.crud import Conflict, Invalid, NotFound
 from server.crud import jobs as job_crud
 from server.crud.telemetry import downsample_and_expire
 from server.db import Database, migrate
+from server.housekeeping import Collected, collect
 from server.ingest import Ingestor
 from server.jobs import JobRunner
+from server.limits import BodyLimits
 from server.manifests import ManifestService, Signer
 from server.metrics import install as install_metrics
 from server.reports import ReportWriter
@@ -59,6 +61,7 @@ class Background:
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + config.retention_interval_s
                 self.retention()
+                self.collect()
 
     def retention(self) -> tuple[int, int]:
         section = self.state.config.telemetry
@@ -66,6 +69,14 @@ class Background:
         with self.state.db.session() as session:
             return downsample_and_expire(session, downsample_before=now - section.downsample_after_hours * 3600,
                                          expire_before=now - section.retention_days * 86400)
+
+    def collect(self) -> Collected | None:
+        """Patches no manifest can offer and samples past their retention or size cap (server/housekeeping.py)."""
+        try:
+            return collect(self.state.db, self.state.store, self.state.config.samples, now=time.time())
+        except Exception:
+            log.exception("garbage collection failed")
+            return None
 
     def start(self) -> None:
         self.thread.start()
@@ -78,7 +89,7 @@ class Background:
 def build_state(config: ServerConfig) -> ServerState:
     # every HTTP thread, plus the ingest writer, rollout loop, job workers and retention
     db = Database(config.database_url, connections=config.http_threads + config.job_workers + 8)
-    signer = Signer.from_file(config.signing_key)
+    signer = Signer.from_config(config)
     public_url = public_url_of(config)
     return ServerState(config=config, db=db, store=make_store(config.storage), signer=signer,
                        manifests=ManifestService(config, signer, public_url),
@@ -99,6 +110,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.http_threads
+        sandbox.reopen()
         migrate(state.db.engine)
         with state.db.session() as session:
             job_crud.fail_interrupted(session)
@@ -113,6 +125,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            sandbox.kill_all()  # a model being inspected or optimized must not hold the shutdown
             if background:
                 tasks.stop()
             if state.ingestor is not None:
@@ -123,10 +136,12 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
 
     app = FastAPI(title="edgefleet update server", version="1", lifespan=lifespan)
     app.state.edgefleet = state
-    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes):
+    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes, trust):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)
+    app.add_middleware(BodyLimits, http=config.http,  # outermost: before any parsing
+                       upload_bytes=int(config.max_upload_mb * 1024 * 1024))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

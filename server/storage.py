@@ -64,6 +64,10 @@ class ArtifactStore(Protocol):
 
     def exists(self, sha256: str) -> bool: ...
 
+    def delete(self, sha256: str) -> None:
+        """Remove a stored file (garbage collection); a missing one is not an error."""
+        ...
+
     def path(self, sha256: str) -> Path | None:
         """A local path for the artifact when the backend has one (to stream it with sendfile)."""
         ...
@@ -124,6 +128,9 @@ class LocalStore:
     def exists(self, sha256: str) -> bool:
         return SHA256_RE.match(sha256) is not None and self._final(sha256).is_file()
 
+    def delete(self, sha256: str) -> None:
+        self._final(sha256).unlink(missing_ok=True)  # a reader that has it open keeps reading it
+
     def path(self, sha256: str) -> Path | None:
         return self._final(sha256)
 
@@ -181,6 +188,9 @@ class S3Store:
         except Exception:  # botocore ClientError 404
             return False
         return True
+
+    def delete(self, sha256: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
 
     def path(self, sha256: str) -> Path | None:
         return None

@@ -34,7 +34,7 @@ def enroll_device(session: Session, *, device_id: str, device_class: str | None,
     token = new_token()
     device = session.get(Device, device_id)
     if device is None:
-        device = Device(id=device_id, online=False, session=-1, desired_revert=False)
+        device = Device(id=device_id, online=False, session=-1, desired_revert=False, generation=0)
         session.add(device)
     device.token_hash = hash_token(token)
     device.device_class = device_class
@@ -97,6 +97,8 @@ def runnable_formats(device: Device) -> set[str] | None:
 
 def set_desired(device: Device, *, version_id: int | None, rollout_id: int | None, revert: bool = False,
                 now: float | None = None) -> None:
+    """Every change of a device's desired state goes through here, and raises its generation."""
+    device.generation = (device.generation or 0) + 1
     device.desired_version_id = version_id
     device.desired_rollout_id = rollout_id
     device.desired_revert = revert
@@ -117,5 +119,6 @@ def device_public(device: Device) -> dict[str, Any]:
                    "last_rejected_at": device.rejected_at, "ts_replaced": device.ts_replaced or 0},
         "desired": None if device.desired_version_id is None else {
             "version_id": device.desired_version_id, "rollout_id": device.desired_rollout_id,
-            "revert": bool(device.desired_revert), "issued_at": device.desired_issued_at},
+            "revert": bool(device.desired_revert), "issued_at": device.desired_issued_at,
+            "generation": device.generation},
     }

@@ -52,6 +52,14 @@ class Device(Base):
     desired_rollout_id: Mapped[int | None] = mapped_column(Integer)
     desired_revert: Mapped[bool] = mapped_column(Boolean, default=False)
     desired_issued_at: Mapped[float | None] = mapped_column(Float)
+    # grows with every change of the desired state (reverts too); the manifest carries it (anti-replay)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # what the last manifest sent to the device offered: {"artifact": sha256, "delta": [from, to] | null};
+    # a device token downloads only these
+    offered: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # samples the device may still upload, until when: set by an upload_samples command
+    samples_allowed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    samples_until: Mapped[float | None] = mapped_column(Float)
 
 
 class Model(Base):
@@ -263,6 +271,7 @@ class Sample(Base):
     device_class: Mapped[str | None] = mapped_column(String(64))
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
     image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_bytes: Mapped[int | None] = mapped_column(BigInteger)  # for the size cap of garbage collection
     label: Mapped[Any] = mapped_column(JSON)  # class index or label name
     labelled_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)

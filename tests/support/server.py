@@ -19,7 +19,7 @@ from typing import Any
 import requests
 import yaml
 
-from tests.support.net import free_port
+from tests.support.net import SLOWDOWN, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,6 +85,7 @@ def start_server(tmp_path: Path, mqtt_port: int | None = None, *, database_url: 
     server = RunningServer(url=f"http://127.0.0.1:{port}", admin_token=config["admin_token"],
                            enrollment_token=config["enrollment_token"], public_key_path=workdir / "server.pub",
                            config_path=config_path, workdir=workdir, proc=proc, log_path=log_path)
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
