@@ -46,8 +46,9 @@ class Rejections:
             count, _, _ = self._device_counts.get(device_id, (0, "", 0.0))
             self._device_counts[device_id] = (count + 1, line, at)
             self._log(device_id, f"from device {device_id!r}", line)
-        else:
-            self._log(UNENROLLED, f"from ids that are not enrolled, nothing stored (this one {device_id!r})", line)
+        else:  # any topic level is an id here, up to the broker's topic length: the line shows its start
+            self._log(UNENROLLED, f"from ids that are not enrolled, nothing stored (this one {device_id[:80]!r})",
+                      line)
 
     def take_device_counts(self) -> dict[str, tuple[int, str, float]]:
         """(refused, last reason, when) per enrolled device since the last call, for the device rows."""

@@ -6,7 +6,11 @@ size check on the raw bytes. What fails becomes a :class:`Rejected` with a reaso
 ``edgefleet_ingest_rejected_total{reason}`` and one line of detail; nothing of it reaches the database.
 
 Timestamps outside ``[received_at - retention, received_at + future_skew_s]`` are replaced by the receive
-time and flagged (``ts_replaced``); the stored payload keeps what the device sent.
+time and flagged (``ts_replaced``). The stored payload is the text the device sent, once it passed: every
+field of the contract checked, fields the contract does not name kept as sent (a newer agent's), within
+the size limit and the parser's nesting limit, valid UTF-8; duplicate keys resolve to the last one in the
+parser, ``json.loads`` and PostgreSQL's ``->`` alike. Re-serializing the model would double the cost of
+validation for nothing the columns do not already hold.
 """
 
 from __future__ import annotations
@@ -83,14 +87,14 @@ def check(device_id: str, leaf: str, payload: bytes, received_at: float, limits:
     try:
         if leaf == "telemetry":
             telemetry = Telemetry.model_validate_json(payload)
-            return Accepted(device_id, leaf, received_at, row=telemetry_row(device_id, telemetry, received_at, limits),
-                            delegate=telemetry.delegate)
+            row = telemetry_row(device_id, telemetry, received_at, limits, payload.decode())
+            return Accepted(device_id, leaf, received_at, row=row, delegate=telemetry.delegate)
         if leaf == "events":
             event = Event.model_validate_json(payload)
             ts, replaced = _timestamp(event.ts, received_at, limits)
             return Accepted(device_id, leaf, received_at, row={
                 "device_id": device_id, "epoch": event.epoch, "seq": event.seq, "ts": ts, "ts_replaced": replaced,
-                "type": event.type, "payload": event.model_dump_json()})
+                "type": event.type, "payload": payload.decode()})
         if leaf == "status":
             return Accepted(device_id, leaf, received_at, status=StatusDoc.validate_json(payload))
     except ValidationError as exc:
@@ -98,7 +102,7 @@ def check(device_id: str, leaf: str, payload: bytes, received_at: float, limits:
     return Rejected("invalid", f"{leaf}: not a topic the server reads")
 
 
-def telemetry_row(device_id: str, doc: Telemetry, received_at: float, limits: Limits) -> dict[str, Any]:
+def telemetry_row(device_id: str, doc: Telemetry, received_at: float, limits: Limits, text: str) -> dict[str, Any]:
     ts, replaced = _timestamp(doc.ts, received_at, limits)
     inference, latency, system, model = doc.inference, doc.inference.latency_ms, doc.system, doc.model
     return {
@@ -107,7 +111,7 @@ def telemetry_row(device_id: str, doc: Telemetry, received_at: float, limits: Li
         "runtime": doc.runtime, "count": inference.count, "errors": inference.errors, "p50_ms": latency.p50,
         "p95_ms": latency.p95, "p99_ms": latency.p99, "fps": inference.fps, "cpu_pct": system.cpu_pct,
         "mem_mb": system.mem_mb, "rss_mb": system.rss_mb, "temp_c": system.temp_c,
-        "payload": doc.model_dump_json(exclude_none=True),
+        "payload": text,
     }
 
 

@@ -126,6 +126,14 @@ class Agent:
         telemetry = Telemetry(self.config, hw=self._hardware(), agent_version=agent_version())
         self.host.add_observer(lambda _meta, latency, ok: telemetry.record_inference(latency, ok))
         telemetry.add_provider("daemon", self.stats)
+        if self.config.server.url:
+            try:
+                from agent.ota.enrollment import enrolled
+            except ImportError:
+                pass
+            else:  # the server stores nothing of an id that is not enrolled: spool until it is
+                config = self.config
+                telemetry.connect_when(lambda: enrolled(config))
         telemetry.start()
         self.telemetry = telemetry
 

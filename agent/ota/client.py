@@ -81,7 +81,8 @@ class UpdateClient:
         self.cycles = 0  # poll cycles the worker finished
         self._handlers = handlers()
         self._api: ServerApi | None = None
-        self._enrollment = Enrollment(config, self.state_dir, hardware)
+        self._enrollment = Enrollment(config, self.state_dir, hardware,
+                                      on_enrolled=getattr(telemetry, "announce", None))
         self._etag: str | None = None
         self._signed: SignedManifest | None = None  # the manifest behind _etag
         self._lock = threading.RLock()

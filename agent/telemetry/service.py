@@ -94,6 +94,7 @@ class Telemetry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._may_connect: Callable[[], bool] | None = None  # None: connect at once
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -154,6 +155,28 @@ class Telemetry:
                    connects=self._link.connects, protocol=self._link.protocol_name,
                    commands_handled=self._commands.handled, commands_failed=self._commands.failed)
         return out
+
+    def announce(self) -> None:
+        """Publish the retained birth again (the server dropped the last one while it did not take the device)."""
+        self._birth_dirty = True
+
+    def connect_when(self, ready: Callable[[], bool] | None) -> None:
+        """Connect to the broker only once ``ready()`` is true (the device is enrolled: the server stores
+        nothing of an id that is not); until then messages wait in the spool."""
+        self._may_connect = ready
+
+    def _connect_allowed(self) -> bool:
+        ready = self._may_connect
+        if ready is None:
+            return True
+        try:
+            allowed = bool(ready())
+        except Exception as exc:
+            log.warning("telemetry connect check failed (%s); connecting", exc)
+            allowed = True
+        if allowed:
+            self._may_connect = None  # once is enough
+        return allowed
 
     def record_inference(self, latency_s: float, ok: bool) -> None:
         self._hist.record(latency_s, ok)
@@ -264,7 +287,7 @@ class Telemetry:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self.config.mqtt.enabled:
+                if self.config.mqtt.enabled and self._connect_allowed():
                     self._link.step(self._stop)
                 else:
                     self._stop.wait(0.25)

@@ -110,7 +110,7 @@ def reset(session: Session, *, device_id: str) -> Device:
     if device is None:
         raise NotFound(f"device {device_id} is not known")
     device.token_hash = device.pending_token_hash = device.pending_since = None
-    device.online = False
+    device.online = False  # its statuses are not read until it enrolls again, which makes it announce itself
     return device
 
 

@@ -7,8 +7,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import JSON, Dialect, Insert, Table, bindparam, delete, func, select, update
+from sqlalchemy import JSON, Dialect, Insert, Table, bindparam, delete, func, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
@@ -18,6 +19,7 @@ from server.db.models import Device, DeviceEvent, Telemetry, TelemetryRollup
 TELEMETRY_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "received_at", "model_name", "model_version",
                      "runtime", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb",
                      "temp_c", "payload")
+EVENT_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "type", "payload")
 LIVE_COLUMNS = ("last_seen", "p95_ms", "cpu_pct", "model_name", "model_version", "runtime", "delegate")
 
 
@@ -64,18 +66,46 @@ def _serialized(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def insert_telemetry(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
     """Insert rows (``payload`` a document or its JSON text); a (device_id, epoch, seq) already stored is skipped."""
-    if rows:
-        statement = _insert_ignore(session, Telemetry.__table__).values(payload=bindparam("payload", type_=JsonText()))
-        session.connection().execute(statement, _serialized(rows))
+    _insert_rows(session, Telemetry.__table__, TELEMETRY_COLUMNS, _serialized(rows))
 
 
 def insert_events(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
     """Rows with device_id, epoch, seq, ts, type, payload; duplicates skipped."""
-    if rows:
-        statement = _insert_ignore(session, DeviceEvent.__table__).values(
-            payload=bindparam("payload", type_=JsonText()))
-        session.connection().execute(statement, [{"epoch": 0, "ts_replaced": False, **row}
-                                                 for row in _serialized(rows)])
+    _insert_rows(session, DeviceEvent.__table__, EVENT_COLUMNS,
+                 [{"epoch": 0, "ts_replaced": False, **row} for row in _serialized(rows)])
+
+
+def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Insert-ignore: on PostgreSQL a COPY into a per-connection staging table, then one INSERT … SELECT … ON
+    CONFLICT DO NOTHING (several times faster than row-by-row statements); elsewhere one executemany."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_rows(session, str(table.name), columns, rows)
+        return
+    statement = _insert_ignore(session, table).values(payload=bindparam("payload", type_=JsonText()))
+    session.connection().execute(statement, rows)
+
+
+def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    import psycopg
+
+    names = ", ".join(columns)
+    staging = f"ingest_{table}"
+    statements = (f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
+                  f"SELECT {names} FROM {table} WITH NO DATA",
+                  f"COPY {staging} ({names}) FROM STDIN",
+                  f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
+    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statements[0])
+            with cursor.copy(statements[1]) as copy:
+                for row in rows:
+                    copy.write_row([row[name] for name in columns])
+            cursor.execute(statements[2])
+    except psycopg.Error as exc:  # the same exception classes as every other statement (busy vs refused)
+        raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
 
 
 def enrolled_ids(session: Session, *, device_ids: Iterable[str]) -> set[str]:
@@ -128,6 +158,9 @@ def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
     ``ts_replaced``, how many of its timestamps were replaced: one UPDATE executed for all devices."""
     if not updates:
         return
+    if session.get_bind().dialect.name == "postgresql":
+        _apply_live_pg(session, updates)
+        return
     table = cast(Table, Device.__table__)
     values: dict[str, Any] = {name: func.coalesce(bindparam(f"v_{name}", type_=table.c[name].type), table.c[name])
                               for name in LIVE_COLUMNS}
@@ -136,6 +169,32 @@ def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
     params = [{"v_id": device_id, "v_ts_replaced": int(live.get("ts_replaced", 0)),
                **{f"v_{name}": live.get(name) for name in LIVE_COLUMNS}} for device_id, live in sorted(updates.items())]
     session.connection().execute(statement, params)
+
+
+LIVE_TYPES = {"last_seen": "float8", "p95_ms": "float8", "cpu_pct": "float8", "model_name": "text",
+              "model_version": "int4", "runtime": "text", "delegate": "text"}
+
+
+def _apply_live_pg(session: Session, updates: dict[str, dict[str, Any]]) -> None:
+    """The same in two set-based statements: lock the rows in id order (two replicas updating the same
+    devices wait for each other instead of deadlocking), then one UPDATE … FROM unnest(arrays)."""
+    import psycopg
+
+    ids = sorted(updates)
+    columns = ", ".join(f"{name} = COALESCE(v.{name}, d.{name})" for name in LIVE_COLUMNS)
+    arrays = ", ".join(f"%s::{LIVE_TYPES[name]}[]" for name in LIVE_COLUMNS)
+    statement = (f"UPDATE devices AS d SET {columns}, ts_replaced = d.ts_replaced + v.ts_replaced "
+                 f"FROM unnest(%s::text[], %s::bigint[], {arrays}) AS v(id, ts_replaced, {', '.join(LIVE_COLUMNS)}) "
+                 "WHERE d.id = v.id")
+    params = [ids, [int(updates[i].get("ts_replaced", 0)) for i in ids],
+              *([updates[i].get(name) for i in ids] for name in LIVE_COLUMNS)]
+    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM devices WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
+            cursor.execute(statement, params)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 def record_rejections(session: Session, *, rejected: dict[str, tuple[int, str, float]]) -> None:
@@ -150,15 +209,22 @@ def record_rejections(session: Session, *, rejected: dict[str, tuple[int, str, f
                                              for device_id, (n, reason, at) in sorted(rejected.items())])
 
 
-def epoch_summary(session: Session, *, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
-    """Per epoch of a device's stored raw telemetry (newest first): rows, first/last seq and the gap between."""
-    query = (select(Telemetry.epoch, func.count(), func.min(Telemetry.seq), func.max(Telemetry.seq),
-                    func.min(Telemetry.received_at), func.max(Telemetry.received_at))
-             .where(Telemetry.device_id == device_id).group_by(Telemetry.epoch)
-             .order_by(func.max(Telemetry.received_at).desc()).limit(limit))
-    return [{"epoch": int(epoch), "rows": int(rows), "first_seq": int(first), "last_seq": int(last),
-             "missing": int(last) - int(first) + 1 - int(rows), "first_received": first_at, "last_received": last_at}
-            for epoch, rows, first, last, first_at, last_at in session.execute(query)]
+def epoch_summary(session: Session, *, device_id: str, since: float | None = None,
+                  limit: int = 20) -> list[dict[str, Any]]:
+    """Per epoch of a device (newest first): stored messages (telemetry and events share one seq), the first and
+    last seq and how many numbers between are missing. ``since``: only rows from then on (raw telemetry older
+    than ``downsample_after_hours`` is folded into rollups, so its seqs are gone by design)."""
+    parts = []
+    for table, received in ((Telemetry, Telemetry.received_at), (DeviceEvent, DeviceEvent.ts)):
+        part = select(table.epoch.label("epoch"), table.seq.label("seq"), received.label("received")).where(
+            table.device_id == device_id)
+        parts.append(part.where(table.ts >= since) if since is not None else part)
+    rows = union_all(*parts).subquery()
+    query = (select(rows.c.epoch, func.count(), func.min(rows.c.seq), func.max(rows.c.seq), func.max(rows.c.received))
+             .group_by(rows.c.epoch).order_by(func.max(rows.c.received).desc()).limit(limit))
+    return [{"epoch": int(epoch), "messages": int(count), "first_seq": int(first), "last_seq": int(last),
+             "missing": int(last) - int(first) + 1 - int(count), "last_received": last_at}
+            for epoch, count, first, last, last_at in session.execute(query)]
 
 
 def list_telemetry(session: Session, *, device_id: str, since: float | None = None,

@@ -41,14 +41,15 @@ def render_device_data(d: dict[str, Any], epochs: Sequence[dict[str, Any]], csrf
     kv = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     rows = "".join(
         f'<tr><td class="num mono">{e(ep["epoch"])}</td><td>{e(_epoch_created(ep["epoch"]))}</td>'
-        f'<td class="num">{e(ep["rows"])}</td><td class="num">{e(ep["first_seq"])}..{e(ep["last_seq"])}</td>'
+        f'<td class="num">{e(ep["messages"])}</td><td class="num">{e(ep["first_seq"])}..{e(ep["last_seq"])}</td>'
         f'<td class="num">{e(ep["missing"])}</td><td>{e(clock(ep.get("last_received")))}</td></tr>'
         for ep in epochs)
-    table = ("<table><thead><tr><th>epoch</th><th>spool created (UTC)</th><th>rows</th><th>seq</th>"
+    table = ("<table><thead><tr><th>epoch</th><th>spool created (UTC)</th><th>messages</th><th>seq</th>"
              f"<th>missing</th><th>last received</th></tr></thead><tbody>{rows}</tbody></table>" if epochs
              else '<p class="muted">No stored telemetry.</p>')
     return (f'<section class="panel" id="ingest"><h2>Enrollment and ingestion</h2><dl class="kv">{kv}</dl>'
-            f'<p>{buttons}</p><h2 style="margin-top:14px">Telemetry per epoch</h2>{table}</section>')
+            f'<p>{buttons}</p><h2 style="margin-top:14px">Messages per epoch (telemetry and events, raw window)'
+            f'</h2>{table}</section>')
 
 
 def render_pending(devices: Sequence[dict[str, Any]], csrf: str) -> str:

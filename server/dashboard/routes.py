@@ -50,8 +50,9 @@ def _pending(state: ServerState) -> list[dict[str, Any]]:
 
 
 def _epochs(state: ServerState, device_id: str) -> list[dict[str, Any]]:
+    since = time.time() - state.config.telemetry.downsample_after_hours * 3600
     with state.db.session() as session:
-        return telemetry_crud.epoch_summary(session, device_id=device_id)
+        return telemetry_crud.epoch_summary(session, device_id=device_id, since=since)
 
 
 def _overview(state: ServerState, query: str) -> Overview:

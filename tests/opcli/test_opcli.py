@@ -252,3 +252,22 @@ def test_variants_and_rollout_status_say_which_delta_travels(env: Env, tmp_path:
     assert f" delta-q8@{base} " in table and "deltas into mlp v2" in table
     chosen = [line for line in table.splitlines() if "│ yes " in line]
     assert len(chosen) == 1 and f"delta-q8@{base}" in chosen[0] and " tensor " in chosen[0], table
+
+
+def test_devices_reset_enroll_token_and_the_approval_queue(env: Env) -> None:
+    token = env.server.enroll("en-1")
+    manifest = f"{env.server.url}/v1/devices/en-1/manifest"
+    done = cli(env, "devices", "reset", "en-1").stdout
+    assert done.strip() == "en-1 reset: it may enroll again with the shared token (enrollment: unenrolled)"
+    assert requests.get(manifest, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 401
+    assert cli_json(env, "devices", "show", "en-1")["enrollment"] == "unenrolled"
+    lines = cli(env, "devices", "enroll-token", "en-2", "--ttl-h", "1").stdout.splitlines()
+    assert lines[0].startswith("one-time enrollment token for en-2 (valid once, until ") and len(lines) == 2
+    enrolled = requests.post(f"{env.server.url}/v1/enroll", json={"device_id": "en-2", "enrollment_token": lines[1]},
+                             timeout=5)
+    assert enrolled.status_code == 200 and enrolled.json()["status"] == "enrolled"
+    assert "waiting for approval" in cli(env, "devices", "pending").stdout  # the table's title; open mode: empty
+    assert cli_json(env, "devices", "pending")["devices"] == []
+    refused = failure(env, "devices", "approve", "en-2", code=5)
+    assert refused == "edgefleet: POST /v1/devices/en-2/approve: HTTP 409: device en-2 is not waiting for approval"
+    assert failure(env, "devices", "reset", "nobody", code=3).endswith("HTTP 404: device nobody is not known")

@@ -101,6 +101,24 @@ def test_status_sessions_and_rollout_reports(db: Database) -> None:
         assert (row.state, device.model_sha256, device.desired_version_id) == ("committed", "d" * 64, version.id)
 
 
+def test_status_epochs_let_a_reset_device_in_and_keep_late_wills_out(db: Database) -> None:
+    """Sessions only grow within an epoch; a birth from another epoch (a reset spool counts from 1 again) is
+    applied; a will from another epoch only when that epoch is newer; unenrolled ids make no row."""
+    with db.session() as s:
+        device_crud.enroll_device(s, device_id="e1", device_class=None, tags=[], hw={})
+        assert telemetry.apply_status(s, device_id="e1", status=Birth(session=9, epoch=100, agent_version="t"), now=1)
+        assert not telemetry.apply_status(s, device_id="e1", status=Will(session=8, epoch=100), now=2)
+        assert telemetry.apply_status(s, device_id="e1", status=Birth(session=1, epoch=50, agent_version="t"), now=3)
+        assert not telemetry.apply_status(s, device_id="e1", status=Will(session=9, epoch=40), now=4)  # older spool
+        assert telemetry.apply_status(s, device_id="e1", status=Will(session=1, epoch=50), now=5)
+        assert telemetry.apply_status(s, device_id="e1", status=Will(session=1, epoch=60), now=6)  # newer spool
+        assert not telemetry.apply_status(s, device_id="ghost", status=Birth(session=1, agent_version="t"), now=7)
+    with db.session() as s:
+        device = device_crud.get_device(s, device_id="e1")
+        assert (device.epoch, device.session, device.online) == (60, 1, False)
+        assert [d.id for d in device_crud.list_devices(s)] == ["e1"]
+
+
 def test_wave_aggregates_and_committed_p95(db: Database) -> None:
     """One query each: state tallies per wave, and the p95 gate's mean over telemetry with the new version
     sent after assignment (older telemetry and other versions do not count)."""

@@ -113,15 +113,17 @@ def get_device(device_id: DeviceIdPath, session: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/v1/devices/{device_id}/telemetry", dependencies=[AdminDep])
-def telemetry(device_id: DeviceIdPath, session: SessionDep, since: Annotated[float | None, Query()] = None,
+def telemetry(device_id: DeviceIdPath, session: SessionDep, state: StateDep,
+              since: Annotated[float | None, Query()] = None,
               limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
               rollups: Annotated[bool, Query(description="include hourly downsampled rows")] = False,
               ) -> dict[str, Any]:
     crud.get_device(session, device_id=device_id)
-    doc: dict[str, Any] = {"device_id": device_id, "epochs": telemetry_crud.epoch_summary(session, device_id=device_id),
-                           "telemetry": [
+    raw_since = time.time() - state.config.telemetry.downsample_after_hours * 3600
+    doc: dict[str, Any] = {"device_id": device_id, "telemetry": [
         telemetry_crud.telemetry_public(r)
-        for r in telemetry_crud.list_telemetry(session, device_id=device_id, since=since, limit=limit)]}
+        for r in telemetry_crud.list_telemetry(session, device_id=device_id, since=since, limit=limit)],
+        "epochs": telemetry_crud.epoch_summary(session, device_id=device_id, since=raw_since)}
     if rollups:
         doc["rollups"] = [telemetry_crud.rollup_public(r) for r in
                           telemetry_crud.list_rollups(session, device_id=device_id, limit=limit)]
