@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support.net import SLOWDOWN
+
 
 class NotifySocket:
     """Reads every datagram as it arrives, in a thread, as systemd does (an unread socket fills up)."""
@@ -41,6 +43,7 @@ class NotifySocket:
 
     def collect(self, until: str, timeout: float = 10.0) -> list[str]:
         """Wait until a datagram contains the line ``until``; all received so far."""
+        timeout *= SLOWDOWN
         deadline = time.monotonic() + timeout
         with self._arrived:
             while not any(until in m.split("\n") for m in self.messages):
