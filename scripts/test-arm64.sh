@@ -133,7 +133,7 @@ tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude=./.arm64 --exclude='
   | tar -C "$root/src" -xf -
 in_root() {  # a clean environment: none of the host's PIP_* or PYTHON* variables leak in
   chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TMPDIR=/tmp QEMU_CPU="$cpu" \
-    EDGEFLEET_TEST_SLOWDOWN="${EDGEFLEET_TEST_SLOWDOWN:-10}" \
+    TEST_TIME_SCALE="${TEST_TIME_SCALE:-10}" \
     PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 "$@"
 }
 want="$(sha256sum pyproject.toml | cut -c1-16) $extras"

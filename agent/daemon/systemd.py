@@ -3,16 +3,25 @@
 Nothing happens without ``NOTIFY_SOCKET`` in the environment. A name that starts with ``@`` is
 an abstract socket (the ``@`` becomes a NUL byte). Send errors are logged once and otherwise
 ignored: a daemon must not die because its supervisor went away.
+
+Sends never block the caller (the main loop, which also turns SIGTERM into a stop): a datagram
+socket whose reader falls behind fills up (``net.unix.max_dgram_qlen``, 10 by default), and a
+blocking ``sendto`` would then hang the daemon until the supervisor reads again. A watchdog ping
+or a status line that finds the queue full is dropped; a state change (READY, RELOADING,
+STOPPING) waits up to ``STATE_WAIT_S`` for room first.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
+STATE_WAIT_S = 1.0
 
 
 class Notifier:
@@ -29,20 +38,34 @@ class Notifier:
             self.watchdog_interval_s = int(usec) / 2e6  # ping at half the timeout
         self._sock: socket.socket | None = None
         self._warned = False
+        self.dropped = 0  # datagrams not sent because the supervisor's queue was full
 
     @property
     def enabled(self) -> bool:
         return self._address is not None
 
-    def notify(self, *lines: str) -> bool:
-        """Send ``KEY=value`` lines as one datagram; True when it was sent."""
+    def notify(self, *lines: str, wait_s: float = 0.0) -> bool:
+        """Send ``KEY=value`` lines as one datagram without blocking (or for at most ``wait_s`` while the
+        supervisor's queue is full); True when it was sent."""
         if self._address is None:
             return False
+        data = "\n".join(lines).encode()
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(lines).encode(), self._address)
-            return True
+                kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                self._sock = socket.socket(socket.AF_UNIX, kind)
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    self._sock.sendto(data, self._address)
+                    return True
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.dropped += 1
+                        log.debug("sd_notify queue full, dropped %s", lines[0])
+                        return False
+                    select.select([], [self._sock], [], min(left, 0.05))
         except OSError as exc:
             if not self._warned:
                 log.warning("sd_notify to %r failed: %s", self._address, exc)
@@ -50,10 +73,10 @@ class Notifier:
             return False
 
     def ready(self, status: str | None = None) -> bool:
-        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+        return self.notify("READY=1", *([f"STATUS={status}"] if status else []), wait_s=STATE_WAIT_S)
 
     def reloading(self) -> bool:
-        return self.notify("RELOADING=1")
+        return self.notify("RELOADING=1", wait_s=STATE_WAIT_S)
 
     def status(self, text: str) -> bool:
         return self.notify(f"STATUS={text}")
@@ -62,7 +85,7 @@ class Notifier:
         return self.notify("WATCHDOG=1")
 
     def stopping(self, status: str | None = None) -> bool:
-        return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
+        return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []), wait_s=STATE_WAIT_S)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -115,6 +117,26 @@ def test_ready_watchdog_concurrency_malformed_and_stopping(api_agent) -> None:
     code, took = agent.terminate()
     assert code == 0 and took < 5.0
     notify.collect("STOPPING=1", timeout=1)
+
+
+def test_a_supervisor_that_stops_reading_does_not_stall_the_daemon(tmp_path: Path) -> None:
+    """NOTIFY_SOCKET's queue fills when nobody reads it (10 datagrams by default); the watchdog pings
+    must not block the main loop then, or SIGTERM is never acted on."""
+    model = make_onnx_image_classifier(tmp_path / "classifier.onnx")
+    unread = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unread.bind(str(tmp_path / "unread.sock"))
+    agent = AgentProc(tmp_path, base_config(tmp_path, model),
+                      env={"NOTIFY_SOCKET": str(tmp_path / "unread.sock"), "WATCHDOG_USEC": "100000"})
+    try:
+        agent.start()  # waits for " ready: " in the log, not on the socket
+        time.sleep(2.0)  # 40 pings at 50 ms: the queue has been full for a while
+        health = agent.get("/v1/health")
+        assert health.status_code == 200
+        code, took = agent.terminate()
+        assert code == 0 and took < 5.0, agent.log()[-2000:]
+    finally:
+        agent.kill()
+        unread.close()
 
 
 def test_no_model_start(tmp_path: Path) -> None:

@@ -29,8 +29,10 @@ def test_sighup_reload(tmp_path: Path) -> None:
         line = next(x for x in agent.log().splitlines() if "config reloaded" in x)
         assert "'results'" in line and "'log_level'" in line and "'model'" in line
         assert "needs a restart: ['api']" in line
-        wait_until(lambda: len(read_results(second)) >= 5, timeout=15)
-        assert {r["model"]["version"] for r in read_results(second)[-3:]} == {4}  # the model swapped live
+        # the new results file gets frames from the old model until the new one is loaded, then only from it
+        wait_until(lambda: [r["model"]["version"] for r in read_results(second)][-3:] == [4, 4, 4], timeout=15)
+        versions = [r["model"]["version"] for r in read_results(second)]
+        assert versions == sorted(versions) and set(versions) <= {3, 4}  # swapped live, and for good
         assert agent.get("/v1/model").json()["model"]["version"] == 4
 
         agent.write_config({**changed, "source": {"kind": "synthetic", "fps": -1}})

@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 # Emulated runs (scripts/test-arm64.sh) are many times slower: waits for something to happen are
-# scaled by this; assertions about speed (a stop within 5 s, a rate) are not.
-SLOWDOWN = max(1.0, float(os.environ.get("EDGEFLEET_TEST_SLOWDOWN") or 1))
+# scaled by this; assertions about speed (a stop within 5 s, a rate) are not. Not an EDGEFLEET_*
+# variable: the agent and the server take those as config overrides.
+SLOWDOWN = max(1.0, float(os.environ.get("TEST_TIME_SCALE") or 1))
 
 
 def free_port() -> int:
