@@ -20,6 +20,7 @@ from server.crud.devices import runnable_formats
 from server.crud.registry import list_variants
 from server.db import Database
 from server.db.models import Device, Rollout, RolloutDevice
+from server.jobs import JobKind
 from server.storage import ArtifactStore
 
 _lock = threading.Lock()
@@ -108,6 +109,15 @@ def rollout_artifact_bytes(state: Any, rollout_id: int) -> int:
 
 def _size(store: ArtifactStore, sha256: str) -> int:
     return store.size(sha256) if store.exists(sha256) else 0
+
+
+KIND = "deltas"
+
+
+def deltas_job(db: Database, store: ArtifactStore, config: ServerConfig) -> JobKind:
+    """The job that makes a big rollout's patches in the background (params: rollout_id)."""
+    return JobKind(lambda _job_id, params, progress: prepare_rollout_deltas(
+        db, store, config, int(params["rollout_id"]), progress))
 
 
 def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerConfig, rollout_id: int,

@@ -10,10 +10,13 @@ from typing import Any
 import numpy as np
 
 from server.config import ServerConfig
+from server.crud import jobs as job_crud
 from server.crud import registry
 from server.db import Database
-from server.jobs import JobRunner, Progress
+from server.jobs import JobKind, JobRunner, Progress
 from server.storage import ArtifactStore
+
+KIND = "variants"
 
 
 def _calibration(store: ArtifactStore, sha256: str | None) -> dict[str, np.ndarray] | None:
@@ -23,15 +26,27 @@ def _calibration(store: ArtifactStore, sha256: str | None) -> dict[str, np.ndarr
         return {name: data[name] for name in data.files}
 
 
-def start_variants_job(*, db: Database, store: ArtifactStore, runner: JobRunner, config: ServerConfig,
-                       name: str, version: int, target: str) -> int:
+def start_variants_job(*, db: Database, runner: JobRunner, config: ServerConfig, name: str, version: int,
+                       target: str) -> int:
+    """Queue the job and its placeholder variants in one transaction; any replica's worker may run it."""
     with db.session() as session:
+        job = job_crud.create_job(session, kind=KIND, params={"model": name, "version": version, "target": target})
         _, row = registry.get_version(session, name=name, version=version)
-        version_id, sha256, fmt, calibration_sha = row.id, row.sha256, row.format, row.calibration_sha256
+        registry.set_building(session, version_id=row.id, names=config.device_classes.get(target, []),
+                              target=target, job_id=job.id)
+        job_id = job.id
+    runner.wake()
+    return job_id
 
-    def build(job_id: int, progress: Progress) -> dict[str, Any]:
+
+def variants_job(db: Database, store: ArtifactStore) -> JobKind:
+    def build(job_id: int, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         from server.optimize import build_variants  # the variant pipeline (another package owner)
 
+        target = str(params["target"])
+        with db.session() as session:
+            _, row = registry.get_version(session, name=str(params["model"]), version=int(params["version"]))
+            version_id, sha256, fmt, calibration_sha = row.id, row.sha256, row.format, row.calibration_sha256
         out_dir = Path(tempfile.mkdtemp(dir=store.scratch_dir(), prefix=f"job{job_id}-"))
         try:
             reference = store.path(sha256)
@@ -57,13 +72,8 @@ def start_variants_job(*, db: Database, store: ArtifactStore, runner: JobRunner,
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
-    def failed(job_id: int, reason: str) -> None:
+    def failed(job_id: int, _params: dict[str, Any], reason: str) -> None:
         with db.session() as session:
             registry.fail_building(session, job_id=job_id, reason=reason)
 
-    job_id = runner.create(kind="variants", params={"model": name, "version": version, "target": target})
-    with db.session() as session:
-        registry.set_building(session, version_id=version_id, names=config.device_classes.get(target, []),
-                              target=target, job_id=job_id)
-    runner.start(job_id, build, failed)
-    return job_id
+    return JobKind(build, failed)

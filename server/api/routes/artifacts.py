@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from server.api.deps import SHA256, StateDep, require_device_or_admin
 from server.crud import NotFound
 from server.deltas import ensure_delta
-from server.storage import ArtifactStore, iter_range
+from server.storage import ArtifactStore
 
 router = APIRouter(tags=["artifacts"], dependencies=[Depends(require_device_or_admin)])
 
@@ -40,9 +40,13 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str | None,
           if_range: str | None) -> Response:
-    if not store.exists(sha256):
-        raise HTTPException(404, f"artifact {sha256} is not stored")
-    size = store.size(sha256)
+    """The artifact through this server, its ETag the sha256 (so ``If-Range`` works the same on every
+    store), a range read from the store itself (a ranged GET on S3): docs/deploying.md says why not a
+    redirect to a presigned URL."""
+    try:
+        size = store.size(sha256)
+    except FileNotFoundError:
+        raise HTTPException(404, f"artifact {sha256} is not stored") from None
     etag = f'"{etag_value}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
     use_range = range_header is not None and (if_range is None or if_range.strip() == etag)
@@ -55,20 +59,12 @@ def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str 
             if span is None:
                 return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
             start, end = span
-            handle = store.open(sha256)
             headers.update({"Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)})
-            return StreamingResponse(_closing(handle, start, end - start + 1), status_code=206,
+            return StreamingResponse(store.read_range(sha256, start, end - start + 1), status_code=206,
                                      media_type="application/octet-stream", headers=headers)
-    handle = store.open(sha256)
     headers["Content-Length"] = str(size)
-    return StreamingResponse(_closing(handle, 0, size), media_type="application/octet-stream", headers=headers)
-
-
-def _closing(handle, start: int, length: int):  # type: ignore[no-untyped-def]
-    try:
-        yield from iter_range(handle, start, length)
-    finally:
-        handle.close()
+    return StreamingResponse(store.read_range(sha256, 0, size), media_type="application/octet-stream",
+                             headers=headers)
 
 
 @router.get("/v1/artifacts/{sha256}", response_class=Response, responses={
