@@ -7,10 +7,16 @@
 - The writer drains a queue in batches (``telemetry.batch_max`` messages or ``batch_interval_s``)
   and writes each batch in one transaction; (device, seq) duplicates are skipped by a unique
   constraint with insert-ignore.
+- Nothing is lost when a replica dies (docs/deploying.md): the session is persistent (clean start
+  off, ``mqtt.session_expiry_s``) under the replica's stable client id, and a message is
+  acknowledged (PUBACK) only once its batch is committed, so what was in flight or queued in this
+  process is delivered again when the replica reconnects; a message delivered twice is skipped by
+  the unique constraints.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -23,6 +29,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command, Event, Telemetry
@@ -31,6 +39,7 @@ from server.crud import telemetry as crud
 from server.db import Database
 
 log = logging.getLogger("edgefleet.server.ingest")
+Ack = Callable[[], object]
 
 
 @dataclass
@@ -62,7 +71,7 @@ class BatchWriter:
         self.on_batch = on_batch  # (messages in the batch, seconds to write it), e.g. for /metrics
         self.section = section
         self.stats = stats
-        self.queue: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue(maxsize=200_000)
+        self.queue: queue.Queue[tuple[str, bytes, float, Ack | None] | None] = queue.Queue(maxsize=200_000)
         self._thread = threading.Thread(target=self._loop, name="edgefleet-ingest-writer", daemon=True)
         self._stop = threading.Event()
 
@@ -74,12 +83,13 @@ class BatchWriter:
         self.queue.put(None)
         self._thread.join(timeout=10)
 
-    def put(self, topic: str, payload: bytes, received_at: float) -> None:
-        self.queue.put((topic, payload, received_at))
+    def put(self, topic: str, payload: bytes, received_at: float, ack: Ack | None = None) -> None:
+        """``ack`` is called once the message's batch is written (in the order messages were put)."""
+        self.queue.put((topic, payload, received_at, ack))
 
     def _loop(self) -> None:
         while not self._stop.is_set() or not self.queue.empty():
-            batch: list[tuple[str, bytes, float]] = []
+            batch: list[tuple[str, bytes, float, Ack | None]] = []
             try:
                 first = self.queue.get(timeout=0.5)
             except queue.Empty:
@@ -97,9 +107,12 @@ class BatchWriter:
                     break
                 batch.append(item)
             try:
-                self.write(batch)
+                self.write([(topic, payload, received_at) for topic, payload, received_at, _ in batch])
             except Exception:
                 log.exception("ingest: a batch of %d messages could not be written", len(batch))
+            for *_message, ack in batch:
+                if ack is not None:
+                    ack()
 
     def write(self, batch: list[tuple[str, bytes, float]]) -> None:
         started = time.perf_counter()
@@ -160,9 +173,13 @@ class Ingestor:
         self.client_id = client_id or f"edgefleet-server-{socket.gethostname()}-{id(self):x}"
         self.client: mqtt.Client | None = None
         self.protocol = mqtt.MQTTv5
+        self._connection = 0  # grows at each (re)connect
 
-    def _make_client(self, protocol: Any, client_id: str | None = None) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id, protocol=protocol)
+    def _make_client(self, protocol: Any, client_id: str | None = None, *, persistent: bool = False) -> mqtt.Client:
+        """``persistent``: this replica's session (kept by the broker while it is away, acknowledged by hand)."""
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id, protocol=protocol,
+                             clean_session=(not persistent) if protocol == mqtt.MQTTv311 else None,
+                             manual_ack=persistent)
         if self.config.username:
             client.username_pw_set(self.config.username, self.config.password)
         if self.config.tls:
@@ -206,7 +223,8 @@ class Ingestor:
         self.protocol = mqtt.MQTTv5 if self._probe_v5() else mqtt.MQTTv311
         self.stats.protocol = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
         shared = self.protocol == mqtt.MQTTv5 and wants_shared is not False
-        client = self._make_client(self.protocol)
+        persistent = self.config.session_expiry_s > 0
+        client = self._make_client(self.protocol, persistent=persistent)
         prefix = f"$share/{SHARED_GROUP}/" if shared else ""
         topics = [(f"{TOPIC_ROOT}/+/status", 1), (f"{prefix}{TOPIC_ROOT}/+/telemetry", 1),
                   (f"{prefix}{TOPIC_ROOT}/+/events", 1)]
@@ -216,6 +234,7 @@ class Ingestor:
                 log.warning("ingest: broker refused the connection: %s", reason)
                 return
             self.stats.connected = True
+            self._connection += 1
             c.subscribe(topics)
             log.info("ingest: connected (MQTT %s), subscribed %s", self.stats.protocol, [t for t, _ in topics])
 
@@ -224,14 +243,28 @@ class Ingestor:
 
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             self.stats.received += 1
-            self.writer.put(message.topic, bytes(message.payload), time.time())
+            ack = functools.partial(self._ack, self._connection, message.mid, message.qos) if persistent else None
+            self.writer.put(message.topic, bytes(message.payload), time.time(), ack)
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_message = on_message
-        client.connect_async(self.config.host, self.config.port, keepalive=30)
+        if self.protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.config.session_expiry_s
+            properties.ReceiveMaximum = self.config.receive_maximum
+            client.connect_async(self.config.host, self.config.port, keepalive=30, clean_start=not persistent,
+                                 properties=properties)
+        else:
+            client.connect_async(self.config.host, self.config.port, keepalive=30)
         client.loop_start()
         self.client = client
+
+    def _ack(self, connection: int, mid: int, qos: int) -> None:
+        """PUBACK on the connection the message came on; after a reconnect the broker sends it again (and its
+        packet id may already name another message), so that copy is the one acknowledged."""
+        if self.client is not None and connection == self._connection:
+            self.client.ack(mid, qos)
 
     def publish_command(self, device_id: str, command: Command) -> None:
         if self.client is None or not self.stats.connected:
