@@ -53,10 +53,22 @@ class FleetCollector(Collector):
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
+    def describe(self) -> list[Metric]:
+        """Nothing: registering must not query the database, which may not be migrated yet (a new PostgreSQL)."""
+        return []
+
     def collect(self) -> Iterator[Metric]:
         yield from self._fleet()
         yield from self._ingest()
         yield from self._reports()
+        yield from self._leases()
+
+    def _leases(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily("edgefleet_lease_held", "1 for each singleton loop this replica runs now",
+                                 labels=["lease"])
+        for name, holds in self.state.leases.holding().items():
+            held.add_metric([name], 1.0 if holds else 0.0)
+        yield held
 
     def _reports(self) -> Iterator[Metric]:
         writer = self.state.reports
