@@ -174,6 +174,7 @@ class Ingestor:
         self.client: mqtt.Client | None = None
         self.protocol = mqtt.MQTTv5
         self._connection = 0  # grows at each (re)connect
+        self._topics: list[str] = []
 
     def _make_client(self, protocol: Any, client_id: str | None = None, *, persistent: bool = False) -> mqtt.Client:
         """``persistent``: this replica's session (kept by the broker while it is away, acknowledged by hand)."""
@@ -228,6 +229,7 @@ class Ingestor:
         prefix = f"$share/{SHARED_GROUP}/" if shared else ""
         topics = [(f"{TOPIC_ROOT}/+/status", 1), (f"{prefix}{TOPIC_ROOT}/+/telemetry", 1),
                   (f"{prefix}{TOPIC_ROOT}/+/events", 1)]
+        self._topics = [topic for topic, _ in topics]
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
             if reason.is_failure:
@@ -275,6 +277,23 @@ class Ingestor:
 
     def stop(self) -> None:
         if self.client is not None:
-            self.client.disconnect()
+            if self.protocol == mqtt.MQTTv5 and self.config.session_expiry_s > 0 and self.stats.connected:
+                self._hand_over(self.client)
+            else:
+                self.client.disconnect()
             self.client.loop_stop()
         self.writer.stop()
+
+    def _hand_over(self, client: mqtt.Client, timeout: float = 5.0) -> None:
+        """A clean stop ends this replica's session, so the broker sends its share of the shared subscription to
+        the other replicas instead of keeping it for a restart: unsubscribe, write and acknowledge what is still
+        arriving, then disconnect with a session expiry of 0. (A crash leaves the session to hold the backlog.)"""
+        unsubscribed = threading.Event()
+        client.on_unsubscribe = lambda *_args: unsubscribed.set()
+        client.unsubscribe(self._topics)
+        unsubscribed.wait(timeout)
+        time.sleep(0.2)  # messages the broker had sent before the UNSUBACK
+        self.writer.stop()  # writes what is queued and acknowledges it on this connection
+        properties = Properties(PacketTypes.DISCONNECT)
+        properties.SessionExpiryInterval = 0
+        client.disconnect(properties=properties)

@@ -9,6 +9,7 @@ storage), each on its own port with its own ``replica_id``, optionally behind a 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,17 @@ def start_cluster(root: Path, replicas: int, *, database_url: str, mqtt_port: in
         configs.append(path)
     cluster = Cluster(configs=configs, replicas=[], proxy=front, env=dict(env or {}))
     try:
-        for path in configs:
-            cluster.replicas.append(launch(path, timeout=timeout, env=cluster.env))
+        # all at once, as a deployment starts them: the first migrates, the others wait on its advisory lock
+        with ThreadPoolExecutor(len(configs)) as pool:
+            started = [pool.submit(launch, path, timeout=timeout, env=cluster.env) for path in configs]
+            for future in started:
+                try:
+                    cluster.replicas.append(future.result())
+                except BaseException:
+                    for other in started:
+                        if other is not future and other.exception() is None:
+                            other.result().stop()
+                    raise
         if front is not None:
             front.start()
             cluster.wait_proxy_sees({f"replica-{i}": "UP" for i in range(replicas)}, timeout=timeout)
