@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import queue
+import random
 import socket
 import threading
 import time
@@ -32,14 +33,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command, Event, Telemetry
 from server.config import MqttSection, TelemetrySection
 from server.crud import telemetry as crud
 from server.db import Database
+from server.db.models import Device as DeviceRow
 
 log = logging.getLogger("edgefleet.server.ingest")
 Ack = Callable[[], object]
+WRITE_ATTEMPTS = 4  # a deadlock with another replica's batch, or a device row both inserted: write it again
 
 
 @dataclass
@@ -149,17 +155,36 @@ class BatchWriter:
                 log.debug("ingest: dropped a bad %s message from %s: %s", leaf, device_id, exc)
                 continue
             self.stats.by_kind[leaf] = self.stats.by_kind.get(leaf, 0) + 1
-        with self.db.session() as session:
-            crud.insert_telemetry(session, rows=telemetry)
-            crud.insert_events(session, rows=events)
-            for device_id, document, received_at in statuses:
-                crud.apply_status(session, device_id=device_id, payload=document, now=received_at)
-            crud.apply_live(session, updates=live)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self.db.session() as session:
+                    crud.insert_telemetry(session, rows=telemetry)
+                    crud.insert_events(session, rows=events)
+                    _lock_devices(session, {d for d, _, _ in statuses} | set(live))
+                    for device_id, document, received_at in statuses:
+                        crud.apply_status(session, device_id=device_id, payload=document, now=received_at)
+                    crud.apply_live(session, updates=live)
+                break
+            except (OperationalError, IntegrityError) as exc:  # another replica wrote the same devices meanwhile
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("ingest: a batch of %d messages: %s; writing it again", len(batch),
+                            str(exc.orig or exc).splitlines()[0])
+                time.sleep(0.05 * attempt * random.random())
         self.stats.written += len(telemetry) + len(events) + len(statuses)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
         if self.on_batch is not None:
             self.on_batch(len(batch), self.stats.last_batch_ms / 1000)
+
+
+def _lock_devices(session: Session, device_ids: set[str]) -> None:
+    """Lock the batch's device rows at once in id order (PostgreSQL): two replicas' batches touching the same
+    devices then wait for each other instead of deadlocking (each flush would otherwise lock them in whatever
+    order it meets them)."""
+    if device_ids and session.get_bind().dialect.name == "postgresql":
+        session.execute(select(DeviceRow.id).where(DeviceRow.id.in_(sorted(device_ids))).order_by(DeviceRow.id)
+                        .with_for_update())
 
 
 class Ingestor:

@@ -90,7 +90,10 @@ class ReportWriter:
     def _write(self, batch: list[_Pending]) -> None:
         try:
             with rollout_writes(self.db) as session:
-                outcomes = [_apply(session, item) for item in batch]
+                # devices in id order, as the ingest writers lock them: no deadlock with another replica
+                order = sorted(range(len(batch)), key=lambda i: batch[i].device_id)
+                applied = {i: _apply(session, batch[i]) for i in order}
+                outcomes = [applied[i] for i in range(len(batch))]
         except Exception as exc:
             if len(batch) > 1:  # one bad report must not fail the others: write them one by one
                 log.warning("a batch of %d reports failed (%s); writing them one by one", len(batch), exc)

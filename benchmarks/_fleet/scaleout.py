@@ -168,8 +168,9 @@ def losses(db_url: str, prefix: str, finals: list[dict[str, Any]], rollout_devic
     for kind in acked:
         rows = sum(len(seqs) for seqs in stored[kind].values())
         distinct = sum(len(set(seqs)) for seqs in stored[kind].values())
+        examples = sorted((d, seq) for d, seqs in acked[kind].items() for seq in seqs - set(stored[kind].get(d, [])))
         doc[kind] = {"acked_by_broker": expected[kind], "stored_rows": rows, "lost": missing[kind],
-                     "duplicated": rows - distinct}
+                     "duplicated": rows - distinct, "lost_examples": [f"{d}#{seq}" for d, seq in examples[:20]]}
     last = {d: s for final in finals for d, s in final["last_report"].items()}
     mismatched = sorted(d for d, state in last.items() if rollout_devices.get(d) != state)
     given_up = sum(int(f.get("reports_given_up", 0)) for f in finals)
