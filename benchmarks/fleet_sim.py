@@ -181,7 +181,8 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self.began)
-        doc = {name: round((self._cpu(p) - self.base[name]) / wall * 100, 1) for name, p in self.procs.items()}
+        # a process killed and started again (a scale-out run's replica) counts as 0 from then on
+        doc = {name: round(max(0.0, self._cpu(p) - self.base[name]) / wall * 100, 1) for name, p in self.procs.items()}
         now = psutil.cpu_times()
         busy = sum(getattr(now, f) - getattr(self.machine_base, f) for f in ("user", "system", "nice", "irq",
                                                                                 "softirq", "steal"))

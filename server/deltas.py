@@ -11,6 +11,7 @@ from typing import Any
 
 import bsdiff4
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.config import ServerConfig
@@ -67,8 +68,15 @@ def ensure_delta(db: Database, store: ArtifactStore, *, from_sha256: str, to_sha
         finally:
             for path in temporary:
                 path.unlink(missing_ok=True)
-        with db.session() as session:
-            crud.record_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, sha256=sha256, size=size)
+        try:
+            with db.session() as session:
+                crud.record_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, sha256=sha256, size=size)
+        except IntegrityError:  # another replica made and recorded the same patch meanwhile
+            with db.session() as session:
+                row = crud.get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256)
+                if row is None:
+                    raise
+                return row.sha256, row.size
         return sha256, size
 
 

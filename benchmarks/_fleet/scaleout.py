@@ -107,24 +107,30 @@ class ReplicaKiller:
         self.cluster.kill(index)
         killed = time.monotonic()
         self.doc["killed_s"] = round(killed - self.armed_at, 2)
-        new_leader = None
-        while time.monotonic() - killed < self.down_s:
-            if new_leader is None and len(self.cluster.replicas) > 1:
-                others = [i for i in range(len(self.cluster.replicas)) if i != index]
-                for other in others:
-                    try:
-                        leads = requests.get(self.cluster.replicas[other].url + "/readyz", timeout=2).json()["leads"]
-                    except (requests.RequestException, ValueError, KeyError):
-                        continue
-                    if "rollouts" in leads:
-                        new_leader = time.monotonic() - killed
-                        self.doc["leader_replaced_after_s"] = round(new_leader, 2)
-            time.sleep(0.2)
+        watcher = threading.Thread(target=self._watch_takeover, args=(index, killed), daemon=True)
+        watcher.start()
+        time.sleep(self.down_s)
         try:
             self.cluster.restart(index, timeout=90)
             self.doc["restarted_s"] = round(time.monotonic() - self.armed_at, 2)
         except Exception as exc:  # reported, and the run goes on with the others
             self.doc["restart_failed"] = str(exc)[:300]
+        watcher.join(60)
+
+    def _watch_takeover(self, killed_index: int, killed: float, limit_s: float = 60.0) -> None:
+        """How long until another replica leads the rollout loop."""
+        others = [i for i in range(len(self.cluster.replicas)) if i != killed_index]
+        while others and time.monotonic() - killed < limit_s:
+            for other in others:
+                try:
+                    leads = requests.get(self.cluster.replicas[other].url + "/readyz", timeout=2).json()["leads"]
+                except (requests.RequestException, ValueError, KeyError):
+                    continue
+                if "rollouts" in leads:
+                    self.doc["leader_replaced_after_s"] = round(time.monotonic() - killed, 2)
+                    self.doc["new_leader"] = f"replica-{other}"
+                    return
+            time.sleep(0.2)
 
     def join(self, timeout: float = 120.0) -> dict[str, Any]:
         if self.thread is not None:
