@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from server.crud import jobs as job_crud
 from server.db import Database, head_revision, migrate, schema_revision
+from server.db.models import Lease
 from server.jobs import JobKind, JobRunner
 from server.leases import ROLLOUTS, Leases
 from tests.support.databases import database_url, postgres_reason
@@ -61,20 +62,26 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
 
 
 def test_one_holder_per_lease_and_a_silent_holder_is_replaced_within_the_ttl(pg: Database) -> None:
-    first, second = Leases(pg, "replica-a", ttl_s=1.5), Leases(pg, "replica-b", ttl_s=1.5)
+    ttl = 1.5
+    first, second = Leases(pg, "replica-a", ttl_s=ttl), Leases(pg, "replica-b", ttl_s=ttl)
     first.renew()
     second.renew()
     assert first.held(ROLLOUTS) and not second.held(ROLLOUTS)
     assert first.holding() == {"rollouts": True, "retention": True, "gc": True}
+    with pg.session() as session:
+        expires = session.get(Lease, ROLLOUTS).expires_at  # type: ignore[union-attr]
+        left_in_db = expires - pg.now(session)
+        left_here = first._deadline[ROLLOUTS] - time.monotonic()
+    # the holder stops acting (about) a fifth of the ttl before the others may take over
+    assert 0 < left_here < left_in_db - 0.15 * ttl and left_in_db <= ttl
     first.renew()  # its own lease: extended
     second.renew()
     assert first.held(ROLLOUTS) and not second.held(ROLLOUTS)
-    # "replica-a" dies: it renews no more; it stops acting before the row expires for the others
+    # "replica-a" dies: it renews no more
     died = time.monotonic()
-    wait_until(lambda: not first.held(ROLLOUTS), timeout=3)
-    assert time.monotonic() - died < 1.5
-    wait_until(lambda: (second.renew(), second.held(ROLLOUTS))[1], timeout=5, interval=0.1)
-    assert time.monotonic() - died < 3.0
+    wait_until(lambda: (second.renew(), second.held(ROLLOUTS))[1], timeout=10, interval=0.1)
+    assert time.monotonic() - died < ttl + 1.5
+    assert not first.held(ROLLOUTS)
     first.renew()
     assert not first.held(ROLLOUTS)  # back, it follows
 
@@ -144,15 +151,15 @@ def test_a_job_whose_replica_died_is_failed_and_cleaned_up(pg: Database) -> None
 
 def test_a_running_job_keeps_its_claim_past_the_ttl(pg: Database) -> None:
     release = threading.Event()
-    runner = JobRunner(pg, holder="replica-a", claim_ttl_s=1.0, poll_s=0.1)
-    runner.register("slow", JobKind(lambda *_: (release.wait(10), {"ok": True})[1]))
-    other = JobRunner(pg, holder="replica-b", claim_ttl_s=1.0, poll_s=0.1)  # reaps expired claims
+    runner = JobRunner(pg, holder="replica-a", claim_ttl_s=2.0, poll_s=0.1)
+    runner.register("slow", JobKind(lambda *_: (release.wait(20), {"ok": True})[1]))
+    other = JobRunner(pg, holder="replica-b", claim_ttl_s=2.0, poll_s=0.1)  # reaps expired claims
     other.register("slow", JobKind(lambda *_: {}))
     job_id = runner.submit(kind="slow", params={})
     runner.start()
     other.start()
     try:
-        time.sleep(2.5)  # more than twice the claim's ttl: renewed, so nobody fails it
+        time.sleep(5.0)  # more than twice the claim's ttl: renewed, so nobody fails it
         assert _states(pg, [job_id]) == {"running": 1}
         release.set()
         wait_until(lambda: _states(pg, [job_id]) == {"succeeded": 1}, timeout=10, interval=0.1)
