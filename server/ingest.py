@@ -255,6 +255,8 @@ class Ingestor:
         topics = [(f"{TOPIC_ROOT}/+/status", 1), (f"{prefix}{TOPIC_ROOT}/+/telemetry", 1),
                   (f"{prefix}{TOPIC_ROOT}/+/events", 1)]
         self._topics = [topic for topic, _ in topics]
+        other = "" if shared else f"$share/{SHARED_GROUP}/"
+        stale = [f"{other}{TOPIC_ROOT}/+/telemetry", f"{other}{TOPIC_ROOT}/+/events"]
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
             if reason.is_failure:
@@ -263,6 +265,8 @@ class Ingestor:
             self.stats.connected = True
             self._connection += 1
             c.subscribe(topics)
+            if persistent:  # a session kept from a run with the other form would deliver everything twice
+                c.unsubscribe(stale)
             log.info("ingest: connected (MQTT %s), subscribed %s", self.stats.protocol, [t for t, _ in topics])
 
         def on_disconnect(*_args: Any) -> None:
