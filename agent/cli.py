@@ -1,7 +1,9 @@
-"""``edgefleet-agent``: run the daemon, probe the hardware, benchmark a model, run one inference.
+# PYTHON_ARGCOMPLETE_OK
+"""edgefleet-agent: run the daemon, probe the hardware, benchmark a model, run one inference.
 
-Every ``--json`` output is one JSON document on stdout. Errors are one line on stderr and a
-non-zero exit (2: bad input or model, 3: no runtime can serve it, 1: anything else), never a traceback.
+Every --json output is one JSON document on stdout. Errors are one line on stderr and a non-zero
+exit code, never a traceback: 1 cannot start or run, 2 usage, config, bad input or bad model
+(systemd does not restart on it), 3 no runtime can serve the model, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from agent.errors import EdgefleetError, InvalidInputError, ModelError, RuntimeUnavailable
+from agent.version import version_line
 
 RUNTIME_CHOICES = ("auto", "litert", "tflite", "onnxruntime", "torch", "executorch")
 
@@ -101,10 +104,13 @@ def auto_picks(hw: dict[str, Any]) -> dict[str, str]:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from agent.runtime import device_class, hardware_fingerprint, probe_hardware
+    from agent.runtime.probe import accelerators
 
     hw = probe_hardware()
     picks = auto_picks(hw)
-    doc = {"device_class": device_class(hw), "fingerprint": hardware_fingerprint(hw), "hw": hw, "auto": picks}
+    present, unusable = accelerators(hw)
+    doc = {"device_class": device_class(hw), "fingerprint": hardware_fingerprint(hw), "hw": hw,
+           "accelerators": present, "not_usable": unusable, "auto": picks}
     if args.json:
         _emit_json(doc)
         return 0
@@ -116,11 +122,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     console.print(f"[bold]{doc['device_class']}[/] ({hw['board']['model'] or cpu['model']}), "
                   f"{cpu['arch']}, {cpu['usable_cores']}/{cpu['cores']} cores, {hw['memory']['total_mb']} MB; "
                   f"int8 dot product: {'yes' if cpu['int8_dot_product'] else 'no'}; flags: {' '.join(cpu['flags'])}")
-    extras = [f"Jetson L4T {hw['jetson']['l4t']}" if hw["jetson"] else "",
-              ", ".join(c["name"] for c in hw["coral"]), ", ".join(g["model"] for g in hw["nvidia_gpus"]),
-              f"CUDA {hw['cuda']}" if hw["cuda"] else "", f"TensorRT {hw['tensorrt']}" if hw["tensorrt"] else ""]
-    if any(extras):
-        console.print("accelerators: " + "; ".join(e for e in extras if e))
+    console.print("accelerators: " + ("; ".join(doc["accelerators"]) or "none"))
+    if doc["not_usable"]:
+        console.print("not usable: " + "; ".join(doc["not_usable"]))
     if hw["thermal"]:
         console.print("thermal: " + ", ".join(f"{z['type'] or z['zone']} {z['temp_c']:.1f} °C" for z in hw["thermal"]))
     table = Table(title="runtimes, delegates and providers")
@@ -298,30 +302,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgefleet-agent", description="edgefleet device agent")
+    doc = __doc__ or ""
+    parser = _Parser(prog="edgefleet-agent", description=doc.split("\n")[0], epilog=doc.split("\n", 2)[2],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line("edgefleet-agent"),
+                        help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log runtime selection at INFO")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", required=True, help="agent YAML config")
+    run.add_argument("--config", required=True, metavar="FILE",
+                     help="agent YAML config (the unit uses /etc/edgefleet/agent.yaml)")
     run.set_defaults(func=cmd_run)
     probe = sub.add_parser("probe", help="hardware, runtimes and delegates, and what auto would pick")
-    probe.add_argument("--json", action="store_true")
+    probe.add_argument("--json", action="store_true", help="print one JSON document")
     probe.set_defaults(func=cmd_probe)
     for name, func, help_text in (("bench", cmd_bench, "latency and throughput of a model"),
                                   ("infer", cmd_infer, "one inference on an image, .npy or .npz")):
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("model")
+        cmd.add_argument("model", help="model file (.tflite, .onnx, .pt TorchScript, .pte ExecuTorch)")
         if name == "infer":
-            cmd.add_argument("input")
-        cmd.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES)
+            cmd.add_argument("input", help="an image, a .npy (one input) or a .npz (inputs by name)")
+        cmd.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+                         help="runtime to use (default: %(default)s, the best one installed)")
         cmd.add_argument("--delegate", default="auto",
                          help="auto | none | xnnpack | edgetpu | an onnxruntime provider (cuda, CPUExecutionProvider)")
         cmd.add_argument("--threads", type=int, default=0, help="0: one per usable core")
-        cmd.add_argument("--json", action="store_true")
+        cmd.add_argument("--json", action="store_true", help="print one JSON document")
         cmd.set_defaults(func=func)
         if name == "bench":
-            cmd.add_argument("--runs", type=int, default=100)
-            cmd.add_argument("--warmup", type=int, default=10)
+            cmd.add_argument("--runs", type=int, default=100, help="timed runs (default: %(default)s)")
+            cmd.add_argument("--warmup", type=int, default=10, help="untimed runs first (default: %(default)s)")
             cmd.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,..",
                              help="concrete shape for an input with dynamic dims (repeatable)")
     return parser
@@ -329,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        _complete(parser)
+        args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         return int(args.func(args))
@@ -345,6 +357,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("interrupted", 130)
     except Exception as exc:  # the promise: one line, no traceback
         return _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion (argcomplete): answers and exits only when the shell asks (_ARGCOMPLETE set)."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 def _fail(message: str, code: int) -> int:

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.configfile import load_config
+from agent.configfile import foreign_to_agent, load_config
+from agent.logsetup import LogFormat
 from agent.wire import PreprocessSpec, TrialPolicy
 
 ENV_PREFIX = "EDGEFLEET_"
@@ -55,6 +56,13 @@ class SourceSection(Section):
 class ApiSection(Section):
     listen: str | None = "127.0.0.1:8500"
     max_body_mb: float = Field(default=16.0, gt=0)
+    # Host header values accepted besides loopback names and the listen host (DNS rebinding: 421 otherwise)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    token: str | None = None  # when set, every request needs "Authorization: Bearer <token>"
+    token_file: Path | None = None  # ... the token read from this file's first line instead
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers within this, or the connection is cut
+    body_timeout_s: float = Field(default=30.0, gt=0)  # a request body within this
+    max_connections: int = Field(default=512, ge=1)  # threads, one a connection; beyond them: 503 at once
 
     @field_validator("listen")
     @classmethod
@@ -105,7 +113,8 @@ class ServerSection(Section):
     token: str | None = None  # per-device token; obtained by enrollment when absent
     enrollment_token: str | None = None
     poll_interval_s: float = Field(default=60.0, gt=0)
-    public_key: Path | None = None
+    public_key: Path | None = None  # a bare key: root of trust version 0 (docs/ota.md "Root of trust")
+    root: Path | None = None  # a signed root (the server's trust/root/N.root.json); preferred over public_key
     device_class: str | None = None  # None: derived from the hardware probe
     tags: list[str] = Field(default_factory=list)
     timeout_s: float = Field(default=30.0, gt=0)
@@ -152,6 +161,10 @@ class QualitySection(Section):
     samples: SamplesSection = Field(default_factory=SamplesSection)
 
 
+class LogSection(Section):
+    format: LogFormat = "auto"  # auto: journal lines under systemd, text otherwise; json: one object per line
+
+
 class AgentConfig(Section):
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     state_dir: Path = Path("/var/lib/edgefleet")
@@ -166,7 +179,8 @@ class AgentConfig(Section):
     update: UpdateSection = Field(default_factory=UpdateSection)
     quality: QualitySection = Field(default_factory=QualitySection)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log: LogSection = Field(default_factory=LogSection)
 
 
 def load_agent_config(path: str | Path | None, environ: dict[str, str] | None = None) -> AgentConfig:
-    return load_config(AgentConfig, path, env_prefix=ENV_PREFIX, environ=environ)
+    return load_config(AgentConfig, path, env_prefix=ENV_PREFIX, environ=environ, foreign=foreign_to_agent)

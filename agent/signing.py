@@ -1,12 +1,24 @@
-"""Ed25519 signatures over canonical JSON, shared by the server (signs) and the agent (verifies)."""
+"""Ed25519 signatures over canonical JSON, shared by the server (signs) and the agent (verifies).
+
+Two forms (docs/ota.md, "Formats"):
+
+- RFC 8785 (JCS): ``canonical_json`` / ``sign_canonical`` / ``verify_canonical``. What this agent
+  verifies: any JCS implementation and any Ed25519 library reproduce the bytes; NaN, Infinity and
+  integers beyond 2**53 are refused.
+- legacy: ``legacy_json`` (Python's ``json.dumps(sort_keys=True)``) with ``sign_document`` /
+  ``verify_document``: only what the server signs for agents that predate the RFC 8785 form.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -15,8 +27,37 @@ from agent.errors import ConfigError, SignatureError
 
 
 def canonical_json(document: Any) -> bytes:
-    """The exact bytes that are signed: sorted keys, no whitespace, UTF-8."""
+    """The RFC 8785 bytes of ``document``; SignatureError for what JCS cannot encode (NaN, Infinity, big ints)."""
+    try:
+        return rfc8785.dumps(document)
+    except rfc8785.FloatDomainError as exc:
+        raise SignatureError(f"not canonical JSON (RFC 8785): {exc.args[0] if exc.args else 'NaN or Infinity'} "
+                             "is not a JSON number") from exc
+    except rfc8785.IntegerDomainError as exc:
+        raise SignatureError("not canonical JSON (RFC 8785): an integer beyond 2**53") from exc
+    except rfc8785.CanonicalizationError as exc:
+        raise SignatureError(f"not canonical JSON (RFC 8785): {exc}") from exc
+
+
+def legacy_json(document: Any) -> bytes:
+    """The legacy signed bytes: sorted keys, no whitespace, UTF-8, Python's float and escape rules."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def strict_json(data: bytes) -> Any:
+    """Parse JSON refusing what two parsers may read differently: NaN / Infinity and duplicate keys."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise ValueError(f"duplicate key {key!r}")
+            out[key] = value
+        return out
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    return json.loads(data, object_pairs_hook=pairs, parse_constant=constant)
 
 
 def generate_private_key() -> Ed25519PrivateKey:
@@ -65,25 +106,53 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return parse_public_key(data, str(path))
 
 
-def key_id(key: Ed25519PublicKey) -> str:
-    """A short fingerprint that names a key in logs and signed documents."""
-    import hashlib
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """The key's name in roots and signatures: sha256 of its 32 raw bytes, hex."""
+    return hashlib.sha256(raw_public(key)).hexdigest()
+
+
+def public_b64(key: Ed25519PublicKey) -> str:
+    return base64.b64encode(raw_public(key)).decode()
+
+
+def sign_canonical(key: Ed25519PrivateKey, document: dict[str, Any]) -> dict[str, str]:
+    """``{"keyid", "sig"}``: base64 Ed25519 over the RFC 8785 form of ``document``."""
+    return {"keyid": key_id(key.public_key()), "sig": base64.b64encode(key.sign(canonical_json(document))).decode()}
+
+
+def valid_signers(keys: dict[str, Ed25519PublicKey], document: dict[str, Any],
+                  signatures: Iterable[tuple[str, str]]) -> set[str]:
+    """The ids among ``keys`` whose (keyid, base64 sig) pair signs ``document``; each key counts once."""
+    data = canonical_json(document)
+    valid: set[str] = set()
+    for keyid, sig in signatures:
+        key = keys.get(keyid)
+        if key is None or keyid in valid:
+            continue
+        try:
+            key.verify(base64.b64decode(sig, validate=True), data)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        valid.add(keyid)
+    return valid
 
 
 def sign_document(key: Ed25519PrivateKey, document: dict[str, Any]) -> str:
-    return base64.b64encode(key.sign(canonical_json(document))).decode()
+    """The legacy form: base64 Ed25519 over ``legacy_json`` (agents before the RFC 8785 form)."""
+    return base64.b64encode(key.sign(legacy_json(document))).decode()
 
 
 def verify_document(key: Ed25519PublicKey, document: dict[str, Any], signature_b64: str) -> None:
-    """Raise SignatureError unless ``signature_b64`` signs ``document`` under ``key``."""
+    """The legacy form: raise SignatureError unless ``signature_b64`` signs ``legacy_json(document)``."""
     try:
         signature = base64.b64decode(signature_b64, validate=True)
     except (ValueError, TypeError) as exc:
         raise SignatureError("manifest signature is not valid base64") from exc
     try:
-        key.verify(signature, canonical_json(document))
+        key.verify(signature, legacy_json(document))
     except InvalidSignature as exc:
         raise SignatureError("manifest signature does not verify with the pinned server key") from exc

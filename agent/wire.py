@@ -9,9 +9,10 @@ peer can add fields without breaking an older one.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 TOPIC_ROOT = "edgefleet/v1/devices"
 SHARED_GROUP = "edgefleet"
@@ -136,85 +137,182 @@ class Manifest(WireModel):
     drift_profile: dict[str, Any] | None = None
     issued_at: float
     expires_at: float
+    # grows whenever the server changes this device's desired state (reverts too): replays are refused
+    generation: int = Field(default=0, ge=0)
+
+
+# What an agent that verifies the RFC 8785 form sends in Accept; without it the server sends the legacy form.
+MANIFEST_MEDIA_TYPE = "application/vnd.edgefleet.manifest.v2+json"
+
+
+class Signature(WireModel):
+    keyid: str  # sha256 of the Ed25519 public key's 32 raw bytes, hex
+    sig: str  # base64 Ed25519 over the RFC 8785 form of the signed document
 
 
 class SignedManifest(WireModel):
     manifest: dict[str, Any]  # verified as canonical JSON before it is parsed as a Manifest
-    signature: str
-    key_id: str | None = None
+    signatures: list[Signature] = Field(default_factory=list, max_length=16)  # RFC 8785 form
+    root_version: int | None = None  # the newest root of trust the server has (a hint to fetch the chain)
+    signature: str | None = None  # legacy form: base64 Ed25519 over json.dumps(sort_keys=True)
+    key_id: str | None = None  # legacy form
+
+
+# --- root of trust (docs/ota.md "Root of trust") ----------------------------------------------------
+
+
+class RootKey(WireModel):
+    keytype: Literal["ed25519"] = "ed25519"
+    public: str  # base64 of the 32 raw bytes
+
+
+class RootRole(WireModel):
+    keyids: list[str] = Field(min_length=1, max_length=32)
+    threshold: int = Field(ge=1)
+
+
+class Root(WireModel):
+    """One version of the root of trust: its keys, and which keys (how many of them) sign what."""
+
+    type: Literal["root"]
+    version: int = Field(ge=1)
+    keys: dict[str, RootKey] = Field(max_length=64)
+    roles: dict[Literal["root", "manifest"], RootRole]
+    created_at: float | None = None
+
+
+class SignedRoot(WireModel):
+    signed: dict[str, Any]  # a Root, verified as canonical JSON before it is parsed
+    signatures: list[Signature] = Field(max_length=32)
 
 
 # --- MQTT payloads ------------------------------------------------------------------------------
+# Every device message is untrusted input to the server: each field is bounded to what its database
+# column holds (64-bit seq/epoch/session, 32-bit counts and versions, finite floats, strings of the
+# column's length without NUL), and free-form sections to FREEFORM_DEPTH / FREEFORM_ITEMS.
+# Numbers are strict: a JSON true is not a count, 1.0 is not a seq.
+
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+METRIC_MAX = 1e15  # any figure a device reports (ms, %, MB, s, fps) is far below this
+FREEFORM_DEPTH = 8
+FREEFORM_ITEMS = 2000  # dict entries + list items over one free-form section
+
+Counter64 = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)]  # seq, epoch, session
+Count32 = Annotated[int, Field(strict=True, ge=0, le=INT32_MAX)]  # per-interval counts, model versions
+Metric = Annotated[float, Field(strict=True, ge=-METRIC_MAX, le=METRIC_MAX)]  # finite: NaN and inf fail too
+Timestamp = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # range: judged by the receiver
+Name64 = Annotated[str, StringConstraints(strict=True, max_length=64, pattern=r"^[^\x00]*$")]
+Name128 = Annotated[str, StringConstraints(strict=True, max_length=128, pattern=r"^[^\x00]*$")]
+
+
+def bounded_tree(value: Any) -> Any:
+    """A free-form JSON section (``hw``, ``drift``, ``shadow``, event fields) at most FREEFORM_DEPTH deep
+    with at most FREEFORM_ITEMS entries; strings without NUL."""
+    budget = FREEFORM_ITEMS
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = list(node.values())
+            if any("\x00" in key for key in node):
+                raise PydanticCustomError("string_pattern_mismatch", "a key holds a NUL character")
+        elif isinstance(node, list):
+            children = node
+        else:
+            if isinstance(node, str) and "\x00" in node:
+                raise PydanticCustomError("string_pattern_mismatch", "a string holds a NUL character")
+            continue
+        if depth >= FREEFORM_DEPTH:
+            raise PydanticCustomError("too_deep", "nested deeper than {depth} levels", {"depth": FREEFORM_DEPTH})
+        budget -= len(children)
+        if budget < 0:
+            raise PydanticCustomError("too_large", "more than {items} entries", {"items": FREEFORM_ITEMS})
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+FreeForm = Annotated[dict[str, Any], AfterValidator(bounded_tree)]
 
 
 class ModelRef(WireModel):
-    name: str | None = None
-    version: int | None = None
-    sha256: str | None = None
+    name: Name128 | None = None
+    version: Count32 | None = None
+    sha256: Name64 | None = None
 
 
 class Birth(WireModel):
     online: Literal[True] = True
-    session: int
-    agent_version: str
+    session: Counter64
+    epoch: Counter64 = 0  # the spool's epoch: a reset device's sessions count again from 1 in a new epoch
+    agent_version: Name64
     model: ModelRef = Field(default_factory=ModelRef)
-    runtime: str | None = None
-    delegate: str | None = None
-    hw: dict[str, Any] = Field(default_factory=dict)
-    device_class: str | None = None
-    ts: float = Field(default_factory=now)
+    runtime: Name64 | None = None
+    delegate: Name64 | None = None
+    hw: FreeForm = Field(default_factory=dict)
+    device_class: Name64 | None = None
+    ts: Timestamp = Field(default_factory=now)
 
 
 class Will(WireModel):
     online: Literal[False] = False
-    session: int
+    session: Counter64
+    epoch: Counter64 = 0
 
 
 class LatencySummary(WireModel):
-    p50: float | None = None
-    p95: float | None = None
-    p99: float | None = None
-    max: float | None = None
+    p50: Metric | None = None
+    p95: Metric | None = None
+    p99: Metric | None = None
+    max: Metric | None = None
 
 
 class InferenceStats(WireModel):
-    count: int = 0
-    errors: int = 0
+    count: Count32 = 0
+    errors: Count32 = 0
     latency_ms: LatencySummary = Field(default_factory=LatencySummary)
-    fps: float = 0.0
-    dropped_frames: int = 0
+    fps: Metric = 0.0
+    dropped_frames: Count32 = 0
 
 
 class SystemStats(WireModel):
-    cpu_pct: float | None = None
-    mem_mb: float | None = None
-    rss_mb: float | None = None
-    temp_c: float | None = None
-    disk_free_mb: float | None = None
-    uptime_s: float | None = None
+    cpu_pct: Metric | None = None
+    mem_mb: Metric | None = None
+    rss_mb: Metric | None = None
+    temp_c: Metric | None = None
+    disk_free_mb: Metric | None = None
+    uptime_s: Metric | None = None
 
 
 class Telemetry(WireModel):
-    seq: int
-    ts: float
+    seq: Counter64
+    epoch: Counter64 = 0  # names the spool seq counts in (0: an agent from before epochs)
+    ts: Timestamp
     model: ModelRef = Field(default_factory=ModelRef)
-    runtime: str | None = None
-    delegate: str | None = None
+    runtime: Name64 | None = None
+    delegate: Name64 | None = None
     inference: InferenceStats = Field(default_factory=InferenceStats)
     system: SystemStats = Field(default_factory=SystemStats)
-    spool: dict[str, int] | None = None  # queued / dropped counts of the store-and-forward spool
-    drift: dict[str, Any] | None = None  # per-statistic drift scores over the live window
-    shadow: dict[str, Any] | None = None  # candidate agreement and latency while shadowing
+    spool: Annotated[dict[Name64, Counter64], Field(max_length=32)] | None = None  # store-and-forward counts
+    drift: FreeForm | None = None  # per-statistic drift scores over the live window
+    shadow: FreeForm | None = None  # candidate agreement and latency while shadowing
 
 
 EventType = str  # "update.downloading", "update.verified", ..., "runtime.fallback", "command.error"
 
 
 class Event(WireModel):
-    seq: int
-    ts: float
-    type: EventType
+    seq: Counter64
+    epoch: Counter64 = 0
+    ts: Timestamp
+    type: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _bounded_fields(self) -> Event:
+        if self.__pydantic_extra__:
+            bounded_tree(self.__pydantic_extra__)
+        return self
 
 
 class Command(WireModel):
@@ -228,15 +326,16 @@ class Command(WireModel):
 
 class EnrollRequest(WireModel):
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    enrollment_token: str
-    device_class: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    hw: dict[str, Any] = Field(default_factory=dict)
+    enrollment_token: str = Field(max_length=256)  # the shared token, or a one-time token for this id
+    device_class: Name64 | None = None
+    tags: list[Name64] = Field(default_factory=list, max_length=64)
+    hw: FreeForm = Field(default_factory=dict)
 
 
 class EnrollResponse(WireModel):
     device_id: str
     token: str
+    status: Literal["enrolled", "pending"] = "enrolled"  # pending: refused until the operator approves it
 
 
 UpdateState = Literal[

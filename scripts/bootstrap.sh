@@ -13,7 +13,9 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [[ "$extras" == *all* || "$extras" == *torch* ]]; then
-  # 2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
+  # Pinned so pip takes the wheel already on this machine's disk (here 2.13.0+cpu, an x86_64 CPU
+  # build), not a newer multi-GB download. PyPI's own torch wheels are CUDA builds on x86_64 and on
+  # aarch64 alike; the latter do not install on a Raspberry Pi (see docs/targets.md).
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -e ".[$extras]"

@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from server import dashboard, rollouts
-from server.api.routes import artifacts, devices, enroll, health, jobs, models
+from server import dashboard, rollouts, sandbox
+from server.api.routes import artifacts, devices, enroll, health, jobs, models, trust
 from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
 from server.artifact_gc import Collected, collect
@@ -25,10 +25,12 @@ from server.crud import jobs as job_crud
 from server.crud.telemetry import downsample_and_expire
 from server.db import Database, migrate
 from server.deltas import KIND as DELTAS_JOB
-from server.deltas import deltas_job
+from server.deltas import PAIR_KIND, deltas_job, pair_job
+from server.housekeeping import collect as housekeep
 from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.leases import GC, RETENTION, ROLLOUTS, Leases
+from server.limits import BodyLimits
 from server.manifests import ManifestService, Signer
 from server.metrics import install as install_metrics
 from server.reports import ReportWriter
@@ -89,8 +91,11 @@ class Background:
             return downsample_and_expire(session, downsample_before=now - section.downsample_after_hours * 3600,
                                          expire_before=now - section.retention_days * 86400)
 
-    def collect_garbage(self) -> Collected:
-        return collect(self.state.db, self.state.store, grace_s=self.state.config.gc_grace_s)
+    def collect_garbage(self) -> tuple[object, Collected]:
+        """Patches no manifest can offer and samples past their retention or size cap (server/housekeeping.py),
+        then every artifact no row names any more (server/artifact_gc.py)."""
+        swept = housekeep(self.state.db, self.state.store, self.state.config.samples, now=time.time())
+        return swept, collect(self.state.db, self.state.store, grace_s=self.state.config.gc_grace_s)
 
     def start(self) -> None:
         for thread in self.threads:
@@ -106,13 +111,14 @@ class Background:
 def build_state(config: ServerConfig) -> ServerState:
     # every HTTP thread, plus the ingest writer, rollout loop, job workers, leases and retention
     db = Database(config.database_url, connections=config.http_threads + config.job_workers + 10)
-    signer = Signer.from_file(config.signing_key)
+    signer = Signer.from_config(config)
     public_url = public_url_of(config)
     replica = replica_id_of(config)
     store = make_store(config.storage)
     job_runner = JobRunner(db, holder=replica, workers=config.job_workers, claim_ttl_s=3 * config.lease_ttl_s)
-    job_runner.register(VARIANTS_JOB, variants_job(db, store))
+    job_runner.register(VARIANTS_JOB, variants_job(db, store, config))
     job_runner.register(DELTAS_JOB, deltas_job(db, store, config))
+    job_runner.register(PAIR_KIND, pair_job(db, store, config))
     return ServerState(config=config, db=db, store=store, signer=signer,
                        manifests=ManifestService(config, signer, public_url), jobs=job_runner,
                        reports=ReportWriter(db), leases=Leases(db, replica, ttl_s=config.lease_ttl_s),
@@ -133,6 +139,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.http_threads
+        sandbox.reopen()
         migrate(state.db.engine)
         if state.db.dialect == "sqlite":  # one process owns the database: what was running was interrupted
             with state.db.session() as session:
@@ -151,6 +158,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            sandbox.kill_all()  # a model being inspected or optimized must not hold the shutdown
             if background:
                 tasks.stop()
                 state.leases.stop()
@@ -162,10 +170,12 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
 
     app = FastAPI(title="edgefleet update server", version="1", lifespan=lifespan)
     app.state.edgefleet = state
-    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes):
+    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes, trust):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)
+    app.add_middleware(BodyLimits, http=config.http,  # outermost: before any parsing
+                       upload_bytes=int(config.max_upload_mb * 1024 * 1024))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,23 +4,25 @@
   sends retained messages to a shared subscription, and applying a status twice is harmless.
 - ``telemetry`` and ``events`` go through ``$share/edgefleet/...`` when the broker speaks MQTT 5
   (so replicas split the stream), plain subscriptions with MQTT 3.1.1.
-- The writer drains a queue in batches (``telemetry.batch_max`` messages or ``batch_interval_s``)
-  and writes each batch in one transaction; (device, seq) duplicates are skipped by a unique
-  constraint with insert-ignore.
+- The writer drains a queue in batches (``telemetry.batch_max`` messages or ``batch_interval_s``).
+  Every message is validated first (``server/ingest_validation.py``); refused ones and those of ids
+  that are not enrolled are counted (``server/ingest_rejections.py``), never stored. The rest is
+  written in one transaction; (device, epoch, seq) duplicates are skipped by a unique constraint with
+  insert-ignore. A batch the database refuses is split in halves until the message it refuses is
+  alone, so only that message is lost (the broker acknowledged them all). A database that is down
+  is waited for: the batch is retried, not dropped.
 - Nothing is lost when a replica dies (docs/deploying.md): the session is persistent (clean start
   off, ``mqtt.session_expiry_s``) under the replica's stable client id, and a message is
-  acknowledged (PUBACK) only once its batch is committed, so what was in flight or queued in this
+  acknowledged (PUBACK) only once its batch is written, so what was in flight or queued in this
   process is delivered again when the replica reconnects; a message delivered twice is skipped by
-  the unique constraints.
+  the unique constraints. A clean stop hands the replica's share over to the others.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import queue
-import random
 import socket
 import threading
 import time
@@ -32,32 +34,38 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command, Event, Telemetry
+from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command
 from server.config import MqttSection, TelemetrySection
 from server.crud import telemetry as crud
 from server.db import Database
 from server.db.models import Device as DeviceRow
+from server.ingest_rejections import Rejections
+from server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
 
 log = logging.getLogger("edgefleet.server.ingest")
+RETRY_MAX_S = 10.0
 Ack = Callable[[], object]
-WRITE_ATTEMPTS = 4  # a deadlock with another replica's batch, or a device row both inserted: write it again
 
 
 @dataclass
 class IngestStats:
     received: int = 0
     written: int = 0
-    invalid: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
     connected: bool = False
     protocol: str = "unknown"
+    ts_replaced: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    rejections: Rejections = field(default_factory=Rejections)
+
+    @property
+    def invalid(self) -> int:
+        return self.rejections.total
 
 
 def parse_topic(topic: str) -> tuple[str, str] | None:
@@ -68,16 +76,30 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
     return parts[len(root)], parts[len(root) + 1]
 
 
+def _transient(exc: BaseException) -> bool:
+    """A database that is unreachable or busy, as opposed to one that refuses what it was given."""
+    return isinstance(exc, InterfaceError) or (isinstance(exc, OperationalError) and not _refusal(exc))
+
+
+def _refusal(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else ""
+    return "too big" in text or "too many" in text  # SQLite: string or blob too big, too many SQL variables
+
+
 class BatchWriter:
     """Turns raw (topic, payload, received_at) messages into rows and writes them in batches."""
 
     def __init__(self, db: Database, section: TelemetrySection, stats: IngestStats,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None, *, validate: bool = True) -> None:
         self.db = db
         self.on_batch = on_batch  # (messages in the batch, seconds to write it), e.g. for /metrics
         self.section = section
         self.stats = stats
+        self.validate = validate  # False only for benchmarks/ingest_rate.py's baseline
+        self.limits = Limits(max_bytes=section.max_message_kb * 1024, retention_s=section.retention_days * 86400,
+                             future_skew_s=section.future_skew_s)
         self.queue: queue.Queue[tuple[str, bytes, float, Ack | None] | None] = queue.Queue(maxsize=200_000)
+        self.left_unwritten = False  # a stop found the database down: some messages were not acknowledged
         self._thread = threading.Thread(target=self._loop, name="edgefleet-ingest-writer", daemon=True)
         self._stop = threading.Event()
 
@@ -112,70 +134,119 @@ class BatchWriter:
                 if item is None:
                     break
                 batch.append(item)
+            if self._write_until_stored([(topic, payload, received_at) for topic, payload, received_at, _ in batch]):
+                for *_message, ack in batch:
+                    if ack is not None:
+                        ack()
+            else:  # not acknowledged: the broker delivers them again to this replica's session
+                self.left_unwritten = True
+
+    def _write_until_stored(self, batch: list[tuple[str, bytes, float]]) -> bool:
+        """Write the batch, waiting for a database that is down; False when stopping left it unwritten."""
+        delay = 0.5
+        while True:
             try:
-                self.write([(topic, payload, received_at) for topic, payload, received_at, _ in batch])
-            except Exception:
-                log.exception("ingest: a batch of %d messages could not be written", len(batch))
-            for *_message, ack in batch:
-                if ack is not None:
-                    ack()
+                self.write(batch)
+                return True
+            except Exception as exc:
+                if not _transient(exc):
+                    log.exception("ingest: a batch of %d messages could not be written", len(batch))
+                    return True
+                if self._stop.is_set():
+                    log.error("ingest: stopping with %d messages unwritten: %s", len(batch), exc)
+                    return False
+                log.warning("ingest: database unavailable (%s); retrying %d messages in %.1fs",
+                            type(exc).__name__, len(batch), delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     def write(self, batch: list[tuple[str, bytes, float]]) -> None:
         started = time.perf_counter()
-        telemetry: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
-        statuses: list[tuple[str, dict[str, Any], float]] = []
-        live: dict[str, dict[str, Any]] = {}
+        accepted: list[Accepted] = []
+        refused: list[tuple[str, Rejected, float]] = []
         for topic, payload, received_at in batch:
             parsed = parse_topic(topic)
             if parsed is None:
                 continue
             device_id, leaf = parsed
-            try:
-                document = json.loads(payload)
-                if leaf == "telemetry":
-                    Telemetry.model_validate(document)
-                    row = crud.telemetry_row(device_id, document, received_at)
-                    telemetry.append(row)
-                    live[device_id] = {"last_seen": received_at, "p95_ms": row["p95_ms"], "cpu_pct": row["cpu_pct"],
-                                       "model_name": row["model_name"], "model_version": row["model_version"],
-                                       "runtime": row["runtime"], "delegate": document.get("delegate")}
-                elif leaf == "events":
-                    event = Event.model_validate(document)
-                    events.append({"device_id": device_id, "seq": event.seq, "ts": event.ts, "type": event.type,
-                                   "payload": document})
-                elif leaf == "status":
-                    if not isinstance(document, dict) or "session" not in document:
-                        raise ValueError("status without session")
-                    statuses.append((device_id, document, received_at))
-                else:
-                    continue
-            except (ValueError, ValidationError) as exc:
-                self.stats.invalid += 1
-                log.debug("ingest: dropped a bad %s message from %s: %s", leaf, device_id, exc)
+            if leaf not in ("telemetry", "events", "status"):
                 continue
-            self.stats.by_kind[leaf] = self.stats.by_kind.get(leaf, 0) + 1
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                with self.db.session() as session:
-                    crud.insert_telemetry(session, rows=telemetry)
-                    crud.insert_events(session, rows=events)
-                    _lock_devices(session, {d for d, _, _ in statuses} | set(live))
-                    for device_id, document, received_at in statuses:
-                        crud.apply_status(session, device_id=device_id, payload=document, now=received_at)
-                    crud.apply_live(session, updates=live)
-                break
-            except (OperationalError, IntegrityError) as exc:  # another replica wrote the same devices meanwhile
-                if attempt == WRITE_ATTEMPTS:
-                    raise
-                log.warning("ingest: a batch of %d messages: %s; writing it again", len(batch),
-                            str(exc.orig or exc).splitlines()[0])
-                time.sleep(0.05 * attempt * random.random())
-        self.stats.written += len(telemetry) + len(events) + len(statuses)
+            result = (check(device_id, leaf, payload, received_at, self.limits) if self.validate
+                      else unchecked(device_id, leaf, payload, received_at))
+            if isinstance(result, Rejected):
+                refused.append((device_id, result, received_at))
+            else:
+                accepted.append(result)
+        with self.db.session() as session:
+            enrolled = crud.enrolled_ids(session, device_ids={m.device_id for m in accepted} |
+                                         {device_id for device_id, _, _ in refused})
+        stored = [m for m in accepted if m.device_id in enrolled]
+        for message in accepted:
+            if message.device_id not in enrolled:
+                refused.append((message.device_id, Rejected("unenrolled", f"{message.leaf}: the id is not enrolled"),
+                                message.received_at))
+        self._write_split(stored)
+        for device_id, rejected, received_at in refused:
+            self.stats.rejections.add(device_id, rejected, enrolled=device_id in enrolled, at=received_at)
+        counts = self.stats.rejections.take_device_counts()
+        if counts:
+            with self.db.session() as session:
+                crud.record_rejections(session, rejected=counts)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
         if self.on_batch is not None:
             self.on_batch(len(batch), self.stats.last_batch_ms / 1000)
+
+    def _write_split(self, messages: list[Accepted]) -> None:
+        """Write ``messages`` in one transaction; when the database refuses it, each half on its own."""
+        if not messages:
+            return
+        try:
+            self._commit(messages)
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            if len(messages) == 1:
+                message = messages[0]
+                detail = f"{message.leaf}: the database refused it: {type(exc).__name__}"
+                self.stats.rejections.add(message.device_id, Rejected("refused_by_database", detail),
+                                          enrolled=True, at=message.received_at)
+                return
+            middle = len(messages) // 2
+            self._write_split(messages[:middle])
+            self._write_split(messages[middle:])
+            return
+        for message in messages:
+            self.stats.by_kind[message.leaf] = self.stats.by_kind.get(message.leaf, 0) + 1
+        self.stats.written += len(messages)
+
+    def _commit(self, messages: list[Accepted]) -> None:
+        telemetry: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        live: dict[str, dict[str, Any]] = {}
+        for message in messages:
+            row = message.row
+            if message.leaf == "telemetry" and row is not None:
+                telemetry.append(row)
+                current = live.setdefault(message.device_id, {"ts_replaced": 0})
+                current.update(last_seen=message.received_at, p95_ms=row["p95_ms"], cpu_pct=row["cpu_pct"],
+                               model_name=row["model_name"], model_version=row["model_version"],
+                               runtime=row["runtime"], delegate=message.delegate)
+                current["ts_replaced"] += int(row["ts_replaced"])
+            elif message.leaf == "events" and row is not None:
+                events.append(row)
+                if row["ts_replaced"]:
+                    live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
+        with self.db.session() as session:
+            crud.insert_telemetry(session, rows=telemetry)
+            crud.insert_events(session, rows=events)
+            _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
+            for message in messages:
+                if message.status is not None:
+                    crud.apply_status(session, device_id=message.device_id, status=message.status,
+                                      now=message.received_at)
+            crud.apply_live(session, updates=live)
+        self.stats.ts_replaced += sum(int(v["ts_replaced"]) for v in live.values())
 
 
 def _lock_devices(session: Session, device_ids: set[str]) -> None:
@@ -323,6 +394,9 @@ class Ingestor:
         unsubscribed.wait(timeout)
         time.sleep(0.2)  # messages the broker had sent before the UNSUBACK
         self.writer.stop()  # writes what is queued and acknowledges it on this connection
+        if self.writer.left_unwritten:  # keep the session: the broker has them for this replica's next start
+            client.disconnect()
+            return
         properties = Properties(PacketTypes.DISCONNECT)
         properties.SessionExpiryInterval = 0
         client.disconnect(properties=properties)

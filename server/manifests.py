@@ -1,9 +1,11 @@
 """Desired-state manifests: variant selection, Ed25519 signature, ETag.
 
-The signed body depends only on the device's stored desired state (with its ``issued_at``), its
-class and runtimes, the model it runs (for a delta) and the registry; Ed25519 signatures are
-deterministic, so signing the same state again gives the same bytes and the same ETag.
-``issued_at`` is renewed (and the ETag changes) once half the manifest's lifetime has passed.
+The signed body depends only on the device's stored desired state (with its ``issued_at`` and
+``generation``), its class and runtimes, the model it runs (for a delta), the registry, the signing key
+and the form; Ed25519 signatures are deterministic, so signing the same state again gives the same bytes
+and the same ETag. ``issued_at`` is renewed (and the ETag changes) once half the manifest's lifetime has
+passed. Two forms (docs/ota.md "Formats"): RFC 8785 with ``signatures`` for agents that ask for
+``MANIFEST_MEDIA_TYPE``, and the legacy form for the agents before it (``legacy_manifests``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from agent.signing import key_id, load_private_key, sign_document
+from agent.signing import sign_canonical, sign_document
 from agent.wire import Manifest, SignedManifest
 from server.config import ServerConfig
 from server.crud import counters
@@ -30,22 +30,35 @@ from server.crud.deltas import get_delta
 from server.crud.devices import hash_token, runnable_formats
 from server.crud.registry import list_variants, version_by_id
 from server.db.models import Counter, Device, Rollout
+from server.trust import Material, ServerTrust
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
 class Signer:
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self.key = key
-        self.key_id = key_id(key.public_key())
+    """Signs with the online key of the newest root (server/trust.py), reloaded after ``rotate-key``."""
+
+    def __init__(self, trust: ServerTrust) -> None:
+        self.trust = trust
 
     @classmethod
-    def from_file(cls, path: Path) -> Signer:
-        return cls(load_private_key(path))
+    def from_config(cls, config: ServerConfig) -> Signer:
+        signer = cls(ServerTrust(config.signing_key, config.trust_dir))
+        signer.material()  # fail at start-up, not at the first check-in, when key and root disagree
+        return signer
 
-    def sign(self, document: dict[str, Any]) -> SignedManifest:
-        return SignedManifest(manifest=document, signature=sign_document(self.key, document), key_id=self.key_id)
+    def material(self) -> Material:
+        return self.trust.material()
+
+    def sign(self, document: dict[str, Any], *, legacy: bool = False) -> SignedManifest:
+        material = self.material()
+        if legacy:
+            return SignedManifest(manifest=document, signature=sign_document(material.key, document),
+                                  key_id=material.key_id)
+        return SignedManifest.model_validate({"manifest": document, "signatures": [sign_canonical(material.key,
+                                                                                                  document)],
+                                              "root_version": material.root_version})
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,7 @@ def build_manifest(*, device: Device, release: Release, variant: VariantInfo, te
         drift_profile=release.drift_profile,
         issued_at=device.desired_issued_at,
         expires_at=device.desired_issued_at + config.manifest_ttl_s,
+        generation=device.generation or 0,
     ))
     return manifest.model_dump(mode="json")
 
@@ -191,18 +205,23 @@ class ManifestService:
         self._terms: _Lru[int, RolloutTerms] = _Lru(256)
         self._deltas: _Lru[tuple[str, str, int], tuple[str, str, int] | tuple[()]] = _Lru(1024)
 
-    def _state_key(self, session: Session, device: Device) -> tuple[Any, ...]:
+    def _state_key(self, session: Session, device: Device, legacy: bool) -> tuple[Any, ...]:
         return (device.desired_version_id, device.desired_rollout_id, bool(device.desired_revert),
                 device.desired_issued_at, device.device_class, json.dumps((device.hw or {}).get("runtimes")),
-                device.model_sha256, counters.read(session))
+                device.model_sha256, device.generation or 0, self._form(legacy), counters.read(session))
 
-    def cached(self, engine: Engine, *, device_id: str, token: str, now: float) -> SignedBody | None:
+    def _form(self, legacy: bool) -> tuple[bool, str, int]:
+        material = self.signer.material()
+        return legacy, material.key_id, material.root_version
+
+    def cached(self, engine: Engine, *, device_id: str, token: str, now: float,
+               legacy: bool = False) -> SignedBody | None:
         """The hot path of a check-in: one read-only query; None means "take the full path"
         (unknown token, no desired state, cache miss or a manifest due for renewal)."""
         generation = select(Counter.value).where(Counter.name == "registry").scalar_subquery()
         query = select(Device.token_hash, Device.desired_version_id, Device.desired_rollout_id, Device.desired_revert,
                        Device.desired_issued_at, Device.device_class, Device.hw, Device.model_sha256,
-                       generation).where(Device.id == device_id)
+                       Device.generation, generation).where(Device.id == device_id)
         with engine.connect() as connection:
             row = connection.execute(query).first()
         if row is None or row[0] is None or not hmac.compare_digest(row[0], hash_token(token)):
@@ -210,31 +229,32 @@ class ManifestService:
         if row[1] is None or row[4] is None or now >= row[4] + self.config.manifest_ttl_s / 2:
             return None
         key = (row[1], row[2], bool(row[3]), row[4], row[5], json.dumps((row[6] or {}).get("runtimes")), row[7],
-               int(row[8] or 0))
+               int(row[8] or 0), self._form(legacy), int(row[9] or 0))
         hit = self._signed.get(device_id)
         return hit[1] if hit is not None and hit[0] == key else None
 
-    def signed(self, session: Session, *, device: Device, now: float) -> SignedBody | None:
+    def signed(self, session: Session, *, device: Device, now: float, legacy: bool = False) -> SignedBody | None:
         """None when the device has no desired state. May renew ``issued_at`` (the caller commits)."""
         if device.desired_version_id is None:
             return None
         if device.desired_issued_at is None or now >= device.desired_issued_at + self.config.manifest_ttl_s / 2:
             device.desired_issued_at = now
-        key = self._state_key(session, device)
+        key = self._state_key(session, device, legacy)
         hit = self._signed.get(device.id)
         if hit is not None and hit[0] == key:
             return hit[1]
-        generation = key[-1]
+        generation = key[-1]  # the registry's
         release = self._release(session, device.desired_version_id, generation)
         variant = variant_for(device, release, self.config)
         document = build_manifest(device=device, release=release, variant=variant,
                                   terms=self._rollout_terms(session, device),
                                   delta=self._delta(session, device, variant.sha256, generation), config=self.config,
                                   public_url=self.public_url)
-        body = self.signer.sign(document).model_dump_json().encode()
-        signed = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
-        self._signed.put(device.id, (key, signed))
-        return signed
+        signed = self.signer.sign(document, legacy=legacy)
+        body = signed.model_dump_json(exclude_none=True, exclude_defaults=legacy).encode()
+        answer = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
+        self._signed.put(device.id, (key, answer))
+        return answer
 
     def _release(self, session: Session, version_id: int, generation: int) -> Release:
         release = self._releases.get((version_id, generation))

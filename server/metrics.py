@@ -53,9 +53,10 @@ class FleetCollector(Collector):
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
-    def describe(self) -> list[Metric]:
-        """Nothing: registering must not query the database, which may not be migrated yet (a new PostgreSQL)."""
-        return []
+    def describe(self) -> Iterator[Metric]:
+        """Nothing up front: without this the registry collects at registration, which reads the database
+        before the migrations ran (a server on a fresh database did not start)."""
+        return iter(())
 
     def collect(self) -> Iterator[Metric]:
         yield from self._fleet()
@@ -133,7 +134,15 @@ class FleetCollector(Collector):
         for kind, count in sorted(dict(stats.by_kind).items()):
             by_kind.add_metric([kind], count)
         yield by_kind
-        yield _single(CounterMetricFamily, "edgefleet_ingest_invalid", "Messages dropped as invalid", stats.invalid)
+        yield _single(CounterMetricFamily, "edgefleet_ingest_invalid", "Messages refused, all reasons", stats.invalid)
+        rejected = CounterMetricFamily("edgefleet_ingest_rejected", "Device messages refused and not stored, by reason",
+                                       labels=["reason"])
+        for reason, count in sorted(dict(stats.rejections.by_reason).items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield _single(CounterMetricFamily, "edgefleet_ingest_ts_replaced",
+                      "Stored messages whose timestamp was out of range and replaced by the receive time",
+                      stats.ts_replaced)
         yield _single(CounterMetricFamily, "edgefleet_ingest_written", "Rows handed to the database (before dedup)",
                       stats.written)
         yield _single(CounterMetricFamily, "edgefleet_ingest_batches", "Batches written", stats.batches)

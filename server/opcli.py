@@ -1,7 +1,9 @@
-"""``edgefleet``: the operator's CLI over the update server's HTTP API.
+# PYTHON_ARGCOMPLETE_OK
+"""edgefleet: the operator's CLI over the update server's HTTP API.
 
-Server and token come from ``--server``/``--token`` or EDGEFLEET_URL / EDGEFLEET_ADMIN_TOKEN.
-``--json`` prints the server's JSON document; otherwise tables go to the terminal.
+The server comes from --server or EDGEFLEET_URL; the admin token from EDGEFLEET_ADMIN_TOKEN,
+--token-file FILE or EDGEFLEET_ADMIN_TOKEN_FILE (never from the command line, where `ps` shows it).
+--json prints the server's JSON document; otherwise tables go to the terminal.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agent.errors import EdgefleetError
-from server.opcli_client import ServerClient
+from agent.version import version_line
+from server.opcli_client import ApiError, ExitCode, ServerClient
 
 SPARK = "▁▂▃▄▅▆▇█"
 JOB_DONE = ("succeeded", "failed")
@@ -67,11 +70,15 @@ def ago(ts: Any) -> str:
 
 
 def render_table(console: Console, title: str, rows: list[Any], columns: list[tuple[str, str]],
-                 formatters: dict[str, Callable[[Any], str]] | None = None) -> None:
+                 formatters: dict[str, Callable[[Any], str]] | None = None, wrap: Sequence[str] = ()) -> None:
+    """A table; the columns named in ``wrap`` fold their text onto more lines rather than being cut."""
     formatters = formatters or {}
     table = Table(title=title, title_justify="left")
     for header, _ in columns:
-        table.add_column(header)
+        if header in wrap:
+            table.add_column(header, overflow="fold", ratio=1, min_width=20)
+        else:
+            table.add_column(header, no_wrap=bool(wrap))
     for row in rows:
         table.add_row(*(formatters.get(path, fmt)(dig(row, path)) for _, path in columns))
     console.print(table)
@@ -109,7 +116,7 @@ class Commands:
             meta["preprocess"] = json.loads(a.preprocess)
         result = self.client.push_model(a.name, Path(a.file), labels=Path(a.labels) if a.labels else None,
                                         meta=meta or None,
-                                        calibration=Path(a.calibration) if a.calibration else None)
+                                        calibration=Path(a.calibration) if a.calibration else None, force=a.force)
         self.emit(result, lambda r: self.console.print(
             f"pushed [bold]{a.name}[/] version {fmt(dig(r, 'version'))} "
             f"({fmt(dig(r, 'format'))}, sha256 {str(dig(r, 'sha256'))[:12]})"))
@@ -167,7 +174,7 @@ class Commands:
                       ("min cosine", "report.validation.outputs"), ("p50 ms", "report.latency.p50_ms"),
                       ("x ref p50", "report.latency.ratio"), ("why not", "report.reason")],
                      {"report.validation.outputs": _min_cosine, "device_classes": _joined,
-                      "report.reason": lambda v: "-" if v is None else str(v)[:70]})
+                      "report.reason": lambda v: "-" if v is None else str(v)}, wrap=("why not",))
 
     def _latest_version(self, name: str) -> int:
         versions = _items(self.client.model(name), "versions")
@@ -288,10 +295,32 @@ class Commands:
                 ("desired", f"version id {desired.get('version_id')} by rollout {desired.get('rollout_id')}"
                  + (" (revert)" if desired.get("revert") else "") if desired else None),
                 ("hw", json.dumps(d.get("hw") or {}, separators=(",", ":"))[:200]),
+                ("enrollment", d.get("enrollment")),
+                ("refused msgs", dig(d, "ingest.rejected")), ("last refusal", dig(d, "ingest.last_reason")),
             ]
             for key, value in facts:
                 self.console.print(f"{key:>14}: {fmt(value)}", highlight=False, soft_wrap=True)
         self.emit(self.client.device(a.id), human)
+
+    def device_pending(self, a: argparse.Namespace) -> None:
+        self.emit(self.client.devices(enrollment="pending"), lambda d: render_table(
+            self.console, "waiting for approval", _items(d, "devices"),
+            [("device", "device_id"), ("class", "device_class"), ("tags", "tags"), ("asked", "pending_since")],
+            {"pending_since": ago, "tags": _joined}))
+
+    def device_enrollment(self, a: argparse.Namespace) -> None:
+        """reset | approve: the enrollment state the server answers with."""
+        call = self.client.device_reset if a.action == "reset" else self.client.device_approve
+        done = "reset: it may enroll again with the shared token" if a.action == "reset" else "approved"
+        self.emit(call(a.id), lambda d: self.console.print(
+            f"{a.id} {done} (enrollment: {fmt(dig(d, 'enrollment'))})", highlight=False))
+
+    def device_enroll_token(self, a: argparse.Namespace) -> None:
+        def human(d: Any) -> None:
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(d["expires_at"])))
+            self.console.print(f"one-time enrollment token for {a.id} (valid once, until {until}):", highlight=False)
+            print(d["enrollment_token"])
+        self.emit(self.client.enrollment_token(a.id, a.ttl_h), human)
 
     def device_command(self, a: argparse.Namespace) -> None:
         args: dict[str, Any] = {}
@@ -371,125 +400,213 @@ def _progress_bar(rollout: Any, width: int = 30) -> str:
     return "[" + "█" * filled + "░" * (width - filled) + "]"
 
 
+EXIT_CODES = "\n".join(f"  {code.value:>3}  {text}" for code, text in (
+    (ExitCode.OK, "success"), (ExitCode.ERROR, "anything else (a failed job, a file that cannot be read)"),
+    (ExitCode.USAGE, "bad arguments, an unreadable token file"), (ExitCode.NOT_FOUND, "not found (HTTP 404)"),
+    (ExitCode.AUTH, "no or wrong token (HTTP 401/403)"),
+    (ExitCode.CONFLICT, "conflict (HTTP 409): the same file again, an action the rollout's state forbids"),
+    (ExitCode.INVALID, "refused as invalid (HTTP 400/413/415/422)"),
+    (ExitCode.UNREACHABLE, "the server cannot be reached (refused, unknown host, timeout, TLS)"),
+    (ExitCode.SERVER, "server error (HTTP 5xx) or not an edgefleet server"), (ExitCode.INTERRUPTED, "interrupted")))
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class UsageError(EdgefleetError):
+    """A local mistake of the caller: exit 2."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.split("\n")[0])
-    parser.add_argument("--server", default=os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8080"),
-                        help="server URL (EDGEFLEET_URL)")
-    parser.add_argument("--token", default=os.environ.get("EDGEFLEET_ADMIN_TOKEN"),
-                        help="admin token (EDGEFLEET_ADMIN_TOKEN)")
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        prog="edgefleet", description=doc.split("\n\n")[0].replace("\n", " "),
+        epilog=doc.split("\n\n", 1)[1].strip() + "\n\nexit codes:\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line("edgefleet"),
+                        help="print the version and exit")
+    parser.add_argument("--server", default=os.environ.get("EDGEFLEET_URL", DEFAULT_URL), metavar="URL",
+                        help=f"server URL (default: EDGEFLEET_URL, else {DEFAULT_URL})")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="read the admin token from FILE ('-': standard input); default: EDGEFLEET_ADMIN_TOKEN, "
+                             "else the file EDGEFLEET_ADMIN_TOKEN_FILE names")
+    parser.add_argument("--token", help="deprecated: every user sees it in ps; set EDGEFLEET_ADMIN_TOKEN or pass "
+                                        "--token-file")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     # --json is accepted after any sub-command too (`edgefleet model list --json`)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
 
     def command_parser(group: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if "help" in kwargs and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"]
         parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], **kwargs)
         return parser
 
-    groups = parser.add_subparsers(dest="group", required=True)
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     model = command_parser(groups, "model", help="models, versions and variants").add_subparsers(
-        dest="cmd", required=True)
+        dest="cmd", required=True, metavar="COMMAND")
     push = command_parser(model, "push", help="upload a new version of a model")
-    push.add_argument("name")
-    push.add_argument("file")
-    push.add_argument("--labels")
-    push.add_argument("--task", choices=["classification", "detection", "other"])
-    push.add_argument("--preprocess", help="pre-processing spec as JSON")
-    push.add_argument("--calibration", help=".npz of sample inputs for quantization and validation")
+    push.add_argument("name", help="model name")
+    push.add_argument("file", help="model file (.onnx, .tflite, TorchScript .pt)")
+    push.add_argument("--labels", metavar="FILE", help="class labels, one per line")
+    push.add_argument("--task", choices=["classification", "detection", "other"], help="what the model does")
+    push.add_argument("--preprocess", metavar="JSON", help="pre-processing spec as JSON")
+    push.add_argument("--calibration", metavar="NPZ",
+                      help=".npz of sample inputs by input name (sample axis first), for quantization and "
+                           "validation; checked against the model's inputs at push")
+    push.add_argument("--force", action="store_true",
+                      help="make a new version even when this model already has a version of the same file")
     push.set_defaults(run=Commands.model_push)
-    command_parser(model, "list").set_defaults(run=Commands.model_list)
-    show = command_parser(model, "show")
-    show.add_argument("name")
+    command_parser(model, "list", help="the models and their latest version").set_defaults(run=Commands.model_list)
+    show = command_parser(model, "show", help="a model and its versions")
+    show.add_argument("name", help="model name")
     show.set_defaults(run=Commands.model_show)
-    variants = command_parser(model, "variants")
-    variants.add_argument("name")
-    variants.add_argument("version", type=int, nargs="?")
+    variants = command_parser(model, "variants", help="the optimized variants of a version")
+    variants.add_argument("name", help="model name")
+    variants.add_argument("version", type=int, nargs="?", help="default: the latest")
     variants.set_defaults(run=Commands.model_variants)
     drift = command_parser(model, "drift", help="drift of a version's devices against its reference profile")
-    drift.add_argument("name")
+    drift.add_argument("name", help="model name")
     drift.add_argument("version", type=int, nargs="?", help="default: the latest")
     drift.set_defaults(run=Commands.model_drift)
     accuracy = command_parser(model, "accuracy", help="accuracy on labelled samples by version and device class")
-    accuracy.add_argument("name", nargs="?")
+    accuracy.add_argument("name", nargs="?", help="model name (default: every model)")
     accuracy.set_defaults(run=Commands.model_accuracy)
     optimize = command_parser(model, "optimize", help="make optimized variants for a device class")
-    optimize.add_argument("name")
+    optimize.add_argument("name", help="model name")
     optimize.add_argument("version", type=int, nargs="?", help="default: the latest")
-    optimize.add_argument("--target", required=True)
+    optimize.add_argument("--target", required=True, metavar="CLASS",
+                          help="device class to optimize for (cpu, rpi4, jetson, edgetpu, ...)")
     optimize.add_argument("--wait", action="store_true",
                           help="follow the job (progress bar on stderr), then list the variants")
     optimize.set_defaults(run=Commands.model_optimize)
 
-    rollout = command_parser(groups, "rollout", help="gated fleet rollouts").add_subparsers(dest="cmd", required=True)
-    create = command_parser(rollout, "create")
-    create.add_argument("name")
-    create.add_argument("version", type=int)
-    create.add_argument("--devices", help="comma-separated device ids")
-    create.add_argument("--tags", help="comma-separated tags")
-    create.add_argument("--class", dest="device_class")
-    create.add_argument("--waves", default="1,10,50,100", help="percent of the target per wave")
-    create.add_argument("--counts", help="explicit device counts per wave, instead of --waves")
-    create.add_argument("--min-committed", type=float, default=0.9)
-    create.add_argument("--max-failure", type=float, default=0.1)
-    create.add_argument("--max-p95-regression", type=float, default=1.5)
-    create.add_argument("--soak", type=float, default=30.0, help="seconds each wave must stay healthy")
-    create.add_argument("--priority", type=int, default=0)
-    create.add_argument("--auto-revert", action="store_true")
-    create.add_argument("--shadow-agreement", type=float, help="shadow the candidate first; min agreement to swap")
-    create.add_argument("--shadow-latency-ms", type=float, help="shadow first; max candidate p95 on the device")
-    create.add_argument("--shadow-fraction", type=float, default=0.1, help="share of live inputs shadowed")
-    create.add_argument("--shadow-cpu", type=float, default=20.0, help="CPU budget of the shadow, percent")
-    create.add_argument("--shadow-samples", type=int, default=50, help="shadowed inputs before a verdict")
+    rollout = command_parser(groups, "rollout", help="gated fleet rollouts").add_subparsers(
+        dest="cmd", required=True, metavar="COMMAND")
+    create = command_parser(rollout, "create", help="roll a version out to a target in gated waves")
+    create.add_argument("name", help="model name")
+    create.add_argument("version", type=int, help="version to roll out")
+    create.add_argument("--devices", metavar="IDS", help="target: comma-separated device ids")
+    create.add_argument("--tags", help="target: devices with any of these comma-separated tags")
+    create.add_argument("--class", dest="device_class", metavar="CLASS", help="target: devices of this class")
+    create.add_argument("--waves", default="1,10,50,100", metavar="PCTS",
+                        help="cumulative percent of the target per wave (default: %(default)s)")
+    create.add_argument("--counts", metavar="NS", help="cumulative device counts per wave, instead of --waves")
+    create.add_argument("--min-committed", type=float, default=0.9, metavar="RATIO",
+                        help="gate: share of a wave that must commit (default: %(default)s)")
+    create.add_argument("--max-failure", type=float, default=0.1, metavar="RATIO",
+                        help="gate: most share of a wave rolled back or rejected (default: %(default)s)")
+    create.add_argument("--max-p95-regression", type=float, default=1.5, metavar="RATIO",
+                        help="gate: most p95 latency against the previous version (default: %(default)s)")
+    create.add_argument("--soak", type=float, default=30.0, metavar="S",
+                        help="seconds each wave must stay healthy (default: %(default)s)")
+    create.add_argument("--priority", type=int, default=0, help="a higher priority wins a device two rollouts want")
+    create.add_argument("--auto-revert", action="store_true", help="send devices back when a gate breaks")
+    create.add_argument("--shadow-agreement", type=float, metavar="RATIO",
+                        help="shadow the candidate first; min agreement to swap")
+    create.add_argument("--shadow-latency-ms", type=float, metavar="MS",
+                        help="shadow first; max candidate p95 on the device")
+    create.add_argument("--shadow-fraction", type=float, default=0.1, metavar="RATIO",
+                        help="share of live inputs shadowed (default: %(default)s)")
+    create.add_argument("--shadow-cpu", type=float, default=20.0, metavar="PCT",
+                        help="CPU budget of the shadow, percent (default: %(default)s)")
+    create.add_argument("--shadow-samples", type=int, default=50, metavar="N",
+                        help="shadowed inputs before a verdict (default: %(default)s)")
     create.set_defaults(run=Commands.rollout_create)
-    command_parser(rollout, "list").set_defaults(run=Commands.rollout_list)
-    status = command_parser(rollout, "status")
-    status.add_argument("id", type=int)
-    status.add_argument("--watch", action="store_true")
-    status.add_argument("--interval", type=float, default=2.0)
+    command_parser(rollout, "list", help="rollouts and their progress").set_defaults(run=Commands.rollout_list)
+    status = command_parser(rollout, "status", help="a rollout's waves and devices")
+    status.add_argument("id", type=int, help="rollout id")
+    status.add_argument("--watch", action="store_true", help="refresh until the rollout completes or is aborted")
+    status.add_argument("--interval", type=float, default=2.0, metavar="S",
+                        help="seconds between refreshes (default: %(default)s)")
     status.set_defaults(run=Commands.rollout_status)
-    for action in ("pause", "resume", "abort"):
-        sub = command_parser(rollout, action)
-        sub.add_argument("id", type=int)
+    for action, text in (("pause", "stop starting new waves"), ("resume", "continue a paused rollout"),
+                         ("abort", "stop the rollout for good")):
+        sub = command_parser(rollout, action, help=text)
+        sub.add_argument("id", type=int, help="rollout id")
         if action == "abort":
             sub.add_argument("--revert", action="store_true", help="send updated devices back")
         sub.set_defaults(run=Commands.rollout_action, action=action)
 
-    device = command_parser(groups, "devices", help="the fleet").add_subparsers(dest="cmd")
-    command_parser(device, "list").set_defaults(run=Commands.device_list)
-    dshow = command_parser(device, "show")
-    dshow.add_argument("id")
+    device = command_parser(groups, "devices", help="the fleet (alone: list it)").add_subparsers(
+        dest="cmd", metavar="COMMAND")
+    command_parser(device, "list", help="every device, its model, latency and update state").set_defaults(
+        run=Commands.device_list)
+    dshow = command_parser(device, "show", help="one device in detail")
+    dshow.add_argument("id", help="device id")
     dshow.set_defaults(run=Commands.device_show)
+    command_parser(device, "pending", help="devices waiting for approval (enrollment.mode: approve)") \
+        .set_defaults(run=Commands.device_pending)
+    for action, text in (("reset", "revoke its token: the id may enroll again with the shared token"),
+                         ("approve", "let a device waiting for approval in")):
+        sub = command_parser(device, action, help=text)
+        sub.add_argument("id", help="device id")
+        sub.set_defaults(run=Commands.device_enrollment, action=action)
+    enroll_token = command_parser(device, "enroll-token", help="a one-time enrollment token for one id")
+    enroll_token.add_argument("id", help="the device id the token enrolls")
+    enroll_token.add_argument("--ttl-h", type=float, help="hours it stays valid (server default 72)")
+    enroll_token.set_defaults(run=Commands.device_enroll_token)
     command = command_parser(device, "command", help="send a command over MQTT")
-    command.add_argument("id")
-    command.add_argument("type")
-    command.add_argument("--arg", action="append", help="KEY=VALUE (VALUE parsed as JSON when it can be)")
+    command.add_argument("id", help="device id")
+    command.add_argument("type", help="command type (check_update, upload_samples, ...)")
+    command.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                         help="command argument (VALUE parsed as JSON when it can be; repeatable)")
     command.set_defaults(run=Commands.device_command)
 
     telemetry = command_parser(groups, "telemetry", help="telemetry of one device")
-    telemetry.add_argument("id")
-    telemetry.add_argument("--limit", type=int, default=200)
-    telemetry.add_argument("--show", type=int, default=15, help="rows in the table")
+    telemetry.add_argument("id", help="device id")
+    telemetry.add_argument("--limit", type=int, default=200, metavar="N",
+                           help="rows to fetch (default: %(default)s)")
+    telemetry.add_argument("--show", type=int, default=15, metavar="N", help="rows in the table (default: %(default)s)")
     telemetry.set_defaults(run=Commands.telemetry)
     return parser
 
 
+def read_token(args: argparse.Namespace, environ: Any = os.environ) -> str | None:
+    """--token-file, else EDGEFLEET_ADMIN_TOKEN, else EDGEFLEET_ADMIN_TOKEN_FILE; --token last (it warns)."""
+    path = args.token_file or (None if environ.get("EDGEFLEET_ADMIN_TOKEN") else
+                               environ.get("EDGEFLEET_ADMIN_TOKEN_FILE"))
+    if args.token is not None:
+        print("edgefleet: warning: --token is visible to every user of this machine (ps); "
+              "set EDGEFLEET_ADMIN_TOKEN or pass --token-file", file=sys.stderr)
+        if not args.token_file:
+            return str(args.token)
+    if path:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the token file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+        token = text.strip()
+        if not token:
+            raise UsageError(f"the token file {path} is empty")
+        return token
+    return environ.get("EDGEFLEET_ADMIN_TOKEN") or None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    except ImportError:
+        pass
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):  # `edgefleet devices` alone lists them
         args.run = Commands.device_list
     # not a terminal: no colours, and wide enough that tables are not cut (COLUMNS still wins)
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    commands = Commands(ServerClient(args.server, args.token), Console(width=width), args.json)
     try:
+        commands = Commands(ServerClient(args.server, read_token(args)), Console(width=width), args.json)
         args.run(commands, args)
     except (EdgefleetError, ValueError) as exc:
         message = " ".join(str(exc).split()) or exc.__class__.__name__
         print(f"edgefleet: {message}", file=sys.stderr)
-        return 1
+        if isinstance(exc, ApiError):
+            return int(exc.code)
+        return int(ExitCode.USAGE if isinstance(exc, UsageError | ValueError) else ExitCode.ERROR)
     except KeyboardInterrupt:
-        return 130
+        return int(ExitCode.INTERRUPTED)
     return 0
 
 

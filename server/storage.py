@@ -76,7 +76,9 @@ class ArtifactStore(Protocol):
 
     def exists(self, sha256: str) -> bool: ...
 
-    def delete(self, sha256: str) -> None: ...
+    def delete(self, sha256: str) -> None:
+        """Remove a stored file (garbage collection); a missing one is not an error."""
+        ...
 
     def list(self) -> Iterator[tuple[str, float, int]]:
         """Every stored artifact: (sha256, UNIX time it was stored, size)."""
@@ -152,7 +154,7 @@ class LocalStore:
         return SHA256_RE.match(sha256) is not None and self._final(sha256).is_file()
 
     def delete(self, sha256: str) -> None:
-        self._final(sha256).unlink(missing_ok=True)
+        self._final(sha256).unlink(missing_ok=True)  # a reader that has it open keeps reading it
 
     def list(self) -> Iterator[tuple[str, float, int]]:
         for shard in sorted(self.root.iterdir()):

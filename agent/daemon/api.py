@@ -1,13 +1,15 @@
 """The local inference API on ``api.listen``, with the standard library only.
 
-    POST /v1/infer   image/* or application/octet-stream: an encoded image, pre-processed
+    POST /v1/infer   image/* or application/octet-stream: an encoded image, pre-processed (needs
+                     OpenCV: without it, 415 naming the extra to install)
                      application/json: {"inputs": {name: nested list}}, cast to the input dtype
                      → {"outputs", "top_k" (classifiers), "model": {name, version, sha256}, "latency_ms"}
     GET  /v1/health  200 {"status": "ok"} / 503 {"status": "unhealthy", "reason"}
     GET  /v1/model   meta, signature, runtime, delegate
 
 Every error is a 4xx/5xx with ``{"error": "<one line>"}``; every response names the model
-version that served it (``model`` in the body, ``X-Model-Version`` header).
+version that served it (``model`` in the body, ``X-Model-Version`` header). Who may call it (Host, token)
+and how long a client may take are the guard's (agent/daemon/apiguard.py).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import cv2
 import numpy as np
 
+from agent.daemon.apiguard import ApiGuard
 from agent.daemon.host import ModelHost, NoModelError
 from agent.daemon.loop import Pipelines, model_ref
 from agent.daemon.preprocess import Postprocessor
-from agent.errors import InvalidInputError
+from agent.errors import InvalidInputError, ListenError
+from agent.opencv import OpenCVMissing, load_cv2
 from agent.runtime.base import Model
 from agent.wire import ModelMeta, TensorSpec
 
@@ -48,6 +51,7 @@ class ApiContext:
     max_body_bytes: int
     # drift and samples, as for the loop's frames: ``observe(image or None, outputs, meta)``, never raises
     observe: Callable[[np.ndarray | None, dict[str, np.ndarray], ModelMeta], None] | None = None
+    guard: ApiGuard | None = None  # Host and token checks, deadlines, connection cap
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -97,6 +101,10 @@ def json_feeds(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
 def image_feeds(body: bytes, model: Model, meta: ModelMeta,
                 pipelines: Pipelines) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The model's feeds from an encoded image, and the decoded image (BGR, as a source's frame)."""
+    try:
+        cv2 = load_cv2("an image request")
+    except OpenCVMissing as exc:
+        raise ApiError(415, f"{exc}; or send application/json") from exc
     pipeline = pipelines.get(model, meta)
     if pipeline.pre is None:
         raise ApiError(415, f"this model does not take images ({pipeline.error}); send application/json")
@@ -125,6 +133,38 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "edgefleet-agent"
     protocol_version = "HTTP/1.0"
     timeout = 10.0  # a client that stalls mid-request loses its connection instead of holding a thread
+
+    def setup(self) -> None:
+        super().setup()
+        guard = self.server.context.guard
+        if guard is not None:  # the request line and headers must come within header_timeout_s
+            guard.deadlines.arm(self.connection, guard.header_timeout_s)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if self.server.context.guard is not None:
+            self.server.context.guard.deadlines.disarm(self.connection)
+        return parsed
+
+    def finish(self) -> None:
+        if self.server.context.guard is not None:
+            self.server.context.guard.deadlines.disarm(self.connection)
+        super().finish()
+
+    def _refused(self) -> bool:
+        """Answer a request from a foreign Host (421) or without the token (401); True when it was refused."""
+        guard = self.server.context.guard
+        if guard is None:
+            return False
+        reason = guard.host_refusal(self.headers.get("Host"))
+        if reason is not None:
+            self._error(421, reason)
+            return True
+        reason = guard.token_refusal(self.headers.get("Authorization"))
+        if reason is not None:
+            self._error(401, reason)
+            return True
+        return False
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("api %s: " + format, self.client_address[0], *args)
@@ -168,6 +208,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.leave()
 
     def do_GET(self) -> None:
+        if self._refused():
+            return
         if self.path == "/v1/health":
             self._guarded(self._health)
         elif self.path == "/v1/model":
@@ -178,6 +220,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no such endpoint: GET {self.path}")
 
     def do_POST(self) -> None:
+        if self._refused():
+            return
         if self.path == "/v1/infer":
             self._guarded(self._infer)
         elif self.path in ("/v1/health", "/v1/model"):
@@ -204,7 +248,14 @@ class Handler(BaseHTTPRequestHandler):
             self._discard(size)
             raise ApiError(413, f"body of {size} bytes is over the limit of "
                                 f"{self.server.context.max_body_bytes} bytes (api.max_body_mb)")
-        body = self.rfile.read(size)
+        guard = self.server.context.guard
+        if guard is not None:
+            guard.deadlines.arm(self.connection, guard.body_timeout_s)
+        try:
+            body = self.rfile.read(size)
+        finally:
+            if guard is not None:
+                guard.deadlines.disarm(self.connection)
         if len(body) != size:
             raise ApiError(400, "body shorter than Content-Length")
         return body
@@ -253,6 +304,11 @@ class Handler(BaseHTTPRequestHandler):
         return 200, document
 
 
+_BUSY_BODY = b'{"error":"too many connections to the local API (api.max_connections)"}'
+BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+
+
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -264,11 +320,32 @@ class ApiServer(ThreadingHTTPServer):
         self._closing = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        super().__init__(parse_listen(listen), Handler)
+        try:
+            super().__init__(parse_listen(listen), Handler)
+        except OSError as exc:
+            raise ListenError.from_os_error(listen, exc, "api.listen") from exc
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        guard = self.context.guard
+        if guard is not None and not guard.enter():  # over api.max_connections: refuse at once, spawn nothing
+            try:
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self.context.guard is not None:
+                self.context.guard.leave()
 
     def enter(self) -> bool:
         with self._cond:
@@ -297,4 +374,6 @@ class ApiServer(ThreadingHTTPServer):
             self._cond.wait_for(lambda: self._active == 0, timeout=timeout)
             left = self._active
         self.server_close()
+        if self.context.guard is not None:
+            self.context.guard.close()
         return left

@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.config import AgentConfig, load_agent_config
 from agent.daemon.api import ApiContext, ApiServer
+from agent.daemon.apiguard import api_guard
 from agent.daemon.host import ModelHost
 from agent.daemon.loop import InferenceLoop, Pipelines
 from agent.daemon.modelload import load_model, meta_from_config, startup_model
@@ -31,21 +32,18 @@ from agent.daemon.results import ResultsSink
 from agent.daemon.sources import Mailbox, SourceRunner, make_source
 from agent.daemon.systemd import Notifier
 from agent.errors import ConfigError, EdgefleetError
+from agent.logsetup import configure_logging
 from agent.runtime.base import Model
+from agent.version import package_version
 from agent.wire import ModelMeta
 
 log = logging.getLogger("agent.daemon")
 STOP_BUDGET_S = 4.0  # SIGTERM to exit; systemd's default TimeoutStopSec is far above, the brief says 5 s
-LIVE_KEYS = ("source", "results", "log_level", "telemetry")
+LIVE_KEYS = ("source", "results", "log_level", "log", "telemetry")
 
 
 def agent_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("edgefleet")
-    except Exception:
-        return "0+unknown"
+    return package_version()
 
 
 class Agent:
@@ -95,7 +93,8 @@ class Agent:
         self._start_source(config)
         if config.api.listen is not None:
             context = ApiContext(self.host, self.pipelines, self.health, int(config.api.max_body_mb * 1024 * 1024),
-                                 observe=self.quality.observe if self.quality is not None else None)
+                                 observe=self.quality.observe if self.quality is not None else None,
+                                 guard=api_guard(config.api))
             self.api = ApiServer(config.api.listen, context).start()
             log.info("local API on http://%s:%d", *self.api.server_address[:2])
         if self.updater is not None:
@@ -347,7 +346,9 @@ class Agent:
         old = self.config
         self.reloads += 1
         changed = [key for key in AgentConfig.model_fields if getattr(old, key) != getattr(new, key)]
-        if new.log_level != old.log_level:
+        if new.log != old.log:
+            configure_logging(new.log_level, new.log.format)
+        elif new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
         if new.source != old.source:
             self._restart_source(new)
@@ -444,14 +445,6 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 def run_agent(config_path: str) -> int:
     """The ``run`` subcommand: 0 after an orderly stop, 2 for a bad config, 1 when it cannot start."""
     try:
@@ -459,12 +452,16 @@ def run_agent(config_path: str) -> int:
     except ConfigError as exc:
         print(f"edgefleet-agent: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log.format)
     tune_interpreter()
     agent = Agent(config, config_path)
     agent.install_signals()
     try:
         agent.start()
+    except EdgefleetError as exc:  # a known cause (an address taken, a bad state dir): one line, no traceback
+        log.error("cannot start: %s", exc)
+        agent.stop()
+        return 1
     except Exception as exc:
         log.exception("the agent could not start")
         print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)

@@ -5,6 +5,9 @@ following a ``PreprocessSpec``; every per-pixel step is folded into one multiply
 channel (scale, mean/std and quantization together), so the hot path is resize, colour
 conversion, one fused affine, a cast and (for NCHW) a transpose.
 
+OpenCV is imported when the first ``Preprocessor`` is built (a model fed with frames or images),
+not with this module: a device that takes JSON inputs only runs without it.
+
 Default spec when the model carries none: RGB, stretch; a uint8/int8 input takes raw
 0..255 values, a float input takes values scaled by 1/255.
 """
@@ -14,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
 from agent.errors import InvalidInputError
+from agent.opencv import load_cv2
 from agent.wire import ModelMeta, PreprocessSpec, TensorSpec
 
 LETTERBOX_FILL = 114
@@ -49,6 +52,7 @@ def detect_layout(shape: Sequence[int | None]) -> str:
 
 class Preprocessor:
     def __init__(self, inputs: Sequence[TensorSpec], spec: PreprocessSpec | None = None) -> None:
+        self._cv2 = cv2 = load_cv2("feeding frames or images to a model")
         self.spec = spec or PreprocessSpec()
         target = image_input(inputs, self.spec.input)
         self.input = target
@@ -67,7 +71,7 @@ class Preprocessor:
         self.dtype = np.dtype(self.spec.dtype or target.dtype)
         self._affine = self._fold_affine(target)
         self._fill = LETTERBOX_FILL
-        self._blob = self._blob_params()
+        self._blob = self._blob_params(cv2)
 
     def _fold_affine(self, target: TensorSpec) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-channel (a, b) with tensor = pixel * a + b, or None for a plain cast."""
@@ -91,7 +95,7 @@ class Preprocessor:
             a, b = a / target.scale, b / target.scale + zero
         return a.astype(np.float32), b.astype(np.float32)
 
-    def _blob_params(self) -> Any:
+    def _blob_params(self, cv2: Any) -> Any:
         """OpenCV's one-call resize + swap + affine + layout for the common float case, else None."""
         if (self._affine is None or self.dtype != np.float32 or self.channels != 3 or not self.batched
                 or self.height is None or self.width is None or self.spec.resize not in ("stretch", "none")
@@ -106,6 +110,7 @@ class Preprocessor:
                                         ddepth=cv2.CV_32F, datalayout=layout)
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
+        cv2 = self._cv2
         height, width = self.height, self.width
         if height is None or width is None or self.spec.resize == "none":
             return image
@@ -129,6 +134,7 @@ class Preprocessor:
         return resized[top:top + height, left:left + width]
 
     def _convert(self, image: np.ndarray) -> np.ndarray:
+        cv2 = self._cv2
         if image.ndim == 2 or image.shape[2] == 1:
             gray = image.reshape(image.shape[:2])
             if self.color == "GRAY":
@@ -146,7 +152,7 @@ class Preprocessor:
             raise InvalidInputError(f"expected an image (H, W[, C]), got shape {list(frame.shape)}")
         if self._blob is not None and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 \
                 and (self.spec.resize == "stretch" or frame.shape[:2] == (self.height, self.width)):
-            return cv2.dnn.blobFromImageWithParams(frame, self._blob)
+            return self._cv2.dnn.blobFromImageWithParams(frame, self._blob)
         image = self._convert(self._resize(frame))
         if image.ndim == 2:
             image = image[:, :, None]

@@ -1,10 +1,13 @@
 """Where frames come from: camera, video file, stream, folder of images, synthetic, none.
 
-A ``Source`` opens, reads frames and closes. ``SourceRunner`` drives one in a thread: it
-paces reads at ``fps``, hands each frame to a one-slot ``Mailbox`` (the newest frame wins;
-an unread frame that gets replaced is counted as dropped), and when the source fails it
-closes it and reopens it with exponential backoff and jitter. Nothing a source does can
-end the daemon.
+A ``Source`` opens, reads frames and closes. ``SourceRunner`` drives one in a thread: a file
+is read at ``fps``; a camera or stream is read as it delivers, and at most ``fps`` frames a
+second are passed on, on a schedule that absorbs jitter. Each frame goes to a one-slot
+``Mailbox`` (the newest frame wins; an unread frame that gets replaced is counted as dropped),
+and when the source fails the runner closes it and reopens it with exponential backoff and
+jitter. Nothing a source does can end the daemon. Camera, video, stream and image sources read
+with OpenCV, imported when such a source is made (``make_source``), so a device without one
+needs no OpenCV.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 
 from agent.config import SourceSection
+from agent.opencv import OpenCVMissing, load_cv2
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +104,11 @@ class CaptureSource(Source):
         self.loop = loop
         self.timeout_ms = timeout_ms
         self.paced = kind == "video"
-        self._cap: cv2.VideoCapture | None = None
+        self._cv2 = load_cv2(f"a {kind} source")
+        self._cap: Any = None  # cv2.VideoCapture
 
     def open(self) -> None:
+        cv2 = self._cv2
         if self.kind == "video" and not os.path.exists(self.uri):
             raise SourceError(f"video file {self.uri} does not exist")
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
@@ -155,6 +161,7 @@ class ImageFolderSource(Source):
         self._seen: set[str] = set()
         self._pending: list[str] = []
         self._last_scan = 0.0
+        self._cv2 = load_cv2("an images source")
         if seen_file is not None and seen_file.exists():
             self._seen = {line for line in seen_file.read_text().splitlines() if line}
 
@@ -207,7 +214,7 @@ class ImageFolderSource(Source):
         while self._pending:
             name = self._pending.pop(0)
             self._remember(name)
-            image = cv2.imread(str(self.folder / name), cv2.IMREAD_COLOR)
+            image = self._cv2.imread(str(self.folder / name), self._cv2.IMREAD_COLOR)
             if image is None:
                 log.warning("skipping %s: not a readable image", self.folder / name)
                 continue
@@ -222,6 +229,7 @@ class SyntheticSource(Source):
     lossless = True  # a source that always has a fresh frame ready: at most one frame ahead of inference
 
     def __init__(self, width: int = 640, height: int = 480, count: int = 4, seed: int = 0) -> None:
+        load_cv2("a synthetic source (its frames are pre-processed)")
         rng = np.random.default_rng(seed)
         self._frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
         self._index = 0
@@ -242,7 +250,15 @@ def parse_size(uri: str | None) -> tuple[int, int]:
 
 
 def make_source(section: SourceSection, state_dir: Path | None = None) -> Source | None:
-    """The source a config section describes; None for kind ``none``. Raises ValueError when incomplete."""
+    """The source a config section describes; None for kind ``none``. Raises ValueError when incomplete
+    or when the source needs OpenCV and it is missing."""
+    try:
+        return _make_source(section, state_dir)
+    except OpenCVMissing as exc:
+        raise ValueError(f"source.kind '{section.kind}': {exc}") from exc
+
+
+def _make_source(section: SourceSection, state_dir: Path | None) -> Source | None:
     kind = section.kind
     if kind == "none":
         return None
@@ -348,10 +364,12 @@ class SourceRunner:
             if self.state != "running":
                 self.state = "running"
                 self.backoff.reset()
-            if not self.source.paced:
-                now = time.monotonic()  # device-paced: keep reading, pass on at most fps frames
-                if now < next_at:
-                    continue
-                next_at = now + self.interval
+            if not self.source.paced:  # device-paced: keep reading, pass on at most fps frames
+                now = time.monotonic()
+                if now < next_at - self.interval / 2:
+                    continue  # early by more than half a slot: a camera faster than fps
+                # On a schedule, so a camera at exactly fps keeps every frame whatever its jitter; after a
+                # stall the schedule restarts from now instead of letting a burst through to catch up.
+                next_at = max(next_at + self.interval, now + self.interval / 2)
             self._seq += 1
             self.mailbox.put(Frame(data, self._seq, time.time(), origin), wait=wait)

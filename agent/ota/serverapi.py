@@ -16,9 +16,13 @@ from typing import Any
 import requests
 from pydantic import ValidationError
 
-from agent.errors import TransportError
+from agent.errors import Refused, TransportError
 from agent.ota.fsutil import atomic_write, read_json
-from agent.wire import EnrollRequest, EnrollResponse, SignedManifest, UpdateReport
+from agent.signing import strict_json
+from agent.wire import MANIFEST_MEDIA_TYPE, EnrollRequest, EnrollResponse, SignedManifest, SignedRoot, UpdateReport
+
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_ROOTS = 100  # one answer of the chain; the agent asks again from where it got to
 
 
 @dataclass
@@ -50,19 +54,28 @@ class ServerApi:
     @staticmethod
     def _fail(response: requests.Response, what: str) -> TransportError:
         try:
-            detail = response.json().get("detail")
+            body = response.json()
+            detail = body.get("detail") if isinstance(body, dict) else body
         except ValueError:
             detail = response.text[:200]
-        return TransportError(f"{what}: HTTP {response.status_code} {detail}")
+        message = f"{what}: HTTP {response.status_code} {str(detail)[:300]}"
+        if response.status_code in (401, 403, 409):
+            return Refused(message, response.status_code)
+        return TransportError(message)
 
-    def enroll(self, request: EnrollRequest) -> EnrollResponse:
-        response = self._call("POST", "/v1/enroll", json=request.model_dump(mode="json"))
+    def enroll(self, request: EnrollRequest, current_token: str | None = None) -> EnrollResponse:
+        """Enroll; an enrolled device presents its ``current_token`` (rotated by the server)."""
+        headers = {"Authorization": f"Bearer {current_token}"} if current_token else {}
+        response = self._call("POST", "/v1/enroll", json=request.model_dump(mode="json"), headers=headers)
         if response.status_code != 200:
             raise self._fail(response, "enrollment refused")
-        return EnrollResponse.model_validate(response.json())
+        try:
+            return EnrollResponse.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise TransportError(f"enrollment answer is not an EnrollResponse: {str(exc).splitlines()[0]}") from exc
 
     def manifest(self, device_id: str, etag: str | None) -> ManifestReply:
-        headers = dict(self.auth)
+        headers = {**self.auth, "Accept": MANIFEST_MEDIA_TYPE}
         if etag:
             headers["If-None-Match"] = etag
         response = self._call("GET", f"/v1/devices/{device_id}/manifest", headers=headers)
@@ -70,15 +83,27 @@ class ServerApi:
             return ManifestReply(response.status_code, None, response.headers.get("ETag", etag))
         if response.status_code != 200:
             raise self._fail(response, "manifest")
+        return ManifestReply(200, _parse(response.content, SignedManifest, "manifest"), response.headers.get("ETag"))
+
+    def roots(self, since: int) -> list[SignedRoot]:
+        """The server's signed roots newer than version ``since``, ascending (at most MAX_ROOTS)."""
+        response = self._call("GET", "/v1/trust/roots", params={"since": since})
+        if response.status_code != 200:
+            raise self._fail(response, "root of trust")
         try:
-            signed = SignedManifest.model_validate(response.json())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise TransportError(f"manifest is not a SignedManifest: {where}: {first['msg']}") from exc
+            body = strict_json(response.content[:MAX_MANIFEST_BYTES + 1])
         except ValueError as exc:
-            raise TransportError(f"manifest is not a SignedManifest: not JSON ({exc})") from exc
-        return ManifestReply(200, signed, response.headers.get("ETag"))
+            raise TransportError(f"root chain is not JSON ({str(exc).splitlines()[0]})") from exc
+        items = body.get("roots") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise TransportError("root chain is not {\"roots\": [...]}")
+        roots = []
+        for item in items[:MAX_ROOTS]:
+            try:
+                roots.append(SignedRoot.model_validate(item))
+            except ValidationError as exc:
+                raise TransportError(f"root chain: an entry is not a SignedRoot: {exc.errors()[0]['msg']}") from exc
+        return sorted(roots, key=_root_version)
 
     def report(self, device_id: str, report: UpdateReport) -> None:
         response = self._call("POST", f"/v1/devices/{device_id}/reports", headers=self.auth,
@@ -92,6 +117,24 @@ class ServerApi:
                               json={"samples": samples})
         if response.status_code >= 300:
             raise self._fail(response, "samples refused")
+
+
+def _root_version(root: SignedRoot) -> int:
+    version = root.signed.get("version")
+    return version if isinstance(version, int) else 0
+
+
+def _parse(content: bytes, model: type[SignedManifest], what: str) -> SignedManifest:
+    if len(content) > MAX_MANIFEST_BYTES:
+        raise TransportError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        return model.model_validate(strict_json(content))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise TransportError(f"{what} is not a SignedManifest: {where}: {first['msg']}") from exc
+    except ValueError as exc:
+        raise TransportError(f"{what} is not a SignedManifest: not JSON ({str(exc).splitlines()[0]})") from exc
 
 
 class ReportQueue:

@@ -120,7 +120,10 @@ def next_state(state: State, trigger: Trigger) -> State:
 
 
 class StateRecord(BaseModel):
-    """``update/state.json``. ``target`` is the signed manifest (``{"manifest", "signature"}``)."""
+    """``update/state.json``. ``target`` is the signed manifest (``{"manifest", "signatures"}``).
+
+    ``generation`` and ``trusted_time`` are the newest generation and issued_at the device accepted: saved
+    (fsync) before the manifest that raised them is acted on, so a replay is refused after any restart."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -135,6 +138,8 @@ class StateRecord(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     finished: dict[str, str] = Field(default_factory=dict)  # "version:sha256" -> terminal state
     finished_at: dict[str, float] = Field(default_factory=dict)
+    generation: int = 0
+    trusted_time: float = 0.0
 
     def target_key(self) -> str | None:
         if self.target is None:

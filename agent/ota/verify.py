@@ -1,17 +1,23 @@
-"""Checks made before anything is acted on: the manifest's signature and policy, the artifact's bytes."""
+"""Checks made before anything is acted on: the manifest's signatures, freshness and policy, the artifact's bytes.
+
+Order (docs/ota.md "Verification"): a threshold of the trusted root's manifest keys signed the RFC 8785
+form; it parses and names this device; it has not expired (against ``TrustedTime`` when the clock is not
+known to be right); its generation is not lower than the last accepted (equal: the same desired state);
+its version is higher than the one running, unless it is a revert (a newer generation may go lower).
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from agent.errors import UpdateRejected
+from agent.errors import SignatureError, UpdateRejected
+from agent.ota.clock import Clock, SystemClock
 from agent.ota.fsutil import sha256_file
-from agent.signing import verify_document
+from agent.trust import TrustedRoot
 from agent.wire import Manifest, SignedManifest
 
 
@@ -24,37 +30,82 @@ class Running:
     issued_at: float | None = None  # of the manifest that installed it
 
 
-def verify_manifest(signed: SignedManifest, key: Ed25519PublicKey, device_id: str, running: Running,
-                    now: float | None = None) -> Manifest:
-    """The parsed manifest, or SignatureError / UpdateRejected with a one-line reason.
+@dataclass(frozen=True)
+class Seen:
+    """What the device accepted before (persisted with the update state)."""
 
-    A manifest naming exactly what runs (same version and sha256) is returned as is: the
-    caller treats it as "up to date", not as a rejection.
-    """
-    verify_document(key, signed.manifest, signed.signature)
+    generation: int = 0  # the newest generation accepted
+    trusted_time: float = 0.0  # the newest time known true: issued_at accepted, or a synchronized clock's reading
+
+
+@dataclass(frozen=True)
+class TrustedTime:
+    now: float
+    note: str  # "" when the clock is synchronized and not behind the newest trusted time
+
+    @classmethod
+    def judge(cls, clock: Clock, trusted_time: float) -> TrustedTime:
+        now = clock.now()
+        if not clock.synchronized():
+            if now < trusted_time:
+                return cls(trusted_time, f"the clock is not synchronized and behind the newest trusted time "
+                                         f"{trusted_time:.0f}")
+            return cls(now, "")
+        if now < trusted_time:
+            return cls(trusted_time, f"the clock is behind the newest trusted time {trusted_time:.0f}")
+        return cls(now, "")
+
+
+def verify_manifest(signed: SignedManifest, root: TrustedRoot | Ed25519PublicKey, device_id: str, running: Running,
+                    now: float | None = None, *, seen: Seen | None = None, clock: Clock | None = None) -> Manifest:
+    """The parsed manifest, or SignatureError / UpdateRejected with a one-line reason: ``authenticate`` then
+    ``check_policy``."""
+    manifest = authenticate(signed, root, device_id, now, seen=seen, clock=clock)
+    check_policy(manifest, running)
+    return manifest
+
+
+def authenticate(signed: SignedManifest, root: TrustedRoot | Ed25519PublicKey, device_id: str,
+                 now: float | None = None, *, seen: Seen | None = None, clock: Clock | None = None) -> Manifest:
+    """Signatures, schema, device, expiry and generation: whether this is the server's word, fresh and newest.
+
+    A manifest of the generation last accepted is the same desired state (a renewed issued_at, a delta added)."""
+    trusted = root if isinstance(root, TrustedRoot) else TrustedRoot.from_key(root)
+    if not signed.signatures:
+        if signed.signature is not None:
+            raise SignatureError("manifest carries only the legacy signature (Python json.dumps form); this agent "
+                                 "verifies RFC 8785 signatures")
+        raise SignatureError("manifest carries no signature")
+    trusted.require(signed.manifest, signed.signatures, "manifest", what="manifest")
     try:
         manifest = Manifest.model_validate(signed.manifest)
     except ValidationError as exc:
         raise UpdateRejected(f"manifest does not parse: {exc.errors()[0]['msg']}") from exc
     if manifest.device_id != device_id:
         raise UpdateRejected(f"manifest is for device {manifest.device_id!r}, not {device_id!r}")
-    now = time.time() if now is None else now
-    if manifest.expires_at <= now:
-        raise UpdateRejected(f"manifest expired at {manifest.expires_at:.0f} (now {now:.0f})")
+    seen = seen or Seen()
+    when = TrustedTime(now, "") if now is not None else TrustedTime.judge(clock or SystemClock(), seen.trusted_time)
+    if manifest.expires_at <= when.now:
+        note = f"; {when.note}" if when.note else ""
+        raise UpdateRejected(f"manifest expired at {manifest.expires_at:.0f} (now {when.now:.0f}{note})")
+    if manifest.generation < seen.generation:
+        raise UpdateRejected(f"manifest generation {manifest.generation} is older than the last accepted "
+                             f"({seen.generation}): a replay")
+    return manifest
+
+
+def check_policy(manifest: Manifest, running: Running) -> None:
+    """The version rule: higher than what runs, or a revert (whose newer generation ``authenticate`` checked).
+    The same version and sha256 as running is "up to date" (the caller's), not a rejection."""
     if running.version is None:
-        return manifest
+        return
     version = manifest.model.version
     if version == running.version and manifest.artifact.sha256 == running.sha256:
-        return manifest
+        return
     if manifest.revert:
-        if running.issued_at is not None and manifest.issued_at <= running.issued_at:
-            raise UpdateRejected(
-                f"revert manifest issued at {manifest.issued_at:.0f} is not newer than the one that "
-                f"installed version {running.version} ({running.issued_at:.0f})")
-        return manifest
+        return
     if version <= running.version:
         raise UpdateRejected(f"version {version} is not higher than the running version {running.version}")
-    return manifest
 
 
 def check_artifact(path: Path, sha256: str, size: int) -> None:

@@ -1,7 +1,8 @@
 """Model quality in the field: drift of live traffic against a reference profile, shadow
 evaluation of a candidate model before a swap, and a small sample store for ground truth.
 
-numpy + OpenCV only (no server dependencies), so the agent and the server share it.
+numpy only (OpenCV just to store and read JPEG samples; no server dependencies), so the agent and the
+server share it.
 """
 
 from agent.quality.agreement import (

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from agent.opencv import load_cv2
 from agent.quality.stats import classifier_stats, to_builtin
 
 
@@ -75,7 +75,8 @@ class SampleStore:
                 self.rate_limited += 1
                 return None
             self._tokens -= 1.0
-        image = self._shrink(frame)
+        cv2 = load_cv2("storing samples")
+        image = self._shrink(cv2, frame)
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             raise ValueError(f"could not encode a frame of shape {list(frame.shape)} as JPEG")
@@ -91,7 +92,7 @@ class SampleStore:
             self._evict()
         return sample_id
 
-    def _shrink(self, frame: np.ndarray) -> np.ndarray:
+    def _shrink(self, cv2: Any, frame: np.ndarray) -> np.ndarray:
         if frame.ndim not in (2, 3) or frame.size == 0:
             raise ValueError(f"expected an image (H, W[, C]), got shape {list(frame.shape)}")
         if frame.dtype != np.uint8:
@@ -149,6 +150,7 @@ class SampleStore:
         if sample_id not in self._index:
             raise KeyError(f"no sample {sample_id!r}")
         data = np.frombuffer((self.directory / f"{sample_id}.jpg").read_bytes(), dtype=np.uint8)
+        cv2 = load_cv2("reading samples")
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ValueError(f"sample {sample_id!r} has an unreadable image")

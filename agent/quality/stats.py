@@ -1,10 +1,12 @@
 """Cheap per-frame statistics and bounded-memory windowed histograms.
 
-Input statistics are computed on a small grayscale copy of the frame (``WORK_SIZE`` square,
-area-averaged), so their cost does not grow with the camera's resolution and a frame seen on
-the device and the same image seen by the server (as a model-input tensor) give the same
-figures. Output statistics are the top-1 class and score of a classifier, or a strided
+Input statistics are computed on a small grayscale copy of the frame (at most ``WORK_SIZE`` a
+side, area-averaged: ``smallgray``), so their cost does not grow with the camera's resolution
+and a frame seen on the device and the same image seen by the server (as a model-input tensor)
+give the same figures. Output statistics are the top-1 class and score of a classifier, or a strided
 sample of each output's values otherwise.
+
+No OpenCV import here: the server profiles calibration tensors with the same code.
 """
 
 from __future__ import annotations
@@ -14,43 +16,24 @@ from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
-WORK_SIZE = 48  # side of the grayscale copy the input statistics are computed on
+from agent.quality.smallgray import luma_stats
+
 MAX_VALUES_PER_OUTPUT = 256  # values of one output that go into its histogram per frame
 INPUT_STATS = ("brightness", "contrast", "blur", "aspect", "pixels")
 SIZE_STATS = ("aspect", "pixels")  # meaningless on model-input tensors (already resized)
-
-
-def _gray_small(frame: np.ndarray) -> np.ndarray:
-    if frame.ndim == 3 and frame.shape[2] == 1:
-        frame = frame[:, :, 0]
-    if frame.ndim not in (2, 3) or frame.size == 0 or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
-        raise ValueError(f"expected an image (H, W[, 1|3|4]), got shape {list(frame.shape)}")
-    if frame.dtype != np.uint8:
-        frame = np.clip(frame, 0, 255).astype(np.uint8)
-    if min(frame.shape[:2]) > WORK_SIZE * 4:  # point-sample big frames first: the cost stays flat up to 4K
-        frame = cv2.resize(frame, (WORK_SIZE * 2, WORK_SIZE * 2), interpolation=cv2.INTER_NEAREST)
-    small = cv2.resize(frame, (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_AREA)
-    if small.ndim == 3:
-        small = cv2.cvtColor(small, cv2.COLOR_BGRA2GRAY if small.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    return small
 
 
 def input_stats(frame: np.ndarray) -> dict[str, float]:
     """brightness = mean luma, contrast = luma std (both 0..1), blur = log10(1e-6 + variance of the
     Laplacian of luma in 0..1) (sharper is higher), aspect = w/h, pixels = log2(h*w)."""
     h, w = frame.shape[:2]
-    small = _gray_small(frame)
-    mean, std = cv2.meanStdDev(small)
-    lap = cv2.Laplacian(small, cv2.CV_32F, ksize=1)
-    _lmean, lstd = cv2.meanStdDev(lap)
-    lap_var = float(lstd[0, 0]) ** 2 / (255.0 * 255.0)
+    mean, std, lap_var = luma_stats(frame)
     return {
-        "brightness": float(mean[0, 0]) / 255.0,
-        "contrast": float(std[0, 0]) / 255.0,
-        "blur": math.log10(1e-6 + lap_var),
+        "brightness": mean / 255.0,
+        "contrast": std / 255.0,
+        "blur": math.log10(1e-6 + lap_var / (255.0 * 255.0)),
         "aspect": w / h,
         "pixels": math.log2(h * w),
     }
@@ -120,7 +103,7 @@ def tensor_to_frames(batch: np.ndarray, *, layout: str = "auto", color: str = "R
     pixels = np.clip(np.rint(values / scale), 0, 255).astype(np.uint8)
     for image in pixels:
         if image.shape[2] == 3 and color == "RGB":
-            yield cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            yield np.ascontiguousarray(image[:, :, ::-1])
         else:
             yield image if image.shape[2] == 3 else image[:, :, 0]
 

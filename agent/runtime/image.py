@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.errors import InvalidInputError
+from agent.opencv import load_cv2
 from agent.wire import TensorSpec
 
 
@@ -26,7 +27,7 @@ def _layout(spec: TensorSpec) -> tuple[str, int | None, int | None, int]:
 
 def image_to_tensor(image: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """A BGR (or gray) uint8 frame -> the tensor ``spec`` takes, batch axis included for 4-D inputs."""
-    import cv2
+    cv2 = load_cv2("an image input")
 
     layout, height, width, channels = _layout(spec)
     h, w = image.shape[:2]
@@ -50,7 +51,7 @@ def image_to_tensor(image: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    import cv2
+    cv2 = load_cv2(f"reading the image {path.name}")
 
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:

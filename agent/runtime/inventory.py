@@ -83,6 +83,14 @@ def ort_providers() -> dict[str, dict[str, Any]]:
             for p in RANKED_PROVIDERS}
 
 
+def torch_delegates() -> dict[str, dict[str, Any]]:
+    from agent.runtime.torch import cuda_status
+
+    usable, why = cuda_status()
+    return {"cuda": {"usable": usable, "reason": why},
+            "cpu": {"usable": True, "reason": "built-in kernels"}}
+
+
 def runtime_inventory(hw: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     inventory: dict[str, dict[str, Any]] = {}
     for name in RUNTIMES:
@@ -92,5 +100,7 @@ def runtime_inventory(hw: dict[str, Any] | None = None) -> dict[str, dict[str, A
             entry["delegates"] = tflite_delegates(hw)
         elif ok and name == "onnxruntime":
             entry["providers"] = ort_providers()
+        elif ok and name == "torch":
+            entry["delegates"] = torch_delegates()
         inventory[name] = entry
     return inventory

@@ -155,6 +155,25 @@ def _thermal(root: Path) -> list[dict[str, Any]]:
     return zones
 
 
+def accelerators(hw: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(present and usable, installed but not usable): a CUDA or TensorRT library is an accelerator only
+    with an NVIDIA GPU (or a Jetson's) for it to run on."""
+    present: list[str] = []
+    unusable: list[str] = []
+    libraries = ", ".join(f"{name} {hw[key]}" for name, key in (("CUDA", "cuda"), ("TensorRT", "tensorrt"))
+                          if hw.get(key))
+    gpus = [g.get("model") or "NVIDIA GPU" for g in hw.get("nvidia_gpus") or []]
+    jetson = hw.get("jetson")
+    if jetson:
+        gpus.insert(0, f"Jetson GPU (L4T {jetson.get('l4t') or '?'})")
+    for gpu in gpus:
+        present.append(f"{gpu} with {libraries}" if libraries else f"{gpu} (no CUDA libraries found)")
+    if libraries and not gpus:
+        unusable.append(f"{libraries} libraries, but no NVIDIA GPU")
+    present.extend(c["name"] for c in hw.get("coral") or [])
+    return present, unusable
+
+
 def probe_hardware(root: str | Path = "/", *, runtimes: bool = True) -> dict[str, Any]:
     """Everything above as one JSON-able dict; ``runtimes`` adds what each runtime/delegate can do here."""
     root = Path(root)

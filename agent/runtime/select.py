@@ -106,7 +106,11 @@ def plan(fmt: Format, *, prefer: str = "auto", delegate: str = "auto", threads: 
         return _onnx_candidates(delegate, n) + notes
     runtime = family[0]
     ok, reason, _version = runtime_status(runtime)
-    return [Candidate(runtime, "cpu", n, "untried" if ok else "skipped", "" if ok else reason), *notes]
+    if not ok:
+        return [Candidate(runtime, "cpu", n, "skipped", reason), *notes]
+    if fmt == "torchscript":
+        return _torch_candidates(delegate, n) + notes
+    return [Candidate(runtime, "cpu", n), *notes]
 
 
 def _tflite_candidates(runtime: str, delegate: str, n: int, externals: list[_External],
@@ -160,6 +164,21 @@ def _onnx_candidates(delegate: str, n: int) -> list[Candidate]:
             out.append(Candidate("onnxruntime", provider, n, "skipped",
                                  "not in onnxruntime.get_available_providers()"))
     return out
+
+
+def _torch_candidates(delegate: str, n: int) -> list[Candidate]:
+    """cuda (when this torch has a GPU it can use), then cpu; a named delegate first, cpu as its fallback."""
+    from agent.runtime.torch import DELEGATES, cuda_status
+
+    if delegate in ("none", "cpu"):
+        return [Candidate("torch", "cpu", n)]
+    if delegate not in ("auto", *DELEGATES):
+        return [Candidate("torch", delegate, n, "failed", f"torch has no delegate '{delegate}' (cuda or cpu)"),
+                Candidate("torch", "cpu", n)]
+    usable, why = cuda_status()
+    if delegate == "cuda" or usable:  # named: tried even when the probe says no, so its own error is what counts
+        return [Candidate("torch", "cuda", n), Candidate("torch", "cpu", n)]
+    return [Candidate("torch", "cuda", n, "skipped", why), Candidate("torch", "cpu", n)]
 
 
 def _with_cpu(provider: str) -> tuple[str, ...]:

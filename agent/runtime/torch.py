@@ -6,6 +6,13 @@ A TorchScript file does not record tensor shapes. When the file carries an extra
 ``torch.jit.save(m, path, _extra_files={"edgefleet.json": ...})``) that signature is used and checked;
 otherwise inputs are named after ``forward``'s arguments with unknown shape (rank-free, ``shape: []``,
 not checked) and outputs are ``output`` or ``output_0..n`` for a tuple.
+
+Delegates: ``cpu`` and ``cuda`` (a torch built with CUDA and a GPU it can use: a Jetson with
+NVIDIA's wheel, an x86 box with an NVIDIA card). On ``cuda`` the module lives on the GPU; each
+inference moves every input there once and every output back once, and with
+``runtime.provider_options: {cuda: {fp16: true}}`` the module and its float inputs run in half
+precision (outputs come back as float32). The model is warmed up at load, before the daemon
+reports READY, so the first request does not pay for CUDA's lazy initialisation.
 """
 
 from __future__ import annotations
@@ -26,12 +33,39 @@ SIGNATURE_FILE = "edgefleet.json"
 _SCHEMA_DTYPES = {"Tensor": "float32", "int": "int64", "float": "float64", "bool": "bool"}
 
 
+WARMUP_RUNS = 3
+DELEGATES = ("cuda", "cpu")  # what ``auto`` tries, in this order
+
+
 def _import_torch() -> Any:
     try:
         import torch
     except Exception as exc:
         raise RuntimeUnavailable(f"torch does not import: {first_line(exc)}") from exc
     return torch
+
+
+def cuda_status(torch: Any | None = None) -> tuple[bool, str]:
+    """(usable, why): whether this torch can run on a CUDA GPU here."""
+    if torch is None:
+        try:
+            torch = _import_torch()
+        except RuntimeUnavailable as exc:
+            return False, str(exc)
+    built = getattr(torch.version, "cuda", None)
+    if not built:
+        return False, f"torch {torch.__version__} is built without CUDA"
+    try:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception as exc:  # a broken driver raises from the CUDA runtime
+        return False, f"CUDA {built} build, but CUDA does not initialise: {first_line(exc)}"
+    if count == 0:
+        return False, f"CUDA {built} build, but torch.cuda.is_available() is False (no usable GPU or driver)"
+    return True, f"{torch.cuda.get_device_name(0)} (CUDA {built})"
+
+
+def _flag(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class TorchScriptModel(Signature):
@@ -41,10 +75,19 @@ class TorchScriptModel(Signature):
         torch = _import_torch()
         self.path = path
         self.threads = options.threads or default_threads()
-        self.delegate = "cpu"
+        self.delegate = "cuda" if options.delegate == "cuda" else "cpu"
+        if options.delegate not in (None, "cpu", "cuda"):
+            raise RuntimeUnavailable(f"torch has no delegate '{options.delegate}' (cuda or cpu)")
+        settings = options.provider_options.get("cuda", {}) if self.delegate == "cuda" else {}
+        self.fp16 = _flag(settings.get("fp16", False))
+        if self.delegate == "cuda":
+            usable, why = cuda_status(torch)
+            if not usable:
+                raise RuntimeUnavailable(f"cuda: {why}")
+        self._device = torch.device(f"cuda:{int(settings.get('device', 0))}" if self.delegate == "cuda" else "cpu")
         extra = {SIGNATURE_FILE: ""}
         try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            module = torch.jit.load(str(path), map_location=self._device, _extra_files=extra)
         except Exception as exc:
             try:  # a lite-interpreter (.ptl) file holding bytecode only
                 from torch.jit.mobile import _load_for_lite_interpreter
@@ -52,14 +95,48 @@ class TorchScriptModel(Signature):
                 module = _load_for_lite_interpreter(str(path))
             except Exception:
                 raise ModelLoadError(f"{path}: not a loadable TorchScript file: {first_line(exc)}") from exc
+            if self.delegate == "cuda":
+                raise RuntimeUnavailable("cuda: a lite-interpreter (.ptl) file runs on the CPU only") from exc
         if hasattr(module, "eval"):
             module.eval()
+        if self.fp16 and hasattr(module, "half"):
+            module = module.half()
         self._module = module
         self._torch = torch
         self._inputs, self._outputs, checked = self._signature(module, extra[SIGNATURE_FILE])
         self._binder = InputBinder(self._inputs, check_shapes=checked)
         self._scalar = [s.dtype != "float32" and s.shape == [] and not checked for s in self._inputs]
         self._out_names = [s.name for s in self._outputs]
+        if self.delegate == "cuda":
+            self._warm_up(checked)
+
+    def _warm_up(self, checked: bool) -> None:
+        """A few inferences on example inputs, so CUDA's lazy set-up happens at load, not on a request."""
+        if not checked:
+            return  # no shapes to make inputs from: the first real inference warms it up
+        from agent.runtime.synthetic import example_feeds
+
+        feeds = example_feeds(self._inputs)
+        for _ in range(WARMUP_RUNS):
+            self.infer(feeds)
+        self._torch.cuda.synchronize(self._device)
+
+    def _to_device(self, array: np.ndarray) -> Any:
+        tensor = self._torch.from_numpy(np.ascontiguousarray(array))
+        if self._device.type == "cpu":
+            return tensor
+        if self.fp16 and tensor.is_floating_point():
+            return tensor.to(self._device, dtype=self._torch.float16, non_blocking=True)
+        return tensor.to(self._device, non_blocking=True)
+
+    def _to_numpy(self, value: Any) -> np.ndarray:
+        if not hasattr(value, "numpy"):
+            return np.asarray(value)
+        if value.device.type != "cpu":
+            value = value.to("cpu")
+        if value.dtype == self._torch.float16:
+            value = value.float()
+        return np.asarray(value.numpy())
 
     @staticmethod
     def _signature(module: Any, meta: str | bytes) -> tuple[list[TensorSpec], list[TensorSpec], bool]:
@@ -81,7 +158,7 @@ class TorchScriptModel(Signature):
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._binder.check(feeds)
         torch = self._torch
-        args = [int(a) if scalar and a.ndim == 0 else torch.from_numpy(np.ascontiguousarray(a))
+        args = [int(a) if scalar and a.ndim == 0 else self._to_device(a)
                 for a, scalar in zip(arrays, self._scalar, strict=True)]
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
@@ -94,8 +171,7 @@ class TorchScriptModel(Signature):
         if len(values) != len(self._out_names):
             raise ModelError(f"{self.path.name}: returned {len(values)} outputs, the signature lists "
                              f"{len(self._out_names)}")
-        return {name: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
-                for name, v in zip(self._out_names, values, strict=True)}
+        return {name: self._to_numpy(v) for name, v in zip(self._out_names, values, strict=True)}
 
     def close(self) -> None:
         self._module = None

@@ -173,14 +173,15 @@ class Telemetry:
         self._birth_dirty = True
 
     def event(self, type: str, **fields: Any) -> None:
-        clash = {"seq", "ts"} & fields.keys()
+        clash = {"seq", "epoch", "ts"} & fields.keys()
         if clash:
             raise ValueError(f"event fields {sorted(clash)} are set by telemetry itself")
         ts = time.time()
-        Event.model_validate({"seq": 0, "ts": ts, "type": type})
+        epoch = self._spool.epoch
+        Event.model_validate({"seq": 0, "epoch": epoch, "ts": ts, "type": type})
 
         def build(seq: int) -> bytes:
-            return _dumps({"seq": seq, "ts": ts, "type": type, **fields})
+            return _dumps({"seq": seq, "epoch": epoch, "ts": ts, "type": type, **fields})
 
         if self._spool.append("events", build) is None:
             log.warning("event %s could not be spooled", type)
@@ -234,7 +235,7 @@ class Telemetry:
                 doc[key] = section
 
         def build(seq: int) -> bytes:
-            doc["seq"] = seq
+            doc["seq"], doc["epoch"] = seq, self._spool.epoch
             return _dumps(doc)
 
         return self._spool.append("telemetry", build)
@@ -300,7 +301,8 @@ class Telemetry:
             self._last_sent_id = row.id
 
     def _publish_birth(self) -> None:
-        birth = Birth(session=self._link.session, agent_version=self.agent_version, model=self._model,
+        birth = Birth(session=self._link.session, epoch=self._spool.epoch, agent_version=self.agent_version,
+                      model=self._model,
                       runtime=self._runtime, delegate=self._delegate, hw=self.hw,
                       device_class=self.config.server.device_class)
         if self._link.publish(self.topics["status"], birth.model_dump_json().encode(), qos=1,
@@ -309,7 +311,7 @@ class Telemetry:
             self._counts["births"] += 1
 
     def _will(self, session: int) -> tuple[str, bytes]:
-        return self.topics["status"], Will(session=session).model_dump_json().encode()
+        return self.topics["status"], Will(session=session, epoch=self._spool.epoch).model_dump_json().encode()
 
     def _on_connected(self, session: int) -> None:
         self._inflight.clear()

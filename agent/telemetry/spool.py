@@ -1,7 +1,9 @@
 """The store-and-forward spool: a bounded SQLite (WAL) queue of messages not yet acknowledged.
 
 Every telemetry and event message is written here first, with its ``seq`` assigned in the same
-transaction that stores it, so ``seq`` and the queue survive a restart together. A row is
+transaction that stores it, so ``seq`` and the queue survive a restart together. ``epoch`` names the
+spool ``seq`` counts in: a new spool (first start, a corrupt one re-created, a re-imaged box) gets a
+new one, so the server, which deduplicates on (device, epoch, seq), stores a reset device again. A row is
 deleted only when the broker acknowledged it (QoS 1 PUBACK). Limits: total payload bytes and
 age; the oldest rows go first and are counted in ``dropped`` (persisted). A write that fails
 (disk full, I/O error) is counted in ``errors`` and never raises.
@@ -13,6 +15,7 @@ last transactions since the previous checkpoint, never corrupt the file.
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -61,6 +64,7 @@ class Spool:
                 Path(str(path) + suffix).unlink(missing_ok=True)
             self._db = self._open(path)
         self.seq = self._meta("seq")
+        self.epoch = self._epoch()
         self.dropped = self._meta("dropped")
         self._bytes, self._queued, self.tail_id = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*), COALESCE(MAX(id), 0) FROM spool").fetchone()
@@ -80,6 +84,22 @@ class Spool:
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
+
+    def _epoch(self) -> int:
+        """The epoch ``seq`` counts in: made when the spool is (a new, re-created or re-imaged one starts a new
+        epoch), persisted beside ``seq``. A spool from before epochs keeps counting in epoch 0."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is not None:
+            return int(row[0])
+        # creation time in ms, times 1000 plus 3 random digits: two resets in the same ms (or a Pi without
+        # a clock booting to the same instant twice) still differ; below 2**53, exact in any JSON reader
+        epoch = 0 if self.seq else int(self._clock() * 1000) * 1000 + secrets.randbelow(1000)
+        try:
+            self._set_meta("epoch", epoch)
+        except sqlite3.Error as exc:
+            self.errors += 1
+            log.warning("telemetry spool could not persist its epoch: %s", exc)
+        return epoch
 
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) "

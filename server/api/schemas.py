@@ -71,3 +71,7 @@ class UploadMeta(Body):
     task: str = Field(default="other", pattern=r"^(classification|detection|other)$")
     preprocess: dict[str, Any] | None = None
     runtime: dict[str, Any] | None = None
+
+
+class EnrollmentTokenBody(Body):
+    ttl_h: float | None = Field(default=None, gt=0, le=24 * 365, description="hours; default enrollment.token_ttl_h")

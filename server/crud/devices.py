@@ -34,7 +34,7 @@ def enroll_device(session: Session, *, device_id: str, device_class: str | None,
     token = new_token()
     device = session.get(Device, device_id)
     if device is None:
-        device = Device(id=device_id, online=False, session=-1, desired_revert=False)
+        device = Device(id=device_id, online=False, session=-1, desired_revert=False, generation=0)
         session.add(device)
     device.token_hash = hash_token(token)
     device.device_class = device_class
@@ -66,11 +66,25 @@ def get_device(session: Session, *, device_id: str) -> Device:
     return device
 
 
-def list_devices(session: Session, *, online: bool | None = None) -> list[Device]:
+def list_devices(session: Session, *, online: bool | None = None, enrollment: str | None = None) -> list[Device]:
+    """Devices by id; ``enrollment``: enrolled | pending (waiting for approval) | unenrolled."""
     query = select(Device).order_by(Device.id)
     if online is not None:
         query = query.where(Device.online == online)
+    if enrollment == "enrolled":
+        query = query.where(Device.token_hash.is_not(None))
+    elif enrollment == "pending":
+        query = query.where(Device.pending_token_hash.is_not(None))
+    elif enrollment == "unenrolled":
+        query = query.where(Device.token_hash.is_(None), Device.pending_token_hash.is_(None))
     return list(session.scalars(query))
+
+
+def enrollment_state(device: Device) -> str:
+    """enrolled | pending (waiting for the operator's approval) | unenrolled (reset, or only seen on MQTT)."""
+    if device.token_hash:
+        return "enrolled"
+    return "pending" if device.pending_token_hash else "unenrolled"
 
 
 def runnable_formats(device: Device) -> set[str] | None:
@@ -83,6 +97,8 @@ def runnable_formats(device: Device) -> set[str] | None:
 
 def set_desired(device: Device, *, version_id: int | None, rollout_id: int | None, revert: bool = False,
                 now: float | None = None) -> None:
+    """Every change of a device's desired state goes through here, and raises its generation."""
+    device.generation = (device.generation or 0) + 1
     device.desired_version_id = version_id
     device.desired_rollout_id = rollout_id
     device.desired_revert = revert
@@ -98,7 +114,11 @@ def device_public(device: Device) -> dict[str, Any]:
         "model_sha256": device.model_sha256, "runtime": device.runtime, "delegate": device.delegate,
         "p95_ms": device.p95_ms, "cpu_pct": device.cpu_pct, "update_state": device.update_state,
         "update_reason": device.update_reason, "hw": device.hw or {},
+        "enrollment": enrollment_state(device), "pending_since": device.pending_since, "epoch": device.epoch,
+        "ingest": {"rejected": device.rejected or 0, "last_reason": device.rejected_reason,
+                   "last_rejected_at": device.rejected_at, "ts_replaced": device.ts_replaced or 0},
         "desired": None if device.desired_version_id is None else {
             "version_id": device.desired_version_id, "rollout_id": device.desired_rollout_id,
-            "revert": bool(device.desired_revert), "issued_at": device.desired_issued_at},
+            "revert": bool(device.desired_revert), "issued_at": device.desired_issued_at,
+            "generation": device.generation},
     }

@@ -48,6 +48,13 @@ def version_by_id(session: Session, *, version_id: int) -> tuple[Model, ModelVer
     return model, row
 
 
+def version_with_sha256(session: Session, *, name: str, sha256: str) -> int | None:
+    """The newest version of model ``name`` whose file is ``sha256``, if any."""
+    found = session.scalar(select(func.max(ModelVersion.version)).join(Model, Model.id == ModelVersion.model_id)
+                           .where(Model.name == name, ModelVersion.sha256 == sha256))
+    return int(found) if found is not None else None
+
+
 def create_version(session: Session, *, name: str, sha256: str, size: int, fmt: str, task: str,
                    inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], labels: list[str] | None,
                    preprocess: dict[str, Any] | None, runtime_hints: dict[str, Any] | None,

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
-from sqlalchemy import Insert, delete, func, select
+from sqlalchemy import JSON, Dialect, Insert, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
 
+from agent.wire import Birth, Will
 from server.db.models import Device, DeviceEvent, Telemetry, TelemetryRollup
 
-TELEMETRY_COLUMNS = ("device_id", "seq", "ts", "received_at", "model_name", "model_version", "runtime", "count",
-                     "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb", "temp_c",
-                     "payload")
+TELEMETRY_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "received_at", "model_name", "model_version",
+                     "runtime", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb",
+                     "temp_c", "payload")
+LIVE_COLUMNS = ("last_seen", "p95_ms", "cpu_pct", "model_name", "model_version", "runtime", "delegate")
+
+
+class JsonText(TypeDecorator[Any]):
+    """A JSON column value handed over already serialized (ingestion serializes validated payloads once)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
 
 
 def _insert_ignore(session: Session, table: Any) -> Insert:
@@ -33,7 +47,8 @@ def telemetry_row(device_id: str, payload: dict[str, Any], received_at: float) -
     system = payload.get("system") or {}
     model = payload.get("model") or {}
     return {
-        "device_id": device_id, "seq": int(payload["seq"]), "ts": float(payload["ts"]), "received_at": received_at,
+        "device_id": device_id, "epoch": int(payload.get("epoch", 0)), "seq": int(payload["seq"]),
+        "ts": float(payload["ts"]), "ts_replaced": False, "received_at": received_at,
         "model_name": model.get("name"), "model_version": model.get("version"), "runtime": payload.get("runtime"),
         "count": inference.get("count"), "errors": inference.get("errors"), "p50_ms": latency.get("p50"),
         "p95_ms": latency.get("p95"), "p99_ms": latency.get("p99"), "fps": inference.get("fps"),
@@ -42,56 +57,108 @@ def telemetry_row(device_id: str, payload: dict[str, Any], received_at: float) -
     }
 
 
+def _serialized(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row if isinstance(row["payload"], str) else {**row, "payload": json.dumps(row["payload"])}
+            for row in rows]
+
+
 def insert_telemetry(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert rows; a (device_id, seq) already stored is skipped."""
+    """Insert rows (``payload`` a document or its JSON text); a (device_id, epoch, seq) already stored is skipped."""
     if rows:
-        session.execute(_insert_ignore(session, Telemetry), list(rows))
+        statement = _insert_ignore(session, Telemetry.__table__).values(payload=bindparam("payload", type_=JsonText()))
+        session.connection().execute(statement, _serialized(rows))
 
 
 def insert_events(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows with device_id, seq, ts, type, payload; duplicates skipped."""
+    """Rows with device_id, epoch, seq, ts, type, payload; duplicates skipped."""
     if rows:
-        session.execute(_insert_ignore(session, DeviceEvent), list(rows))
+        statement = _insert_ignore(session, DeviceEvent.__table__).values(
+            payload=bindparam("payload", type_=JsonText()))
+        session.connection().execute(statement, [{"epoch": 0, "ts_replaced": False, **row}
+                                                 for row in _serialized(rows)])
 
 
-def apply_status(session: Session, *, device_id: str, payload: dict[str, Any], now: float) -> bool:
-    """A birth or will from ``status``. A will from an older session than the one recorded is ignored.
-    Returns whether the device row changed."""
-    session_no = int(payload.get("session", -1))
+def enrolled_ids(session: Session, *, device_ids: Iterable[str]) -> set[str]:
+    """Which of ``device_ids`` are enrolled (hold an approved token): only their messages are stored."""
+    wanted = sorted(set(device_ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start:start + 1000]
+        found.update(session.scalars(select(Device.id).where(Device.id.in_(chunk), Device.token_hash.is_not(None))))
+    return found
+
+
+def status_is_newer(*, epoch: int, session_no: int, online: bool, known_epoch: int, known_session: int) -> bool:
+    """Whether a status from (``epoch``, ``session_no``) supersedes the one recorded.
+
+    In the recorded epoch, sessions only grow (a late will of an older connection is ignored). A birth from
+    another epoch is a reset spool or a re-imaged box starting its sessions again: it is applied whatever its
+    numbers; a will from another epoch only when that epoch is newer (epochs are creation times)."""
+    if epoch == known_epoch:
+        return session_no >= known_session
+    return online or epoch > known_epoch
+
+
+def apply_status(session: Session, *, device_id: str, status: Birth | Will, now: float) -> bool:
+    """A birth or will from ``status`` of an enrolled device. Returns whether the device row changed."""
     device = session.get(Device, device_id)
     if device is None:
-        device = Device(id=device_id, online=False, session=-1, desired_revert=False, tags=[], hw={})
-        session.add(device)
-    if session_no < (device.session if device.session is not None else -1):
         return False
-    device.session = session_no
-    if payload.get("online"):
+    known_session = device.session if device.session is not None else -1
+    if not status_is_newer(epoch=status.epoch, session_no=status.session, online=status.online,
+                           known_epoch=device.epoch or 0, known_session=known_session):
+        return False
+    device.session, device.epoch = status.session, status.epoch
+    if isinstance(status, Birth):
         device.online = True
         device.last_seen = now
-        model = payload.get("model") or {}
-        device.model_name, device.model_version = model.get("name"), model.get("version")
-        device.model_sha256 = model.get("sha256")
-        device.runtime, device.delegate = payload.get("runtime"), payload.get("delegate")
-        device.agent_version = payload.get("agent_version")
-        if payload.get("device_class") and not device.device_class:
-            device.device_class = payload["device_class"]
+        device.model_name, device.model_version = status.model.name, status.model.version
+        device.model_sha256 = status.model.sha256
+        device.runtime, device.delegate = status.runtime, status.delegate
+        device.agent_version = status.agent_version
+        if status.device_class and not device.device_class:
+            device.device_class = status.device_class
     else:
         device.online = False
     return True
 
 
 def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
-    """Per device, the newest figures from telemetry (last_seen, p95, cpu, model, runtime)."""
+    """Per device, the newest figures from telemetry (``LIVE_COLUMNS``; a None keeps the stored value) and
+    ``ts_replaced``, how many of its timestamps were replaced: one UPDATE executed for all devices."""
     if not updates:
         return
-    found = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(updates))))}
-    for device_id, values in updates.items():
-        device = found.get(device_id)
-        if device is None:
-            continue
-        for key, value in values.items():
-            if value is not None:
-                setattr(device, key, value)
+    table = cast(Table, Device.__table__)
+    values: dict[str, Any] = {name: func.coalesce(bindparam(f"v_{name}", type_=table.c[name].type), table.c[name])
+                              for name in LIVE_COLUMNS}
+    values["ts_replaced"] = table.c.ts_replaced + bindparam("v_ts_replaced")
+    statement = update(table).where(table.c.id == bindparam("v_id")).values(values)
+    params = [{"v_id": device_id, "v_ts_replaced": int(live.get("ts_replaced", 0)),
+               **{f"v_{name}": live.get(name) for name in LIVE_COLUMNS}} for device_id, live in sorted(updates.items())]
+    session.connection().execute(statement, params)
+
+
+def record_rejections(session: Session, *, rejected: dict[str, tuple[int, str, float]]) -> None:
+    """Per enrolled device: (messages refused, the last reason, when), added to its counters."""
+    if not rejected:
+        return
+    table = cast(Table, Device.__table__)
+    statement = update(table).where(table.c.id == bindparam("v_id")).values(
+        rejected=table.c.rejected + bindparam("v_n"), rejected_reason=bindparam("v_reason"),
+        rejected_at=bindparam("v_at"))
+    session.connection().execute(statement, [{"v_id": device_id, "v_n": n, "v_reason": reason, "v_at": at}
+                                             for device_id, (n, reason, at) in sorted(rejected.items())])
+
+
+def epoch_summary(session: Session, *, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Per epoch of a device's stored raw telemetry (newest first): rows, first/last seq and the gap between."""
+    query = (select(Telemetry.epoch, func.count(), func.min(Telemetry.seq), func.max(Telemetry.seq),
+                    func.min(Telemetry.received_at), func.max(Telemetry.received_at))
+             .where(Telemetry.device_id == device_id).group_by(Telemetry.epoch)
+             .order_by(func.max(Telemetry.received_at).desc()).limit(limit))
+    return [{"epoch": int(epoch), "rows": int(rows), "first_seq": int(first), "last_seq": int(last),
+             "missing": int(last) - int(first) + 1 - int(rows), "first_received": first_at, "last_received": last_at}
+            for epoch, rows, first, last, first_at, last_at in session.execute(query)]
 
 
 def list_telemetry(session: Session, *, device_id: str, since: float | None = None,
@@ -161,7 +228,8 @@ def _wmean(a: float | None, na: int, b: float | None, nb: int) -> float | None:
 
 
 def telemetry_public(row: Telemetry) -> dict[str, Any]:
-    return {"seq": row.seq, "ts": row.ts, "received_at": row.received_at, "model_name": row.model_name,
+    return {"epoch": row.epoch, "seq": row.seq, "ts": row.ts, "ts_replaced": bool(row.ts_replaced),
+            "received_at": row.received_at, "model_name": row.model_name,
             "model_version": row.model_version, "runtime": row.runtime, "count": row.count, "errors": row.errors,
             "p50_ms": row.p50_ms, "p95_ms": row.p95_ms, "p99_ms": row.p99_ms, "fps": row.fps,
             "cpu_pct": row.cpu_pct, "mem_mb": row.mem_mb, "rss_mb": row.rss_mb, "temp_c": row.temp_c,
@@ -169,7 +237,8 @@ def telemetry_public(row: Telemetry) -> dict[str, Any]:
 
 
 def event_public(row: DeviceEvent) -> dict[str, Any]:
-    return {"seq": row.seq, "ts": row.ts, "type": row.type, "payload": row.payload}
+    return {"epoch": row.epoch, "seq": row.seq, "ts": row.ts, "ts_replaced": bool(row.ts_replaced), "type": row.type,
+            "payload": row.payload}
 
 
 def rollup_public(row: TelemetryRollup) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """The operator dashboard: server-rendered HTML with inline SVG charts (``router``)."""
 
+from server.dashboard.actions import router as actions_router
 from server.dashboard.routes import router
+
+router.include_router(actions_router)
 
 __all__ = ["router"]

@@ -58,6 +58,8 @@ form.filter input{padding:4px 8px;border:1px solid var(--line);border-radius:6px
 .login{max-width:380px;margin:80px auto}.login input{width:100%;padding:8px;margin:8px 0;border:1px solid var(--line);
 border-radius:6px}.login button{padding:8px 16px;border:0;border-radius:6px;background:var(--blue);color:#fff}
 .error{color:var(--bad)}
+form.inline{display:inline;margin-right:8px}form.inline button{padding:4px 12px;border:0;border-radius:6px;
+background:var(--blue);color:#fff;cursor:pointer}form.inline button.reset{background:var(--bad)}
 """
 
 # reload the page every REFRESH_S seconds while the box is ticked (remembered in localStorage)
@@ -94,7 +96,10 @@ def ago(ts: Any, now: float | None = None) -> str:
 def clock(ts: Any) -> str:
     if not isinstance(ts, int | float) or isinstance(ts, bool):
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ts)))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ts)))
+    except (OverflowError, OSError, ValueError):  # a device's absurd time (1e300, NaN) is no page's 500
+        return "-"
 
 
 def num(value: Any, digits: int = 1, suffix: str = "") -> str:

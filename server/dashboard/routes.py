@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Query, Request
@@ -16,6 +16,8 @@ from server.crud import devices as device_crud
 from server.crud import rollouts as rollout_crud
 from server.crud import telemetry as telemetry_crud
 from server.dashboard import auth
+from server.dashboard.actions import csrf_token
+from server.dashboard.device_data import render_device_data, render_pending
 from server.dashboard.render import csp, e, page
 from server.dashboard.views import DevicePage, Overview, render_device, render_login, render_overview
 from server.state import ServerState
@@ -42,6 +44,16 @@ def _to_login(request: Request) -> RedirectResponse:
     return RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
 
 
+def _pending(state: ServerState) -> list[dict[str, Any]]:
+    with state.db.session() as session:
+        return [device_crud.device_public(d) for d in device_crud.list_devices(session, enrollment="pending")]
+
+
+def _epochs(state: ServerState, device_id: str) -> list[dict[str, Any]]:
+    with state.db.session() as session:
+        return telemetry_crud.epoch_summary(session, device_id=device_id)
+
+
 def _overview(state: ServerState, query: str) -> Overview:
     since = time.time() - FINISHED_VISIBLE_S
     with state.db.session() as session:
@@ -62,6 +74,10 @@ def overview(request: Request, state: StateDep, q: Annotated[str, Query(max_leng
         return _to_login(request)
     started = time.perf_counter()
     body = render_overview(_overview(state, q.strip()))
+    pending = render_pending(_pending(state), csrf_token(state, request))
+    if pending:  # the approval queue goes after the counts, before the rest of the page
+        cut = body.find('<div class="top">')
+        body = body[:cut] + pending + body[cut:] if cut >= 0 else body + pending
     return _html(body, title="Fleet", nonce=secrets.token_urlsafe(16), started=started)
 
 
@@ -99,7 +115,9 @@ def device_page(device_id: str, request: Request, state: StateDep) -> Response:
         return _html(f'<h1>Unknown device</h1><p>No device <code>{e(device_id)}</code>. '
                      f'<a href="/">Back to the fleet</a></p>', title="Unknown device", nonce=nonce, status=404,
                      refresh=False)
-    return _html(render_device(data), title=device_id, nonce=nonce, started=started)
+    body = render_device(data) + render_device_data(data.device, _epochs(state, device_id),
+                                                    csrf_token(state, request))
+    return _html(body, title=device_id, nonce=nonce, started=started)
 
 
 @router.get("/login", response_class=HTMLResponse)

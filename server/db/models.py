@@ -7,6 +7,9 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# a 64-bit id for the high-volume tables (SQLite's rowid alias must be spelled INTEGER; it is 64-bit anyway)
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
+
 
 class Base(DeclarativeBase):
     pass
@@ -21,9 +24,18 @@ class Device(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     hw: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     enrolled_at: Mapped[float | None] = mapped_column(Float)
-    # live state from MQTT `status` and telemetry
+    # enrollment waiting for the operator (enrollment.mode: approve): the token it was given, not yet valid
+    pending_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    pending_since: Mapped[float | None] = mapped_column(Float)
+    # live state from MQTT `status` and telemetry; (epoch, session) of the newest status applied
     online: Mapped[bool] = mapped_column(Boolean, default=False)
-    session: Mapped[int] = mapped_column(Integer, default=-1)
+    session: Mapped[int] = mapped_column(BigInteger, default=-1)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    # ingestion: messages of this device refused (and why, last), and timestamps replaced by the receive time
+    rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected_reason: Mapped[str | None] = mapped_column(Text)
+    rejected_at: Mapped[float | None] = mapped_column(Float)
+    ts_replaced: Mapped[int] = mapped_column(BigInteger, default=0)
     last_seen: Mapped[float | None] = mapped_column(Float)
     agent_version: Mapped[str | None] = mapped_column(String(64))
     model_name: Mapped[str | None] = mapped_column(String(128))
@@ -40,6 +52,14 @@ class Device(Base):
     desired_rollout_id: Mapped[int | None] = mapped_column(Integer)
     desired_revert: Mapped[bool] = mapped_column(Boolean, default=False)
     desired_issued_at: Mapped[float | None] = mapped_column(Float)
+    # grows with every change of the desired state (reverts too); the manifest carries it (anti-replay)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # what the last manifest sent to the device offered: {"artifact": sha256, "delta": [from, to] | null};
+    # a device token downloads only these
+    offered: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # samples the device may still upload, until when: set by an upload_samples command
+    samples_allowed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    samples_until: Mapped[float | None] = mapped_column(Float)
 
 
 class Model(Base):
@@ -150,14 +170,16 @@ class RolloutDevice(Base):
 class Telemetry(Base):
     __tablename__ = "telemetry"
     __table_args__ = (
-        UniqueConstraint("device_id", "seq", name="uq_telemetry_seq"),
+        UniqueConstraint("device_id", "epoch", "seq", name="uq_telemetry_epoch_seq"),
         Index("ix_telemetry_device_ts", "device_id", "ts"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     device_id: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
     seq: Mapped[int] = mapped_column(BigInteger)
-    ts: Mapped[float] = mapped_column(Float)
+    ts: Mapped[float] = mapped_column(Float)  # the device's, or received_at when that was out of range
+    ts_replaced: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[float] = mapped_column(Float)
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[int | None] = mapped_column(Integer)
@@ -185,8 +207,8 @@ class TelemetryRollup(Base):
     device_id: Mapped[str] = mapped_column(String(64))
     bucket: Mapped[float] = mapped_column(Float)  # start of the hour
     samples: Mapped[int] = mapped_column(Integer)
-    count: Mapped[int | None] = mapped_column(Integer)
-    errors: Mapped[int | None] = mapped_column(Integer)
+    count: Mapped[int | None] = mapped_column(BigInteger)  # sums of 32-bit counts over the hour
+    errors: Mapped[int | None] = mapped_column(BigInteger)
     p95_ms: Mapped[float | None] = mapped_column(Float)  # mean of the p95s in the hour
     p95_max_ms: Mapped[float | None] = mapped_column(Float)
     cpu_pct: Mapped[float | None] = mapped_column(Float)
@@ -196,16 +218,29 @@ class TelemetryRollup(Base):
 class DeviceEvent(Base):
     __tablename__ = "events"
     __table_args__ = (
-        UniqueConstraint("device_id", "seq", name="uq_event_seq"),
+        UniqueConstraint("device_id", "epoch", "seq", name="uq_event_epoch_seq"),
         Index("ix_events_device_ts", "device_id", "ts"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     device_id: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
     seq: Mapped[int] = mapped_column(BigInteger)
     ts: Mapped[float] = mapped_column(Float)
+    ts_replaced: Mapped[bool] = mapped_column(Boolean, default=False)
     type: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EnrollmentToken(Base):
+    """A one-time token the operator made for one device id: enrolls (or re-enrolls) it once, no approval."""
+
+    __tablename__ = "enrollment_tokens"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class Delta(Base):
@@ -251,6 +286,7 @@ class Sample(Base):
     device_class: Mapped[str | None] = mapped_column(String(64))
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
     image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_bytes: Mapped[int | None] = mapped_column(BigInteger)  # for the size cap of garbage collection
     label: Mapped[Any] = mapped_column(JSON)  # class index or label name
     labelled_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)

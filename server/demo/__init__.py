@@ -1,4 +1,4 @@
-"""``edgefleet-demo``: the whole loop on one machine, on embedded defaults.
+"""edgefleet-demo: the whole loop on one machine, on embedded defaults.
 
 Starts a broker (Mosquitto when installed, else the pure-Python amqtt), the update server
 (SQLite, local artifact directory) and a few agents on synthetic video; pushes a model,
@@ -29,6 +29,7 @@ from rich.live import Live
 from rich.table import Table
 
 from agent.errors import EdgefleetError
+from agent.version import version_line
 from server.demo.broker import RunningBroker, start_broker
 from server.demo.models import INPUT_SIZE, LABELS, make_classifier
 from server.opcli_client import ServerClient
@@ -160,7 +161,7 @@ class Demo:
         body = {"model": "classifier", "version": version, "target": {"tags": ["demo"]}, "waves": waves,
                 "gates": {"min_committed_ratio": 1.0, "max_failure_ratio": 0.34, "soak_s": soak_s}}
         rollout = self.client.create_rollout(body)
-        self.step(f"rollout {rollout['id']}: classifier v{version} in waves {waves}")
+        self.step(f"rollout {rollout['id']}: classifier v{version} in {waves_text(waves)}")
         return int(rollout["id"])
 
     def fleet_table(self, rollout: dict[str, Any] | None) -> Table:
@@ -170,8 +171,8 @@ class Demo:
         title = "fleet"
         if rollout:
             title += f" — rollout {rollout.get('id')} v{rollout.get('version')}: {rollout.get('state')}"
-            if rollout.get("current_wave") is not None:
-                title += f", wave {rollout.get('current_wave')}"
+            if isinstance(rollout.get("current_wave"), int):  # 0-based in the API, 1-based wherever it is shown
+                title += f", wave {rollout['current_wave'] + 1} of {len(rollout.get('waves') or []) or '?'}"
         table = Table(title=title, title_justify="left")
         for header in ("device", "online", "version", "runtime", "p95 ms", "cpu %", "update"):
             table.add_column(header)
@@ -274,15 +275,20 @@ class Demo:
         (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.console.print()
         for device_id, counts in flow.items():
+            installed = ", ".join(f"{version} by {via}" for version, via in counts["installed_via"].items()) or "-"
             self.console.print(f"{device_id}: {counts['telemetry']} telemetry messages (seq gaps: {counts['gaps']}), "
-                               f"installed {counts['installed_via']}, events: {', '.join(counts['events']) or '-'}")
-        self.console.print(f"[bold]rollout {second}: {result.get('state')}[/] {result.get('reason') or ''}")
-        self.console.print(f"local inference API answers (device → model version): {answers}")
-        self.console.print(f"whole loop in {time.monotonic() - started:.0f} s")
-        self.console.print(f"dashboard: [bold]{self.url}/[/]   operator CLI: EDGEFLEET_URL={self.url} "
-                           f"EDGEFLEET_ADMIN_TOKEN={self.server_conf['admin_token']} edgefleet devices")
+                               f"installed {installed}, events: {', '.join(counts['events']) or '-'}", highlight=False)
+        reason = f" ({result['reason']})" if result.get("reason") else ""
+        self.console.print(f"[bold]rollout {second}: {result.get('state')}[/]{reason}")
+        self.console.print("local inference API answers: " + ", ".join(
+            f"{device} v{version}" if isinstance(version, int) else f"{device} {version}"
+            for device, version in answers.items()), highlight=False)
+        self.console.print(f"whole loop in {time.monotonic() - started:.0f} s; summary in "
+                           f"{self.workdir / 'summary.json'}", highlight=False)
         ok = result.get("state") == "completed" and all(v == 2 for v in answers.values())
-        if not self.args.exit_when_done:
+        if not self.args.exit_when_done:  # the URL and the CLI line only while there is something to look at
+            self.console.print(f"dashboard: [bold]{self.url}/[/]   operator CLI: EDGEFLEET_URL={self.url} "
+                               f"EDGEFLEET_ADMIN_TOKEN={self.server_conf['admin_token']} edgefleet devices")
             self.console.print("running; Ctrl-C stops everything")
             while True:
                 self.check_processes()
@@ -310,16 +316,31 @@ class Demo:
         self.console.print("stopped: agents, server, broker")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgefleet-demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--agents", type=int, default=3)
-    parser.add_argument("--fps", type=float, default=10.0)
+def waves_text(waves: dict[str, Any] | list[float]) -> str:
+    """``waves 1 %, 100 %`` or ``waves of 1, 2, 3 devices`` (cumulative), not the request's JSON."""
+    if isinstance(waves, dict):
+        return "waves of " + ", ".join(str(c) for c in waves.get("counts", [])) + " devices"
+    return "waves " + ", ".join(f"{p:g} %" for p in waves)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefleet-demo", description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--version", action="version", version=version_line("edgefleet-demo"),
+                        help="print the version and exit")
+    parser.add_argument("--agents", type=int, default=3, help="agents to start (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=10.0, help="frames per second of each agent's synthetic video")
     parser.add_argument("--soak", type=float, default=5.0, help="seconds each wave must stay healthy")
     parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
-    parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
-    parser.add_argument("--workdir", type=Path, default=Path("demo-state"))
+    parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto",
+                        help="MQTT broker (auto: Mosquitto when installed, else amqtt)")
+    parser.add_argument("--workdir", type=Path, default=Path("demo-state"),
+                        help="where state, logs and summary.json go (emptied first; default: %(default)s)")
     parser.add_argument("--exit-when-done", action="store_true", help="stop after the rollout instead of waiting")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     console = Console()
     demo = Demo(args, console)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from server.optimize._ortlog import route_onnxruntime_logs
+
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
 QUANT_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear", "ConvInteger", "QuantizeLinear",
@@ -284,3 +286,4 @@ def _quiet() -> None:
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
+    route_onnxruntime_logs()

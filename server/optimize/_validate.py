@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import ModelLoadError
+from server.calibration import CalibrationError, check_calibration
 from server.optimize._runner import InputSpec, Runner, open_model, p50_ms, run_rows
 from server.optimize._sizes import compressed, sizes
 from server.optimize._types import LOSSY, OptimizeError, Thresholds
@@ -39,22 +40,10 @@ def synthetic_samples(inputs: list[InputSpec], count: int = 8, seed: int = 0,
 
 def check_samples(samples: Mapping[str, np.ndarray], inputs: list[InputSpec]) -> dict[str, np.ndarray]:
     """Calibration/sample arrays keyed by input name, each with the batch (sample) axis first."""
-    if not samples:
-        raise OptimizeError("calibration data is empty")
-    arrays = {str(k): np.asarray(v) for k, v in samples.items()}
-    names = [s.name for s in inputs]
-    if names and sorted(arrays) != sorted(names):
-        raise OptimizeError(f"calibration inputs {sorted(arrays)} do not match the model's inputs {sorted(names)}")
-    counts = {len(v) for v in arrays.values() if v.ndim}
-    if len(counts) != 1:
-        raise OptimizeError(f"calibration arrays disagree on the sample count: {sorted(counts)}")
-    for spec in inputs:
-        value = arrays[spec.name]
-        if value.ndim != len(spec.shape):
-            raise OptimizeError(f"calibration input {spec.name!r} has rank {value.ndim}, the model wants "
-                                f"{len(spec.shape)} ({list(spec.shape)})")
-        arrays[spec.name] = value.astype(spec.dtype, copy=False)
-    return {n: arrays[n] for n in names} if names else arrays
+    try:
+        return check_calibration(samples, [(s.name, s.shape, s.dtype) for s in inputs])
+    except CalibrationError as exc:
+        raise OptimizeError(str(exc)) from exc
 
 
 def first_row(samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

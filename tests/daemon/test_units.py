@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from agent.config import ResultsSection
 from agent.daemon.preprocess import Postprocessor, Preprocessor, detect_layout
 from agent.daemon.results import ResultsSink
-from agent.daemon.sources import Frame, Mailbox
+from agent.daemon.sources import Frame, Mailbox, Source, SourceEnded, SourceRunner
 from agent.daemon.systemd import Notifier
 from agent.errors import InvalidInputError
 from agent.wire import ModelMeta, PreprocessSpec, TensorSpec
@@ -135,3 +136,38 @@ def test_opencv_fast_path_equals_the_numpy_path() -> None:
         fast = pre(frame)["x"]
         pre._blob = None
         np.testing.assert_allclose(fast, pre(frame)["x"], rtol=1e-5, atol=1e-5)
+
+
+class _Camera(Source):
+    """A device-paced source: frames arrive every ``period`` seconds give or take ``jitter``."""
+
+    paced = False
+
+    def __init__(self, period: float, jitter: float, count: int) -> None:
+        self.period, self.jitter, self.left = period, jitter, count
+        self.rng = np.random.default_rng(0)
+        self.due = time.monotonic()
+        self.frame = np.zeros((4, 4, 3), np.uint8)
+
+    def read(self) -> tuple[np.ndarray, str] | None:
+        if self.left == 0:
+            raise SourceEnded("done")
+        self.due += self.period
+        time.sleep(max(0.0, self.due + self.rng.uniform(-self.jitter, self.jitter) - time.monotonic()))
+        self.left -= 1
+        return self.frame, "camera"
+
+
+@pytest.mark.parametrize(("camera_fps", "want"), [(40.0, (38, 42)), (20.0, (39, 40)), (10.0, (20, 20)),
+                                                  (5.0, (10, 10))])
+def test_device_paced_source_passes_fps_frames_whatever_the_jitter(camera_fps: float,
+                                                                   want: tuple[int, int]) -> None:
+    """fps: 20 for 2 s: a faster camera is thinned to 20/s; one at 20, 10 or 5 fps keeps every frame."""
+    mailbox = Mailbox()
+    runner = SourceRunner(_Camera(1.0 / camera_fps, jitter=0.3 / camera_fps, count=int(camera_fps * 2)),
+                          mailbox, fps=20.0).start()
+    deadline = time.monotonic() + 30
+    while (runner.state != "ended" or mailbox.get(0.0) is not None) and time.monotonic() < deadline:
+        mailbox.get(0.05)
+    assert mailbox.dropped == 0
+    assert want[0] <= mailbox.delivered <= want[1], (camera_fps, mailbox.delivered)

@@ -2,7 +2,8 @@
 (shaped like agent.wire Birth/Will/Telemetry/Event), two model versions and one rollout.
 
 Known state after ``seed()`` (the tests assert these exact values):
-- online: cam-01 (detector v1), cam-02 (detector v2, drift psi 0.31), cam-03 (detector v1), XSS_ID (no model)
+- online: cam-01 (detector v1), cam-02 (detector v2, drift psi 0.31), cam-03 (detector v1), XSS_ID (no model;
+  enrolled straight in the database, as HTTP enrollment refuses such an id and MQTT stores only enrolled ids)
 - offline: cam-04 (birth then will; detector v1), cam-05 (enrolled, never connected)
 - cam-01: TELEMETRY_N samples, p50 = 1 + 0.1 i, p95 = 2 + 0.2 i, cpu = 10 + i (i = 0..N-1), two events
 - rollout 1: detector v2 to cam-03 and cam-04, waves {"counts": [1, 2]}, soak 3600 s
@@ -86,6 +87,19 @@ def push(server: RunningServer, name: str, path: Path) -> dict[str, Any]:
     return dict(response.json())
 
 
+def enroll_in_database(server: RunningServer, device_id: str) -> None:
+    from server.config import load_server_config
+    from server.crud import devices
+    from server.db import Database
+
+    db = Database(load_server_config(server.config_path).database_url)
+    try:
+        with db.session() as session:
+            devices.enroll_device(session, device_id=device_id, device_class=None, tags=[], hw={})
+    finally:
+        db.dispose()
+
+
 def seed(server: RunningServer, broker_port: int, workdir: Path) -> Fleet:
     fleet = Fleet(server=server, client=connect(broker_port), start_ts=time.time())
     wait_until(lambda: requests.get(server.url + "/healthz", timeout=2).json()["mqtt"]["connected"], timeout=10)
@@ -95,6 +109,7 @@ def seed(server: RunningServer, broker_port: int, workdir: Path) -> Fleet:
     for i in range(1, 6):
         fleet.tokens[f"cam-{i:02d}"] = server.enroll(f"cam-{i:02d}", device_class="rpi4", tags=["lab"],
                                                       hw={"runtimes": ["onnxruntime"]})
+    enroll_in_database(server, XSS_ID)
     for device, version in (("cam-01", 1), ("cam-02", 2), ("cam-03", 1), ("cam-04", 1)):
         fleet.send(device, "status", birth(1, version), retain=True)
     fleet.send(XSS_ID, "status", birth(1, None), retain=True)

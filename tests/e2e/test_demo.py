@@ -33,3 +33,11 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, broker: str) -> None:
         # v1 came whole; v2 (a fine-tuned v1) as a bsdiff delta the rollout prepared
         assert flow["installed_via"] == {"v1": "full", "v2": "delta"}, device_id
     assert "stopped: agents, server, broker" in proc.stdout
+    # human output: waves as percents or device counts (no Python reprs), 1-based waves, versions by device
+    out = proc.stdout
+    assert "classifier v1 in waves 100 %" in out and "classifier v2 in waves of 1, 2 devices" in out
+    assert "[100.0]" not in out and "{'" not in out and "wave 0" not in out
+    assert "local inference API answers: cam-01 v2, cam-02 v2" in out
+    assert "installed v1 by full, v2 by delta" in out
+    # --exit-when-done: no dashboard URL or CLI line for servers that are about to stop
+    assert "dashboard:" not in out and "EDGEFLEET_ADMIN_TOKEN" not in out

@@ -65,9 +65,10 @@ def cli_json(env: Env, *args: str) -> Any:
     return json.loads(cli(env, *args, "--json").stdout)  # the whole stdout is one JSON document
 
 
-def failure(env: Env, *args: str, token: str | None = None) -> str:
+def failure(env: Env, *args: str, token: str | None = None, code: int = 1) -> str:
+    """The one-line reason of a command that must fail with exit code ``code`` (its class, docs/operator.md)."""
     done = cli(env, *args, token=token, ok=False)
-    assert done.returncode == 1 and done.stdout == ""
+    assert (done.returncode, done.stdout) == (code, ""), done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("edgefleet: ")
     return done.stderr.strip()
 
@@ -93,7 +94,7 @@ def test_optimize_waits_then_lists_variants(env: Env) -> None:
     assert result["job"]["state"] == "succeeded" and result["job"]["progress"] == 1.0
     variants = {v["name"]: v for v in result["variants"]}
     assert set(variants) == {"reference", "cpu-int8-static", "cpu-int8-dynamic"}
-    assert all(v["status"] in ("ready", "failed") for v in variants.values())
+    assert all(v["status"] in ("ready", "rejected") for v in variants.values())
     table = cli(env, "model", "variants", "cls", "1").stdout
     assert "variants of cls v1" in table
     for name, variant in variants.items():
@@ -122,7 +123,7 @@ def test_rollout_create_status_pause_resume_abort(env: Env) -> None:
     assert [[c.strip() for c in row.split("│")[1:-1]] for row in wave_rows[:2]] == [
         ["1", "1", "1", "0", "0", "0", "active"], ["2", "3", "0", "0", "0", "0", "pending"]]
     assert "paused" in cli(env, "rollout", "pause", str(rollout_id)).stdout
-    assert failure(env, "rollout", "pause", str(rollout_id)) == (
+    assert failure(env, "rollout", "pause", str(rollout_id), code=5) == (
         f"edgefleet: POST /v1/rollouts/{rollout_id}/pause: HTTP 409: rollout {rollout_id} is paused, not running")
     assert cli_json(env, "rollout", "resume", str(rollout_id))["state"] == "running"
     aborted = cli_json(env, "rollout", "abort", str(rollout_id), "--revert")
@@ -177,14 +178,54 @@ def test_devices_command_reaches_the_device(env: Env) -> None:
 
 
 def test_errors_are_one_line(env: Env, tmp_path: Path) -> None:
-    assert failure(env, "model", "list", token="wrong") == "edgefleet: GET /v1/models: HTTP 401: invalid token"
-    assert failure(env, "model", "show", "nope") == "edgefleet: GET /v1/models/nope: HTTP 404: model nope is not known"
-    assert failure(env, "telemetry", "ghost") == (
+    assert failure(env, "model", "list", token="wrong", code=4) == "edgefleet: GET /v1/models: HTTP 401: invalid token"
+    assert failure(env, "model", "show", "nope", code=3) == (
+        "edgefleet: GET /v1/models/nope: HTTP 404: model nope is not known")
+    assert failure(env, "telemetry", "ghost", code=3) == (
         "edgefleet: GET /v1/devices/ghost/telemetry: HTTP 404: device ghost is not known")
-    assert "HTTP 404: model cls has no version 9" in failure(env, "rollout", "create", "cls", "9", "--devices", "x")
+    assert "HTTP 404: model cls has no version 9" in failure(env, "rollout", "create", "cls", "9", "--devices", "x",
+                                                             code=3)
     assert failure(env, "model", "push", "m", str(tmp_path / "missing.onnx")).startswith("edgefleet: cannot read ")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model at all")
-    assert "HTTP 422: not a model" in failure(env, "model", "push", "m", str(junk))
+    assert "HTTP 422: not a model" in failure(env, "model", "push", "m", str(junk), code=6)
     assert cli_json(env, "model", "list")["models"][0]["name"] == "cls"  # nothing half-written
-    assert failure(env, "--server", "http://127.0.0.1:9", "devices").startswith("edgefleet: cannot reach ")
+    assert failure(env, "--server", "http://127.0.0.1:9", "devices", code=7) == (
+        "edgefleet: cannot reach http://127.0.0.1:9: connection refused")
+
+
+def test_token_from_a_file_or_the_environment_never_the_command_line(env: Env, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(env.server.admin_token + "\n")
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+
+    def run(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(EDGEFLEET), "--server", env.server.url, *args], capture_output=True, text=True,
+                              timeout=60, env={**bare, **(extra or {})})
+
+    assert run("--token-file", str(token_file), "model", "list", "--json").returncode == 0
+    assert run("model", "list", extra={"EDGEFLEET_ADMIN_TOKEN_FILE": str(token_file)}).returncode == 0
+    piped = subprocess.run([str(EDGEFLEET), "--server", env.server.url, "--token-file", "-", "devices"],
+                           input=env.server.admin_token, capture_output=True, text=True, timeout=60, env=bare)
+    assert piped.returncode == 0, piped.stderr
+    nothing = run("model", "list")
+    assert nothing.returncode == 4 and "(set EDGEFLEET_ADMIN_TOKEN or pass --token-file)" in nothing.stderr
+    old = run("--token", env.server.admin_token, "model", "list")
+    assert old.returncode == 0 and old.stderr.startswith("edgefleet: warning: --token is visible to every user")
+    missing = run("--token-file", str(tmp_path / "nope"), "model", "list")
+    assert missing.returncode == 2 and missing.stderr.startswith("edgefleet: cannot read the token file ")
+
+
+def test_push_refuses_the_same_file_twice_and_bad_calibration(env: Env, tmp_path: Path) -> None:
+    import numpy as np
+
+    assert cli_json(env, "model", "push", "dup", str(env.models[0]))["version"] == 1
+    again = failure(env, "model", "push", "dup", str(env.models[0]), code=5)
+    assert again.startswith("edgefleet: POST /v1/models/dup/versions: HTTP 409: model dup version 1 is already "
+                            "this file")
+    assert cli_json(env, "model", "push", "dup", str(env.models[0]), "--force")["version"] == 2
+    calibration = tmp_path / "cal.npz"
+    np.savez(calibration, image=np.zeros((4, 32, 32), np.float32))  # the model takes [?, 3, 32, 32]
+    bad = failure(env, "model", "push", "dup", str(env.models[1]), "--calibration", str(calibration), code=6)
+    assert bad == ("edgefleet: POST /v1/models/dup/versions: HTTP 422: calibration input 'image' has rank 3, the "
+                   "model wants 4 ([?, 3, 32, 32], sample axis first)")

@@ -115,6 +115,7 @@ def test_pruning_and_clustering_shrink_the_download(conv: Path, tmp_path: Path) 
     assert [t["level"] for t in clustered.report["search"]][-1] == k
 
 
+@pytest.mark.torch
 def test_torchscript_is_exported_to_onnx_matching_torch(tmp_path: Path) -> None:
     import torch
 

@@ -84,10 +84,11 @@ def test_a_delta_that_fails_falls_back_to_the_full_artifact(server: RunningServe
     with Traffic(device.host):
         assert device.update() == "committed"
     v2 = push(server.url, server.admin(), "fallback", tuned)
+    roll_out(server.url, server.admin(), "fallback", 2, ["dl-delta"])  # makes the patch its device needs
     patch = requests.get(f"{server.url}/v1/deltas/{v1['sha256']}/{v2['sha256']}", headers=server.admin(), timeout=60)
+    assert patch.status_code == 200
     link = Link(corrupt_deltas=True)
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=link)
-    roll_out(server.url, server.admin(), "fallback", 2, ["dl-delta"])
     with Traffic(device.host):
         assert device.update() == "committed"
     assert [kind for kind, _, _ in link.log] == ["delta", "artifact"]

@@ -44,11 +44,11 @@ def test_full_update_then_a_delta_update(server: RunningServer, tmp_path: Path, 
     np.testing.assert_allclose(outputs["scores"], reference_image_classifier(image(2), seed=0), rtol=1e-5)
     assert device.client.slots.active_slot() == "slot-a"
     assert device.log.types() == ["update.downloading", "update.verified", "update.installed", "update.committed"]
-    # v2, offered as a bsdiff4 delta against v1 (the admin asks for the patch first so the manifest carries it)
+    # v2, offered as a bsdiff4 delta against v1 (the rollout makes the patch its device will ask for)
     v2 = push(server.url, server.admin(), "full", models["v2"])
+    rollout = roll_out(server.url, server.admin(), "full", v2["version"], ["ota-full"])
     made = requests.get(f"{server.url}/v1/deltas/{v1['sha256']}/{v2['sha256']}", headers=server.admin(), timeout=30)
     assert made.status_code == 200
-    rollout = roll_out(server.url, server.admin(), "full", v2["version"], ["ota-full"])
     before = device.client.bytes_transferred
     with Traffic(device.host) as traffic:
         assert device.update() == "committed"
@@ -119,7 +119,8 @@ def test_bad_signature_wrong_key_older_version_rejected(server: RunningServer, t
 
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Rewriter("version"))
     assert device.update() == "rejected"
-    assert rejected(device) == "manifest signature does not verify with the pinned server key"
+    assert rejected(device) == "manifest is not signed by a threshold of root version 1's manifest keys (0 valid, " \
+                               "1 needed)"
     # 2. a device that pins another key
     other = tmp_path / "other.pub"
     from agent.signing import generate_private_key, public_key_pem
@@ -128,7 +129,7 @@ def test_bad_signature_wrong_key_older_version_rejected(server: RunningServer, t
     config = device.config.model_copy(update={"server": device.config.server.model_copy(
         update={"public_key": other})})
     device.client = UpdateClient(config, device.host, device.log, ort_loader)
-    assert device.update() == "rejected" and "does not verify" in rejected(device)
+    assert device.update() == "rejected" and "is not signed by a threshold" in rejected(device)
     assert device.host.meta is not None and device.host.meta.version == 1
     # 3. the real key: v2 installs; then a rollout back to v1 (not a revert) is an older version
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader)

@@ -14,6 +14,7 @@ from agent.quality import (
     psi,
     summarize_fleet,
 )
+from agent.quality.smallgray import luma_stats, small_gray
 from agent.quality.stats import WindowedHistogram, input_stats
 from agent.wire import Telemetry
 from tests.quality.conftest import Infer
@@ -54,6 +55,27 @@ def test_input_stats_known_images() -> None:
     assert input_stats(big)["brightness"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="expected an image"):
         input_stats(np.zeros((4, 4, 2), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(96, 128, 3), (480, 640, 3), (1080, 1920, 3), (224, 224, 3), (64, 64, 3),
+                                   (30, 40, 3), (100, 100), (50, 300, 4)])
+def test_numpy_statistics_equal_opencvs(shape: tuple[int, ...]) -> None:
+    """The server (no OpenCV) and a device (OpenCV loaded) get the same figures for the same image."""
+    import cv2
+
+    rng = np.random.default_rng(len(shape) * 1000 + shape[0])
+    for sigma in (0, 2, 8):
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        if sigma:
+            frame = cv2.GaussianBlur(frame, (4 * sigma + 1, 4 * sigma + 1), sigma)
+        with_cv2 = small_gray(frame, use_opencv=True)
+        numpy_only = small_gray(frame, use_opencv=False)
+        assert with_cv2.shape == numpy_only.shape == (min(48, shape[0]), min(48, shape[1]))
+        differ = with_cv2.astype(int) - numpy_only.astype(int)
+        assert np.abs(differ).max() <= 1 and np.count_nonzero(differ) <= 0.06 * differ.size  # a rounding step
+        a, b = luma_stats(frame, use_opencv=True), luma_stats(frame, use_opencv=False)
+        assert a[0] == pytest.approx(b[0], abs=0.02) and a[1] == pytest.approx(b[1], abs=0.02)
+        assert np.log10(1e-6 + a[2] / 65025) == pytest.approx(np.log10(1e-6 + b[2] / 65025), abs=0.01)
 
 
 def test_windowed_histogram_slides() -> None:

@@ -22,7 +22,8 @@ FUZZ_S = int(os.environ.get("RELIABILITY_SCHEMATHESIS_S", "25"))
 DEVICE_ROUTES = {("GET", "/v1/devices/{device_id}/manifest"), ("POST", "/v1/devices/{device_id}/reports"),
                  ("POST", "/v1/devices/{device_id}/samples")}
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("POST", "/v1/enroll"), ("GET", "/login"), ("POST", "/login"),
-               ("GET", "/logout"), ("GET", "/"), ("GET", "/devices/{device_id}"), ("GET", "/metrics")}
+               ("GET", "/logout"), ("GET", "/"), ("GET", "/devices/{device_id}"), ("GET", "/metrics"),
+               ("GET", "/v1/trust/roots")}
 EITHER_ROUTES = {("GET", "/v1/artifacts/{sha256}"), ("GET", "/v1/deltas/{from_sha256}/{to_sha256}")}
 
 
@@ -231,8 +232,20 @@ def test_schemathesis_no_5xx_as_operator(srv: RunningServer, tokens: dict[str, s
 
 def test_schemathesis_no_5xx_as_a_device(srv: RunningServer, tokens: dict[str, str]) -> None:
     done = schemathesis(srv, tokens["a"], max(10, FUZZ_S // 2), "--include-path-regex",
-                        "^/v1/(devices|enroll|artifacts)")
+                        "^/v1/(devices|enroll|artifacts|deltas)")
     print(f"schemathesis (device token): {_cases(done.stdout)} cases")
     assert_no_server_error(done)
     assert _cases(done.stdout) > 100
+    assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_schemathesis_no_5xx_on_the_routes_issue_14_changed(srv: RunningServer, tokens: dict[str, str]) -> None:
+    """Downloads limited to the manifest's offer, deltas made only by jobs (GET never diffs, POST starts a job),
+    samples validated before storing, the upload_samples command: more cases each, as operator and device."""
+    routes = "^/v1/(deltas|artifacts|devices/\\{device_id\\}/(samples|commands|manifest|reports)|enroll)"
+    for who, token in (("admin", srv.admin_token), ("device", tokens["a"])):
+        done = schemathesis(srv, token, max(10, FUZZ_S // 2), "--include-path-regex", routes)
+        print(f"schemathesis ({who} token, issue-14 routes): {_cases(done.stdout)} cases")
+        assert_no_server_error(done)
+        assert _cases(done.stdout) > 50
     assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from agent.ota.client import UpdateClient
+from agent.wire import MANIFEST_MEDIA_TYPE
 from tests.ota.helpers import image, ort_loader
 from tests.ota.rig import Device, Traffic
 from tests.reliability.support import FAST_TRIAL, Versions, check_state_files
@@ -113,33 +114,32 @@ def test_artifact_bytes_changed_in_transit(server: RunningServer, tmp_path: Path
     _still_v1(device, device.config.state_dir)
 
 
-@pytest.mark.parametrize("signature", [None, "", 12345])
-def test_manifest_without_a_usable_signature(server: RunningServer, tmp_path: Path, signature: object) -> None:
-    device, versions = _v1_device(server, tmp_path, f"nosig-{signature!s}")
+@pytest.mark.parametrize("signatures", [None, [], "", 12345])
+def test_manifest_without_a_usable_signature(server: RunningServer, tmp_path: Path, signatures: object) -> None:
+    device, versions = _v1_device(server, tmp_path, f"nosig-{type(signatures).__name__}-{len(str(signatures))}")
     v2 = versions.push(seed=1)
 
     def strip(url: str, response: requests.Response) -> None:
         if url.endswith("/manifest") and response.status_code == 200:
             body = response.json()
-            if signature is None:
-                del body["signature"]
+            if signatures is None:
+                del body["signatures"]
             else:
-                body["signature"] = signature
+                body["signatures"] = signatures
             response._content = json.dumps(body).encode()
 
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Middle(strip))
     versions.roll_out(v2["version"], [device.config.device_id])
-    if isinstance(signature, str):  # parses as a SignedManifest, fails verification
+    if isinstance(signatures, list) or signatures is None:  # parses as a SignedManifest, fails verification
         assert device.update() == "rejected"
-        assert "signature" in _reasons(device, "update.rejected")[-1]
+        assert _reasons(device, "update.rejected")[-1] == "manifest carries no signature"
     else:  # not a SignedManifest at all: the answer is refused like a broken transfer, and nothing moves
         from agent.errors import TransportError
 
         with pytest.raises(TransportError, match="manifest is not a SignedManifest") as caught:
             device.client.run_once()
         # finding: the reason was pydantic's multi-line dump of the whole body; now one line naming the field
-        assert str(caught.value) == ("manifest is not a SignedManifest: signature: Field required" if signature is None
-                                     else "manifest is not a SignedManifest: signature: Input should be a valid string")
+        assert str(caught.value) == "manifest is not a SignedManifest: signatures: Input should be a valid list"
         assert device.client.state.value == "committed"
     _still_v1(device, device.config.state_dir)
 
@@ -150,7 +150,8 @@ def test_genuine_manifest_of_another_device_is_refused(server: RunningServer, tm
     v2 = versions.push(seed=1)
     versions.roll_out(v2["version"], ["other-dev"])
     stolen = requests.get(f"{server.url}/v1/devices/other-dev/manifest", timeout=5,
-                          headers={"Authorization": f"Bearer {other.client.api().token}"})
+                          headers={"Authorization": f"Bearer {other.client.api().token}",
+                                   "Accept": MANIFEST_MEDIA_TYPE})
     assert stolen.status_code == 200
 
     def swap(url: str, response: requests.Response) -> None:
@@ -170,7 +171,8 @@ def test_replayed_older_manifest_is_refused(server: RunningServer, tmp_path: Pat
     v2 = versions.push(seed=1)
     versions.roll_out(v2["version"], [device_id])
     captured = requests.get(f"{server.url}/v1/devices/{device_id}/manifest", timeout=5,
-                            headers={"Authorization": f"Bearer {device.client.api().token}"}).content
+                            headers={"Authorization": f"Bearer {device.client.api().token}",
+                                     "Accept": MANIFEST_MEDIA_TYPE}).content
     assert json.loads(captured)["manifest"]["model"]["version"] == 2
     with Traffic(device.host):
         assert device.update() == "committed"
@@ -188,7 +190,8 @@ def test_replayed_older_manifest_is_refused(server: RunningServer, tmp_path: Pat
 
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Middle(replay))
     assert device.client.run_once().value == "rejected"
-    assert _reasons(device, "update.rejected")[-1] == "version 2 is not higher than the running version 3"
+    reason = _reasons(device, "update.rejected")[-1]
+    assert reason.startswith("manifest generation ") and reason.endswith("): a replay"), reason
     assert device.host.meta.version == 3 and device.client.slots.active_info().meta.version == 3  # type: ignore[union-attr]
 
 

@@ -18,6 +18,7 @@ import requests
 
 from tests.reliability.support import DaemonAgent, agent_yaml, api_port, assert_exact_outputs, probe_image
 from tests.support.models import make_onnx_image_classifier
+from tests.support.net import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,102 @@ def test_a_stalled_client_is_disconnected(agent: DaemonAgent) -> None:
         except TimeoutError:
             answer = None
     assert answer is not None
+
+
+# --- finding 10: DNS rebinding, other users on the box, header trickling ---------------------------------------
+
+def get_with_host(agent: DaemonAgent, host: str | None, path: str = "/v1/model",
+                  token: str | None = None) -> tuple[int, dict[str, object]]:
+    lines = [f"GET {path} HTTP/1.0"] + ([f"Host: {host}"] if host is not None else []) + (
+        [f"Authorization: Bearer {token}"] if token is not None else [])
+    return raw(agent, ("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+def test_a_foreign_host_is_refused_with_421(agent: DaemonAgent) -> None:
+    """A page on attacker.example whose name rebinds to 127.0.0.1 sends Host: attacker.example:PORT."""
+    port = agent.config["api"]["listen"].split(":")[1]
+    for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.attacker.example:{port}",
+                 f"localhost.attacker.example:{port}"):
+        status, body = get_with_host(agent, host)
+        assert status == 421, (host, status, body)
+        assert "api.allowed_hosts" in str(body["error"]) and "path" not in body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.2", None):
+        status, body = get_with_host(agent, host)
+        assert status == 200 and "path" in body, (host, status, body)
+    good_is_served(agent)
+
+
+TOKEN = "s3cret-token-of-this-box"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonAgent]:
+    tmp = tmp_path_factory.mktemp("guarded")
+    model = make_onnx_image_classifier(tmp / "classifier.onnx", seed=4)
+    (tmp / "api.token").write_text(TOKEN + "\n")
+    config = agent_yaml(tmp / "state", "api-02", server=None, mqtt_port=None, api_port=api_port(),
+                        source={"kind": "none"}, model={"path": str(model), "version": 7, "task": "classification"},
+                        api={"allowed_hosts": ["edge-box.lan"], "token_file": str(tmp / "api.token"),
+                             "header_timeout_s": 1.5, "body_timeout_s": 2.0})
+    running = DaemonAgent(tmp / "agent", config).start()
+
+    def up() -> bool:
+        try:
+            return get_with_host(running, None, "/v1/health", TOKEN)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(up, timeout=30)
+    yield running
+    running.stop()
+
+
+def test_the_token_is_required_when_configured(guarded: DaemonAgent) -> None:
+    port = guarded.config["api"]["listen"].split(":")[1]
+    for path in ("/v1/model", "/v1/health"):
+        assert get_with_host(guarded, f"127.0.0.1:{port}", path)[0] == 401
+        assert get_with_host(guarded, f"127.0.0.1:{port}", path, token="wrong")[0] == 401
+        assert get_with_host(guarded, f"127.0.0.1:{port}", path, token=TOKEN)[0] == 200
+    body = json.dumps({"inputs": {"image": ONE}}).encode()
+    refused = requests.post(guarded.url + "/v1/infer", data=body, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"] == "a bearer token is required (api.token)"
+    served = requests.post(guarded.url + "/v1/infer", data=body, timeout=10,
+                           headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    assert served.status_code == 200
+    assert_exact_outputs(served.json(), seed=4)
+
+
+def test_allowed_hosts_are_served_and_others_refused(guarded: DaemonAgent) -> None:
+    assert get_with_host(guarded, "edge-box.lan:8500", token=TOKEN)[0] == 200
+    assert get_with_host(guarded, "EDGE-BOX.LAN", token=TOKEN)[0] == 200
+    assert get_with_host(guarded, "other-box.lan", token=TOKEN)[0] == 421
+    assert get_with_host(guarded, "attacker.example", token="wrong")[0] == 421  # Host is judged first
+
+
+def test_header_tricklers_are_cut_while_others_are_served(guarded: DaemonAgent) -> None:
+    host, port = guarded.config["api"]["listen"].split(":")
+    cut_after: list[float] = []
+
+    def trickle() -> None:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            started = time.monotonic()
+            try:
+                for byte in b"GET /v1/health HTTP/1.0\r\nX-Slow: " + b"x" * 100:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.2)  # every byte well within the 10 s per-read timeout
+                while sock.recv(1024):
+                    pass
+            except OSError:
+                pass
+            cut_after.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=trickle, daemon=True) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for _ in range(5):
+        assert get_with_host(guarded, None, "/v1/health", TOKEN)[0] == 200
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(cut_after) == 10 and all(1.0 <= t <= 5.0 for t in cut_after), cut_after
+    assert guarded.alive()

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.config import RuntimeSection
 from agent.runtime import load_model, load_model_for_config
@@ -30,6 +31,7 @@ def test_autotune_times_candidates_then_hits_cache(models: dict[str, Path], tmp_
     np.testing.assert_array_equal(second.infer({"a": a, "b": a})["fc"], reference_tflite_float(a, a)["fc"])
 
 
+@pytest.mark.onnx
 def test_corrupt_cache_retunes(models: dict[str, Path], tmp_path: Path) -> None:
     load_model(models["onnx"], autotune=True, cache_dir=tmp_path)
     (cache,) = (tmp_path / "autotune").glob("*.json")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import first_tflite_runtime, have
 from tests.support.models import reference_onnx_multi_input, write_jpeg, write_truncated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,16 +35,21 @@ def test_probe_json() -> None:
     result = cli("probe", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["auto"]["tflite"] == "litert/xnnpack"
-    assert doc["auto"]["onnx"] == "onnxruntime/CPUExecutionProvider"
-    assert doc["hw"]["runtimes"]["litert"]["available"] and len(doc["fingerprint"]) == 16
+    tflite = first_tflite_runtime()
+    assert doc["auto"]["tflite"] == f"{tflite}/xnnpack" and doc["hw"]["runtimes"][tflite]["available"]
+    if have("onnxruntime"):
+        assert doc["auto"]["onnx"] == "onnxruntime/CPUExecutionProvider"
+    assert len(doc["fingerprint"]) == 16
+    if not doc["hw"]["nvidia_gpus"] and not doc["hw"]["jetson"]:  # CUDA libraries alone are no accelerator
+        assert not any("CUDA" in name or "GPU" in name for name in doc["accelerators"]), doc["accelerators"]
 
 
 def test_probe_human_table() -> None:
     result = cli("probe")
-    assert result.returncode == 0 and "auto would pick" in result.stdout and "litert" in result.stdout
+    assert result.returncode == 0 and "auto would pick" in result.stdout and first_tflite_runtime() in result.stdout
 
 
+@pytest.mark.onnx
 def test_bench_json_with_input_shapes(models: dict[str, Path]) -> None:
     result = cli("bench", str(models["onnx"]), "--runs", "20", "--warmup", "2", "--threads", "1",
                  "--input-shape", "x=4,3", "--input-shape", "y=4,3", "--json")
@@ -60,10 +66,11 @@ def test_bench_json_with_input_shapes(models: dict[str, Path]) -> None:
 def test_bench_tflite_human(models: dict[str, Path]) -> None:
     result = cli("bench", str(models["tflite_uint8"]), "--runs", "5", "--delegate", "none")
     assert result.returncode == 0, result.stderr
-    assert "litert / cpu" in result.stdout and "p99 ms" in result.stdout
+    assert f"{first_tflite_runtime()} / cpu" in result.stdout and "p99 ms" in result.stdout
     assert result.stderr == ""  # LiteRT's INFO chatter is kept off the terminal
 
 
+@pytest.mark.onnx
 def test_infer_npz_by_name(models: dict[str, Path], tmp_path: Path) -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     y = np.ones((2, 3), dtype=np.float32)
@@ -85,6 +92,7 @@ def test_infer_npy_quantizes_float(models: dict[str, Path], tmp_path: Path) -> N
     assert out["real"]["data"] == [[0.0, 1.5, -3.0, 60.0]]
 
 
+@pytest.mark.onnx
 def test_infer_image(tmp_path: Path) -> None:
     from tests.support.models import make_onnx_image_classifier, reference_image_classifier
 
@@ -102,8 +110,10 @@ def test_infer_image(tmp_path: Path) -> None:
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "jpeg_as_onnx", "wrong_shape", "npy_for_multi",
-                                  "missing_input", "bad_shape_flag", "unknown_shape_name", "no_args"])
+@pytest.mark.parametrize("case", ["missing", "truncated", "jpeg_as_onnx", "wrong_shape",
+                                  *(pytest.param(case, marks=pytest.mark.onnx) for case in (
+                                      "npy_for_multi", "missing_input", "bad_shape_flag", "unknown_shape_name")),
+                                  "no_args"])
 def test_bad_input_one_line_error(models: dict[str, Path], tmp_path: Path, case: str) -> None:
     np.save(tmp_path / "bad.npy", np.ones((1, 5), np.float32))
     if case == "missing":

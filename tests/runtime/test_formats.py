@@ -10,8 +10,9 @@ from agent.runtime import detect_format, load_model
 from tests.support.models import write_jpeg, write_truncated
 
 
-@pytest.mark.parametrize(("key", "fmt"), [("tflite_float", "tflite"), ("tflite_uint8", "tflite"), ("onnx", "onnx"),
-                                          ("torchscript", "torchscript")])
+@pytest.mark.parametrize(("key", "fmt"), [("tflite_float", "tflite"), ("tflite_uint8", "tflite"),
+                                          pytest.param("onnx", "onnx", marks=pytest.mark.onnx),
+                                          pytest.param("torchscript", "torchscript", marks=pytest.mark.torch)])
 def test_detects_by_content(models: dict[str, Path], tmp_path: Path, key: str, fmt: str) -> None:
     renamed = tmp_path / "model.bin"  # the name says nothing
     renamed.write_bytes(models[key].read_bytes())
@@ -24,7 +25,8 @@ def test_executorch_identifier(tmp_path: Path) -> None:
     assert detect_format(pte) == "pte"
 
 
-@pytest.mark.parametrize("make", ["jpeg", "truncated_onnx", "truncated_tflite_header", "missing", "empty", "directory",
+@pytest.mark.parametrize("make", ["jpeg", pytest.param("truncated_onnx", marks=pytest.mark.onnx),
+                                  "truncated_tflite_header", "missing", "empty", "directory",
                                   "plain_zip", "text"])
 def test_bad_files_are_one_line_model_load_errors(models: dict[str, Path], tmp_path: Path, make: str) -> None:
     path = tmp_path / "model.onnx"
@@ -51,8 +53,10 @@ def test_bad_files_are_one_line_model_load_errors(models: dict[str, Path], tmp_p
     assert str(path) in str(info.value) or path.name in str(info.value)
 
 
-def test_truncated_tflite_and_torchscript_fail_to_load(models: dict[str, Path], tmp_path: Path) -> None:
-    for key, suffix in (("tflite_float", ".tflite"), ("torchscript", ".pt")):
-        broken = write_truncated(models[key], tmp_path / f"broken{suffix}", keep=0.6)
-        with pytest.raises(ModelLoadError):
-            load_model(broken)
+@pytest.mark.parametrize(("key", "suffix"), [("tflite_float", ".tflite"),
+                                             pytest.param("torchscript", ".pt", marks=pytest.mark.torch)])
+def test_truncated_tflite_and_torchscript_fail_to_load(models: dict[str, Path], tmp_path: Path, key: str,
+                                                       suffix: str) -> None:
+    broken = write_truncated(models[key], tmp_path / f"broken{suffix}", keep=0.6)
+    with pytest.raises(ModelLoadError):
+        load_model(broken)

@@ -9,6 +9,8 @@ from agent.errors import InvalidInputError
 from agent.runtime import load_model
 from tests.support.models import reference_onnx_multi_input
 
+pytestmark = pytest.mark.onnx
+
 
 def test_multi_input_int64_scalar_dynamic_batch_exact(models: dict[str, Path]) -> None:
     model = load_model(models["onnx"], threads=1)

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 from agent.runtime import available_runtimes, device_class, hardware_fingerprint, probe_hardware
+from agent.runtime.inventory import RUNTIMES, TFLITE_RUNTIMES
+from agent.runtime.probe import accelerators
 
 PI_CPUINFO = """processor\t: 0
 BogoMIPS\t: 108.00
@@ -67,8 +70,20 @@ def test_fake_jetson_with_apex_and_libraries(tmp_path: Path) -> None:
     assert hw["tensorrt"] == "8.5.2" and hw["cuda"] == "11.4.298"
     assert hw["coral"][0]["bus"] == "pcie"
     assert hw["board"]["raspberry_pi"] is None
+    present, unusable = accelerators(hw)
+    assert present == ["Jetson GPU (L4T 35.4.1) with CUDA 11.4.298, TensorRT 8.5.2", "Coral PCIe/M.2 Accelerator"]
+    assert unusable == []
     hw["coral"] = []
     assert device_class(hw) == "jetson"
+
+
+def test_cuda_libraries_without_a_gpu_are_no_accelerator(tmp_path: Path) -> None:
+    _write(tmp_path, "usr/local/cuda/lib64/libcudart.so.13.0.48", "")
+    hw = probe_hardware(tmp_path, runtimes=False)
+    assert hw["cuda"] == "13.0.48"
+    assert accelerators(hw) == ([], ["CUDA 13.0.48 libraries, but no NVIDIA GPU"])
+    _write(tmp_path, "proc/driver/nvidia/gpus/0000:01:00.0/information", "Model: \t NVIDIA L4\nIRQ: 42\n")
+    assert accelerators(probe_hardware(tmp_path, runtimes=False)) == (["NVIDIA L4 with CUDA 13.0.48"], [])
 
 
 def test_empty_tree_never_fails(tmp_path: Path) -> None:
@@ -83,10 +98,14 @@ def test_real_box() -> None:
     json.dumps(hw)
     assert hw["cpu"]["cores"] >= 1 and hw["memory"]["total_mb"] > 0
     runtimes = available_runtimes()
-    assert {"litert", "onnxruntime", "torch"} <= set(runtimes)
+    # what this install has (the arm64 CI run has no torch) must import; the probe reports the rest
+    installed = {name for name in ("litert", "onnxruntime", "torch") if importlib.util.find_spec(
+        RUNTIMES[name][0].split(".")[0]) is not None}
+    assert installed and installed <= set(runtimes)
     assert all(hw["runtimes"][name]["available"] for name in runtimes)
     assert hw["runtimes"]["onnxruntime"]["providers"]["CPUExecutionProvider"]["usable"]
-    edgetpu = hw["runtimes"]["litert"]["delegates"]["edgetpu"]
+    tflite = next(name for name in TFLITE_RUNTIMES if hw["runtimes"][name]["available"])
+    edgetpu = hw["runtimes"][tflite]["delegates"]["edgetpu"]
     assert not edgetpu["usable"] and "libedgetpu.so.1" in edgetpu["reason"]
     fp = hardware_fingerprint(hw)
     assert fp == hardware_fingerprint(probe_hardware()) and len(fp) == 16

@@ -7,6 +7,7 @@ import pytest
 
 from agent.errors import InvalidInputError, RuntimeUnavailable
 from agent.runtime import load_model
+from tests.conftest import first_tflite_runtime
 from tests.support.models import reference_tflite_float, reference_tflite_uint8
 
 
@@ -20,7 +21,7 @@ def _assert_exact(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> Non
 @pytest.mark.parametrize("delegate", ["xnnpack", "none"])
 def test_float_model_exact_outputs_and_dynamic_batch(models: dict[str, Path], delegate: str) -> None:
     model = load_model(models["tflite_float"], delegate=delegate, threads=1)
-    assert model.runtime == "litert"
+    assert model.runtime == first_tflite_runtime()
     assert model.delegate == ("xnnpack" if delegate == "xnnpack" else "cpu")
     assert [(s.name, s.shape, s.dtype) for s in model.inputs] == [("a", [None, 4], "float32"),
                                                                   ("b", [None, 4], "float32")]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import bsdiff4
 import numpy as np
+import pytest
 import requests
 
 from agent.signing import load_public_key, verify_document
@@ -50,8 +52,12 @@ def test_enrollment_and_the_auth_matrix(server: RunningServer) -> None:
     operator = requests.get(server.url + "/v1/devices", headers=bearer(token_a), timeout=5)
     assert operator.status_code == 403 and operator.json()["detail"] == "a device token cannot call operator routes"
     assert requests.get(server.url + "/v1/models", headers=bearer(token_a), timeout=5).status_code == 403
-    # re-enrolling rotates the token: the old one stops working
-    new_a = server.enroll("auth-a")
+    # the shared token alone cannot re-enroll an enrolled id (a takeover); its current token rotates it
+    taken = requests.post(server.url + "/v1/enroll", json={"device_id": "auth-a",
+                                                           "enrollment_token": server.enrollment_token}, timeout=5)
+    assert taken.status_code == 409 and "edgefleet devices reset auth-a" in taken.json()["detail"]
+    assert requests.get(url, headers=bearer(token_a), timeout=5).status_code == 204
+    new_a = server.enroll("auth-a", current_token=token_a)
     assert requests.get(url, headers=bearer(token_a), timeout=5).status_code == 401
     assert requests.get(url, headers=bearer(new_a), timeout=5).status_code == 204
 
@@ -123,6 +129,11 @@ def test_artifact_download_with_range_and_if_range(server: RunningServer, onnx_f
     token = server.enroll("dl-1")
     url = f"{server.url}/v1/artifacts/{sha}"
     assert requests.get(url, timeout=5).status_code == 401
+    unoffered = requests.get(url, headers=bearer(token), timeout=5)  # no manifest has offered it to dl-1 yet
+    assert unoffered.status_code == 403 and "not offered to device dl-1" in unoffered.json()["detail"]
+    rollout_to(server, "dl", 1, ["dl-1"])
+    offered = requests.get(server.url + "/v1/devices/dl-1/manifest", headers=bearer(token), timeout=5)
+    assert offered.status_code == 200 and offered.json()["manifest"]["artifact"]["sha256"] == sha
     full = requests.get(url, headers=bearer(token), timeout=5)
     assert full.status_code == 200 and full.content == data
     assert full.headers["ETag"] == f'"{sha}"' and full.headers["Accept-Ranges"] == "bytes"
@@ -137,30 +148,46 @@ def test_artifact_download_with_range_and_if_range(server: RunningServer, onnx_f
     assert changed.status_code == 200 and changed.content == data
     beyond = requests.get(url, headers={**bearer(token), "Range": f"bytes={len(data) + 5}-"}, timeout=5)
     assert beyond.status_code == 416
-    assert requests.get(f"{server.url}/v1/artifacts/{'0' * 64}", headers=bearer(token), timeout=5).status_code == 404
+    unknown = f"{server.url}/v1/artifacts/{'0' * 64}"
+    assert requests.get(unknown, headers=bearer(token), timeout=5).status_code == 403  # never says what is stored
+    assert requests.get(unknown, headers=server.admin(), timeout=5).status_code == 404
 
 
-def test_delta_is_made_once_and_applies(server: RunningServer, onnx_files: tuple[Path, Path]) -> None:
+def test_a_delta_is_made_by_a_job_never_on_request(server: RunningServer, onnx_files: tuple[Path, Path]) -> None:
     a, b = onnx_files
     sha_a = upload(server, "delta", a).json()["sha256"]
     sha_b = upload(server, "delta", b).json()["sha256"]
     url = f"{server.url}/v1/deltas/{sha_a}/{sha_b}"
-    first = requests.get(url, headers=server.admin(), timeout=30)
-    assert first.status_code == 200
-    assert bsdiff4.patch(a.read_bytes(), first.content) == b.read_bytes()
-    patch_sha = hashlib.sha256(first.content).hexdigest()
-    assert first.headers["ETag"] == f'"{patch_sha}"'
-    second = requests.get(url, headers={**server.admin(), "Range": "bytes=3-"}, timeout=30)
-    assert second.status_code == 206 and second.content == first.content[3:]
-    # a device running `a` now gets the cached delta in its manifest
+    assert requests.get(url, headers=server.admin(), timeout=30).status_code == 404  # the route never diffs
     token = server.enroll("delta-1")
     committed = requests.post(server.url + "/v1/devices/delta-1/reports", headers=bearer(token), timeout=5,
                               json={"state": "committed", "model": "delta", "version": 1, "sha256": sha_a})
     assert committed.status_code == 204
-    rollout_to(server, "delta", 2, ["delta-1"])
+    rollout_to(server, "delta", 2, ["delta-1"])  # the rollout makes the patch its device will ask for
     manifest = requests.get(server.url + "/v1/devices/delta-1/manifest", headers=bearer(token), timeout=5).json()
+    first = requests.get(url, headers=bearer(token), timeout=30)
+    assert first.status_code == 200
+    assert bsdiff4.patch(a.read_bytes(), first.content) == b.read_bytes()
+    patch_sha = hashlib.sha256(first.content).hexdigest()
+    assert first.headers["ETag"] == f'"{patch_sha}"'
+    second = requests.get(url, headers={**bearer(token), "Range": "bytes=3-"}, timeout=30)
+    assert second.status_code == 206 and second.content == first.content[3:]
     assert manifest["manifest"]["delta"] == {"from_sha256": sha_a, "sha256": patch_sha, "size": len(first.content),
                                              "algorithm": "bsdiff4", "url": url}
+    # the operator may have any pair diffed, by a job; a device still gets only what its manifest offered
+    back = f"{server.url}/v1/deltas/{sha_b}/{sha_a}"
+    job = requests.post(back, headers=server.admin(), timeout=10)
+    assert job.status_code == 202, job.text
+    job_url = f"{server.url}/v1/jobs/{job.json()['id']}"
+    deadline = time.monotonic() + 30
+    while requests.get(job_url, headers=server.admin(), timeout=5).json()["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert requests.get(job_url, headers=server.admin(), timeout=5).json()["state"] == "succeeded"
+    made = requests.get(back, headers=server.admin(), timeout=10)
+    assert made.status_code == 200 and bsdiff4.patch(b.read_bytes(), made.content) == a.read_bytes()
+    refused = requests.get(back, headers=bearer(token), timeout=10)
+    assert refused.status_code == 403 and "not offered to device delta-1" in refused.json()["detail"]
 
 
 def test_bad_requests_get_4xx_with_a_message(server: RunningServer) -> None:
@@ -192,6 +219,44 @@ def test_calibration_is_stored_with_the_version(server: RunningServer, onnx_file
     assert bad.status_code == 422
     versions = requests.get(f"{server.url}/v1/models/cal", headers=server.admin(), timeout=5).json()["versions"]
     assert [v["version"] for v in versions] == [1]
+
+
+@pytest.mark.parametrize(("arrays", "reason"), [
+    ({"image": np.ones((3, 32, 32), np.float32)},
+     "calibration input 'image' has rank 3, the model wants 4 ([?, 3, 32, 32], sample axis first)"),
+    ({"pixels": np.ones((2, 3, 32, 32), np.float32)},
+     "calibration inputs ['pixels'] do not match the model's inputs ['image']"),
+    ({"image": np.ones((2, 32, 32, 3), np.float32)},
+     "calibration input 'image' has shape [2, 32, 32, 3], the model wants [?, 3, 32, 32] (dim 1 must be 3)"),
+    ({"image": np.array([[["x"] * 32] * 32] * 3 * 2).reshape(2, 3, 32, 32)},
+     "calibration input 'image' is str32, the model takes float32"),
+])
+def test_calibration_that_cannot_feed_the_model_is_refused_at_push(server: RunningServer, onnx_files: tuple[Path, Path],
+                                                                    arrays: dict[str, np.ndarray], reason: str) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    response = requests.post(f"{server.url}/v1/models/badcal/versions", headers=server.admin(), timeout=30, files={
+        "file": ("a.onnx", onnx_files[0].read_bytes()), "calibration": ("c.npz", buffer.getvalue())})
+    assert (response.status_code, response.json()["detail"]) == (422, reason)
+    assert requests.get(f"{server.url}/v1/models/badcal", headers=server.admin(), timeout=5).status_code == 404
+
+
+def test_the_same_file_twice_is_a_conflict_unless_forced(server: RunningServer, onnx_files: tuple[Path, Path]) -> None:
+    def push(path: Path, **data: str) -> requests.Response:
+        return requests.post(f"{server.url}/v1/models/twice/versions", headers=server.admin(), timeout=30,
+                             files={"file": ("m.onnx", path.read_bytes())}, data=data)
+
+    assert push(onnx_files[0]).status_code == 201
+    again = push(onnx_files[0])
+    sha = hashlib.sha256(onnx_files[0].read_bytes()).hexdigest()
+    assert (again.status_code, again.json()["detail"]) == (
+        409, f"model twice version 1 is already this file (sha256 {sha[:12]}); send force=true "
+             "(edgefleet model push --force) for a new version anyway")
+    assert push(onnx_files[1]).status_code == 201  # another file: version 2
+    forced = push(onnx_files[0], force="true")
+    assert (forced.status_code, forced.json()["version"]) == (201, 3)
+    versions = requests.get(f"{server.url}/v1/models/twice", headers=server.admin(), timeout=5).json()["versions"]
+    assert [v["version"] for v in versions] == [1, 2, 3]
 
 
 def test_readyz_on_sqlite_reports_the_schema_and_every_loop_here(server: RunningServer) -> None:

@@ -189,7 +189,10 @@ def test_devices_enrolled_after_a_rollout_starts_join_it(server: RunningServer,
     assert manifest is not None and manifest["model"]["name"] == "late" and manifest["rollout_id"] == rid
     assert [d["state"] for d in rollout(server, rid)["devices"] if d["device_id"] == "late-after"] == ["assigned"]
     assert desired(server, "late-other", outsider) is None
-    # enrolling again (a reflashed device) keeps its desired state and joins nothing twice
+    # enrolling again (a reflashed device, after the operator's reset) keeps its desired state and joins
+    # nothing twice
+    reset = requests.post(f"{server.url}/v1/devices/late-after/reset", headers=server.admin(), timeout=5)
+    assert reset.status_code == 200 and reset.json()["enrollment"] == "unenrolled"
     again = server.enroll("late-after", tags=["late"])
     assert desired(server, "late-after", again) == manifest
     assert len([d for d in rollout(server, rid)["devices"] if d["device_id"] == "late-after"]) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.wire import UpdateReport
+from agent.wire import Birth, UpdateReport, Will
 from server.crud import Invalid, registry, rollouts, telemetry
 from server.crud import devices as device_crud
 from server.db import Database, migrate
@@ -82,8 +82,8 @@ def test_downsampling_folds_old_rows_into_hourly_rollups(db: Database) -> None:
 def test_status_sessions_and_rollout_reports(db: Database) -> None:
     with db.session() as s:
         device_crud.enroll_device(s, device_id="d3", device_class="rpi4", tags=["lab"], hw={})
-        assert telemetry.apply_status(s, device_id="d3", payload={"online": True, "session": 2}, now=5.0)
-        assert not telemetry.apply_status(s, device_id="d3", payload={"online": False, "session": 1}, now=6.0)
+        assert telemetry.apply_status(s, device_id="d3", status=Birth(session=2, agent_version="t"), now=5.0)
+        assert not telemetry.apply_status(s, device_id="d3", status=Will(session=1), now=6.0)
     add_version(db, "r", "d" * 64)
     with db.session() as s:
         device = device_crud.get_device(s, device_id="d3")

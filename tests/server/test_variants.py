@@ -39,7 +39,7 @@ def test_variants_job_publishes_and_manifests_pick_by_class(server: RunningServe
     assert set(variants) == {"reference", "cpu-int8-static", "cpu-int8-dynamic"}
     for name in ("cpu-int8-static", "cpu-int8-dynamic"):
         v = variants[name]
-        assert v["status"] in ("ready", "failed") and v["report"]
+        assert v["status"] in ("ready", "rejected") and v["report"]
         assert (v["sha256"] is not None) == (v["status"] == "ready")
     ready = [n for n in ("cpu-int8-static", "cpu-int8-dynamic") if variants[n]["status"] == "ready"]
 
@@ -66,7 +66,7 @@ def test_select_variant_follows_class_preferences_and_runtimes() -> None:
     def v(name: str, fmt: str, status: str = "ready") -> Variant:
         return Variant(name=name, format=fmt, status=status, sha256=name[0] * 64, size=1)
 
-    rows = [v("reference", "onnx"), v("cpu-int8-static", "onnx", "failed"), v("cpu-int8-dynamic", "onnx"),
+    rows = [v("reference", "onnx"), v("cpu-int8-static", "onnx", "rejected"), v("cpu-int8-dynamic", "onnx"),
             v("edgetpu", "tflite")]
     prefs = ["edgetpu", "cpu-int8-static", "cpu-int8-dynamic"]
     assert select_variant(rows, preferences=prefs, formats={"tflite", "onnx"}).name == "edgetpu"

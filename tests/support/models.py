@@ -364,3 +364,27 @@ def write_jpeg(path: Path, size: int = 32) -> Path:
     assert ok
     path.write_bytes(encoded.tobytes())
     return path
+
+
+def make_onnx_endless_loop(path: Path, *, trips: int = 10**15) -> Path:
+    """input ``x`` float32 [1,4] -> ``y``: x + 1, ``trips`` times over, by an ONNX ``Loop`` (valid, never ends)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["state_in", "one"], ["state_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((1, 4), np.float32), "one")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)],
+        "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "keep_going")])
+    return _save_onnx(graph, path)

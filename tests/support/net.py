@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
+
+# Emulated runs (scripts/test-arm64.sh) are many times slower: waits for something to happen are
+# scaled by this; assertions about speed (a stop within 5 s, a rate) are not.
+SLOWDOWN = max(1.0, float(os.environ.get("EDGEFLEET_TEST_SLOWDOWN") or 1))
 
 
 def free_port() -> int:
@@ -12,6 +17,7 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -23,6 +29,7 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

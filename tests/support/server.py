@@ -19,7 +19,7 @@ from typing import Any
 import requests
 import yaml
 
-from tests.support.net import free_port
+from tests.support.net import SLOWDOWN, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,11 +39,12 @@ class RunningServer:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
     def enroll(self, device_id: str, *, device_class: str | None = None, tags: list[str] | None = None,
-               hw: dict[str, Any] | None = None) -> str:
-        """Enroll a device over HTTP; return its token."""
+               hw: dict[str, Any] | None = None, current_token: str | None = None) -> str:
+        """Enroll a device over HTTP (an enrolled one re-enrolls with ``current_token``); return its token."""
         response = requests.post(self.url + "/v1/enroll", json={
             "device_id": device_id, "enrollment_token": self.enrollment_token, "device_class": device_class,
-            "tags": tags or [], "hw": hw or {}}, timeout=10)
+            "tags": tags or [], "hw": hw or {}}, timeout=10,
+            headers={"Authorization": f"Bearer {current_token}"} if current_token else {})
         response.raise_for_status()
         return str(response.json()["token"])
 
@@ -106,6 +107,7 @@ def launch(config_path: Path, *, timeout: float = 30.0, env: dict[str, str] | No
     server = RunningServer(url=url, admin_token=config["admin_token"], enrollment_token=config["enrollment_token"],
                            public_key_path=Path(config["signing_key"]).with_name("server.pub"),
                            config_path=config_path, workdir=workdir, proc=proc, log_path=log_path)
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -54,11 +54,13 @@ def test_birth_is_retained_and_session_grows_across_restarts(tmp_path: Path, mos
     tel.stop()
     tel.stop()  # twice is fine
     offline = collector.wait_for("status", lambda d: d[-1]["online"] is False)[-1]
-    assert offline == {"online": False, "session": 1}  # a clean stop says so itself
+    assert birth["epoch"] > 0
+    assert offline == {"online": False, "session": 1, "epoch": birth["epoch"]}  # a clean stop says so itself
     again = _agent(tmp_path / "state", mosquitto.port)
     again.start()
     try:
-        assert collector.wait_for("status", lambda d: d[-1]["online"])[-1]["session"] == 2
+        reborn = collector.wait_for("status", lambda d: d[-1]["online"])[-1]
+        assert (reborn["session"], reborn["epoch"]) == (2, birth["epoch"])  # the same spool: the same epoch
     finally:
         again.stop()
 

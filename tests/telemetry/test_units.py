@@ -138,6 +138,34 @@ def test_spool_replaces_a_corrupt_file(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("s.db.corrupt-*"))) == 1
 
 
+def test_spool_epoch_is_kept_and_a_new_spool_starts_a_new_one(tmp_path: Path) -> None:
+    """The epoch persists beside seq; a corrupt spool re-created or a new one (a re-imaged box) starts a new
+    epoch (seq from 1 again); a spool from before epochs keeps counting in epoch 0."""
+    path = tmp_path / "s.db"
+    first = Spool(path, max_bytes=1 << 20, max_age_s=3600)
+    epoch = first.epoch
+    assert 10**15 < epoch < 2**53  # creation ms x 1000 + 3 random digits
+    first.append("events", _msg)
+    first.close()
+    again = Spool(path, max_bytes=1 << 20, max_age_s=3600)
+    assert (again.epoch, again.seq) == (epoch, 1)
+    again.close()
+    path.write_bytes(b"not sqlite any more" * 100)
+    recreated = Spool(path, max_bytes=1 << 20, max_age_s=3600)
+    assert recreated.seq == 0 and recreated.epoch not in (0, epoch)
+    assert recreated.append("events", _msg) == 1
+    recreated.close()
+    other = Spool(tmp_path / "other.db", max_bytes=1 << 20, max_age_s=3600)
+    assert other.epoch not in (0, epoch)
+    other.close()
+    legacy = tmp_path / "legacy.db"
+    old = Spool(legacy, max_bytes=1 << 20, max_age_s=3600)
+    old.append("events", _msg)
+    old._db.execute("DELETE FROM meta WHERE key = 'epoch'")  # as an agent from before epochs left it
+    old.close()
+    assert Spool(legacy, max_bytes=1 << 20, max_age_s=3600).epoch == 0
+
+
 def test_temperature_reads_the_hottest_zone(tmp_path: Path) -> None:
     for name, value in (("thermal_zone0", "41500\n"), ("thermal_zone1", "57250\n"), ("thermal_zone2", "junk")):
         (tmp_path / name).mkdir()

@@ -38,7 +38,7 @@ def test_will_marks_a_killed_agent_offline(tmp_path: Path, mosquitto: Mosquitto)
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         will = watcher.wait_for("status", lambda d: d[-1]["online"] is False, timeout=10)[-1]
-        assert will == {"online": False, "session": 1}
+        assert will == {"online": False, "session": 1, "epoch": birth["epoch"]} and birth["epoch"] > 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -46,7 +46,7 @@ def test_will_marks_a_killed_agent_offline(tmp_path: Path, mosquitto: Mosquitto)
         watcher.close()
     late = Collector(mosquitto.port, [f"{ROOT}/cam-01/status"], client_id="late")
     try:
-        assert late.wait_for("status")[-1] == {"online": False, "session": 1}  # retained
+        assert late.wait_for("status")[-1] == {"online": False, "session": 1, "epoch": birth["epoch"]}  # retained
     finally:
         late.close()
 

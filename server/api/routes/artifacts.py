@@ -1,20 +1,27 @@
-"""Artifact and delta downloads: ETag, Accept-Ranges, Range → 206, If-Range; streamed."""
+"""Artifact and delta downloads: ETag, Accept-Ranges, Range → 206, If-Range; streamed.
+
+A device token downloads only what its last manifest offered it (server/offers.py); the admin token any
+stored artifact. A delta is served only once the background job has made it: this route never diffs.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
-from server.api.deps import SHA256, StateDep, require_device_or_admin
-from server.crud import NotFound
-from server.deltas import ensure_delta
+from server.api.deps import SHA256, AdminDep, Credentials, SessionDep, StateDep, bearer_token, is_admin
+from server.crud import devices as device_crud
+from server.crud import jobs as job_crud
+from server.crud.deltas import get_delta
+from server.db.models import Device
+from server.deltas import PAIR_KIND, bsdiff_fits, delta_limits
+from server.offers import artifact_refusal, delta_refusal, refusal
 from server.storage import ArtifactStore
 
-router = APIRouter(tags=["artifacts"], dependencies=[Depends(require_device_or_admin)])
+router = APIRouter(tags=["artifacts"])
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 ShaPath = Annotated[str, Path(pattern=SHA256)]
@@ -67,25 +74,65 @@ def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str 
                              headers=headers)
 
 
+def downloader(state: StateDep, session: SessionDep, credentials: Credentials) -> Device | None:
+    """The device whose token this is, or None for the admin token; 401 for anything else."""
+    token = bearer_token(credentials)
+    if is_admin(state, token):
+        return None
+    device = device_crud.any_device_for_token(session, token=token)
+    if device is None:
+        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    return device
+
+
+Downloader = Annotated[Device | None, Depends(downloader)]
+
+
 @router.get("/v1/artifacts/{sha256}", response_class=Response, responses={
     200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content"},
+    403: {"description": "not offered to this device by its manifest"},
     404: {"description": "unknown artifact"}, 416: {"description": "range not satisfiable"}})
-def artifact(sha256: ShaPath, state: StateDep, range: Annotated[str | None, Header()] = None,
-             if_range: Annotated[str | None, Header()] = None) -> Response:
+def artifact(sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
+             range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None
+             ) -> Response:
+    if who is not None and (refused := refusal(state.manifests, session, who,
+                                               lambda device: artifact_refusal(device, sha256))) is not None:
+        raise HTTPException(403, refused)
     return serve(state.store, sha256, sha256, range, if_range)
 
 
 @router.get("/v1/deltas/{from_sha256}/{to_sha256}", response_class=Response, responses={
     200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content"},
-    404: {"description": "unknown artifact"}})
-async def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep,
-                range: Annotated[str | None, Header()] = None,
-                if_range: Annotated[str | None, Header()] = None) -> Response:
+    403: {"description": "not offered to this device by its manifest"},
+    404: {"description": "no such delta has been made"}})
+def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
+          range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None) -> Response:
     if from_sha256 == to_sha256:
         raise HTTPException(422, "from and to are the same artifact")
-    try:
-        patch_sha, _ = await run_in_threadpool(ensure_delta, state.db, state.store, from_sha256=from_sha256,
-                                               to_sha256=to_sha256)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    return serve(state.store, patch_sha, patch_sha, range, if_range)
+    if who is not None and (refused := refusal(state.manifests, session, who,
+                                               lambda device: delta_refusal(device, from_sha256, to_sha256))
+                            ) is not None:
+        raise HTTPException(403, refused)
+    row = get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256)
+    if row is None or not state.store.exists(row.sha256):
+        raise HTTPException(404, "no delta between these artifacts has been made; download the full artifact")
+    return serve(state.store, row.sha256, row.sha256, range, if_range)
+
+
+@router.post("/v1/deltas/{from_sha256}/{to_sha256}", status_code=202, dependencies=[AdminDep], responses={
+    404: {"description": "an artifact is not stored"}, 422: {"description": "the pair cannot be diffed"}})
+def make_delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep) -> dict[str, Any]:
+    """Make the bsdiff patch from→to in a background job (rollouts make the ones their devices need)."""
+    if from_sha256 == to_sha256:
+        raise HTTPException(422, "from and to are the same artifact")
+    for sha in (from_sha256, to_sha256):
+        if not state.store.exists(sha):
+            raise HTTPException(404, f"artifact {sha} is not stored")
+    limits = delta_limits(state.config)
+    why = bsdiff_fits(max(state.store.size(from_sha256), state.store.size(to_sha256)), limits)
+    if why is not None:
+        raise HTTPException(422, f"no delta for this pair: {why}")
+
+    job_id = state.jobs.submit(kind=PAIR_KIND, params={"from": from_sha256, "to": to_sha256})
+    with state.db.session() as session:
+        return job_crud.job_public(job_crud.get_job(session, job_id=job_id))

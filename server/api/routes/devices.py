@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
-from agent.wire import Command, UpdateReport
+from agent.wire import MANIFEST_MEDIA_TYPE, Command, UpdateReport
 from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, bearer_token, require_device
 from server.api.schemas import CommandBody
 from server.crud import devices as crud
 from server.crud import fleet
 from server.crud import telemetry as telemetry_crud
 from server.manifests import SignedBody
+from server.offers import record_offer
 from server.quality import device_drift
+from server.samples import grant
 from server.state import ServerState
 
 router = APIRouter(tags=["devices"])
@@ -38,29 +40,37 @@ def etag_matches(header: str | None, etag: str) -> bool:
     200: {"description": "SignedManifest (agent.wire)"}, 204: {"description": "no desired state"},
     304: {"description": "unchanged since If-None-Match"}})
 async def manifest(device_id: DeviceIdPath, state: StateDep, credentials: Credentials,
-                   if_none_match: Annotated[str | None, Header()] = None) -> Response:
+                   if_none_match: Annotated[str | None, Header()] = None,
+                   accept: Annotated[str | None, Header()] = None) -> Response:
     # the hot path: one hop to a worker thread, one short transaction (auth + desired state + signature)
+    legacy = MANIFEST_MEDIA_TYPE not in (accept or "")
     token = credentials.credentials if credentials is not None else ""
-    signed = state.manifests.cached(state.db.engine, device_id=device_id, token=token, now=time.time()) \
-        if token else None
+    signed = state.manifests.cached(state.db.engine, device_id=device_id, token=token, now=time.time(),
+                                    legacy=legacy) if token else None
     if signed is None:
-        found, signed = await run_in_threadpool(_checkin, state, device_id, token)
+        found, signed = await run_in_threadpool(_checkin, state, device_id, token, legacy)
         if not found:
             await run_in_threadpool(_refuse, state, device_id, token)
     if signed is None:
         return Response(status_code=204)
-    headers = {"ETag": signed.etag, "Cache-Control": "no-cache"}
+    if legacy and not state.config.legacy_manifests:
+        raise HTTPException(406, f"this server signs manifests only in the RFC 8785 form: send Accept: "
+                                 f"{MANIFEST_MEDIA_TYPE}")
+    headers = {"ETag": signed.etag, "Cache-Control": "no-cache", "Vary": "Accept"}
     if etag_matches(if_none_match, signed.etag):
         return Response(status_code=304, headers=headers)
-    return Response(content=signed.body, media_type="application/json", headers=headers)
+    return Response(content=signed.body, media_type="application/json" if legacy else MANIFEST_MEDIA_TYPE,
+                    headers=headers)
 
 
-def _checkin(state: ServerState, device_id: str, token: str) -> tuple[bool, SignedBody | None]:
+def _checkin(state: ServerState, device_id: str, token: str, legacy: bool) -> tuple[bool, SignedBody | None]:
     with state.db.session() as session:
         device = crud.device_for_token(session, device_id=device_id, token=token) if token else None
         if device is None:
             return False, None
-        return True, state.manifests.signed(session, device=device, now=time.time())
+        signed = state.manifests.signed(session, device=device, now=time.time(), legacy=legacy)
+        record_offer(device, signed.body if signed is not None else None)  # what it may download now
+        return True, signed
 
 
 def _refuse(state: ServerState, device_id: str, token: str) -> None:
@@ -87,8 +97,10 @@ async def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, c
 
 
 @router.get("/v1/devices", dependencies=[AdminDep])
-def list_devices(session: SessionDep, online: bool | None = None) -> dict[str, Any]:
-    devices = crud.list_devices(session, online=online)
+def list_devices(session: SessionDep, online: bool | None = None,
+                 enrollment: Annotated[Literal["enrolled", "pending", "unenrolled"] | None, Query(
+                     description="pending: waiting for the operator's approval")] = None) -> dict[str, Any]:
+    devices = crud.list_devices(session, online=online, enrollment=enrollment)
     drift = fleet.latest_drift(session, device_ids=[d.id for d in devices])
     return {"devices": [{**crud.device_public(d), "drift": device_drift(drift.get(d.id))} for d in devices]}
 
@@ -106,7 +118,8 @@ def telemetry(device_id: DeviceIdPath, session: SessionDep, since: Annotated[flo
               rollups: Annotated[bool, Query(description="include hourly downsampled rows")] = False,
               ) -> dict[str, Any]:
     crud.get_device(session, device_id=device_id)
-    doc: dict[str, Any] = {"device_id": device_id, "telemetry": [
+    doc: dict[str, Any] = {"device_id": device_id, "epochs": telemetry_crud.epoch_summary(session, device_id=device_id),
+                           "telemetry": [
         telemetry_crud.telemetry_public(r)
         for r in telemetry_crud.list_telemetry(session, device_id=device_id, since=since, limit=limit)]}
     if rollups:
@@ -129,7 +142,12 @@ def command(device_id: DeviceIdPath, body: CommandBody, state: StateDep, session
     crud.get_device(session, device_id=device_id)
     if state.ingestor is None:
         raise HTTPException(503, "MQTT is disabled in this server's configuration")
-    sent = Command(id=uuid.uuid4().hex, type=body.type, args=body.args)
+    args = dict(body.args)
+    if body.type == "upload_samples":  # the device may upload only now, as many as this grants (server/samples.py)
+        with state.db.session() as grants:  # committed before the device can answer the command
+            args["limit"] = grant(grants, device_id=device_id, args=args, section=state.config.samples,
+                                  now=time.time())
+    sent = Command(id=uuid.uuid4().hex, type=body.type, args=args)
     try:
         state.ingestor.publish_command(device_id, sent)
     except ConnectionError as exc:

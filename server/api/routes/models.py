@@ -18,14 +18,14 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from agent.wire import PreprocessSpec, RuntimeHints
+from server import sandbox
 from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
 from server.api.schemas import UploadMeta, VariantsRequest
 from server.crud import jobs as job_crud
 from server.crud import registry as crud
-from server.formats import NotAModel, inspect_model
-from server.quality import compute_profile
+from server.sandbox import Limits, SandboxError
 from server.state import ServerState
-from server.storage import TooLarge, copy_limited
+from server.storage import TooLarge, copy_limited, hash_file
 from server.variants import start_variants_job
 
 router = APIRouter(tags=["models"], dependencies=[AdminDep])
@@ -37,7 +37,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "file": {"type": "string", "format": "binary", "description": "the model file"},
         "labels": {"type": "string", "description": "labels, one per line"},
         "meta": {"type": "string", "description": "JSON: task, preprocess, runtime"},
-        "calibration": {"type": "string", "format": "binary", "description": ".npz of sample inputs"}}}}}}}
+        "calibration": {"type": "string", "format": "binary", "description": ".npz of sample inputs"},
+        "force": {"type": "string", "enum": ["true", "false"],
+                  "description": "make a new version even when one of this model is the same file (else 409)"}}}}}}}
 
 
 async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -79,8 +81,35 @@ def _parse_meta(raw: str | None) -> UploadMeta:
     return meta
 
 
+def _refuse_same_file(state: ServerState, name: str, path: Path) -> None:
+    """409 when ``name`` already has a version of exactly this file (pushing it again is usually a mistake)."""
+    sha256, _size = hash_file(path)
+    with state.db.session() as session:
+        same = crud.version_with_sha256(session, name=name, sha256=sha256)
+    if same is not None:
+        raise HTTPException(409, f"model {name} version {same} is already this file (sha256 {sha256[:12]}); "
+                                 "send force=true (edgefleet model push --force) for a new version anyway")
+def _inspect(state: ServerState, path: Path, *, name: str, meta: UploadMeta, calibration: Path | None
+             ) -> dict[str, Any]:
+    """Format, signature and drift profile, found in a bounded child process (server/sandbox.py)."""
+    limits = Limits(timeout_s=state.config.sandbox.inspect_timeout_s, cpu_s=state.config.sandbox.inspect_timeout_s,
+                    memory_mb=state.config.sandbox.memory_mb)
+    try:
+        return sandbox.run("inspect", {"path": str(path), "task": meta.task, "preprocess": meta.preprocess,
+                                       "calibration": str(calibration) if calibration else None, "name": name},
+                           limits)
+    except SandboxError as exc:
+        if exc.detail == "not_a_model":
+            raise HTTPException(422, f"not a model: {exc}") from exc
+        if exc.detail == "bad_calibration":  # the arrays do not fit the model's inputs (server/calibration.py)
+            raise HTTPException(422, str(exc)) from exc
+        if exc.kind == "refused":
+            raise HTTPException(422, f"model refused: {exc}") from exc
+        raise HTTPException(422, f"model refused: loading and running it once {exc}") from exc
+
+
 def _store_version(state: ServerState, name: str, upload: UploadFile, labels: list[str] | None, meta: UploadMeta,
-                   calibration: UploadFile | None, limit: int) -> dict[str, Any]:
+                   calibration: UploadFile | None, limit: int, force: bool = False) -> dict[str, Any]:
     scratch = state.store.scratch_dir()
     fd, tmp_name = tempfile.mkstemp(dir=scratch, prefix="model-")
     tmp = Path(tmp_name)
@@ -91,10 +120,6 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
             copy_limited(upload.file, out, limit)
         if tmp.stat().st_size == 0:
             raise HTTPException(422, "the uploaded file is empty")
-        try:
-            info = inspect_model(tmp)
-        except NotAModel as exc:
-            raise HTTPException(422, f"not a model: {exc}") from exc
         cal_sha = None
         if calibration is not None:
             fd2, cal_name = tempfile.mkstemp(dir=scratch, prefix="cal-")
@@ -103,25 +128,23 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
                 calibration.file.seek(0)
                 copy_limited(calibration.file, out, limit)
             try:
-                with np.load(cal_tmp, allow_pickle=False) as data:
+                with np.load(cal_tmp, allow_pickle=False) as data:  # the zip directory only: no array is read here
                     if not data.files:
                         raise ValueError("it holds no arrays")
             except (ValueError, OSError) as exc:
                 raise HTTPException(422, f"calibration is not a .npz of arrays: {exc}") from exc
-        calibration_arrays = None
-        if cal_tmp is not None:
-            with np.load(cal_tmp, allow_pickle=False) as data:
-                calibration_arrays = {k: data[k] for k in data.files}
-        profile, source, note = compute_profile(tmp, task=meta.task, inputs=info.inputs, preprocess=meta.preprocess,
-                                                calibration=calibration_arrays, name=name)
+        if not force:
+            _refuse_same_file(state, name, tmp)
+        checked = _inspect(state, tmp, name=name, meta=meta, calibration=cal_tmp)
+        profile, source, note = checked["profile"], checked["source"], checked["note"]
         if cal_tmp is not None:
             cal_sha, _ = state.store.put_file(cal_tmp)
         sha256, size = state.store.put_file(tmp)
         with state.db.session() as session:
             model, row = crud.create_version(
-                session, name=name, sha256=sha256, size=size, fmt=info.format, task=meta.task, inputs=info.inputs,
-                outputs=info.outputs, labels=labels, preprocess=meta.preprocess, runtime_hints=meta.runtime,
-                calibration_sha256=cal_sha)
+                session, name=name, sha256=sha256, size=size, fmt=checked["format"], task=meta.task,
+                inputs=checked["inputs"], outputs=checked["outputs"], labels=labels, preprocess=meta.preprocess,
+                runtime_hints=meta.runtime, calibration_sha256=cal_sha)
             if profile is not None:
                 profile["version"] = row.version
             row.drift_profile, row.drift_profile_source = profile, source
@@ -161,8 +184,10 @@ async def upload_version(name: ModelName, request: Request, state: StateDep) -> 
         calibration = form.get("calibration")
         if calibration is not None and not isinstance(calibration, UploadFile):
             raise HTTPException(422, "calibration must be a file part (.npz)")
+        force = str(await _text(form.get("force")) or "").strip().lower() in ("1", "true", "yes")
         try:
-            return await run_in_threadpool(_store_version, state, name, upload, labels, meta, calibration, limit)
+            return await run_in_threadpool(_store_version, state, name, upload, labels, meta, calibration, limit,
+                                           force)
         except TooLarge as exc:
             raise HTTPException(413, str(exc)) from exc
     finally:

@@ -3,10 +3,6 @@ samples (devices upload them only when the operator asks), labels and accuracy."
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import re
 import time
 from typing import Annotated, Any
 
@@ -15,28 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from agent.quality import accuracy_by, summarize_fleet
-from server.api.deps import DB_ID_MAX, AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, require_device
+from server import samples
+from server.api.deps import DB_ID_MAX, AdminDep, DeviceDep, DeviceIdPath, SessionDep, StateDep
 from server.api.routes.models import ModelName, VersionNo
 from server.crud import fleet
 from server.crud import registry as registry_crud
 from server.db.models import Device, Sample
+from server.housekeeping import unreferenced
 from server.quality import device_drift, profile_summary, version_drift
+from server.samples import SAMPLE_ID, SamplesUpload
 
 router = APIRouter(tags=["quality"])
-MAX_SAMPLES_PER_POST = 50
-MAX_JPEG_BYTES = 512 * 1024
-SAMPLE_ID = r"^[0-9]{13}-[0-9a-f]{8}$"
-
-
-class UploadedSample(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    record: dict[str, Any]
-    jpeg_b64: str = Field(max_length=MAX_JPEG_BYTES * 4 // 3 + 8)
-
-
-class SamplesUpload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    samples: list[UploadedSample] = Field(max_length=MAX_SAMPLES_PER_POST)
 
 
 class Label(BaseModel):
@@ -78,40 +63,28 @@ def fleet_drift(session: SessionDep, threshold: Annotated[float | None, Query(gt
     return summary
 
 
-@router.post("/v1/devices/{device_id}/samples", status_code=200)
-def upload_samples(device_id: DeviceIdPath, body: SamplesUpload, state: StateDep, session: SessionDep,
-                   credentials: Credentials) -> dict[str, Any]:
-    device = require_device(device_id, session, credentials)
-    stored = 0
+@router.post("/v1/devices/{device_id}/samples", status_code=200, responses={
+    403: {"description": "no upload_samples command was sent to this device"},
+    429: {"description": "over the samples the command allowed"}})
+def upload_samples(device: DeviceDep, body: SamplesUpload, state: StateDep) -> dict[str, Any]:
+    """Samples the operator asked for (an upload_samples command), validated whole before any is stored."""
     now = time.time()
-    for item in body.samples:
-        record = item.record
-        sample_id = str(record.get("id") or "")
-        if not _valid_id(sample_id):
-            raise HTTPException(422, f"sample id {sample_id[:40]!r} is not <13 digits>-<8 hex>")
-        try:
-            jpeg = base64.b64decode(item.jpeg_b64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise HTTPException(422, f"sample {sample_id}: jpeg_b64 is not base64") from exc
-        if not jpeg.startswith(b"\xff\xd8") or len(jpeg) > MAX_JPEG_BYTES:
-            raise HTTPException(422, f"sample {sample_id}: not a JPEG of at most {MAX_JPEG_BYTES} bytes")
-        sha, _ = state.store.put_stream(io.BytesIO(jpeg), limit=MAX_JPEG_BYTES)
-        found = record.get("model")
-        model: dict[str, Any] = found if isinstance(found, dict) else {}
-        row = session.get(Sample, (device.id, sample_id))
-        if row is None:
-            row = Sample(device_id=device.id, id=sample_id, created_at=now, label=None)
-            session.add(row)
-        row.model_name = str(model.get("name")) if model.get("name") is not None else None
-        row.model_version = model.get("version") if isinstance(model.get("version"), int) else None
-        row.device_class = record.get("device_class") or device.device_class
-        row.record, row.image_sha256 = record, sha
-        stored += 1
+    written: list[str] = []
+    try:
+        checked = samples.check(device, body, now=now)
+        with state.db.session() as session:
+            samples.take(session, device, len(checked), now=now)
+            stored = samples.keep(session, state.store, device, checked, now=now, written=written)
+    except samples.Refused as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except Exception:
+        with state.db.session() as session:  # the rows did not commit: their new images go too
+            for sha in unreferenced(session, set(written)):
+                state.store.delete(sha)
+        raise
     return {"stored": stored}
-
-
-def _valid_id(sample_id: str) -> bool:
-    return re.fullmatch(SAMPLE_ID, sample_id) is not None
 
 
 def _sample_public(row: Sample) -> dict[str, Any]:

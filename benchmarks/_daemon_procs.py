@@ -1,0 +1,171 @@
+"""Memory and start-up of the daemon against the bare runtime, each in a process of its own.
+
+- bare: ``python`` that imports numpy and onnxruntime, creates the session on the same model with the
+  same threads and runs it a few times; start-up is ``Popen`` to its "loaded" line.
+- daemon: ``edgefleet-agent run`` with the config a device has (local API on, MQTT to a real broker
+  when Mosquitto is installed, an update server URL), ``source: none`` or a video file; start-up
+  is ``Popen`` to ``READY=1`` on its NOTIFY_SOCKET. RSS is VmRSS once it has settled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tests.support.broker import MOSQUITTO, Mosquitto
+from tests.support.net import free_port
+
+AGENT = Path(sys.executable).with_name("edgefleet-agent")
+BARE = """
+import os, sys
+import numpy as np
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.intra_op_num_threads = int(sys.argv[2])
+options.inter_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[1], sess_options=options, providers=["CPUExecutionProvider"])
+feed = {session.get_inputs()[0].name: np.zeros([d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape],
+                                              np.float32)}
+for _ in range(20):
+    session.run(None, feed)
+print("loaded", flush=True)
+sys.stdin.read()
+"""
+
+
+def vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def settled_rss(pid: int, settle_s: float) -> float:
+    """The median of a few VmRSS samples after ``settle_s``."""
+    time.sleep(settle_s)
+    samples = []
+    for _ in range(5):
+        samples.append(vm_rss_mb(pid))
+        time.sleep(0.2)
+    return statistics.median(samples)
+
+
+def bare_process(model: Path, threads: int, settle_s: float) -> tuple[float, float]:
+    """(start-up s, RSS MB) of the bare runtime holding ``model``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", BARE, str(model), str(threads)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        took = time.perf_counter() - start
+        if line.strip() != b"loaded":
+            raise RuntimeError(f"the bare runtime did not load the model: {line!r}")
+        return took, settled_rss(proc.pid, settle_s)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def broker(work: Path) -> Iterator[int | None]:
+    """A Mosquitto on a free port when it is installed (the agent then keeps a live MQTT session)."""
+    if not (shutil.which("mosquitto") or Path(MOSQUITTO).exists()):
+        yield None
+        return
+    running = Mosquitto(work).start()
+    try:
+        yield running.port
+    finally:
+        running.stop()
+
+
+def write_video(path: Path, size: int, frames: int = 60) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, (size, size))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def daemon_process(model: Path, work: Path, threads: int, source: dict[str, Any], mqtt_port: int | None,
+                   settle_s: float) -> tuple[float, float]:
+    """(start-up to READY s, RSS MB) of ``edgefleet-agent run`` serving ``model``."""
+    state = Path(tempfile.mkdtemp(prefix="state-", dir=work))
+    config = {
+        "device_id": "bench", "state_dir": str(state),
+        "model": {"path": str(model), "task": "classification"},
+        "runtime": {"prefer": "onnxruntime", "threads": threads, "autotune": False},
+        "source": source, "api": {"listen": f"127.0.0.1:{free_port()}"},
+        "mqtt": {"enabled": mqtt_port is not None, "host": "127.0.0.1", "port": mqtt_port or 1883},
+        "server": {"url": f"http://127.0.0.1:{free_port()}", "poll_interval_s": 60},
+        "log_level": "WARNING",
+    }
+    config_path = state / "agent.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = state / "notify.sock"
+    notify.bind(str(notify_path))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["NOTIFY_SOCKET"] = str(notify_path)
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(config_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        notify.settimeout(60)
+        while b"READY=1" not in notify.recv(4096).split(b"\n"):
+            pass
+        took = time.perf_counter() - start
+        return took, settled_rss(proc.pid, settle_s)
+    finally:
+        notify.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure(model: Path, size: int, threads: int, *, runs: int = 3, settle_s: float = 3.0) -> dict[str, Any]:
+    """Bare, daemon with ``source: none`` and daemon on a video file: median start-up and RSS of ``runs``."""
+    work = Path(tempfile.mkdtemp(prefix="edgefleet-procs-"))
+    video = write_video(work / "clip.avi", size)
+    figures: dict[str, list[tuple[float, float]]] = {"bare": [], "none": [], "video": []}
+    with broker(work) as mqtt_port:
+        for _ in range(runs):  # interleaved, so all three see the same load on the machine
+            figures["bare"].append(bare_process(model, threads, settle_s))
+            figures["none"].append(daemon_process(model, work, threads, {"kind": "none"}, mqtt_port, settle_s))
+            figures["video"].append(daemon_process(model, work, threads, {"kind": "video", "uri": str(video),
+                                                                          "fps": 30}, mqtt_port, settle_s))
+    shutil.rmtree(work, ignore_errors=True)
+    median = {name: (statistics.median(t for t, _ in rows), statistics.median(r for _, r in rows))
+              for name, rows in figures.items()}
+    bare_s, bare_mb = median["bare"]
+    return {
+        "mqtt_broker": mqtt_port is not None,
+        "bare_startup_s": round(bare_s, 3), "bare_rss_mb": round(bare_mb, 1),
+        "daemon_startup_s": round(median["none"][0], 3), "startup_ratio": round(median["none"][0] / bare_s, 3),
+        "daemon_rss_mb": round(median["none"][1], 1), "rss_ratio_none": round(median["none"][1] / bare_mb, 3),
+        "daemon_video_rss_mb": round(median["video"][1], 1),
+        "rss_ratio_video": round(median["video"][1] / bare_mb, 3),
+        "runs": runs,
+    }

@@ -1,0 +1,61 @@
+"""What a device may download: exactly what the last manifest sent to it offered.
+
+The check-in records the offer (``Device.offered``) from the signed body it sends; the download routes
+refuse a device token anything else with 403. Before refusing, the offer is read again from the manifest
+the device would get now (the manifest service's cache makes that cheap), so an offer whose check-in did
+not commit never locks a device out. The operator's admin token downloads any artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from server.db.models import Device
+from server.manifests import ManifestService
+
+
+def offer_of(body: bytes | None) -> dict[str, Any] | None:
+    """``{"artifact": sha256, "delta": [from, to] | None}`` of a signed manifest body; None for no manifest."""
+    if body is None:
+        return None
+    manifest = json.loads(body)["manifest"]
+    artifact = manifest["artifact"]["sha256"]
+    delta = manifest.get("delta")
+    return {"artifact": artifact, "delta": [delta["from_sha256"], artifact] if delta else None}
+
+
+def record_offer(device: Device, body: bytes | None) -> None:
+    offer = offer_of(body)
+    if device.offered != offer:  # an unchanged offer writes nothing
+        device.offered = offer
+
+
+def artifact_refusal(device: Device, sha256: str) -> str | None:
+    """None when the device's manifest offered ``sha256``; else the one-line reason."""
+    offered = device.offered or {}
+    if offered.get("artifact") == sha256:
+        return None
+    return f"artifact {sha256[:16]}… was not offered to device {device.id} by its manifest"
+
+
+def delta_refusal(device: Device, from_sha256: str, to_sha256: str) -> str | None:
+    offered = device.offered or {}
+    if offered.get("delta") == [from_sha256, to_sha256]:
+        return None
+    return f"delta {from_sha256[:16]}…→{to_sha256[:16]}… was not offered to device {device.id} by its manifest"
+
+
+def refusal(manifests: ManifestService, session: Session, device: Device,
+            judge: Callable[[Device], str | None]) -> str | None:
+    """None when ``judge`` allows the download under the recorded offer or under the manifest of now."""
+    reason = judge(device)
+    if reason is None:
+        return None
+    signed = manifests.signed(session, device=device, now=time.time())
+    record_offer(device, signed.body if signed is not None else None)
+    return judge(device)

@@ -1,0 +1,123 @@
+"""The batch writer against the real databases: a batch the database refuses is split until the one message it
+refuses is alone (the others are all stored), and a database that is down is waited for, not dropped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from server.config import TelemetrySection
+from server.crud import devices as device_crud
+from server.db import Database, migrate
+from server.db.models import Device, Telemetry
+from server.ingest import BatchWriter, IngestStats
+from server.ingest_rejections import Rejections
+from server.ingest_validation import Rejected
+from tests.support.databases import database_url, postgres_reason
+
+PG_SKIP = postgres_reason()
+ROOT = "edgefleet/v1/devices"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=[
+    pytest.mark.postgres, pytest.mark.skipif(PG_SKIP is not None, reason=PG_SKIP or "")])])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with database_url(request.param, tmp_path) as url:
+        database = Database(url)
+        migrate(database.engine)
+        with database.session() as session:
+            for device_id in ("d1", "d2"):
+                device_crud.enroll_device(session, device_id=device_id, device_class=None, tags=[], hw={})
+        try:
+            yield database
+        finally:
+            database.dispose()
+
+
+def message(device: str, seq: int, **extra: object) -> tuple[str, bytes, float]:
+    doc = {"seq": seq, "ts": time.time(), "inference": {"count": 1}, **extra}
+    return f"{ROOT}/{device}/telemetry", json.dumps(doc).encode(), time.time()
+
+
+def rows(db: Database, device: str) -> int:
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(Telemetry).where(Telemetry.device_id == device))
+                   or 0)
+
+
+def test_a_batch_the_database_refuses_is_split_so_only_that_message_is_lost(db: Database) -> None:
+    """Without validation (the benchmark's baseline) the database itself refuses a seq past BIGINT: the batch
+    is bisected and that one message is counted as refused_by_database; the 60 around it are stored."""
+    stats = IngestStats()
+    writer = BatchWriter(db, TelemetrySection(), stats, validate=False)
+    batch = [message("d1", seq) for seq in range(1, 31)] + [message("d2", 2**64)] + \
+        [message("d1", seq) for seq in range(31, 61)] + [message("d2", 1)]
+    writer.write(batch)
+    assert (rows(db, "d1"), rows(db, "d2")) == (60, 1)
+    assert stats.rejections.by_reason["refused_by_database"] == 1 and stats.written == 61
+    with db.session() as session:
+        device = session.get(Device, "d2")
+        assert device is not None and device.rejected == 1
+        assert "the database refused it" in (device.rejected_reason or "")
+
+
+def test_the_same_batch_with_validation_never_reaches_the_database(db: Database) -> None:
+    stats = IngestStats()
+    BatchWriter(db, TelemetrySection(), stats).write([message("d1", 1), message("d2", 2**64), message("d1", 2)])
+    assert (rows(db, "d1"), rows(db, "d2")) == (2, 0)
+    assert stats.rejections.by_reason["out_of_range"] == 1 and stats.rejections.by_reason["refused_by_database"] == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(PG_SKIP is not None, reason=PG_SKIP or "")
+def test_a_database_that_cannot_take_the_batch_is_waited_for(tmp_path: Path) -> None:
+    """A database that answers "busy" (a lock held past lock_timeout) is transient: the batch is retried
+    until it is stored, nothing the broker acknowledged is dropped, nothing counted as refused."""
+    with database_url("postgresql", tmp_path) as url:
+        db = Database(url)
+        migrate(db.engine)
+        with db.session() as session:
+            device_crud.enroll_device(session, device_id="d1", device_class=None, tags=[], hw={})
+        stats = IngestStats()
+        writer = BatchWriter(Database(url + "%20-clock_timeout%3D200"), TelemetrySection(), stats)
+        with db.engine.connect() as holder:
+            holder.exec_driver_sql("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
+            thread = threading.Thread(target=writer._write_until_stored,
+                                      args=([message("d1", 1), message("d1", 2)],))
+            thread.start()
+            time.sleep(2.0)
+            assert thread.is_alive()
+            holder.rollback()
+        thread.join(30)
+        assert not thread.is_alive() and rows(db, "d1") == 2 and stats.rejections.total == 0
+        writer.db.dispose()
+        db.dispose()
+
+
+def test_rejections_are_logged_once_per_device_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    clock = [0.0]
+    rejections = Rejections(log_interval_s=60, max_tracked=3, clock=lambda: clock[0])
+    bad = Rejected("out_of_range", "telemetry: seq: too big")
+    with caplog.at_level(logging.WARNING, logger="edgefleet.server.ingest"):
+        for _ in range(50):
+            rejections.add("cam-01", bad, enrolled=True, at=1.0)
+        for i in range(200):  # a spray of made-up ids: one line, bounded memory
+            rejections.add(f"ghost-{i}", Rejected("unenrolled", "telemetry: not enrolled"), enrolled=False, at=1.0)
+        clock[0] = 61.0
+        rejections.add("cam-01", bad, enrolled=True, at=2.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["ingest: refused a message from device 'cam-01': telemetry: seq: too big (out_of_range)",
+                     "ingest: refused a message from ids that are not enrolled, nothing stored (this one "
+                     "'ghost-0'): telemetry: not enrolled (unenrolled)",
+                     "ingest: refused 50 messages from device 'cam-01' in the last 61s; the last: "
+                     "telemetry: seq: too big (out_of_range)"]
+    assert rejections.by_reason["out_of_range"] == 51 and rejections.by_reason["unenrolled"] == 200
+    assert rejections.take_device_counts() == {"cam-01": (51, "telemetry: seq: too big (out_of_range)", 2.0)}
+    assert len(rejections._logged) <= 3
