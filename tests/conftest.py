@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.support.broker import Mosquitto
 
 
 def have_torch() -> bool:
@@ -41,3 +44,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             skip = pytest.mark.skip(reason=f"needs {marker}, which is not installed here ({extra})")
             for item in marked:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -192,39 +192,46 @@ def losses(db_url: str, prefix: str, finals: list[dict[str, Any]], rollout_devic
 # --- capacity with 1 and with N replicas ----------------------------------------------------------------
 
 
-def _flood(port: int, messages: int, prefix: str) -> None:
+FLOOD_DEVICES = 200
+
+
+def _flood(port: int, messages: int, device_ids: list[str], epoch: int) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}publisher", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{epoch}", protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
     last = None
     for i in range(messages):
-        body = {"seq": i // 500 + 1, "ts": time.time(), "model": {"name": "m", "version": 1}, "runtime": "onnxruntime",
-                "inference": {"count": 100, "errors": 0, "latency_ms": {"p50": 2.0, "p95": 3.0}, "fps": 10.0},
-                "system": {"cpu_pct": 20.0, "rss_mb": 80.0}}
-        last = client.publish(f"edgefleet/v1/devices/{prefix}{i % 500:03d}/telemetry", json.dumps(body), qos=1)
+        body = {"seq": i // len(device_ids) + 1, "epoch": epoch, "ts": time.time(),
+                "model": {"name": "m", "version": 1}, "runtime": "onnxruntime",
+                "system": {"cpu_pct": 20.0, "rss_mb": 80.0},
+                "inference": {"count": 100, "errors": 0, "latency_ms": {"p50": 2.0, "p95": 3.0}, "fps": 10.0}}
+        last = client.publish(f"edgefleet/v1/devices/{device_ids[i % len(device_ids)]}/telemetry", json.dumps(body),
+                              qos=1)
     if last is not None:
         last.wait_for_publish(300)
     client.loop_stop()
     client.disconnect()
 
 
-def ingest_rate(stack: Any, messages: int, prefix: str, timeout: float = 300.0) -> dict[str, Any]:
-    """Telemetry messages per second into the database, from the first publish to the last row stored."""
+def ingest_rate(stack: Any, messages: int, device_ids: list[str], epoch: int,
+                timeout: float = 300.0) -> dict[str, Any]:
+    """Telemetry messages per second into the database, from the first publish to the last row stored
+    (the devices must be enrolled: the server stores no one else's telemetry; each round its own epoch)."""
     import psycopg
 
-    publisher = mp.get_context("spawn").Process(target=_flood, args=(stack.mqtt_port, messages, prefix))
+    publisher = mp.get_context("spawn").Process(target=_flood, args=(stack.mqtt_port, messages, device_ids, epoch))
     started = time.perf_counter()
     publisher.start()
     stored = 0
     with psycopg.connect(psycopg_url(stack.db_url), autocommit=True) as conn:
         while time.perf_counter() - started < timeout:
-            stored = int(conn.execute("SELECT count(*) FROM telemetry WHERE device_id LIKE %s",
-                                      (prefix + "%",)).fetchone()[0])  # type: ignore[index]
+            stored = int(conn.execute("SELECT count(*) FROM telemetry WHERE device_id LIKE 'flood-%%' AND epoch = %s",
+                                      (epoch,)).fetchone()[0])  # type: ignore[index]
             if stored >= messages:
                 break
             time.sleep(0.1)
@@ -319,6 +326,10 @@ def capacity(stack: Any, operator: Any, *, model: str, version: int, messages: i
     """Ingestion msg/s and check-ins/s with one replica (the others stopped), then with all of them."""
     cluster = stack.cluster
     devices = enroll_probes(stack, operator, model, version, probes, "probe")
+    flooders = [f"flood-{i:03d}" for i in range(FLOOD_DEVICES)]
+    for device_id in flooders:
+        requests.post(stack.server_url + "/v1/enroll", timeout=30, json={
+            "device_id": device_id, "enrollment_token": stack.enrollment_token, "hw": {}}).raise_for_status()
     doc: dict[str, Any] = {}
     total = len(cluster.replicas)
     for replicas in sorted({1, total}):
@@ -331,6 +342,6 @@ def capacity(stack: Any, operator: Any, *, model: str, version: int, messages: i
                                 timeout=60)
         time.sleep(2.0)  # the shared subscription has every remaining replica
         doc[f"replicas_{replicas}"] = {
-            "ingest": ingest_rate(stack, messages, f"flood{replicas}-"),
+            "ingest": ingest_rate(stack, messages, flooders, epoch=replicas),
             "checkin": checkin_rate(stack, devices, checkin_s)}
     return doc

@@ -19,7 +19,7 @@ from server.artifact_gc import collect
 from server.db import Database, migrate
 from server.db.models import Delta
 from server.storage import ArtifactStore, LocalStore, S3Store, TooLarge
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_until
 from tests.support.s3 import SeaweedS3, weed_reason
 
 pytestmark = pytest.mark.skipif(weed_reason() is not None, reason=str(weed_reason()))
@@ -160,6 +160,10 @@ def test_the_server_serves_uploads_ranges_and_deltas_from_s3(seaweed: SeaweedS3,
         assert (fetched.resumed_from, fetched.transferred) == (1000, len(v2) - 1000)
         assert partial.read_bytes() == v2
 
+        job = requests.post(f"{server.url}/v1/deltas/{sha[1]}/{sha[2]}", headers=server.admin(), timeout=30)
+        assert job.status_code == 202, job.text
+        wait_until(lambda: requests.get(f"{server.url}/v1/jobs/{job.json()['id']}", headers=server.admin(),
+                                        timeout=10).json()["state"] == "succeeded", timeout=60, interval=0.2)
         delta = requests.get(f"{server.url}/v1/deltas/{sha[1]}/{sha[2]}", headers=server.admin(), timeout=60)
         assert delta.status_code == 200 and len(delta.content) < len(v2)
         assert bsdiff4.patch(v1, delta.content) == v2

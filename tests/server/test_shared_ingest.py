@@ -79,6 +79,8 @@ def test_no_telemetry_is_lost_or_stored_twice_when_a_replica_dies_mid_stream(tmp
     try:
         wait_until(lambda: all(requests.get(r.url + "/healthz", timeout=2).json()["mqtt"]["connected"]
                                for r in cluster.replicas), timeout=20)
+        for index in range(40):  # the server stores telemetry of enrolled ids only
+            cluster.replicas[index % 2].enroll(f"dev-{index:02d}")
         publisher.start()
         time.sleep(2.0)
         shares = [ingested(r.url, cluster.admin_token) for r in cluster.replicas]
