@@ -39,6 +39,14 @@ def canonical_json(document: Any) -> bytes:
         raise SignatureError(f"not canonical JSON (RFC 8785): {exc}") from exc
 
 
+def canonical_object(document: dict[str, Any], encoded: dict[str, bytes]) -> bytes:
+    """``canonical_json(document)`` where the members named in ``encoded`` are already in RFC 8785 form
+    (a large sub-document many documents share is encoded once). Keys are sorted as JCS sorts them."""
+    members = [(key, encoded[key] if key in encoded else canonical_json(value)) for key, value in document.items()]
+    members.sort(key=lambda item: item[0].encode("utf-16-be"))
+    return b"{" + b",".join(canonical_json(key) + b":" + value for key, value in members) + b"}"
+
+
 def legacy_json(document: Any) -> bytes:
     """The legacy signed bytes: sorted keys, no whitespace, UTF-8, Python's float and escape rules."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -119,9 +127,12 @@ def public_b64(key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw_public(key)).decode()
 
 
-def sign_canonical(key: Ed25519PrivateKey, document: dict[str, Any]) -> dict[str, str]:
-    """``{"keyid", "sig"}``: base64 Ed25519 over the RFC 8785 form of ``document``."""
-    return {"keyid": key_id(key.public_key()), "sig": base64.b64encode(key.sign(canonical_json(document))).decode()}
+def sign_canonical(key: Ed25519PrivateKey, document: dict[str, Any],
+                   encoded: dict[str, bytes] | None = None) -> dict[str, str]:
+    """``{"keyid", "sig"}``: base64 Ed25519 over the RFC 8785 form of ``document`` (``encoded``: members
+    already in that form, see ``canonical_object``)."""
+    data = canonical_object(document, encoded) if encoded else canonical_json(document)
+    return {"keyid": key_id(key.public_key()), "sig": base64.b64encode(key.sign(data)).decode()}
 
 
 def valid_signers(keys: dict[str, Ed25519PublicKey], document: dict[str, Any],

@@ -93,7 +93,9 @@ class DeltaRef(WireModel):
     from_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the patch itself
     size: int = Field(ge=0)
-    algorithm: Literal["bsdiff4"] = "bsdiff4"
+    # "bsdiff4" (bytes) | "tensor" (agent/ota/tensordelta.py; its format version is in the patch's header).
+    # A plain string so that a newer server's algorithm is one this agent skips (full artifact), not a bad manifest
+    algorithm: str = Field(default="bsdiff4", pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")
     url: str
 
 

@@ -27,6 +27,7 @@ from server.db import Database, migrate
 from server.deltas import KIND as DELTAS_JOB
 from server.deltas import PAIR_KIND, deltas_job, pair_job
 from server.housekeeping import collect as housekeep
+from server.httpmetrics import HttpGuardCollector
 from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.leases import GC, RETENTION, ROLLOUTS, Leases
@@ -174,6 +175,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)
+    metrics.registry.register(HttpGuardCollector())
     app.add_middleware(BodyLimits, http=config.http,  # outermost: before any parsing
                        upload_bytes=int(config.max_upload_mb * 1024 * 1024))
 

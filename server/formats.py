@@ -4,6 +4,9 @@ The runtime layer (``agent.runtime.detect_format`` / ``load_model``) does the wo
 server loads the file with the same code a device will use, so a file the agent cannot load
 is refused at upload. When the runtime layer is not importable (a server-only install
 without it), ONNX files are still read with the ``onnx`` package.
+
+Loading an uploaded file is running untrusted input: the server calls this only inside a bounded child
+process (``server/sandbox_child.py`` task ``inspect``), never on a server thread.
 """
 
 from __future__ import annotations

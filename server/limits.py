@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 KB = 1024
 MB = 1024 * KB
+REFUSED: Counter[int] = Counter()  # requests refused here, by status, in this process (/metrics)
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,6 @@ class BodyLimits:
         self.budget = Budget(int(http.max_buffered_mb * MB))
         limits = {**BODY_LIMITS, UPLOAD_ROUTE: Limit(upload_bytes + MULTIPART_SLACK, stream=True)}
         self.table = [(method, template_regex(template), limit) for (method, template), limit in limits.items()]
-        self.refused: dict[int, int] = {}  # status -> count, for /metrics
 
     def limit_for(self, method: str, path: str) -> Limit:
         for wanted, regex, limit in self.table:
@@ -179,7 +180,7 @@ class BodyLimits:
 
     async def _refuse(self, send: Send, status: int, title: str, detail: str,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.refused[status] = self.refused.get(status, 0) + 1
+        REFUSED[status] += 1
         await send_problem(send, status, title, detail, extra)
 
     async def _buffered(self, scope: Scope, receive: Receive, send: Send, limit: Limit) -> None:
@@ -231,11 +232,13 @@ class BodyLimits:
                 message = await receive()
             if idle.cancelled_caught:
                 tripped = True
+                REFUSED[408] += 1
                 raise HTTPException(408, f"no byte of the upload arrived for {self.http.body_timeout_s:g}s")
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit.max_bytes:
                     tripped = True
+                    REFUSED[413] += 1
                     raise TooLarge(limit.max_bytes)
             return message
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -22,16 +23,19 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from agent.signing import sign_canonical, sign_document
+from agent.errors import SignatureError
+from agent.signing import canonical_json, sign_canonical, sign_document
 from agent.wire import Manifest, SignedManifest
 from server.config import ServerConfig
 from server.crud import counters
-from server.crud.deltas import get_delta
+from server.crud.deltas import deltas_between
 from server.crud.devices import hash_token, runnable_formats
 from server.crud.registry import list_variants, version_by_id
 from server.db.models import Counter, Device, Rollout
+from server.transfers import DeltaOffer, Transfer, choose_transfer
 from server.trust import Material, ServerTrust
 
+log = logging.getLogger("edgefleet.server.manifests")
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
@@ -51,13 +55,15 @@ class Signer:
     def material(self) -> Material:
         return self.trust.material()
 
-    def sign(self, document: dict[str, Any], *, legacy: bool = False) -> SignedManifest:
+    def sign(self, document: dict[str, Any], *, legacy: bool = False,
+             encoded: dict[str, bytes] | None = None) -> SignedManifest:
+        """``encoded``: members of ``document`` already in RFC 8785 form (the release's drift profile)."""
         material = self.material()
         if legacy:
             return SignedManifest(manifest=document, signature=sign_document(material.key, document),
                                   key_id=material.key_id)
-        return SignedManifest.model_validate({"manifest": document, "signatures": [sign_canonical(material.key,
-                                                                                                  document)],
+        signature = sign_canonical(material.key, document, encoded)
+        return SignedManifest.model_validate({"manifest": document, "signatures": [signature],
                                               "root_version": material.root_version})
 
 
@@ -103,6 +109,8 @@ class VariantInfo:
     sha256: str | None
     format: str | None
     size: int | None
+    base_sha256: str | None = None  # a delta-q8 variant: the artifact it was made from
+    of: str | None = None  # a delta-q8 variant: the variant it approximates
 
 
 @dataclass(frozen=True)
@@ -118,14 +126,23 @@ class Release:
     runtime_hints: dict[str, Any] | None
     drift_profile: dict[str, Any] | None
     variants: tuple[VariantInfo, ...]
+    drift_canonical: bytes | None = None  # the drift profile in RFC 8785 form: the bulk of a manifest, shared
 
     @classmethod
     def load(cls, session: Session, version_id: int) -> Release:
         model, version = version_by_id(session, version_id=version_id)
+        profile, encoded = version.drift_profile, None
+        if profile is not None:
+            try:
+                encoded = canonical_json(profile)
+            except SignatureError as exc:  # drift is informative: a profile that cannot be signed is left out
+                log.warning("%s v%d: drift profile left out of manifests: %s", model.name, version.version, exc)
+                profile = None
         return cls(model.name, version.version, version.task, version.labels, version.preprocess,
-                   version.runtime_hints, version.drift_profile,
-                   tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size)
-                         for v in list_variants(session, version_id=version_id)))
+                   version.runtime_hints, profile,
+                   tuple(VariantInfo(v.name, v.status, v.sha256, v.format, v.size,
+                                     (v.report or {}).get("base_sha256"), (v.report or {}).get("of"))
+                         for v in list_variants(session, version_id=version_id)), encoded)
 
 
 @dataclass(frozen=True)
@@ -137,15 +154,16 @@ class RolloutTerms:
 
 
 def build_manifest(*, device: Device, release: Release, variant: VariantInfo, terms: RolloutTerms | None,
-                   delta: tuple[str, str, int] | None, config: ServerConfig, public_url: str) -> dict[str, Any]:
-    """The manifest document for a device; ``delta`` is (from_sha256, patch sha256, size) when one exists from
-    what it runs to ``variant``."""
+                   delta: DeltaOffer | None, config: ServerConfig, public_url: str) -> dict[str, Any]:
+    """The manifest document for a device; ``delta`` is the patch chosen from what it runs to ``variant``."""
     assert device.desired_issued_at is not None
     assert variant.sha256 is not None and variant.format is not None and variant.size is not None
     delta_doc = None
     if delta is not None:
-        delta_doc = {"from_sha256": delta[0], "sha256": delta[1], "size": delta[2],
-                     "url": f"{public_url}/v1/deltas/{delta[0]}/{variant.sha256}"}
+        query = "" if delta.algorithm == "bsdiff4" else f"?algorithm={delta.algorithm}"
+        delta_doc = {"from_sha256": delta.from_sha256, "sha256": delta.sha256, "size": delta.size,
+                     "algorithm": delta.algorithm,
+                     "url": f"{public_url}/v1/deltas/{delta.from_sha256}/{variant.sha256}{query}"}
     manifest = Manifest.model_validate(dict(
         device_id=device.id,
         model={"name": release.model_name, "version": release.version, "sha256": variant.sha256,
@@ -203,7 +221,7 @@ class ManifestService:
         # what many devices share: a release per (version, generation), a rollout's terms, a delta row
         self._releases: _Lru[tuple[int, int], Release] = _Lru(64)
         self._terms: _Lru[int, RolloutTerms] = _Lru(256)
-        self._deltas: _Lru[tuple[str, str, int], tuple[str, str, int] | tuple[()]] = _Lru(1024)
+        self._deltas: _Lru[tuple[str, str, int], tuple[tuple[str, str, int], ...]] = _Lru(1024)
 
     def _state_key(self, session: Session, device: Device, legacy: bool) -> tuple[Any, ...]:
         return (device.desired_version_id, device.desired_rollout_id, bool(device.desired_revert),
@@ -245,12 +263,13 @@ class ManifestService:
             return hit[1]
         generation = key[-1]  # the registry's
         release = self._release(session, device.desired_version_id, generation)
-        variant = variant_for(device, release, self.config)
-        document = build_manifest(device=device, release=release, variant=variant,
-                                  terms=self._rollout_terms(session, device),
-                                  delta=self._delta(session, device, variant.sha256, generation), config=self.config,
-                                  public_url=self.public_url)
-        signed = self.signer.sign(document, legacy=legacy)
+        transfer = self.transfer(session, device, release, generation)
+        assert isinstance(transfer.variant, VariantInfo)  # one of release.variants
+        document = build_manifest(device=device, release=release, variant=transfer.variant,
+                                  terms=self._rollout_terms(session, device), delta=transfer.delta,
+                                  config=self.config, public_url=self.public_url)
+        encoded = {"drift_profile": release.drift_canonical} if release.drift_canonical is not None else None
+        signed = self.signer.sign(document, legacy=legacy, encoded=encoded)
         body = signed.model_dump_json(exclude_none=True, exclude_defaults=legacy).encode()
         answer = SignedBody(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')
         self._signed.put(device.id, (key, answer))
@@ -275,14 +294,17 @@ class ManifestService:
             self._terms.put(device.desired_rollout_id, terms)
         return terms
 
-    def _delta(self, session: Session, device: Device, target: str | None,
-               generation: int) -> tuple[str, str, int] | None:
-        if not device.model_sha256 or target is None or device.model_sha256 == target:
-            return None
-        key = (device.model_sha256, target, generation)
+    def transfer(self, session: Session, device: Device, release: Release, generation: int) -> Transfer:
+        """The smallest valid way from what the device runs to its variant (server/transfers.py)."""
+        return choose_transfer(device.model_sha256, variant_for(device, release, self.config), release.variants,
+                               lambda a, b: self._deltas_between(session, a, b, generation))
+
+    def _deltas_between(self, session: Session, current: str, target: str,
+                        generation: int) -> tuple[tuple[str, str, int], ...]:
+        key = (current, target, generation)
         found = self._deltas.get(key)
         if found is None:
-            row = get_delta(session, from_sha256=device.model_sha256, to_sha256=target)
-            found = (row.from_sha256, row.sha256, row.size) if row is not None else ()
+            found = tuple((row.algorithm, row.sha256, row.size)
+                          for row in deltas_between(session, from_sha256=current, to_sha256=target))
             self._deltas.put(key, found)
-        return found or None
+        return found

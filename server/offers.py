@@ -8,25 +8,26 @@ not commit never locks a device out. The operator's admin token downloads any ar
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from agent.wire import Manifest, SignedManifest
 from server.db.models import Device
 from server.manifests import ManifestService
 
 
 def offer_of(body: bytes | None) -> dict[str, Any] | None:
-    """``{"artifact": sha256, "delta": [from, to] | None}`` of a signed manifest body; None for no manifest."""
+    """``{"artifact": sha256, "delta": [from, to] | None}`` of a signed manifest body; None for no manifest.
+    Read through the wire models the agent parses it with, so both always agree on what was offered."""
     if body is None:
         return None
-    manifest = json.loads(body)["manifest"]
-    artifact = manifest["artifact"]["sha256"]
-    delta = manifest.get("delta")
-    return {"artifact": artifact, "delta": [delta["from_sha256"], artifact] if delta else None}
+    manifest = Manifest.model_validate(SignedManifest.model_validate_json(body).manifest)
+    artifact = manifest.artifact.sha256
+    return {"artifact": artifact,
+            "delta": [manifest.delta.from_sha256, artifact] if manifest.delta is not None else None}
 
 
 def record_offer(device: Device, body: bytes | None) -> None:

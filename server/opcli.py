@@ -84,6 +84,10 @@ def render_table(console: Console, title: str, rows: list[Any], columns: list[tu
     console.print(table)
 
 
+def _short_sha(value: Any) -> str:
+    return str(value)[:12] if value else "-"
+
+
 def _items(document: Any, key: str) -> list[Any]:
     if isinstance(document, list):
         return document
@@ -175,6 +179,12 @@ class Commands:
                       ("x ref p50", "report.latency.ratio"), ("why not", "report.reason")],
                      {"report.validation.outputs": _min_cosine, "device_classes": _joined,
                       "report.reason": lambda v: "-" if v is None else str(v)}, wrap=("why not",))
+        deltas = _items(d, "deltas")
+        if deltas:
+            render_table(self.console, f"deltas into {name} v{version} (a manifest sends the chosen one)", deltas,
+                         [("from", "from_sha256"), ("to variant", "to_variant"), ("algorithm", "algorithm"),
+                          ("bytes", "size"), ("x full", "ratio"), ("chosen", "chosen")],
+                         {"from_sha256": _short_sha, "chosen": lambda v: "yes" if v else ""})
 
     def _latest_version(self, name: str) -> int:
         versions = _items(self.client.model(name), "versions")
@@ -255,6 +265,12 @@ class Commands:
             render_table(self.console, "devices", devices,
                          [("device", "device_id"), ("wave", "wave"), ("state", "state"), ("reason", "reason")],
                          {"wave": lambda v: fmt(v + 1 if isinstance(v, int) else v)})
+        transfers = _items(d, "transfers")
+        if transfers:
+            render_table(self.console, "what travels (per kind of device)", transfers,
+                         [("from", "from_sha256"), ("devices", "devices"), ("option", "option"),
+                          ("variant", "variant"), ("bytes", "bytes"), ("x full", "ratio")],
+                         {"from_sha256": _short_sha})
         for conflict in _items(d, "conflicts"):
             self.console.print(f"conflict: {conflict.get('device_id')}: {conflict.get('reason')}", highlight=False)
 

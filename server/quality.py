@@ -5,6 +5,8 @@ The profile is computed on the version's calibration inputs when it has them (``
 calibration``); otherwise on synthetic inputs drawn from the input signature (``source:
 synthetic``): then the profile only shows the model's own output distribution on noise, and
 live traffic will look drifted against it. Upload calibration inputs for a meaningful profile.
+``compute_profile`` runs the uploaded model: the server calls it only in the bounded ``inspect`` child
+(``server/sandbox_child.py``).
 """
 
 from __future__ import annotations

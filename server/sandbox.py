@@ -42,7 +42,8 @@ class Limits:
 
 
 class SandboxError(EdgefleetError):
-    """The child failed: ``kind`` is timeout | cpu | memory | crashed | refused (the task's own error)."""
+    """The child failed: ``kind`` is timeout | cpu | memory | crashed | refused (the task's own error) |
+    shutdown (killed because the server is stopping)."""
 
     def __init__(self, message: str, kind: str, detail: str | None = None) -> None:
         super().__init__(message)
@@ -88,7 +89,7 @@ def run(task: str, args: dict[str, Any], limits: Limits,
         progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Run ``task`` in a bounded child; its result, or SandboxError with a one-line reason."""
     if _closing.is_set():
-        raise SandboxError("the server is shutting down", "timeout")
+        raise SandboxError("the server is shutting down", "shutdown")
     command = [sys.executable, "-m", "server.sandbox_child", task, "--cpu-s", str(limits.cpu_s),
                "--memory-mb", str(limits.memory_mb)]
     with tempfile.TemporaryFile() as stderr:
@@ -106,7 +107,7 @@ def run(task: str, args: dict[str, Any], limits: Limits,
         stderr.seek(0)
         tail = stderr.read()[-STDERR_TAIL:].decode("utf-8", errors="replace")
     if _closing.is_set() and (late or proc.returncode != 0):  # killed by kill_all()
-        raise SandboxError("stopped: the server is shutting down", "timeout")
+        raise SandboxError("stopped: the server is shutting down", "shutdown")
     if late:
         raise SandboxError(f"did not finish within {limits.timeout_s:g}s", "timeout")
     return _judge(proc.returncode, outcome, tail, limits)

@@ -66,6 +66,18 @@ def bsdiff(args: dict[str, Any], _emit: Emit) -> dict[str, Any]:
     return {"size": os.path.getsize(args["patch"])}
 
 
+def tensor_delta(args: dict[str, Any], _emit: Emit) -> dict[str, Any]:
+    """A tensor delta old→new (server/tensordelta.py) into ``patch``; its summary."""
+    from server.tensordelta import build_tensor_delta
+    from server.tensors import NotParsable, read_layout
+
+    try:
+        old, new = read_layout(Path(args["old"]), external=False), read_layout(Path(args["new"]), external=False)
+    except NotParsable as exc:
+        raise TaskError(str(exc), "not_parsable") from exc
+    return {"summary": build_tensor_delta(old, new, Path(args["patch"])).summary()}
+
+
 def variants(args: dict[str, Any], emit: Emit) -> dict[str, Any]:
     from server.optimize import OptimizeError, build_variants
 
@@ -79,7 +91,7 @@ def variants(args: dict[str, Any], emit: Emit) -> dict[str, Any]:
 
 
 TASKS: dict[str, Callable[[dict[str, Any], Emit], dict[str, Any]]] = {
-    "inspect": inspect, "bsdiff": bsdiff, "variants": variants}
+    "inspect": inspect, "bsdiff": bsdiff, "tensor_delta": tensor_delta, "variants": variants}
 
 
 def _plain(value: Any) -> Any:

@@ -135,7 +135,13 @@ class ServerTrust:
             self._checked = now
             stamp = self._files_stamp()
             if self._material is None or stamp != self._stamp:
-                self._material = self._load()
+                try:
+                    self._material = self._load()
+                except ConfigError as exc:
+                    if self._material is None:
+                        raise
+                    log.error("trust material not reloaded, still signing with %s: %s", self._material.key_id[:12],
+                              exc)
                 self._stamp = stamp
             return self._material
 
@@ -202,9 +208,17 @@ def rotate(trust: ServerTrust, *, sign_with: Sequence[Path] = (), add_keys: Sequ
         old.advance(signed)
     except SignatureError as exc:
         raise ConfigError(f"{exc}: bring the offline root keys with --sign-with FILE") from exc
+    owner = trust.signing_key.stat()  # run as root for a server that runs as its own user: keep the owner
     pending = trust.signing_key.with_name(trust.signing_key.name + PENDING)
     atomic_write(pending, private_key_pem(new_key), mode=0o600)
-    trust.write_root(signed)
+    written = trust.write_root(signed)
+    for path in (pending, written):
+        _chown_like(path, owner)
     os.replace(pending, trust.signing_key)
     os.chmod(trust.signing_key, 0o600)
     return signed
+
+
+def _chown_like(path: Path, like: os.stat_result) -> None:
+    if os.geteuid() == 0 and (like.st_uid, like.st_gid) != (0, 0):
+        os.chown(path, like.st_uid, like.st_gid)

@@ -78,20 +78,21 @@ class ServerApi:
         headers = {**self.auth, "Accept": MANIFEST_MEDIA_TYPE}
         if etag:
             headers["If-None-Match"] = etag
-        response = self._call("GET", f"/v1/devices/{device_id}/manifest", headers=headers)
+        response = self._call("GET", f"/v1/devices/{device_id}/manifest", headers=headers, stream=True)
         if response.status_code in (204, 304):
             return ManifestReply(response.status_code, None, response.headers.get("ETag", etag))
         if response.status_code != 200:
             raise self._fail(response, "manifest")
-        return ManifestReply(200, _parse(response.content, SignedManifest, "manifest"), response.headers.get("ETag"))
+        body = _capped(response, "manifest")
+        return ManifestReply(200, _parse(body, SignedManifest, "manifest"), response.headers.get("ETag"))
 
     def roots(self, since: int) -> list[SignedRoot]:
         """The server's signed roots newer than version ``since``, ascending (at most MAX_ROOTS)."""
-        response = self._call("GET", "/v1/trust/roots", params={"since": since})
+        response = self._call("GET", "/v1/trust/roots", params={"since": since}, stream=True)
         if response.status_code != 200:
             raise self._fail(response, "root of trust")
         try:
-            body = strict_json(response.content[:MAX_MANIFEST_BYTES + 1])
+            body = strict_json(_capped(response, "root chain"))
         except ValueError as exc:
             raise TransportError(f"root chain is not JSON ({str(exc).splitlines()[0]})") from exc
         items = body.get("roots") if isinstance(body, dict) else None
@@ -124,9 +125,27 @@ def _root_version(root: SignedRoot) -> int:
     return version if isinstance(version, int) else 0
 
 
+def _capped(response: requests.Response, what: str, cap: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The body of a streamed response, refused past ``cap`` bytes (a man in the middle may send gigabytes)."""
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise TransportError(f"{what} is larger than {cap} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for chunk in response.iter_content(64 * 1024):
+            total += len(chunk)
+            if total > cap:
+                raise TransportError(f"{what} is larger than {cap} bytes")
+            chunks.append(chunk)
+    except requests.RequestException as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
 def _parse(content: bytes, model: type[SignedManifest], what: str) -> SignedManifest:
-    if len(content) > MAX_MANIFEST_BYTES:
-        raise TransportError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         return model.model_validate(strict_json(content))
     except ValidationError as exc:

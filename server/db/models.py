@@ -244,13 +244,17 @@ class EnrollmentToken(Base):
 
 
 class Delta(Base):
+    """A patch from one stored artifact to another: ``bsdiff4`` (bytes) or ``tensor`` (agent/ota/tensordelta.py)."""
+
     __tablename__ = "deltas"
 
     from_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     to_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16), primary_key=True, default="bsdiff4")
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what a tensor delta holds (DeltaStats)
 
 
 class Counter(Base):

@@ -229,3 +229,26 @@ def test_push_refuses_the_same_file_twice_and_bad_calibration(env: Env, tmp_path
     bad = failure(env, "model", "push", "dup", str(env.models[1]), "--calibration", str(calibration), code=6)
     assert bad == ("edgefleet: POST /v1/models/dup/versions: HTTP 422: calibration input 'image' has rank 3, the "
                    "model wants 4 ([?, 3, 32, 32], sample axis first)")
+
+
+def test_variants_and_rollout_status_say_which_delta_travels(env: Env, tmp_path: Path) -> None:
+    from tests.ota.tensormodels import fine_tuned, image_mlp_weights, make_image_mlp
+
+    weights = image_mlp_weights(51)
+    first = cli_json(env, "model", "push", "mlp", str(make_image_mlp(tmp_path / "m1.onnx", weights)))
+    cli_json(env, "model", "push", "mlp", str(make_image_mlp(tmp_path / "m2.onnx", fine_tuned(weights, 52))))
+    token = env.server.enroll("dq-1")
+    requests.post(f"{env.server.url}/v1/devices/dq-1/reports", timeout=5, headers={"Authorization": f"Bearer {token}"},
+                  json={"state": "committed", "model": "mlp", "version": 1, "sha256": first["sha256"]}
+                  ).raise_for_status()
+    created = cli_json(env, "rollout", "create", "mlp", "2", "--devices", "dq-1", "--soak", "0")
+    base = first["sha256"][:12]
+    status = cli(env, "rollout", "status", str(created["id"])).stdout
+    assert "what travels (per kind of device)" in status
+    row = next(line for line in status.splitlines() if line.startswith(f"│ {base}"))
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[:4] == [base, "1", "delta-q8", f"delta-q8@{base}"] and float(cells[5]) < 0.3, cells
+    table = cli(env, "model", "variants", "mlp", "2").stdout
+    assert f" delta-q8@{base} " in table and "deltas into mlp v2" in table
+    chosen = [line for line in table.splitlines() if "│ yes " in line]
+    assert len(chosen) == 1 and f"delta-q8@{base}" in chosen[0] and " tensor " in chosen[0], table

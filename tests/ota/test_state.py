@@ -103,3 +103,24 @@ def test_crash_hook_exits_right_after_saving_that_state(tmp_path: Path) -> None:
                                "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 137 and "not reached" not in done.stdout
     assert StateStore(path).load().state is State.VERIFYING  # saved before the "power cut"
+
+
+def test_every_in_progress_state_has_one_handler_and_its_triggers_are_rows_of_the_table() -> None:
+    from agent.ota.handlers import handlers
+    from agent.ota.state import IN_PROGRESS, TRANSITIONS
+
+    table = handlers()
+    assert set(table) == set(IN_PROGRESS)
+    for state in IN_PROGRESS:  # every handler may fail, and the table says where that leads
+        assert TRANSITIONS[(state, Trigger.FAILED)] in (State.FAILED, State.ROLLED_BACK)
+
+
+def test_the_last_accepted_generation_and_trusted_time_survive_a_reload(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    store.save(StateRecord(state=State.COMMITTED, generation=12, trusted_time=1_764_600_000.5))
+    again = store.load()
+    assert (again.generation, again.trusted_time) == (12, 1_764_600_000.5)
+    old = json.loads((tmp_path / "state.json").read_text())
+    del old["generation"], old["trusted_time"]  # a record written before they existed
+    (tmp_path / "state.json").write_text(json.dumps(old))
+    assert (store.load().generation, store.load().trusted_time) == (0, 0.0)

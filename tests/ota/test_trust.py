@@ -3,6 +3,7 @@ walking a chain from a bare key or a signed root, and ``rotate`` on the server's
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,31 @@ def test_rotate_on_the_server_files(tmp_path: Path) -> None:
     key_path.write_bytes(private_key_pem(first))
     with pytest.raises(ConfigError, match="is not a manifest key of root version 5"):
         ServerTrust(key_path).material()
+
+
+def test_a_running_server_keeps_its_key_when_the_files_turn_bad(tmp_path: Path) -> None:
+    import time
+
+    key_path = tmp_path / "signing.key"
+    key_path.write_bytes(private_key_pem(generate_private_key()))
+    trust = ServerTrust(key_path)
+    first = trust.material()
+    (trust.roots_dir / "2.root.json").write_text("{torn")  # what a broken copy between replicas leaves
+    time.sleep(1.1)
+    assert trust.material() is first  # still signing, one error logged
+    (trust.roots_dir / "2.root.json").unlink()
+    rotate(trust)
+    time.sleep(1.1)
+    assert trust.material().root_version == 2 and trust.material().key_id != first.key_id
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand files to another user")
+def test_rotate_as_root_keeps_the_owner_of_the_server_files(tmp_path: Path) -> None:
+    key_path = tmp_path / "signing.key"
+    key_path.write_bytes(private_key_pem(generate_private_key()))
+    trust = ServerTrust(key_path)
+    trust.ensure_initial()
+    os.chown(key_path, 65534, 65534)  # the server's own user (nobody here)
+    rotate(trust)
+    assert (key_path.stat().st_uid, key_path.stat().st_gid) == (65534, 65534)
+    assert (trust.roots_dir / "2.root.json").stat().st_uid == 65534

@@ -128,3 +128,14 @@ def test_check_artifact(tmp_path: Path) -> None:
         check_artifact(path, good, 11)
     with pytest.raises(UpdateRejected, match=r"artifact sha256 .* does not match the manifest's aaaaaaaaaaaa"):
         check_artifact(path, SHA, 10)
+
+
+def test_system_clock_reads_timesyncds_flag(tmp_path: Path) -> None:
+    import time
+
+    from agent.ota.clock import SystemClock
+
+    flag = tmp_path / "synchronized"
+    flag.touch()
+    assert SystemClock(flag).synchronized() is True  # systemd-timesyncd says so
+    assert abs(SystemClock(flag).now() - time.time()) < 1.0

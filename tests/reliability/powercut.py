@@ -7,6 +7,11 @@ instant of the update. Then, with the agent dead, the state directory must be co
 restart the agent must serve (``/v1/infer`` answers with the exact outputs of the model it names) a
 model whose sha256 is the previous or the new version's; and the update must end committed (serving the
 new version) or rolled back / failed (serving the previous one).
+
+Every version carries two padding tensors besides its classifier (tests/support/models.py
+``make_onnx_padded_classifier``); on even cycles the second one is fine-tuned (every value moved by 1e-3),
+so the server offers an exact tensor delta and the kills land in its download and rebuild too; on odd
+cycles only the classifier's few bytes change (a bsdiff4 delta).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import requests
+
 from tests.reliability.support import (
     TERMINAL,
     DaemonAgent,
@@ -29,6 +37,7 @@ from tests.reliability.support import (
     assert_exact_outputs,
     check_state_files,
 )
+from tests.support.models import make_onnx_padded_classifier
 from tests.support.net import wait_until
 from tests.support.server import RunningServer
 
@@ -43,13 +52,16 @@ class PowerCutReport:
     killed_in: collections.Counter[str] = field(default_factory=collections.Counter)
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     restart_to_serving_s: list[float] = field(default_factory=list)
+    offered: collections.Counter[str] = field(default_factory=collections.Counter)  # per cycle: the manifest's option
+    tensor_installs: int = 0  # committed through a tensor delta (not the full artifact)
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         restarts = sorted(self.restart_to_serving_s)
         return {"seed": self.seed, "cycles": self.cycles, "committed": self.committed,
                 "rolled_back": self.rolled_back, "corrupt": self.corrupt, "killed_in": dict(self.killed_in),
-                "outcomes": dict(self.outcomes),
+                "outcomes": dict(self.outcomes), "offered": dict(self.offered),
+                "tensor_installs": self.tensor_installs,
                 "restart_to_serving_s_p50": round(restarts[len(restarts) // 2], 2) if restarts else None,
                 "restart_to_serving_s_max": round(restarts[-1], 2) if restarts else None,
                 "seconds": round(self.seconds, 1)}
@@ -85,6 +97,35 @@ def _wait_started(agent: DaemonAgent, version: int, timeout: float = 10.0) -> No
         time.sleep(0.01)
 
 
+class PaddedModels:
+    """The model files of one device's versions: a classifier by seed plus two padding tensors."""
+
+    def __init__(self, workdir: Path, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.workdir = workdir
+        self.fixed = rng.standard_normal(48_000).astype(np.float32)
+        self.tuned = rng.standard_normal(32_000).astype(np.float32)
+        self.rng = rng
+
+    def make(self, seed: int, fine_tune: bool) -> Path:
+        if fine_tune:
+            self.tuned = (self.tuned * (1 + 1e-3 * self.rng.standard_normal(self.tuned.size))).astype(np.float32)
+        return make_onnx_padded_classifier(self.workdir / f"padded-{seed}.onnx", seed=seed,
+                                           padding=[self.fixed, self.tuned])
+
+
+def _offered(server: RunningServer, rollout_id: int) -> str:
+    doc = requests.get(f"{server.url}/v1/rollouts/{rollout_id}", headers=server.admin(), timeout=10).json()
+    return ",".join(sorted({str(t["option"]) for t in doc.get("transfers") or []})) or "none"
+
+
+def _via(agent: DaemonAgent) -> str | None:
+    try:
+        return json.loads((agent.state_dir / "update" / "state.json").read_text()).get("via")
+    except (OSError, ValueError):
+        return None
+
+
 def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, *, cycles: int, seed: int,
                    kill_window_s: float = 1.6, device_id: str = "pc-01") -> PowerCutReport:
     rng = random.Random(seed)
@@ -92,10 +133,11 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
     started = time.monotonic()
     versions = Versions(server, workdir / "models", f"pc-{device_id}")
     base_seed = 1000 * (1 + sum(map(ord, device_id)) % 97)  # each device its own model bytes
+    models = PaddedModels(workdir / "models", base_seed)
     config = agent_yaml(workdir / "state", device_id, server=server, mqtt_port=mqtt_port, api_port=api_port())
     agent = DaemonAgent(workdir / "agent", config).start()
     with agent:
-        first = versions.push(seed=base_seed)
+        first = versions.push(seed=base_seed, path=models.make(base_seed, fine_tune=False))
         agent.wait_enrolled()
         versions.roll_out(first["version"], [device_id])
         wait_until(lambda: _target_done(agent, first["version"]) == "committed", timeout=60)
@@ -103,8 +145,10 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
         assert body["model"]["sha256"] == first["sha256"]
         current = first
         for cycle in range(cycles):
-            target = versions.push(seed=base_seed + 1 + cycle)
-            versions.roll_out(target["version"], [device_id])
+            seed_now = base_seed + 1 + cycle
+            target = versions.push(seed=seed_now, path=models.make(seed_now, fine_tune=cycle % 2 == 0))
+            offer = _offered(server, versions.roll_out(target["version"], [device_id]))
+            report.offered[offer] += 1
             if rng.random() < 0.2:  # any instant around the poll that sees the new desired state
                 time.sleep(rng.uniform(0.0, 0.5))
             else:  # an instant of the update itself, once the agent has saved its first step
@@ -132,6 +176,7 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
             assert found["sha256"] == expected["sha256"], (cycle, outcome, found)
             if outcome == "committed":
                 report.committed += 1
+                report.tensor_installs += offer == "tensor" and _via(agent) == "delta"
             else:
                 assert outcome in ("rolled_back", "failed"), (cycle, outcome)
                 report.rolled_back += 1
@@ -175,5 +220,7 @@ def run_parallel(server: RunningServer, mqtt_port: int | None, workdir: Path, *,
         total.killed_in.update(item.killed_in)
         total.outcomes.update(item.outcomes)
         total.restart_to_serving_s += item.restart_to_serving_s
+        total.offered.update(item.offered)
+        total.tensor_installs += item.tensor_installs
     total.seconds = time.monotonic() - started
     return total

@@ -114,8 +114,9 @@ def test_sigterm_while_a_model_is_being_inspected_stops_the_server_within_10s(tm
     assert isinstance(children, list)
     seconds = stop_seconds(srv)
     uploader.join(timeout=30)
-    print(f"SIGTERM during an inspection: stopped in {seconds:.1f}s")
+    print(f"SIGTERM during an inspection: stopped in {seconds:.1f}s; the upload got {out.get('status')}")
     assert seconds < 10
+    assert out["status"] == 503 and "shutting down" in out["body"]["detail"]  # told, not cut off
     assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
 
 

@@ -38,6 +38,8 @@ class Middle(requests.Session):
 
     def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def,override]
         response = super().request(method, url, *args, **kwargs)
+        if url.endswith("/manifest"):
+            _ = response.content  # read the real answer (the agent streams it), so a rewrite replaces it whole
         self.rewrite(url, response)
         return response
 

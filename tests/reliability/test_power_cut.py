@@ -21,3 +21,6 @@ def test_kill_9_at_random_instants_of_updates(server: RunningServer, broker: Mos
     assert report.cycles == CYCLES and report.corrupt == 0
     assert report.committed + report.rolled_back == CYCLES
     assert report.committed > 0  # random instants past the end of an update let some finish
+    assert report.offered["tensor"] >= CYCLES // 4  # the fine-tuned cycles' updates are tensor deltas
+    if CYCLES >= 10:
+        assert report.tensor_installs > 0  # and some of those finished through the tensor delta

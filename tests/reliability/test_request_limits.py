@@ -253,3 +253,17 @@ def test_past_the_connection_cap_new_requests_get_503_until_the_holders_are_cut(
             sock.close()
     finally:
         srv.stop()
+
+
+def test_metrics_count_refusals_and_cut_connections(srv: RunningServer) -> None:
+    """After the tests above on this server: the refusals and cuts are on /metrics for the operator."""
+    text = requests.get(srv.url + "/metrics", headers=srv.admin(), timeout=10).text
+
+    def sample(name: str, label: str) -> float:
+        found = re.search(rf"^{name}\{{{label}\}} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    assert sample("edgefleet_http_refused_total", 'status="413"') >= 8  # the eight 100 MB bodies at least
+    assert sample("edgefleet_http_refused_total", 'status="400"') >= 1
+    assert sample("edgefleet_http_connections_cut_total", 'reason="timeout"') >= 30
+    assert sample("edgefleet_http_connections_cut_total", 'reason="too_large"') >= 1

@@ -86,9 +86,13 @@ def served(proxy: MitmProxy, version: int | None = None) -> Exchange:
 
 
 def rotate_key(server: RunningServer) -> str:
+    """``edgefleet-server rotate-key`` on the running server's config; returns once the server serves it."""
+    before = requests.get(f"{server.url}/v1/trust/roots", timeout=5).json()["latest"]
     done = subprocess.run([sys.executable, "-m", "server.cli", "rotate-key", "--config", str(server.config_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    wait_until(lambda: requests.get(f"{server.url}/v1/trust/roots", timeout=5).json()["latest"] == before + 1,
+               timeout=10)
     return done.stdout
 
 
@@ -329,6 +333,7 @@ def test_a_served_manifest_verifies_with_an_independent_implementation(stack: St
     versions = Versions(server, tmp_path / "models", "third")
     install(device, server, versions, seed=0)
     body = json.loads(served(proxy, version=1).body)
+    assert isinstance(body["manifest"]["drift_profile"], dict)  # the server splices it in encoded once
     roots = requests.get(f"{proxy.url}/v1/trust/roots", timeout=5).json()["roots"]
     root = roots[-1]["signed"]
     public = base64.b64decode(root["keys"][root["roles"]["manifest"]["keyids"][0]]["public"])
@@ -353,3 +358,20 @@ def test_a_served_manifest_verifies_with_an_independent_implementation(stack: St
     with pytest.raises(TransportError, match=r"not JSON \(NaN is not a JSON number\)"):
         device.client.run_once()
     assert device.client.state.value == "committed" and serving(device) == 1
+    # and a man in the middle cannot make the agent hold gigabytes: the body is read up to a cap
+    proxy.forward("/manifest")
+    proxy.serve("/manifest", b'{"manifest": "' + b"x" * (5 << 20) + b'"}')
+    with pytest.raises(TransportError, match="manifest is larger than 4194304 bytes"):
+        device.client.run_once()
+    assert device.client.state.value == "committed" and serving(device) == 1
+
+
+def test_once_the_fleet_is_updated_the_legacy_form_can_be_switched_off(tmp_path: Path) -> None:
+    with stack_of(tmp_path / "strict", legacy_manifests=False) as (server, proxy):
+        device = proxied(server, proxy, tmp_path, "strict")
+        versions = Versions(server, tmp_path / "models", "strict")
+        install(device, server, versions, seed=0)  # the agent asks for the RFC 8785 form: served
+        token = {"Authorization": f"Bearer {device.client.api().token}"}
+        old_agent = requests.get(f"{server.url}/v1/devices/strict/manifest", headers=token, timeout=5)
+        assert old_agent.status_code == 406
+        assert MANIFEST_MEDIA_TYPE in old_agent.json()["detail"]

@@ -140,12 +140,13 @@ def test_rollout_prepares_deltas_so_later_waves_get_them(server: RunningServer,
     second = next(d["device_id"] for d in created["devices"] if d["wave"] == 1)
     first = next(d["device_id"] for d in created["devices"] if d["wave"] == 0)
     # the patch v1 → v2 is made when the rollout starts, before any device asks for it
-    def delta_rows() -> list[tuple[str, str]]:
+    def delta_rows() -> set[tuple[str, str, str]]:
         with sqlite3.connect(server.workdir / "edgefleet.db") as db:
-            return db.execute("SELECT from_sha256, to_sha256 FROM deltas WHERE to_sha256 = ?",
-                              (v2["sha256"],)).fetchall()
+            return set(db.execute("SELECT from_sha256, to_sha256, algorithm FROM deltas WHERE to_sha256 = ?",
+                                  (v2["sha256"],)).fetchall())
 
-    assert wait_until(lambda: delta_rows() == [(v1["sha256"], v2["sha256"])], timeout=20)
+    assert wait_until(lambda: delta_rows() == {(v1["sha256"], v2["sha256"], "bsdiff4"),
+                                               (v1["sha256"], v2["sha256"], "tensor")}, timeout=20)
     report(server, first, tokens[first], "committed", "deltas", 2, created["id"])
     wait_until(lambda: rollout(server, created["id"])["current_wave"] == 1, timeout=10)
     manifest = desired(server, second, tokens[second])

@@ -40,6 +40,16 @@ class Canned:
     headers: dict[str, str]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up mid-answer is no news
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class MitmProxy:
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
@@ -49,8 +59,7 @@ class MitmProxy:
         self._canned: dict[str, Canned] = {}
         self._rewrites: dict[str, Callable[[Exchange], bytes]] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         daemon=True)

@@ -53,6 +53,34 @@ def make_onnx_image_classifier(path: Path, *, size: int = 32, classes: int = 4, 
     return _save_onnx(graph, path)
 
 
+def make_onnx_padded_classifier(path: Path, *, seed: int, padding: list[np.ndarray], size: int = 32,
+                                classes: int = 4) -> Path:
+    """``make_onnx_image_classifier`` plus float32 weight tensors ``pad0``, ``pad1``, ... that weigh on the file
+    but not on the scores (their sum is multiplied by zero): versions that differ in those tensors the way a
+    fine-tune does. Reference: ``reference_image_classifier(image, classes, seed)``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight, bias = classifier_weights(classes, seed)
+    inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b"),
+             numpy_helper.from_array(np.zeros((1,), np.float32), "zero")]
+    nodes = [helper.make_node("ReduceMean", ["image"], ["pooled4"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["pooled4", "W"], ["logits0"])]
+    total = "logits0"
+    for index, values in enumerate(padding):
+        inits.append(numpy_helper.from_array(values.astype(np.float32), f"pad{index}"))
+        nodes += [helper.make_node("ReduceSum", [f"pad{index}"], [f"pad{index}_sum"], keepdims=0),
+                  helper.make_node("Mul", [f"pad{index}_sum", "zero"], [f"pad{index}_zero"]),
+                  helper.make_node("Add", [total, f"pad{index}_zero"], [f"logits_p{index}"])]
+        total = f"logits_p{index}"
+    nodes += [helper.make_node("Add", [total, "b"], ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["scores"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "padded_image_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])], inits)
+    return _save_onnx(graph, path)
+
+
 def reference_image_classifier(image: np.ndarray, classes: int = 4, seed: int = 0) -> np.ndarray:
     weight, bias = classifier_weights(classes, seed)
     logits = image.astype(np.float32).mean(axis=(2, 3)) @ weight + bias

@@ -27,8 +27,10 @@ MODELS: dict[str, tuple[str, str]] = {
     "silero-vad-jit": ("silero-vad==6.2.3", "silero_vad/data/silero_vad.jit"),
     # MediaPipe BlazeFace short range (TFLite, float32 [1,128,128,3] -> regressors, classificators)
     "mp-face-detection": ("mediapipe==0.10.14", "mediapipe/modules/face_detection/face_detection_short_range.tflite"),
-    # MediaPipe hand landmarks lite (TFLite, float32 [1,224,224,3] -> 4 outputs)
+    # MediaPipe hand landmarks lite (TFLite, float32 [1,224,224,3] -> 4 outputs; float16 weights)
     "mp-hand-landmark": ("mediapipe==0.10.14", "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite"),
+    # MediaPipe iris landmarks (TFLite, float32 weights, [1,64,64,3] -> eye contour and iris landmarks)
+    "mp-iris-landmark": ("mediapipe==0.10.14", "mediapipe/modules/iris_landmark/iris_landmark.tflite"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The delta path of a download: fetch the bsdiff4 patch against what runs, apply it, check the result."""
+"""The delta path of a download: fetch the patch (bsdiff4 or tensor delta) against what runs, apply, check it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from agent.errors import UpdateRejected
 from agent.ota.context import UpdateContext
-from agent.ota.download import Downloader, apply_delta
+from agent.ota.download import Downloader
+from agent.ota.patches import apply_patch, patch_supported
 from agent.ota.verify import check_artifact
 from agent.wire import Manifest
 
@@ -32,7 +33,7 @@ def try_delta(ctx: UpdateContext, manifest: Manifest, downloader: Downloader, do
     delta = manifest.delta
     assert delta is not None
     old = current_artifact(ctx, delta.from_sha256)
-    if old is None:
+    if old is None or not patch_supported(delta.algorithm):
         return False
     patch = ctx.partial(delta.sha256, ".patch")
     try:
@@ -46,7 +47,7 @@ def try_delta(ctx: UpdateContext, manifest: Manifest, downloader: Downloader, do
     tmp = done.with_suffix(".patched")
     try:
         check_artifact(patch, delta.sha256, delta.size)
-        apply_delta(old, patch, tmp)
+        apply_patch(delta.algorithm, old, patch, tmp)
         check_artifact(tmp, manifest.artifact.sha256, manifest.artifact.size)
     except UpdateRejected as exc:
         log.warning("delta failed (%s); fetching the full artifact", exc)

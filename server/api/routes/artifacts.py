@@ -7,9 +7,9 @@ stored artifact. A delta is served only once the background job has made it: thi
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from server.api.deps import SHA256, AdminDep, Credentials, SessionDep, StateDep, bearer_token, is_admin
@@ -17,7 +17,7 @@ from server.crud import devices as device_crud
 from server.crud import jobs as job_crud
 from server.crud.deltas import get_delta
 from server.db.models import Device
-from server.deltas import PAIR_KIND, bsdiff_fits, delta_limits
+from server.deltas import PAIR_KIND, delta_fits, delta_limits
 from server.offers import artifact_refusal, delta_refusal, refusal
 from server.storage import ArtifactStore
 
@@ -106,33 +106,38 @@ def artifact(sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloa
     403: {"description": "not offered to this device by its manifest"},
     404: {"description": "no such delta has been made"}})
 def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
+          algorithm: Annotated[Literal["bsdiff4", "tensor"], Query()] = "bsdiff4",
           range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None) -> Response:
+    """A patch from→to that a background job made: bsdiff4 (default) or a tensor delta (docs/ota.md)."""
     if from_sha256 == to_sha256:
         raise HTTPException(422, "from and to are the same artifact")
     if who is not None and (refused := refusal(state.manifests, session, who,
                                                lambda device: delta_refusal(device, from_sha256, to_sha256))
                             ) is not None:
         raise HTTPException(403, refused)
-    row = get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256)
+    row = get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, algorithm=algorithm)
     if row is None or not state.store.exists(row.sha256):
-        raise HTTPException(404, "no delta between these artifacts has been made; download the full artifact")
+        raise HTTPException(404, f"no {algorithm} delta between these artifacts has been made; "
+                                 "download the full artifact")
     return serve(state.store, row.sha256, row.sha256, range, if_range)
 
 
 @router.post("/v1/deltas/{from_sha256}/{to_sha256}", status_code=202, dependencies=[AdminDep], responses={
     404: {"description": "an artifact is not stored"}, 422: {"description": "the pair cannot be diffed"}})
-def make_delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep) -> dict[str, Any]:
-    """Make the bsdiff patch from→to in a background job (rollouts make the ones their devices need)."""
+def make_delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep,
+               algorithm: Annotated[Literal["bsdiff4", "tensor"], Query()] = "bsdiff4") -> dict[str, Any]:
+    """Make the patch from→to in a background job (rollouts make the ones their devices need)."""
     if from_sha256 == to_sha256:
         raise HTTPException(422, "from and to are the same artifact")
     for sha in (from_sha256, to_sha256):
         if not state.store.exists(sha):
             raise HTTPException(404, f"artifact {sha} is not stored")
     limits = delta_limits(state.config)
-    why = bsdiff_fits(max(state.store.size(from_sha256), state.store.size(to_sha256)), limits)
+    why = delta_fits(algorithm, max(state.store.size(from_sha256), state.store.size(to_sha256)), limits)
     if why is not None:
         raise HTTPException(422, f"no delta for this pair: {why}")
 
-    job_id = state.jobs.submit(kind=PAIR_KIND, params={"from": from_sha256, "to": to_sha256})
+    job_id = state.jobs.submit(kind=PAIR_KIND, params={"from": from_sha256, "to": to_sha256,
+                                                       "algorithm": algorithm})
     with state.db.session() as session:
         return job_crud.job_public(job_crud.get_job(session, job_id=job_id))

@@ -23,6 +23,7 @@ from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
 from server.api.schemas import UploadMeta, VariantsRequest
 from server.crud import jobs as job_crud
 from server.crud import registry as crud
+from server.deltas import version_deltas
 from server.sandbox import Limits, SandboxError
 from server.state import ServerState
 from server.storage import TooLarge, copy_limited, hash_file
@@ -103,6 +104,9 @@ def _inspect(state: ServerState, path: Path, *, name: str, meta: UploadMeta, cal
             raise HTTPException(422, f"not a model: {exc}") from exc
         if exc.detail == "bad_calibration":  # the arrays do not fit the model's inputs (server/calibration.py)
             raise HTTPException(422, str(exc)) from exc
+        if exc.kind == "shutdown":
+            raise HTTPException(503, "the server is shutting down; upload the model again",
+                                headers={"Retry-After": "10"}) from exc
         if exc.kind == "refused":
             raise HTTPException(422, f"model refused: {exc}") from exc
         raise HTTPException(422, f"model refused: loading and running it once {exc}") from exc
@@ -216,7 +220,8 @@ def get_version(name: ModelName, version: VersionNo, session: SessionDep) -> dic
 def list_variants(name: ModelName, version: VersionNo, session: SessionDep) -> dict[str, Any]:
     _, row = crud.get_version(session, name=name, version=version)
     return {"model": name, "version": version,
-            "variants": [crud.variant_public(v) for v in crud.list_variants(session, version_id=row.id)]}
+            "variants": [crud.variant_public(v) for v in crud.list_variants(session, version_id=row.id)],
+            "deltas": version_deltas(session, version_id=row.id)}
 
 
 @router.post("/v1/models/{name}/versions/{version}/variants", status_code=202)

@@ -10,7 +10,7 @@ from server.api.deps import DB_ID_MAX, AdminDep, SessionDep, StateDep
 from server.api.schemas import AbortBody, RolloutCreate
 from server.crud import registry
 from server.crud import rollouts as crud
-from server.deltas import INLINE_DELTA_BYTES, prepare_rollout_deltas, rollout_artifact_bytes
+from server.deltas import INLINE_DELTA_BYTES, prepare_rollout_deltas, rollout_artifact_bytes, rollout_transfers
 from server.deltas import KIND as DELTAS_JOB
 from server.state import ServerState
 
@@ -43,8 +43,10 @@ def list_rollouts(session: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/v1/rollouts/{rollout_id}")
-def get_rollout(rollout_id: RolloutId, session: SessionDep) -> dict[str, Any]:
-    return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
+def get_rollout(rollout_id: RolloutId, session: SessionDep, state: StateDep) -> dict[str, Any]:
+    doc = crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
+    doc["transfers"] = rollout_transfers(session, rollout_id=rollout_id, config=state.config)  # what travels
+    return doc
 
 
 def _act(state: ServerState, rollout_id: int, action: str, revert: bool = False) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """scale-out: leader leases, job claims by replica
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0008
 Create Date: 2026-12-01 21:00:00.000000
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0006'
-down_revision = '0004'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

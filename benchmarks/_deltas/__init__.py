@@ -1,0 +1,1 @@
+"""The delta benchmark's parts: model changes, calibration inputs, the agent's rebuild in a child process."""
