@@ -35,6 +35,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._fleet.device import FleetSpec
+from benchmarks._fleet.scaleout import ReplicaKiller, capacity, losses, start_scaled
 from benchmarks._fleet.stack import Operator, TelemetryCounter, existing, start_local
 from benchmarks._fleet.stats import percentile, summary
 from benchmarks._fleet.worker import raise_nofile, worker_main
@@ -69,6 +70,19 @@ class Options:
     seed: int = 1
     quiet: bool = False
     checkins_csv: Path | None = None  # every check-in: seconds since the rollout started, ms, HTTP status
+    # scale-out (docs/deploying.md): replicas behind HAProxy; 0 is the single server of the default stack
+    replicas: int = 0
+    database: str = "sqlite"  # sqlite | postgresql
+    storage: str = "local"  # local | s3 (SeaweedFS)
+    kill_replica_at: float | None = None  # seconds into the rollout: SIGKILL the replica leading it
+    restart_after_s: float = 5.0  # ... and start it again this much later
+    lease_ttl_s: float = 5.0
+    capacity_messages: int = 0  # > 0: ingestion and check-in capacity with 1 and with all replicas after
+    capacity_checkin_s: float = 10.0
+
+    @property
+    def scaled(self) -> bool:
+        return self.replicas > 0 or self.database != "sqlite" or self.storage != "local"
 
 
 class Deadline(Exception):
@@ -167,7 +181,8 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self.began)
-        doc = {name: round((self._cpu(p) - self.base[name]) / wall * 100, 1) for name, p in self.procs.items()}
+        # a process killed and started again (a scale-out run's replica) counts as 0 from then on
+        doc = {name: round(max(0.0, self._cpu(p) - self.base[name]) / wall * 100, 1) for name, p in self.procs.items()}
         now = psutil.cpu_times()
         busy = sum(getattr(now, f) - getattr(self.machine_base, f) for f in ("user", "system", "nice", "irq",
                                                                                 "softirq", "steal"))
@@ -181,6 +196,8 @@ class CpuMeter:
 def verdict(cpu: dict[str, float], lag_p99_ms: float | None) -> str:
     cores = psutil.cpu_count() or 1
     sim = sum(v for k, v in cpu.items() if k.startswith("worker"))
+    if "server" not in cpu:  # replicas: the busiest one
+        cpu = {**cpu, "server": max((v for k, v in cpu.items() if k.startswith("server")), default=0.0)}
     parts = f"server {cpu.get('server', 0):.0f}%, broker {cpu.get('broker', 0):.0f}%, simulator {sim:.0f}%, " \
             f"other processes {cpu.get('others_pct', 0):.0f}% (% of one core; {cores} cores)"
     if cpu.get("server", 0) >= 85:
@@ -207,6 +224,10 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
             raise ValueError("--server needs --admin-token, --enrollment-token, --public-key and --broker")
         stack = existing(server_url=o.server, admin_token=o.admin_token, enrollment_token=o.enrollment_token,
                          public_key=o.public_key, broker=o.broker_address, mqtt_v5=o.mqtt_v5)
+    elif o.scaled:
+        run.log(f"starting Mosquitto, {o.database}, {o.storage} storage, {max(1, o.replicas)} replica(s) and HAProxy")
+        stack = start_scaled(replicas=max(1, o.replicas), database=o.database, storage=o.storage,
+                             log_level="WARNING", rollout_tick_s=0.5, lease_ttl_s=o.lease_ttl_s)
     else:
         run.log(f"starting broker ({o.broker}) and server")
         stack = start_local(broker=o.broker)
@@ -216,9 +237,13 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
     procs: list[Any] = []
     operator = Operator(stack)
     counter: TelemetryCounter | None = None
-    result: dict[str, Any] = {"devices": o.devices, "options": {k: (str(v) if isinstance(v, Path) else v)
-                                                                 for k, v in asdict(o).items()
-                                                                 if k not in ("admin_token", "enrollment_token")}}
+    killer = ReplicaKiller(stack.cluster, o.kill_replica_at, o.restart_after_s) \
+        if stack.cluster is not None and o.kill_replica_at is not None else None
+    rollout_id: int | None = None
+    options_doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()
+                   if k not in ("admin_token", "enrollment_token")}
+    result: dict[str, Any] = {"devices": o.devices, "replicas": len(stack.cluster.replicas) if stack.cluster else 1,
+                              "database": o.database, "storage": o.storage, "options": options_doc}
     try:
         stamp = time.strftime("%H%M%S")
         tag = f"fleet-sim-{stamp}"
@@ -282,7 +307,7 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
         result["telemetry"] = {
             "sent_per_s": round((sent1 - sent0) / elapsed, 1), "stored_per_s": round((stored1 - stored0) / elapsed, 1),
             "offered_per_s": round(o.devices / o.telemetry_s, 1), "stored_rows": stored1,
-            "count_method": "sqlite count(*)" if counter.exact else f"API sample of {len(counter.sample)} devices",
+            "count_method": counter.method,
             "series": series}
         run.log(f"steady {elapsed:.0f}s: telemetry stored {result['telemetry']['stored_per_s']}/s "
                 f"(sent {result['telemetry']['sent_per_s']}/s), cpu {steady_cpu}")
@@ -296,11 +321,15 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
             "gates": {"min_committed_ratio": o.min_committed_ratio, "max_failure_ratio": o.max_failure_ratio,
                       "max_p95_regression": o.max_p95_regression, "soak_s": o.soak_s}})
         rollout_id = int(rollout["id"])
+        if killer is not None:
+            killer.arm()
         wave_log: dict[int, dict[str, float]] = {}
         state: dict[str, Any] = {"doc": rollout, "all_committed": None}
         target_v2 = o.devices
 
         def rollout_done() -> bool:
+            if killer is not None:
+                killer.poll()
             now = time.monotonic() - created
             doc = operator.rollout_summary(rollout_id)
             state["doc"] = doc
@@ -362,16 +391,42 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
-        if counter is not None:
-            counter.close()
-        operator.close()
-        stack.stop()
+        try:
+            if stack.cluster is not None and rollout_id is not None and not run.crashes:
+                result.update(_scale_out_figures(run, stack, operator, killer, rollout_id, model, v2, stamp))
+        finally:
+            if counter is not None:
+                counter.close()
+            operator.close()
+            stack.stop()
     result.update(_device_side(run, steady_from, steady_to, rollout_from, rollout_to))
     result["cpu_steady"], result["cpu_rollout"] = steady_cpu, rollout_cpu
     result["saturated_steady"] = verdict(steady_cpu, result["loop_lag_ms"]["p99"]) if steady_cpu else None
     result["saturated_rollout"] = verdict(rollout_cpu, result["loop_lag_ms"]["p99"]) if rollout_cpu else None
+    result["checkin_p99_on_connection_ms"] = result["checkin_rollout"]["on_connection"]["p99_ms"]
     result["wall_s"] = round(time.monotonic() - run.t0, 1)
     return result
+
+
+def _scale_out_figures(run: Run, stack: Any, operator: Operator, killer: ReplicaKiller | None, rollout_id: int,
+                       model: str, v2: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """What the failure cost (reports, telemetry and events lost or stored twice) and, when asked, the capacity
+    with 1 and with every replica."""
+    o = run.o
+    doc: dict[str, Any] = {"kill": killer.join() if killer is not None else None}
+    members = {d["device_id"]: d["state"] for d in operator.rollout(rollout_id)["devices"]}
+    doc["devices_on_target"] = sum(1 for d, state in members.items() if state == "committed")
+    doc.update(losses(stack.db_url, f"sim-{stamp}-", list(run.finals.values()), members))
+    run.log(f"lost: reports {doc['reports_lost']}, telemetry {doc['telemetry_lost']} "
+            f"(duplicated {doc['telemetry_duplicated']}), events {doc['events_lost']}; kill {doc['kill']}")
+    errors = [line for replica in stack.cluster.replicas for line in replica.log().splitlines()
+              if " ERROR " in line or " CRITICAL " in line]
+    doc["server_errors"] = {"count": len(errors), "samples": errors[:10]}
+    if o.capacity_messages > 0:
+        run.log(f"capacity with 1 and {len(stack.cluster.replicas)} replicas")
+        doc["capacity"] = capacity(stack, operator, model=model, version=int(v2["version"]),
+                                   messages=o.capacity_messages, checkin_s=o.capacity_checkin_s)
+    return doc
 
 
 def _device_side(run: Run, steady_from: float, steady_to: float, rollout_from: float,
@@ -498,6 +553,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--plot", type=Path, help="PNG of check-in p99 and rollout time against fleet size")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--checkins-csv", type=Path, help="write every check-in (t from the rollout, ms, status) here")
+    scale = p.add_argument_group("scale-out (docs/deploying.md)")
+    scale.add_argument("--replicas", type=int, default=0, help="server replicas behind HAProxy (0: one plain server)")
+    scale.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    scale.add_argument("--storage", choices=("local", "s3"), default="local", help="s3: a SeaweedFS the run starts")
+    scale.add_argument("--kill-replica-at", type=float, metavar="SECONDS",
+                       help="SIGKILL the replica leading the rollout this long after it starts")
+    scale.add_argument("--restart-after", type=float, default=5.0, help="seconds before the killed replica restarts")
+    scale.add_argument("--lease-ttl", type=float, default=5.0, help="leader lease, s (a dead leader's replacement)")
+    scale.add_argument("--capacity-messages", type=int, default=0,
+                       help="> 0: after the rollout, ingest this many messages and measure check-ins/s with 1 and "
+                            "with all replicas")
+    scale.add_argument("--capacity-checkin-s", type=float, default=10.0)
     args = p.parse_args(argv)
     try:
         waves = [float(w) for w in args.waves.split(",")]
@@ -505,6 +572,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         p.error(f"--waves must be numbers separated by commas, not {args.waves!r}")
     if args.devices < 1 or not 0 <= args.fail_fraction <= 1 or args.poll <= 0 or args.telemetry <= 0:
         p.error("--devices must be ≥ 1, --fail-fraction in 0..1, --poll and --telemetry > 0")
+    if args.replicas > 1 and args.database != "postgresql":
+        p.error("--replicas above 1 needs --database postgresql")
+    if args.kill_replica_at is not None and args.replicas < 2:
+        p.error("--kill-replica-at needs --replicas 2 or more")
     options = Options(devices=args.devices, workers=args.workers, poll_s=args.poll, telemetry_s=args.telemetry,
                       trial_s=args.trial, steady_s=args.steady, waves=waves, soak_s=args.soak,
                       min_committed_ratio=args.min_committed, max_failure_ratio=args.max_failure,
@@ -512,7 +583,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
                       http_connections=args.http_connections, broker=args.broker_kind, server=args.server,
                       admin_token=args.admin_token, enrollment_token=args.enrollment_token,
                       public_key=args.public_key, broker_address=args.broker, mqtt_v5=args.mqtt == "5",
-                      quiet=args.quiet, checkins_csv=args.checkins_csv)
+                      quiet=args.quiet, checkins_csv=args.checkins_csv, replicas=args.replicas,
+                      database=args.database, storage=args.storage, kill_replica_at=args.kill_replica_at,
+                      restart_after_s=args.restart_after, lease_ttl_s=args.lease_ttl,
+                      capacity_messages=args.capacity_messages, capacity_checkin_s=args.capacity_checkin_s)
     return options, args
 
 

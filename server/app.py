@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -18,39 +18,53 @@ from server import dashboard, rollouts, sandbox
 from server.api.routes import artifacts, devices, enroll, health, jobs, models, trust
 from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
-from server.config import ServerConfig
+from server.artifact_gc import Collected, collect
+from server.config import ServerConfig, replica_id_of
 from server.crud import Conflict, Invalid, NotFound
 from server.crud import jobs as job_crud
 from server.crud.telemetry import downsample_and_expire
 from server.db import Database, migrate
-from server.housekeeping import Collected, collect
+from server.deltas import KIND as DELTAS_JOB
+from server.deltas import PAIR_KIND, deltas_job, pair_job
+from server.housekeeping import collect as housekeep
 from server.httpmetrics import HttpGuardCollector
 from server.ingest import Ingestor
 from server.jobs import JobRunner
+from server.leases import GC, RETENTION, ROLLOUTS, Leases
 from server.limits import BodyLimits
 from server.manifests import ManifestService, Signer
 from server.metrics import install as install_metrics
 from server.reports import ReportWriter
 from server.state import ServerState, public_url_of
 from server.storage import make_store
+from server.variants import KIND as VARIANTS_JOB
+from server.variants import variants_job
 
 log = logging.getLogger("edgefleet.server")
 EVAL_DUTY = 9.0  # wait at least this many times the last rollout evaluation before the next one
 
 
 class Background:
-    """Rollout evaluation every ``rollout_tick_s`` and telemetry retention every ``retention_interval_s``."""
+    """The singleton loops, each run only while this replica holds its lease (server/leases.py): rollout
+    evaluation every ``rollout_tick_s``, telemetry retention every ``retention_interval_s``, artifact garbage
+    collection every ``gc_interval_s``."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="edgefleet-background", daemon=True)
+        self.threads = [threading.Thread(target=self._rollout_loop, name="edgefleet-rollouts", daemon=True),
+                        threading.Thread(target=self._periodic, name="edgefleet-retention", daemon=True,
+                                         args=(RETENTION, state.config.retention_interval_s, self.retention)),
+                        threading.Thread(target=self._periodic, name="edgefleet-gc", daemon=True,
+                                         args=(GC, state.config.gc_interval_s, self.collect_garbage))]
 
-    def _loop(self) -> None:
+    def _rollout_loop(self) -> None:
         config = self.state.config
-        next_retention = time.monotonic() + config.retention_interval_s
         pause = config.rollout_tick_s
         while not self.stop_event.wait(pause):
+            if not self.state.leases.held(ROLLOUTS):
+                pause = config.rollout_tick_s
+                continue
             started = time.monotonic()
             try:
                 rollouts.tick(self.state.db, now=time.time())
@@ -59,10 +73,17 @@ class Background:
             # evaluation grows with the devices given a version so far: keep it under ~1/(1+EVAL_DUTY)
             # of the process however large the fleet, so check-ins and reports keep their share
             pause = max(config.rollout_tick_s, EVAL_DUTY * (time.monotonic() - started))
-            if time.monotonic() >= next_retention:
-                next_retention = time.monotonic() + config.retention_interval_s
-                self.retention()
-                self.collect()
+
+    def _periodic(self, lease: str, interval_s: float, work: Callable[[], object]) -> None:
+        next_run = time.monotonic() + interval_s
+        while not self.stop_event.wait(min(1.0, interval_s)):
+            if time.monotonic() < next_run or not self.state.leases.held(lease):
+                continue
+            next_run = time.monotonic() + interval_s
+            try:
+                work()
+            except Exception:
+                log.exception("%s failed", lease)
 
     def retention(self) -> tuple[int, int]:
         section = self.state.config.telemetry
@@ -71,30 +92,38 @@ class Background:
             return downsample_and_expire(session, downsample_before=now - section.downsample_after_hours * 3600,
                                          expire_before=now - section.retention_days * 86400)
 
-    def collect(self) -> Collected | None:
-        """Patches no manifest can offer and samples past their retention or size cap (server/housekeeping.py)."""
-        try:
-            return collect(self.state.db, self.state.store, self.state.config.samples, now=time.time())
-        except Exception:
-            log.exception("garbage collection failed")
-            return None
+    def collect_garbage(self) -> tuple[object, Collected]:
+        """Patches no manifest can offer and samples past their retention or size cap (server/housekeeping.py),
+        then every artifact no row names any more (server/artifact_gc.py)."""
+        swept = housekeep(self.state.db, self.state.store, self.state.config.samples, now=time.time())
+        return swept, collect(self.state.db, self.state.store, grace_s=self.state.config.gc_grace_s)
 
     def start(self) -> None:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.thread.join(timeout=10)
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.join(timeout=10)
 
 
 def build_state(config: ServerConfig) -> ServerState:
-    # every HTTP thread, plus the ingest writer, rollout loop, job workers and retention
-    db = Database(config.database_url, connections=config.http_threads + config.job_workers + 8)
+    # every HTTP thread, plus the ingest writer, rollout loop, job workers, leases and retention
+    db = Database(config.database_url, connections=config.http_threads + config.job_workers + 10)
     signer = Signer.from_config(config)
     public_url = public_url_of(config)
-    return ServerState(config=config, db=db, store=make_store(config.storage), signer=signer,
-                       manifests=ManifestService(config, signer, public_url),
-                       jobs=JobRunner(db, workers=config.job_workers), reports=ReportWriter(db))
+    replica = replica_id_of(config)
+    store = make_store(config.storage)
+    job_runner = JobRunner(db, holder=replica, workers=config.job_workers, claim_ttl_s=3 * config.lease_ttl_s)
+    job_runner.register(VARIANTS_JOB, variants_job(db, store, config))
+    job_runner.register(DELTAS_JOB, deltas_job(db, store, config))
+    job_runner.register(PAIR_KIND, pair_job(db, store, config))
+    return ServerState(config=config, db=db, store=store, signer=signer,
+                       manifests=ManifestService(config, signer, public_url), jobs=job_runner,
+                       reports=ReportWriter(db), leases=Leases(db, replica, ttl_s=config.lease_ttl_s),
+                       replica_id=replica)
 
 
 def _one_line(exc: RequestValidationError) -> str:
@@ -113,15 +142,19 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.http_threads
         sandbox.reopen()
         migrate(state.db.engine)
-        with state.db.session() as session:
-            job_crud.fail_interrupted(session)
+        if state.db.dialect == "sqlite":  # one process owns the database: what was running was interrupted
+            with state.db.session() as session:
+                job_crud.expire_all_claims(session)
         state.reports.start()
         tasks = Background(state)
         app.state.background = tasks
         if config.mqtt.enabled:
-            state.ingestor = Ingestor(state.db, config.mqtt, config.telemetry, on_batch=metrics.observe_batch)
+            state.ingestor = Ingestor(state.db, config.mqtt, config.telemetry, on_batch=metrics.observe_batch,
+                                      client_id=f"edgefleet-server-{state.replica_id}")
             state.ingestor.start()
+        state.jobs.start()
         if background:
+            state.leases.start()
             tasks.start()
         try:
             yield
@@ -129,6 +162,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
             sandbox.kill_all()  # a model being inspected or optimized must not hold the shutdown
             if background:
                 tasks.stop()
+                state.leases.stop()
             if state.ingestor is not None:
                 state.ingestor.stop()
             state.jobs.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -28,13 +30,18 @@ class MqttSection(Section):
     username: str | None = None
     password: str | None = None
     shared_subscription: bool | None = None  # None: use $share/ when the broker speaks MQTT 5
+    # a persistent session (clean start off) under the replica's stable client id: what the broker holds for
+    # this replica while it is down is delivered when it is back (docs/deploying.md); 0: a clean session
+    session_expiry_s: int = Field(default=3600, ge=0, le=2**32 - 1)
+    receive_maximum: int = Field(default=65535, ge=1, le=65535)  # QoS 1 messages in flight to this replica
 
 
 class StorageSection(Section):
     kind: str = "local"  # local | s3
-    path: Path = Path("/var/lib/edgefleet-server/artifacts")
+    path: Path = Path("/var/lib/edgefleet-server/artifacts")  # with s3: only for temporary files (path/tmp)
     bucket: str | None = None
     endpoint_url: str | None = None
+    region: str | None = None
     prefix: str = ""
 
 
@@ -114,6 +121,12 @@ class ServerConfig(Section):
     # waits for a connection while the requests holding them wait for a thread (a pool deadlock).
     http_threads: int = Field(default=32, ge=1, le=1024)
     retention_interval_s: float = Field(default=3600.0, gt=0)  # how often telemetry is downsampled/expired
+    # Scale-out (docs/deploying.md). replica_id names this process in leases, job claims and its MQTT client
+    # id; it must be unique among the replicas and stable across restarts (default: host name and port).
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    lease_ttl_s: float = Field(default=5.0, ge=1.0, le=300.0)  # a dead leader is replaced within this
+    gc_interval_s: float = Field(default=3600.0, gt=0)  # how often unreferenced artifacts are deleted
+    gc_grace_s: float = Field(default=24 * 3600.0, ge=0)  # an artifact younger than this is never deleted
     http: HttpSection = Field(default_factory=HttpSection)
     sandbox: SandboxSection = Field(default_factory=SandboxSection)
     samples: SamplesSection = Field(default_factory=SamplesSection)
@@ -125,6 +138,13 @@ class ServerConfig(Section):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
         return value
+
+
+def replica_id_of(config: ServerConfig) -> str:
+    if config.replica_id:
+        return config.replica_id
+    port = config.listen.rpartition(":")[2]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"{socket.gethostname()}-{port}")[:64]
 
 
 def load_server_config(path: str | Path | None, environ: dict[str, str] | None = None) -> ServerConfig:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from agent.errors import EdgefleetError
@@ -32,6 +33,7 @@ from server.crud.devices import runnable_formats
 from server.crud.registry import list_variants
 from server.db import Database
 from server.db.models import Device, Rollout, RolloutDevice
+from server.jobs import JobKind
 from server.sandbox import Limits, SandboxError, run
 from server.storage import ArtifactStore
 from server.tensors import NotParsable
@@ -144,9 +146,16 @@ def ensure_delta(db: Database, store: ArtifactStore, *, from_sha256: str, to_sha
         with local_files(store, [from_sha256, to_sha256]) as (old, new), scratch_file(store, "delta-") as patch:
             report = _make(algorithm, old, new, patch, limits)
             sha256, size = store.put_file(patch)
-        with db.session() as session:
-            crud.record_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, sha256=sha256, size=size,
-                              algorithm=algorithm, report=report)
+        try:
+            with db.session() as session:
+                crud.record_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, sha256=sha256, size=size,
+                                  algorithm=algorithm, report=report)
+        except IntegrityError:  # another replica made and recorded the same patch meanwhile
+            with db.session() as session:
+                row = crud.get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, algorithm=algorithm)
+                if row is None:
+                    raise
+                return row.sha256, row.size
         return sha256, size
 
 
@@ -227,6 +236,26 @@ def rollout_artifact_bytes(state: Any, rollout_id: int) -> int:
 
 def _size(store: ArtifactStore, sha256: str) -> int:
     return store.size(sha256) if store.exists(sha256) else 0
+
+
+KIND = "deltas"  # a rollout's patches (params: rollout_id)
+PAIR_KIND = "delta"  # one patch an operator asked for (params: from, to, algorithm)
+
+
+def deltas_job(db: Database, store: ArtifactStore, config: ServerConfig) -> JobKind:
+    """The job that makes a big rollout's patches in the background (params: rollout_id)."""
+    return JobKind(lambda _job_id, params, progress: prepare_rollout_deltas(
+        db, store, config, int(params["rollout_id"]), progress))
+
+
+def pair_job(db: Database, store: ArtifactStore, config: ServerConfig) -> JobKind:
+    def build(_job_id: int, params: dict[str, Any], _progress: Callable[[float, str], None]) -> dict[str, Any]:
+        algorithm = str(params.get("algorithm", "bsdiff4"))
+        sha256, size = ensure_delta(db, store, from_sha256=str(params["from"]), to_sha256=str(params["to"]),
+                                    limits=delta_limits(config), algorithm=algorithm)
+        return {"from": params["from"], "to": params["to"], "algorithm": algorithm, "sha256": sha256, "size": size}
+
+    return JobKind(build)
 
 
 def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerConfig, rollout_id: int,

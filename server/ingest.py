@@ -11,10 +11,16 @@
   insert-ignore. A batch the database refuses is split in halves until the message it refuses is
   alone, so only that message is lost (the broker acknowledged them all). A database that is down
   is waited for: the batch is retried, not dropped.
+- Nothing is lost when a replica dies (docs/deploying.md): the session is persistent (clean start
+  off, ``mqtt.session_expiry_s``) under the replica's stable client id, and a message is
+  acknowledged (PUBACK) only once its batch is written, so what was in flight or queued in this
+  process is delivered again when the replica reconnects; a message delivered twice is skipped by
+  the unique constraints. A clean stop hands the replica's share over to the others.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import socket
@@ -26,17 +32,23 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command
 from server.config import MqttSection, TelemetrySection
 from server.crud import telemetry as crud
 from server.db import Database
+from server.db.models import Device as DeviceRow
 from server.ingest_rejections import Rejections
 from server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
 
 log = logging.getLogger("edgefleet.server.ingest")
 RETRY_MAX_S = 10.0
+Ack = Callable[[], object]
 
 
 @dataclass
@@ -86,7 +98,8 @@ class BatchWriter:
         self.validate = validate  # False only for benchmarks/ingest_rate.py's baseline
         self.limits = Limits(max_bytes=section.max_message_kb * 1024, retention_s=section.retention_days * 86400,
                              future_skew_s=section.future_skew_s)
-        self.queue: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue(maxsize=200_000)
+        self.queue: queue.Queue[tuple[str, bytes, float, Ack | None] | None] = queue.Queue(maxsize=200_000)
+        self.left_unwritten = False  # a stop found the database down: some messages were not acknowledged
         self._thread = threading.Thread(target=self._loop, name="edgefleet-ingest-writer", daemon=True)
         self._stop = threading.Event()
 
@@ -98,12 +111,13 @@ class BatchWriter:
         self.queue.put(None)
         self._thread.join(timeout=10)
 
-    def put(self, topic: str, payload: bytes, received_at: float) -> None:
-        self.queue.put((topic, payload, received_at))
+    def put(self, topic: str, payload: bytes, received_at: float, ack: Ack | None = None) -> None:
+        """``ack`` is called once the message's batch is written (in the order messages were put)."""
+        self.queue.put((topic, payload, received_at, ack))
 
     def _loop(self) -> None:
         while not self._stop.is_set() or not self.queue.empty():
-            batch: list[tuple[str, bytes, float]] = []
+            batch: list[tuple[str, bytes, float, Ack | None]] = []
             try:
                 first = self.queue.get(timeout=0.5)
             except queue.Empty:
@@ -120,21 +134,27 @@ class BatchWriter:
                 if item is None:
                     break
                 batch.append(item)
-            self._write_until_stored(batch)
+            if self._write_until_stored([(topic, payload, received_at) for topic, payload, received_at, _ in batch]):
+                for *_message, ack in batch:
+                    if ack is not None:
+                        ack()
+            else:  # not acknowledged: the broker delivers them again to this replica's session
+                self.left_unwritten = True
 
-    def _write_until_stored(self, batch: list[tuple[str, bytes, float]]) -> None:
+    def _write_until_stored(self, batch: list[tuple[str, bytes, float]]) -> bool:
+        """Write the batch, waiting for a database that is down; False when stopping left it unwritten."""
         delay = 0.5
         while True:
             try:
                 self.write(batch)
-                return
+                return True
             except Exception as exc:
                 if not _transient(exc):
                     log.exception("ingest: a batch of %d messages could not be written", len(batch))
-                    return
+                    return True
                 if self._stop.is_set():
                     log.error("ingest: stopping with %d messages unwritten: %s", len(batch), exc)
-                    return
+                    return False
                 log.warning("ingest: database unavailable (%s); retrying %d messages in %.1fs",
                             type(exc).__name__, len(batch), delay)
                 self._stop.wait(delay)
@@ -220,12 +240,22 @@ class BatchWriter:
         with self.db.session() as session:
             crud.insert_telemetry(session, rows=telemetry)
             crud.insert_events(session, rows=events)
+            _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
             for message in messages:
                 if message.status is not None:
                     crud.apply_status(session, device_id=message.device_id, status=message.status,
                                       now=message.received_at)
             crud.apply_live(session, updates=live)
         self.stats.ts_replaced += sum(int(v["ts_replaced"]) for v in live.values())
+
+
+def _lock_devices(session: Session, device_ids: set[str]) -> None:
+    """Lock the batch's device rows at once in id order (PostgreSQL): two replicas' batches touching the same
+    devices then wait for each other instead of deadlocking (each flush would otherwise lock them in whatever
+    order it meets them)."""
+    if device_ids and session.get_bind().dialect.name == "postgresql":
+        session.execute(select(DeviceRow.id).where(DeviceRow.id.in_(sorted(device_ids))).order_by(DeviceRow.id)
+                        .with_for_update())
 
 
 class Ingestor:
@@ -239,9 +269,14 @@ class Ingestor:
         self.client_id = client_id or f"edgefleet-server-{socket.gethostname()}-{id(self):x}"
         self.client: mqtt.Client | None = None
         self.protocol = mqtt.MQTTv5
+        self._connection = 0  # grows at each (re)connect
+        self._topics: list[str] = []
 
-    def _make_client(self, protocol: Any, client_id: str | None = None) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id, protocol=protocol)
+    def _make_client(self, protocol: Any, client_id: str | None = None, *, persistent: bool = False) -> mqtt.Client:
+        """``persistent``: this replica's session (kept by the broker while it is away, acknowledged by hand)."""
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.client_id, protocol=protocol,
+                             clean_session=(not persistent) if protocol == mqtt.MQTTv311 else None,
+                             manual_ack=persistent)
         if self.config.username:
             client.username_pw_set(self.config.username, self.config.password)
         if self.config.tls:
@@ -285,17 +320,24 @@ class Ingestor:
         self.protocol = mqtt.MQTTv5 if self._probe_v5() else mqtt.MQTTv311
         self.stats.protocol = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
         shared = self.protocol == mqtt.MQTTv5 and wants_shared is not False
-        client = self._make_client(self.protocol)
+        persistent = self.config.session_expiry_s > 0
+        client = self._make_client(self.protocol, persistent=persistent)
         prefix = f"$share/{SHARED_GROUP}/" if shared else ""
         topics = [(f"{TOPIC_ROOT}/+/status", 1), (f"{prefix}{TOPIC_ROOT}/+/telemetry", 1),
                   (f"{prefix}{TOPIC_ROOT}/+/events", 1)]
+        self._topics = [topic for topic, _ in topics]
+        other = "" if shared else f"$share/{SHARED_GROUP}/"
+        stale = [f"{other}{TOPIC_ROOT}/+/telemetry", f"{other}{TOPIC_ROOT}/+/events"]
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
             if reason.is_failure:
                 log.warning("ingest: broker refused the connection: %s", reason)
                 return
             self.stats.connected = True
+            self._connection += 1
             c.subscribe(topics)
+            if persistent:  # a session kept from a run with the other form would deliver everything twice
+                c.unsubscribe(stale)
             log.info("ingest: connected (MQTT %s), subscribed %s", self.stats.protocol, [t for t, _ in topics])
 
         def on_disconnect(*_args: Any) -> None:
@@ -303,14 +345,28 @@ class Ingestor:
 
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             self.stats.received += 1
-            self.writer.put(message.topic, bytes(message.payload), time.time())
+            ack = functools.partial(self._ack, self._connection, message.mid, message.qos) if persistent else None
+            self.writer.put(message.topic, bytes(message.payload), time.time(), ack)
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_message = on_message
-        client.connect_async(self.config.host, self.config.port, keepalive=30)
+        if self.protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.config.session_expiry_s
+            properties.ReceiveMaximum = self.config.receive_maximum
+            client.connect_async(self.config.host, self.config.port, keepalive=30, clean_start=not persistent,
+                                 properties=properties)
+        else:
+            client.connect_async(self.config.host, self.config.port, keepalive=30)
         client.loop_start()
         self.client = client
+
+    def _ack(self, connection: int, mid: int, qos: int) -> None:
+        """PUBACK on the connection the message came on; after a reconnect the broker sends it again (and its
+        packet id may already name another message), so that copy is the one acknowledged."""
+        if self.client is not None and connection == self._connection:
+            self.client.ack(mid, qos)
 
     def publish_command(self, device_id: str, command: Command) -> None:
         if self.client is None or not self.stats.connected:
@@ -321,6 +377,26 @@ class Ingestor:
 
     def stop(self) -> None:
         if self.client is not None:
-            self.client.disconnect()
+            if self.protocol == mqtt.MQTTv5 and self.config.session_expiry_s > 0 and self.stats.connected:
+                self._hand_over(self.client)
+            else:
+                self.client.disconnect()
             self.client.loop_stop()
         self.writer.stop()
+
+    def _hand_over(self, client: mqtt.Client, timeout: float = 5.0) -> None:
+        """A clean stop ends this replica's session, so the broker sends its share of the shared subscription to
+        the other replicas instead of keeping it for a restart: unsubscribe, write and acknowledge what is still
+        arriving, then disconnect with a session expiry of 0. (A crash leaves the session to hold the backlog.)"""
+        unsubscribed = threading.Event()
+        client.on_unsubscribe = lambda *_args: unsubscribed.set()
+        client.unsubscribe(self._topics)
+        unsubscribed.wait(timeout)
+        time.sleep(0.2)  # messages the broker had sent before the UNSUBACK
+        self.writer.stop()  # writes what is queued and acknowledges it on this connection
+        if self.writer.left_unwritten:  # keep the session: the broker has them for this replica's next start
+            client.disconnect()
+            return
+        properties = Properties(PacketTypes.DISCONNECT)
+        properties.SessionExpiryInterval = 0
+        client.disconnect(properties=properties)

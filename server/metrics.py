@@ -62,6 +62,14 @@ class FleetCollector(Collector):
         yield from self._fleet()
         yield from self._ingest()
         yield from self._reports()
+        yield from self._leases()
+
+    def _leases(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily("edgefleet_lease_held", "1 for each singleton loop this replica runs now",
+                                 labels=["lease"])
+        for name, holds in self.state.leases.holding().items():
+            held.add_metric([name], 1.0 if holds else 0.0)
+        yield held
 
     def _reports(self) -> Iterator[Metric]:
         writer = self.state.reports

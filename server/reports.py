@@ -1,10 +1,10 @@
 """Update reports written with group commit.
 
-Rollout writes are serialized (``WRITE_LOCK``). With one transaction per report, a wave of thousands
-of devices reporting downloading → installing → trial → committed filled every HTTP thread with
-requests waiting for that lock, and check-ins queued behind them for seconds. Here the requests wait
-as coroutines; one writer thread takes every report queued so far and applies them in one
-transaction, and each request is answered once its report is committed (a device deletes a report
+Rollout writes are serialized (``rollout_writes``, across threads and replicas). With one transaction
+per report, a wave of thousands of devices reporting downloading → installing → trial → committed filled
+every HTTP thread with requests waiting for that lock, and check-ins queued behind them for seconds.
+Here the requests wait as coroutines; one writer thread takes every report queued so far and applies
+them in one transaction, and each request is answered once its report is committed (a device deletes a report
 only when it is acknowledged, so nothing acknowledged is lost).
 """
 
@@ -24,7 +24,7 @@ from server.api.auth import device_refusal
 from server.crud import devices as device_crud
 from server.crud import rollouts as rollout_crud
 from server.db import Database
-from server.rollouts import WRITE_LOCK
+from server.rollouts import rollout_writes
 
 log = logging.getLogger("edgefleet.server.reports")
 
@@ -89,8 +89,11 @@ class ReportWriter:
 
     def _write(self, batch: list[_Pending]) -> None:
         try:
-            with WRITE_LOCK, self.db.session() as session:
-                outcomes = [_apply(session, item) for item in batch]
+            with rollout_writes(self.db) as session:
+                # devices in id order, as the ingest writers lock them: no deadlock with another replica
+                order = sorted(range(len(batch)), key=lambda i: batch[i].device_id)
+                applied = {i: _apply(session, batch[i]) for i in order}
+                outcomes = [applied[i] for i in range(len(batch))]
         except Exception as exc:
             if len(batch) > 1:  # one bad report must not fail the others: write them one by one
                 log.warning("a batch of %d reports failed (%s); writing them one by one", len(batch), exc)

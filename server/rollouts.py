@@ -17,23 +17,36 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from server.crud import rollouts as crud
 from server.db import Database
 from server.db.models import ModelVersion, Rollout, RolloutDevice
+from server.db.session import ROLLOUT_LOCK
 
 log = logging.getLogger("edgefleet.server.rollouts")
 
-# Rollout writes (gate steps, reports, manual actions) take this lock in-process; on PostgreSQL they
-# also lock the rollout row, so replicas take turns too. SQLite's driver starts its transaction only at
+# Rollout writes (gate steps, reports, enrollments, manual actions) take this lock in-process, and on
+# PostgreSQL a transaction-scoped advisory lock too (``rollout_writes``), so replicas take turns the way
+# threads do: a report batch (device rows, then the rollout row) and a wave start (the rollout row, then
+# device rows) in two replicas would otherwise deadlock. SQLite's driver starts its transaction only at
 # the first write, so without the lock a step could act on rows read before a report landed.
 WRITE_LOCK = threading.RLock()
+
+
+@contextmanager
+def rollout_writes(db: Database) -> Iterator[Session]:
+    """A transaction that writes rollout state, serialized with every other one in every replica."""
+    with WRITE_LOCK, db.session() as session:
+        if db.dialect == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ROLLOUT_LOCK})
+        yield session
 
 Action = Literal["wait", "advance", "complete", "pause", "abort"]
 
@@ -136,7 +149,7 @@ def outcomes_for(db_session: Session, rollout: Rollout) -> list[DeviceOutcome]:
 
 def step(db: Database, *, rollout_id: int, now: float) -> Decision | None:
     """Evaluate one running rollout and apply the decision in one transaction."""
-    with WRITE_LOCK, db.session() as session:
+    with rollout_writes(db) as session:
         rollout = crud.get_rollout(session, rollout_id=rollout_id, lock=True)
         if rollout.state != "running":
             return None
@@ -178,4 +191,5 @@ def tick(db: Database, *, now: float) -> None:
             log.exception("rollout %s: evaluation failed", rollout_id)
 
 
-__all__ = ["DeviceOutcome", "Gates", "evaluate_rollout", "gates_of", "shadow_breach", "step", "tick"]
+__all__ = ["DeviceOutcome", "Gates", "evaluate_rollout", "gates_of", "rollout_writes", "shadow_breach", "step",
+           "tick"]

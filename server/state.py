@@ -8,6 +8,7 @@ from server.config import ServerConfig
 from server.db import Database
 from server.ingest import Ingestor
 from server.jobs import JobRunner
+from server.leases import Leases
 from server.manifests import ManifestService, Signer
 from server.reports import ReportWriter
 from server.storage import ArtifactStore
@@ -26,4 +27,6 @@ class ServerState:
     manifests: ManifestService
     jobs: JobRunner
     reports: ReportWriter
+    leases: Leases
+    replica_id: str
     ingestor: Ingestor | None = None

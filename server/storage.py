@@ -1,9 +1,13 @@
 """Content-addressed artifact storage: files named by their sha256.
 
-``ArtifactStore`` is the interface; ``LocalStore`` keeps files under a directory
-(``ab/abcdef...``), ``S3Store`` keeps them in an S3-compatible bucket (untested here:
-no S3 endpoint in the test environment). Writes go to a temporary file first and are
-moved into place only once complete and hashed, so a reader never sees half a file.
+``ArtifactStore`` is the interface; ``LocalStore`` keeps files under a directory (``ab/abcdef...``),
+``S3Store`` keeps them in an S3-compatible bucket (AWS, MinIO, Ceph RGW, SeaweedFS: the tests run it
+against a real SeaweedFS, tests/support/s3.py). Writes go to a temporary file first and are moved into
+place only once complete and hashed, so a reader never sees half a file.
+
+Reads: ``read_range`` streams a byte range (a seek on a local file, a ranged GET on S3: a botocore
+body cannot seek); ``open`` gives a seekable file (S3: a local copy) for code that needs one, such as
+``np.load`` of an ``.npz``.
 """
 
 from __future__ import annotations
@@ -58,14 +62,26 @@ class ArtifactStore(Protocol):
 
     def put_stream(self, stream: IO[bytes], *, limit: int | None = None) -> tuple[str, int]: ...
 
-    def open(self, sha256: str) -> IO[bytes]: ...
+    def open(self, sha256: str) -> IO[bytes]:
+        """A seekable file with the artifact's bytes (FileNotFoundError when it is not stored)."""
+        ...
 
-    def size(self, sha256: str) -> int: ...
+    def read_range(self, sha256: str, start: int, length: int) -> Iterator[bytes]:
+        """``length`` bytes from ``start``, in chunks."""
+        ...
+
+    def size(self, sha256: str) -> int:
+        """The artifact's size (FileNotFoundError when it is not stored)."""
+        ...
 
     def exists(self, sha256: str) -> bool: ...
 
     def delete(self, sha256: str) -> None:
         """Remove a stored file (garbage collection); a missing one is not an error."""
+        ...
+
+    def list(self) -> Iterator[tuple[str, float, int]]:
+        """Every stored artifact: (sha256, UNIX time it was stored, size)."""
         ...
 
     def path(self, sha256: str) -> Path | None:
@@ -99,6 +115,7 @@ class LocalStore:
         sha256, size = hash_file(path)
         final = self._final(sha256)
         if final.exists():
+            os.utime(final)  # stored again: young again for the garbage collector's grace period
             path.unlink(missing_ok=True)
             return sha256, size
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +139,14 @@ class LocalStore:
     def open(self, sha256: str) -> IO[bytes]:
         return self._final(sha256).open("rb")
 
+    def read_range(self, sha256: str, start: int, length: int) -> Iterator[bytes]:
+        with self.open(sha256) as handle:
+            handle.seek(start)
+            left = length
+            while left > 0 and (chunk := handle.read(min(CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
     def size(self, sha256: str) -> int:
         return self._final(sha256).stat().st_size
 
@@ -131,20 +156,35 @@ class LocalStore:
     def delete(self, sha256: str) -> None:
         self._final(sha256).unlink(missing_ok=True)  # a reader that has it open keeps reading it
 
+    def list(self) -> Iterator[tuple[str, float, int]]:
+        for shard in sorted(self.root.iterdir()):
+            if len(shard.name) != 2 or not shard.is_dir():
+                continue
+            for entry in shard.iterdir():
+                if SHA256_RE.match(entry.name):
+                    info = entry.stat()
+                    yield entry.name, info.st_mtime, info.st_size
+
     def path(self, sha256: str) -> Path | None:
         return self._final(sha256)
 
 
 class S3Store:
-    """An S3-compatible bucket (AWS, MinIO, Ceph RGW). A thin class: untested in this repository."""
+    """An S3-compatible bucket. Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, an instance role)."""
 
-    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
-                 scratch: Path = Path(tempfile.gettempdir()) / "edgefleet-s3") -> None:
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
+                 scratch: Path = Path(tempfile.gettempdir()) / "edgefleet-s3", connections: int = 64) -> None:
         try:
             import boto3
+            from botocore.config import Config
         except ImportError as exc:
             raise ConfigError("storage.kind: s3 needs boto3: pip install 'edgefleet[s3]'") from exc
-        self.client: Any = boto3.client("s3", endpoint_url=endpoint_url)
+        # one pooled connection per serving thread, or downloads wait for each other; path-style addressing
+        # works with every S3-compatible server (virtual hosts need DNS per bucket)
+        config = Config(max_pool_connections=connections, retries={"max_attempts": 5, "mode": "standard"},
+                        connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"})
+        self.client: Any = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.bucket = bucket
         self.prefix = prefix
         self._scratch = scratch
@@ -158,8 +198,12 @@ class S3Store:
 
     def put_file(self, path: Path) -> tuple[str, int]:
         sha256, size = hash_file(path)
+        key = self._key(sha256)
         if not self.exists(sha256):
-            self.client.upload_file(str(path), self.bucket, self._key(sha256))
+            self.client.upload_file(str(path), self.bucket, key)
+        else:  # stored again: a copy onto itself renews LastModified, young again for the garbage collector
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                                    MetadataDirective="REPLACE")
         path.unlink(missing_ok=True)
         return sha256, size
 
@@ -174,37 +218,67 @@ class S3Store:
             tmp.unlink(missing_ok=True)
 
     def open(self, sha256: str) -> IO[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(sha256))["Body"]
-        return body  # type: ignore[no-any-return]
+        handle = tempfile.TemporaryFile(dir=self._scratch)  # noqa: SIM115 (the caller closes it)
+        try:
+            self.client.download_fileobj(self.bucket, self._key(sha256), handle)
+        except Exception as exc:
+            handle.close()
+            if _is_missing(exc):
+                raise FileNotFoundError(f"artifact {sha256} is not stored") from exc
+            raise
+        handle.seek(0)
+        return handle
+
+    def read_range(self, sha256: str, start: int, length: int) -> Iterator[bytes]:
+        if length <= 0:
+            return
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(sha256),
+                                      Range=f"bytes={start}-{start + length - 1}")["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
 
     def size(self, sha256: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(sha256))["ContentLength"])
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(sha256))["ContentLength"])
+        except Exception as exc:
+            if _is_missing(exc):
+                raise FileNotFoundError(f"artifact {sha256} is not stored") from exc
+            raise
 
     def exists(self, sha256: str) -> bool:
+        """False only for an object the store says is missing: an unreachable store raises (a device must
+        not be told an artifact is gone because S3 had a bad second)."""
         if not SHA256_RE.match(sha256):
             return False
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(sha256))
-        except Exception:  # botocore ClientError 404
+            self.size(sha256)
+        except FileNotFoundError:
             return False
         return True
 
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
 
+    def list(self) -> Iterator[tuple[str, float, int]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                name = item["Key"][len(self.prefix):]
+                if SHA256_RE.match(name):
+                    yield name, item["LastModified"].timestamp(), int(item["Size"])
+
     def path(self, sha256: str) -> Path | None:
         return None
 
 
-def iter_range(handle: IO[bytes], start: int, length: int) -> Iterator[bytes]:
-    handle.seek(start)
-    left = length
-    while left > 0:
-        chunk = handle.read(min(CHUNK, left))
-        if not chunk:
-            break
-        left -= len(chunk)
-        yield chunk
+def _is_missing(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
 
 
 def make_store(section: StorageSection) -> ArtifactStore:
@@ -213,5 +287,6 @@ def make_store(section: StorageSection) -> ArtifactStore:
     if section.kind == "s3":
         if not section.bucket:
             raise ConfigError("storage.kind: s3 needs storage.bucket")
-        return S3Store(section.bucket, prefix=section.prefix, endpoint_url=section.endpoint_url)
+        return S3Store(section.bucket, prefix=section.prefix, endpoint_url=section.endpoint_url, region=section.region,
+                       scratch=section.path / "tmp")
     raise ConfigError(f"storage.kind: {section.kind!r} is not one of local, s3")

@@ -2,7 +2,8 @@
 (server/sandbox.py: ``sandbox.variants_timeout_s``, ``sandbox.memory_mb``), then publish.
 
 The pipeline loads and runs the uploaded model many times; a model that loops or allocates without bound
-costs only its child, never a job thread that the server's shutdown would have to wait for.
+costs only its child, never a job thread that the server's shutdown would have to wait for. The job is a
+row any replica's workers may claim (server/jobs.py); its params name the version and the target.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any
 
 from server import sandbox
 from server.config import ServerConfig
+from server.crud import jobs as job_crud
 from server.crud import registry
 from server.db import Database
-from server.jobs import JobRunner, Progress
+from server.jobs import JobKind, JobRunner, Progress
 from server.storage import ArtifactStore
+
+KIND = "variants"
 
 
 def _local(store: ArtifactStore, sha256: str, out: Path) -> Path:
@@ -30,16 +34,28 @@ def _local(store: ArtifactStore, sha256: str, out: Path) -> Path:
     return out
 
 
-def start_variants_job(*, db: Database, store: ArtifactStore, runner: JobRunner, config: ServerConfig,
-                       name: str, version: int, target: str) -> int:
+def start_variants_job(*, db: Database, runner: JobRunner, config: ServerConfig, name: str, version: int,
+                       target: str) -> int:
+    """Queue the job and its placeholder variants in one transaction; any replica's worker may run it."""
     with db.session() as session:
+        job = job_crud.create_job(session, kind=KIND, params={"model": name, "version": version, "target": target})
         _, row = registry.get_version(session, name=name, version=version)
-        version_id, sha256, fmt, calibration_sha = row.id, row.sha256, row.format, row.calibration_sha256
+        registry.set_building(session, version_id=row.id, names=config.device_classes.get(target, []),
+                              target=target, job_id=job.id)
+        job_id = job.id
+    runner.wake()
+    return job_id
 
+
+def variants_job(db: Database, store: ArtifactStore, config: ServerConfig) -> JobKind:
     limits = sandbox.Limits(timeout_s=config.sandbox.variants_timeout_s, cpu_s=config.sandbox.variants_timeout_s,
                             memory_mb=config.sandbox.memory_mb)
 
-    def build(job_id: int, progress: Progress) -> dict[str, Any]:
+    def build(job_id: int, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        target = str(params["target"])
+        with db.session() as session:
+            _, row = registry.get_version(session, name=str(params["model"]), version=int(params["version"]))
+            version_id, sha256, fmt, calibration_sha = row.id, row.sha256, row.format, row.calibration_sha256
         out_dir = Path(tempfile.mkdtemp(dir=store.scratch_dir(), prefix=f"job{job_id}-")).resolve()
         try:
             reference = _local(store, sha256, out_dir / f"reference.{fmt}")
@@ -72,13 +88,8 @@ def start_variants_job(*, db: Database, store: ArtifactStore, runner: JobRunner,
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
-    def failed(job_id: int, reason: str) -> None:
+    def failed(job_id: int, _params: dict[str, Any], reason: str) -> None:
         with db.session() as session:
             registry.fail_building(session, job_id=job_id, reason=reason)
 
-    job_id = runner.create(kind="variants", params={"model": name, "version": version, "target": target})
-    with db.session() as session:
-        registry.set_building(session, version_id=version_id, names=config.device_classes.get(target, []),
-                              target=target, job_id=job_id)
-    runner.start(job_id, build, failed)
-    return job_id
+    return JobKind(build, failed)

@@ -38,6 +38,7 @@ from .http import HttpError, HttpPool
 from .stats import WorkerStats
 
 AGENT_VERSION = "fleet-sim/1"
+REPORT_PATIENCE_S = 120.0  # how long a device keeps retrying one update report
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class VirtualDevice:
         self.etag: str | None = None
         self.model = ModelRef(name=spec.model, version=spec.model_version, sha256=spec.model_sha256)
         self.refused: set[str] = set()  # artifacts that failed here: not tried again
-        self.session = int(time.time() * 1000)
+        self.session = int(time.time())  # grows per connection; fits the 32-bit column the server keeps it in
         self.telemetry_seq = self.event_seq = 0
         self.mqtt: aiomqtt.Client | None = None
         self.started = time.monotonic()
@@ -151,18 +152,32 @@ class VirtualDevice:
         body = UpdateReport(state=state, model=manifest.model.name, version=manifest.model.version,  # type: ignore[arg-type]
                             sha256=manifest.artifact.sha256, rollout_id=manifest.rollout_id, reason=reason,
                             metrics=metrics or {}).model_dump_json().encode()
-        for attempt in range(4):  # an agent queues reports until they land; here: a few jittered retries
+        # as the agent does: a report is kept until the server acknowledges it (a replica dying mid-request
+        # answers 502 through the load balancer, or the connection breaks); a 4xx is final
+        deadline = time.monotonic() + REPORT_PATIENCE_S
+        attempt = 0
+        while True:
             try:
                 reply = await self.http.request("POST", f"/v1/devices/{self.id}/reports",
                                                 {**self._auth(), "Content-Type": "application/json"}, body)
             except HttpError as exc:
                 self.stats.error("report", str(exc))
-                await asyncio.sleep(0.5 * 2 ** attempt * self.rng.uniform(0.5, 1.5))
-                continue
-            if reply.status != 204:
+                reply = None
+            if reply is not None and reply.status < 500:
+                if reply.status == 204:
+                    self.stats.reports_acked += 1
+                    self.stats.last_report[self.id] = state
+                else:
+                    self.stats.error(f"report_{reply.status}", reply.body[:200].decode(errors="replace"))
+                self.stats.reports_sent += 1
+                return
+            if reply is not None:
                 self.stats.error(f"report_{reply.status}", reply.body[:200].decode(errors="replace"))
-            self.stats.reports_sent += 1
-            return
+            if time.monotonic() > deadline:
+                self.stats.reports_given_up += 1
+                return
+            await asyncio.sleep(min(5.0, 0.25 * 2 ** attempt) * self.rng.uniform(0.5, 1.5))
+            attempt += 1
 
     # --- updates -------------------------------------------------------------------------------------
 
@@ -181,6 +196,10 @@ class VirtualDevice:
         except HttpError as exc:
             self.stats.error("download", str(exc))
             self.etag = None  # the next check-in fetches the manifest again and retries
+            return
+        if reply.status >= 500:  # the replica went away mid-download: try again from the next check-in
+            self.stats.error(f"download_{reply.status}", reply.body[:200].decode(errors="replace"))
+            self.etag = None
             return
         self.stats.downloads += 1
         digest = hashlib.sha256(reply.body).hexdigest()
@@ -243,6 +262,7 @@ class VirtualDevice:
         try:
             await self._publish("events", doc.model_dump_json())
             self.stats.events_sent += 1
+            self.stats.acked("events", self.id, self.event_seq)
         except aiomqtt.MqttError as exc:
             self.stats.error("event", str(exc))
 
@@ -265,9 +285,11 @@ class VirtualDevice:
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += self.spec.telemetry_s
-            took = await self._publish("telemetry", self.telemetry().model_dump_json(exclude_none=True))
+            document = self.telemetry()
+            took = await self._publish("telemetry", document.model_dump_json(exclude_none=True))
             self.stats.publish_ms.append(took)
             self.stats.telemetry_sent += 1
+            self.stats.acked("telemetry", self.id, document.seq)
 
     async def _checkin_loop(self) -> None:
         await asyncio.sleep(self.rng.uniform(0, self.spec.poll_s))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ class Stack:
     mqtt_v5: bool
     broker_kind: str
     db_path: Path | None = None  # the server's SQLite file when this process started the server
+    db_url: str | None = None  # the server's PostgreSQL database when this process started it
+    cluster: Any = None  # tests.support.cluster.Cluster, for a scale-out run
     pids: dict[str, int] = field(default_factory=dict)  # server / broker, when started here
     _stops: list[Any] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -84,6 +87,18 @@ class Operator:
     def close(self) -> None:
         self.http.close()
 
+    def _get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """A GET, again on a new connection when the one it went on broke (a replica killed behind the load
+        balancer closes the kept-alive connection without an answer)."""
+        for attempt in range(5):
+            try:
+                return self.http.get(path, **kwargs)
+            except httpx.TransportError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _ok(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             raise RuntimeError(f"{response.request.method} {response.request.url.path}: "
@@ -99,22 +114,22 @@ class Operator:
 
     def rollout_summary(self, rollout_id: int) -> dict[str, Any]:
         """The rollout without its per-device table (cheap at 10,000 devices)."""
-        for rollout in self._ok(self.http.get("/v1/rollouts"))["rollouts"]:
+        for rollout in self._ok(self._get("/v1/rollouts"))["rollouts"]:
             if rollout["id"] == rollout_id:
                 return dict(rollout)
         raise RuntimeError(f"rollout {rollout_id} is gone")
 
     def rollout(self, rollout_id: int) -> dict[str, Any]:
-        return dict(self._ok(self.http.get(f"/v1/rollouts/{rollout_id}")))
+        return dict(self._ok(self._get(f"/v1/rollouts/{rollout_id}")))
 
     def telemetry(self, device_id: str, limit: int = 10_000) -> list[dict[str, Any]]:
-        return list(self._ok(self.http.get(f"/v1/devices/{device_id}/telemetry", params={"limit": limit}))["telemetry"])
+        return list(self._ok(self._get(f"/v1/devices/{device_id}/telemetry", params={"limit": limit}))["telemetry"])
 
     def events(self, device_id: str, limit: int = 10_000) -> list[dict[str, Any]]:
-        return list(self._ok(self.http.get(f"/v1/devices/{device_id}/events", params={"limit": limit}))["events"])
+        return list(self._ok(self._get(f"/v1/devices/{device_id}/events", params={"limit": limit}))["events"])
 
     def device(self, device_id: str) -> dict[str, Any]:
-        return dict(self._ok(self.http.get(f"/v1/devices/{device_id}")))
+        return dict(self._ok(self._get(f"/v1/devices/{device_id}")))
 
 
 class TelemetryCounter:
@@ -126,10 +141,18 @@ class TelemetryCounter:
 
     def __init__(self, stack: Stack, operator: Operator, device_ids: list[str], sample: int = 20) -> None:
         self.operator, self.device_ids = operator, device_ids
-        self.db: sqlite3.Connection | None = None
+        self.db: Any = None
+        self.method = f"API sample of {sample} devices"
         if stack.db_path is not None:
             self.db = sqlite3.connect(f"file:{stack.db_path}?mode=ro", uri=True, timeout=10,
                                       check_same_thread=False)
+            self.method = "sqlite count(*)"
+        elif stack.db_url is not None:
+            import psycopg
+
+            self.db = psycopg.connect(stack.db_url.replace("postgresql+psycopg://", "postgresql://", 1),
+                                      autocommit=True)
+            self.method = "postgresql count(*)"
         step = max(1, len(device_ids) // sample)
         self.sample = device_ids[::step][:sample]
         self.exact = self.db is not None

@@ -33,7 +33,9 @@ class WorkerStats:
     checkins: Counter[int] = field(default_factory=Counter)  # by HTTP status
     telemetry_sent: int = 0
     events_sent: int = 0
-    reports_sent: int = 0
+    reports_sent: int = 0  # answered (204, or a final 4xx)
+    reports_acked: int = 0  # answered 204
+    reports_given_up: int = 0  # never answered within the patience
     downloads: int = 0
     running: Counter[int] = field(default_factory=Counter)  # devices by model version they serve
     outcomes: Counter[str] = field(default_factory=Counter)  # committed / rolled_back / rejected
@@ -46,6 +48,12 @@ class WorkerStats:
     checkin_queued_ms: array[float] = field(default_factory=lambda: array("d"))  # part spent in the client's pool
     publish_ms: array[float] = field(default_factory=lambda: array("d"))  # telemetry QoS 1 PUBACK time
     loop_lag_ms: array[float] = field(default_factory=lambda: array("d"))
+    # per device: the seqs the broker acknowledged (PUBACK), and the state of the last report answered 204
+    acked_seqs: dict[str, dict[str, array[int]]] = field(default_factory=lambda: {"telemetry": {}, "events": {}})
+    last_report: dict[str, str] = field(default_factory=dict)
+
+    def acked(self, kind: str, device_id: str, seq: int) -> None:
+        self.acked_seqs[kind].setdefault(device_id, array("q")).append(seq)
 
     def error(self, kind: str, detail: str) -> None:
         self.errors[kind] += 1
@@ -56,6 +64,7 @@ class WorkerStats:
         return {"enrolled": self.enrolled, "connected": self.connected, "connects": self.connects,
                 "checkins": sum(self.checkins.values()), "telemetry_sent": self.telemetry_sent,
                 "events_sent": self.events_sent, "reports_sent": self.reports_sent, "downloads": self.downloads,
+                "reports_acked": self.reports_acked, "reports_given_up": self.reports_given_up,
                 "running": dict(self.running), "outcomes": dict(self.outcomes), "errors": dict(self.errors),
                 "error_samples": list(self.error_samples)}
 
@@ -65,5 +74,7 @@ class WorkerStats:
                    checkin_status=self.checkin_status.tolist(),
                    checkin_queued_ms=self.checkin_queued_ms.tolist(), publish_ms=self.publish_ms.tolist(),
                    loop_lag_ms=self.loop_lag_ms.tolist(),
-                   checkins_by_status=dict(self.checkins))
+                   checkins_by_status=dict(self.checkins), last_report=dict(self.last_report),
+                   acked_seqs={kind: {d: seqs.tolist() for d, seqs in by_device.items()}
+                               for kind, by_device in self.acked_seqs.items()})
         return doc

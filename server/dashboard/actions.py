@@ -22,7 +22,7 @@ from server.crud import Conflict, NotFound, enrollment
 from server.crud.rollouts import join_rollouts
 from server.dashboard import auth
 from server.dashboard.render import device_href, e
-from server.rollouts import WRITE_LOCK
+from server.rollouts import rollout_writes
 from server.state import ServerState
 
 router = APIRouter(include_in_schema=False)
@@ -65,12 +65,12 @@ def _refused() -> HTMLResponse:
 
 
 def _reset(state: ServerState, device_id: str) -> None:
-    with WRITE_LOCK, state.db.session() as session:
+    with rollout_writes(state.db) as session:
         enrollment.reset(session, device_id=device_id)
 
 
 def _approve(state: ServerState, device_id: str) -> None:
-    with WRITE_LOCK, state.db.session() as session:
+    with rollout_writes(state.db) as session:
         device = enrollment.approve(session, device_id=device_id, now=time.time())
         session.flush()
         join_rollouts(session, device=device, now=time.time())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.errors import ConfigError
@@ -49,13 +51,40 @@ def make_engine(url: str, connections: int = 16) -> Engine:
     raise ConfigError(f"database_url {url!r}: only sqlite:/// and postgresql:// are supported")
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (run at start-up)."""
+# pg_advisory_xact_lock keys (any bigint; these spell "edgefleet migrate" and "edgefleet rollouts")
+MIGRATION_LOCK = 0x6564676566_6d67
+ROLLOUT_LOCK = 0x6564676566_726f
+
+
+def _alembic_config() -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (run at start-up). On PostgreSQL the upgrade runs
+    under a transaction-scoped advisory lock: replicas starting together take turns, and the ones after the
+    first find the schema at head."""
+    cfg = _alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def head_revision() -> str | None:
+    """The newest revision this code knows."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the database is at (raises when the database does not answer)."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 class Database:
@@ -74,6 +103,13 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self.factory() as session, session.begin():
             yield session
+
+    def now(self, session: Session) -> float:
+        """The database's clock in UNIX seconds (PostgreSQL), so replicas with skewed clocks agree on
+        lease and claim expiry; SQLite runs in one process: this machine's clock."""
+        if self.dialect == "postgresql":
+            return float(session.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
+        return time.time()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -21,8 +21,9 @@ ST = Path(sys.executable).with_name("st")
 FUZZ_S = int(os.environ.get("RELIABILITY_SCHEMATHESIS_S", "25"))
 DEVICE_ROUTES = {("GET", "/v1/devices/{device_id}/manifest"), ("POST", "/v1/devices/{device_id}/reports"),
                  ("POST", "/v1/devices/{device_id}/samples")}
-OPEN_ROUTES = {("GET", "/healthz"), ("POST", "/v1/enroll"), ("GET", "/login"), ("POST", "/login"), ("GET", "/logout"),
-               ("GET", "/"), ("GET", "/devices/{device_id}"), ("GET", "/metrics"), ("GET", "/v1/trust/roots")}
+OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("POST", "/v1/enroll"), ("GET", "/login"), ("POST", "/login"),
+               ("GET", "/logout"), ("GET", "/"), ("GET", "/devices/{device_id}"), ("GET", "/metrics"),
+               ("GET", "/v1/trust/roots")}
 EITHER_ROUTES = {("GET", "/v1/artifacts/{sha256}"), ("GET", "/v1/deltas/{from_sha256}/{to_sha256}")}
 
 

@@ -257,3 +257,12 @@ def test_the_same_file_twice_is_a_conflict_unless_forced(server: RunningServer, 
     assert (forced.status_code, forced.json()["version"]) == (201, 3)
     versions = requests.get(f"{server.url}/v1/models/twice", headers=server.admin(), timeout=5).json()["versions"]
     assert [v["version"] for v in versions] == [1, 2, 3]
+
+
+def test_readyz_on_sqlite_reports_the_schema_and_every_loop_here(server: RunningServer) -> None:
+    ready = requests.get(server.url + "/readyz", timeout=5)
+    assert ready.status_code == 200
+    doc = ready.json()
+    assert doc["ready"] is True and doc["schema"] == "0006" and doc["leads"] == ["gc", "retention", "rollouts"]
+    metrics = requests.get(server.url + "/metrics", headers=server.admin(), timeout=5).text
+    assert 'edgefleet_lease_held{lease="rollouts"} 1.0' in metrics

@@ -51,6 +51,12 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, as in a crash (no clean-up of any kind)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -62,13 +68,20 @@ class RunningServer:
 
 
 def start_server(tmp_path: Path, mqtt_port: int | None = None, *, database_url: str | None = None,
-                 overrides: dict[str, Any] | None = None, timeout: float = 30.0) -> RunningServer:
+                 overrides: dict[str, Any] | None = None, timeout: float = 30.0,
+                 env: dict[str, str] | None = None) -> RunningServer:
     """``edgefleet-server init`` into ``tmp_path/server``, adjust the config, run it; wait for /healthz."""
+    workdir = tmp_path / "server"
+    config_path = write_config(workdir, mqtt_port, database_url=database_url, overrides=overrides)
+    return launch(config_path, timeout=timeout, env=env)
+
+
+def write_config(workdir: Path, mqtt_port: int | None = None, *, database_url: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> Path:
+    """``edgefleet-server init`` into ``workdir`` (listening on a free port), then the test's settings."""
     from server.cli import init
 
-    workdir = tmp_path / "server"
-    port = free_port()
-    config_path = init(workdir, listen=f"127.0.0.1:{port}", mqtt_port=mqtt_port or 1883, force=True)
+    config_path = init(workdir, listen=f"127.0.0.1:{free_port()}", mqtt_port=mqtt_port or 1883, force=True)
     config = yaml.safe_load(config_path.read_text())
     config["mqtt"]["enabled"] = mqtt_port is not None
     config["rollout_tick_s"] = 0.2
@@ -77,13 +90,22 @@ def start_server(tmp_path: Path, mqtt_port: int | None = None, *, database_url: 
     for key, value in (overrides or {}).items():
         config[key] = value
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log_path = workdir / "server.log"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with log_path.open("wb") as log:
+    return config_path
+
+
+def launch(config_path: Path, *, timeout: float = 30.0, env: dict[str, str] | None = None,
+           log_name: str = "server.log") -> RunningServer:
+    """Run ``edgefleet-server run --config config_path``; wait until /healthz answers."""
+    config = yaml.safe_load(config_path.read_text())
+    workdir = config_path.parent
+    url = f"http://{config['listen']}"
+    log_path = workdir / log_name
+    environ = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "--config", str(config_path)],
-                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = RunningServer(url=f"http://127.0.0.1:{port}", admin_token=config["admin_token"],
-                           enrollment_token=config["enrollment_token"], public_key_path=workdir / "server.pub",
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    server = RunningServer(url=url, admin_token=config["admin_token"], enrollment_token=config["enrollment_token"],
+                           public_key_path=Path(config["signing_key"]).with_name("server.pub"),
                            config_path=config_path, workdir=workdir, proc=proc, log_path=log_path)
     timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout

@@ -17,9 +17,9 @@ from server.crud import devices as device_crud
 from server.crud import jobs as job_crud
 from server.crud.deltas import get_delta
 from server.db.models import Device
-from server.deltas import delta_fits, delta_limits, ensure_delta
+from server.deltas import PAIR_KIND, delta_fits, delta_limits
 from server.offers import artifact_refusal, delta_refusal, refusal
-from server.storage import ArtifactStore, iter_range
+from server.storage import ArtifactStore
 
 router = APIRouter(tags=["artifacts"])
 
@@ -47,9 +47,13 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str | None,
           if_range: str | None) -> Response:
-    if not store.exists(sha256):
-        raise HTTPException(404, f"artifact {sha256} is not stored")
-    size = store.size(sha256)
+    """The artifact through this server, its ETag the sha256 (so ``If-Range`` works the same on every
+    store), a range read from the store itself (a ranged GET on S3): docs/deploying.md says why not a
+    redirect to a presigned URL."""
+    try:
+        size = store.size(sha256)
+    except FileNotFoundError:
+        raise HTTPException(404, f"artifact {sha256} is not stored") from None
     etag = f'"{etag_value}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
     use_range = range_header is not None and (if_range is None or if_range.strip() == etag)
@@ -62,20 +66,12 @@ def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str 
             if span is None:
                 return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
             start, end = span
-            handle = store.open(sha256)
             headers.update({"Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)})
-            return StreamingResponse(_closing(handle, start, end - start + 1), status_code=206,
+            return StreamingResponse(store.read_range(sha256, start, end - start + 1), status_code=206,
                                      media_type="application/octet-stream", headers=headers)
-    handle = store.open(sha256)
     headers["Content-Length"] = str(size)
-    return StreamingResponse(_closing(handle, 0, size), media_type="application/octet-stream", headers=headers)
-
-
-def _closing(handle, start: int, length: int):  # type: ignore[no-untyped-def]
-    try:
-        yield from iter_range(handle, start, length)
-    finally:
-        handle.close()
+    return StreamingResponse(store.read_range(sha256, 0, size), media_type="application/octet-stream",
+                             headers=headers)
 
 
 def downloader(state: StateDep, session: SessionDep, credentials: Credentials) -> Device | None:
@@ -141,12 +137,7 @@ def make_delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep,
     if why is not None:
         raise HTTPException(422, f"no delta for this pair: {why}")
 
-    def build(_job: int, _progress: Any) -> dict[str, Any]:
-        sha256, size = ensure_delta(state.db, state.store, from_sha256=from_sha256, to_sha256=to_sha256,
-                                    limits=limits, algorithm=algorithm)
-        return {"from": from_sha256, "to": to_sha256, "algorithm": algorithm, "sha256": sha256, "size": size}
-
-    job_id = state.jobs.submit(kind="delta", params={"from": from_sha256, "to": to_sha256, "algorithm": algorithm},
-                               function=build)
+    job_id = state.jobs.submit(kind=PAIR_KIND, params={"from": from_sha256, "to": to_sha256,
+                                                       "algorithm": algorithm})
     with state.db.session() as session:
         return job_crud.job_public(job_crud.get_job(session, job_id=job_id))

@@ -13,7 +13,7 @@ from server.api.schemas import EnrollmentTokenBody
 from server.crud import devices as device_crud
 from server.crud import enrollment
 from server.crud.rollouts import join_rollouts
-from server.rollouts import WRITE_LOCK
+from server.rollouts import rollout_writes
 
 router = APIRouter(tags=["devices"])
 
@@ -27,7 +27,7 @@ def enroll(body: EnrollRequest, state: StateDep, credentials: Credentials) -> En
     which rotates it."""
     now = time.time()
     bearer = credentials.credentials if credentials is not None else None
-    with WRITE_LOCK, state.db.session() as session:
+    with rollout_writes(state.db) as session:
         try:
             done = enrollment.enroll(session, device_id=body.device_id, credential=body.enrollment_token,
                                      bearer=bearer, shared_token=state.config.enrollment_token,
@@ -44,7 +44,7 @@ def enroll(body: EnrollRequest, state: StateDep, credentials: Credentials) -> En
 @router.post("/v1/devices/{device_id}/reset", dependencies=[AdminDep])
 def reset(device_id: DeviceIdPath, state: StateDep) -> dict[str, Any]:
     """Revoke the device's token: the id may enroll again with the shared token (a replaced or re-imaged box)."""
-    with WRITE_LOCK, state.db.session() as session:
+    with rollout_writes(state.db) as session:
         return device_crud.device_public(enrollment.reset(session, device_id=device_id))
 
 
@@ -52,7 +52,7 @@ def reset(device_id: DeviceIdPath, state: StateDep) -> dict[str, Any]:
 def approve(device_id: DeviceIdPath, state: StateDep) -> dict[str, Any]:
     """Let a device waiting for approval in: the token it holds becomes valid; it joins matching rollouts."""
     now = time.time()
-    with WRITE_LOCK, state.db.session() as session:
+    with rollout_writes(state.db) as session:
         device = enrollment.approve(session, device_id=device_id, now=now)
         session.flush()
         join_rollouts(session, device=device, now=now)

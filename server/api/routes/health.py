@@ -1,12 +1,23 @@
+"""``/healthz`` (the process answers) and ``/readyz`` (it can serve: database reachable, schema at head)."""
+
 from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from server.api.deps import StateDep
+from server.db import head_revision, schema_revision
+from server.state import ServerState
 
 router = APIRouter(tags=["health"])
+HEAD = head_revision()
+# its own threads: a load balancer's probe must not queue behind busy request threads and mark a loaded
+# replica down
+_probe_threads = anyio.CapacityLimiter(2)
+READY_TIMEOUT_S = 2.0
 
 
 @router.get("/healthz")
@@ -14,3 +25,25 @@ def healthz(state: StateDep) -> dict[str, Any]:
     ingest = state.ingestor.stats if state.ingestor else None
     return {"ok": True, "mqtt": None if ingest is None else {"connected": ingest.connected,
                                                            "protocol": ingest.protocol}}
+
+
+def _readiness(state: ServerState) -> dict[str, Any]:
+    try:
+        current = schema_revision(state.db.engine)
+    except Exception as exc:
+        return {"ready": False, "reason": f"database unreachable: {exc.__class__.__name__}"}
+    if current != HEAD:
+        return {"ready": False, "reason": f"schema at {current}, this server needs {HEAD}"}
+    return {"ready": True, "schema": current}
+
+
+@router.get("/readyz", responses={503: {"description": "not ready: the reason"}})
+async def readyz(state: StateDep) -> JSONResponse:
+    """200 when this replica can serve: the database answers and its schema is at this code's head."""
+    with anyio.move_on_after(READY_TIMEOUT_S):
+        doc = await anyio.to_thread.run_sync(_readiness, state, limiter=_probe_threads, abandon_on_cancel=True)
+        doc["replica"] = state.replica_id
+        doc["leads"] = sorted(name for name, held in state.leases.holding().items() if held)
+        return JSONResponse(doc, status_code=200 if doc["ready"] else 503)
+    return JSONResponse({"ready": False, "reason": f"database did not answer in {READY_TIMEOUT_S:g} s",
+                         "replica": state.replica_id}, status_code=503)

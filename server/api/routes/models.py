@@ -226,8 +226,8 @@ def list_variants(name: ModelName, version: VersionNo, session: SessionDep) -> d
 
 @router.post("/v1/models/{name}/versions/{version}/variants", status_code=202)
 def make_variants(name: ModelName, version: VersionNo, body: VariantsRequest, state: StateDep) -> dict[str, Any]:
-    job_id = start_variants_job(db=state.db, store=state.store, runner=state.jobs, config=state.config, name=name,
-                                version=version, target=body.target)
+    job_id = start_variants_job(db=state.db, runner=state.jobs, config=state.config, name=name, version=version,
+                                target=body.target)
     with state.db.session() as session:
         return job_crud.job_public(job_crud.get_job(session, job_id=job_id))
 

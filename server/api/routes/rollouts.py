@@ -11,6 +11,7 @@ from server.api.schemas import AbortBody, RolloutCreate
 from server.crud import registry
 from server.crud import rollouts as crud
 from server.deltas import INLINE_DELTA_BYTES, prepare_rollout_deltas, rollout_artifact_bytes, rollout_transfers
+from server.deltas import KIND as DELTAS_JOB
 from server.state import ServerState
 
 router = APIRouter(tags=["rollouts"], dependencies=[AdminDep])
@@ -19,7 +20,7 @@ RolloutId = Annotated[int, Path(ge=1, le=DB_ID_MAX)]
 
 @router.post("/v1/rollouts", status_code=201)
 def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
-    with engine.WRITE_LOCK, state.db.session() as session:
+    with engine.rollout_writes(state.db) as session:
         _, version = registry.get_version(session, name=body.model, version=body.version)
         rollout = crud.create_rollout(
             session, version_id=version.id, target=body.target.model_dump(exclude_none=True),
@@ -30,9 +31,7 @@ def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
     if rollout_artifact_bytes(state, rollout_id) <= INLINE_DELTA_BYTES:
         prepare_rollout_deltas(state.db, state.store, state.config, rollout_id, lambda _f, _m: None)
     else:  # big models: the first wave may start with full downloads while the patches are made
-        state.jobs.submit(kind="deltas", params={"rollout_id": rollout_id},
-                          function=lambda _job, progress: prepare_rollout_deltas(
-                              state.db, state.store, state.config, rollout_id, progress))
+        state.jobs.submit(kind=DELTAS_JOB, params={"rollout_id": rollout_id})
     engine.step(state.db, rollout_id=rollout_id, now=time.time())  # the first wave starts now
     with state.db.session() as session:
         return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
@@ -51,7 +50,7 @@ def get_rollout(rollout_id: RolloutId, session: SessionDep, state: StateDep) -> 
 
 
 def _act(state: ServerState, rollout_id: int, action: str, revert: bool = False) -> dict[str, Any]:
-    with engine.WRITE_LOCK, state.db.session() as session:
+    with engine.rollout_writes(state.db) as session:
         crud.set_state(session, rollout_id=rollout_id, action=action, revert=revert)
     with state.db.session() as session:
         return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
