@@ -8,12 +8,14 @@ Only pydantic and the standard library are imported: the pure ASGI and protocol 
 from __future__ import annotations
 
 from http import HTTPStatus
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 MEDIA_TYPE = "application/problem+json"
 # RFC 9110's names where Python's table still has the older ones (3.10 to 3.12)
+PATH_SAFE = "/!$&'()*+,;=:@"  # RFC 3986 pchar delimiters kept as they are; "%" itself is encoded
 TITLES = {413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable", 422: "Unprocessable Content"}
 
 
@@ -23,7 +25,7 @@ class Problem(BaseModel):
     know (the RFC's extension members)."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "type": "about:blank", "title": "Not Found", "status": 404, "detail": "model detector not found",
+        "type": "about:blank", "title": "Not Found", "status": 404, "detail": "model detector is not known",
         "instance": "/v1/models/detector"}]})
 
     type: str = Field(default="about:blank", description="a URI reference naming the problem type",
@@ -50,8 +52,10 @@ def one_line(text: str, fallback: str) -> str:
 
 
 def problem(status: int, detail: str, *, instance: str | None = None, title: str | None = None) -> Problem:
+    """``instance``: the request's (decoded) path, percent-encoded again into a URI reference."""
     title = title or title_of(status)
-    return Problem(title=title, status=status, detail=one_line(detail, title), instance=instance)
+    where = quote(instance, safe=PATH_SAFE) if instance is not None else None
+    return Problem(title=title, status=status, detail=one_line(detail, title), instance=where)
 
 
 def problem_bytes(status: int, detail: str, *, instance: str | None = None, title: str | None = None) -> bytes:

@@ -22,6 +22,7 @@ from server.crud import Conflict, Invalid, NotFound
 from server.problems import MEDIA_TYPE, Problem, problem_bytes
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+BODY_ERRORS = (400, 413, 422)  # every route that reads a body: unreadable or too deep, over its limit, invalid
 DESCRIPTIONS = {
     400: "the request cannot be read (a bad multipart body, JSON nested too deep)",
     401: "no bearer token, or one the server does not know",

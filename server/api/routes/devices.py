@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from agent.wire import MANIFEST_MEDIA_TYPE, Command, UpdateReport
 from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, bearer_token, require_device
-from server.api.errors import problems
+from server.api.errors import BODY_ERRORS, problems
 from server.api.public.devices import DeviceList, DeviceView, EventPage, SignedManifest, TelemetryPage
 from server.api.routing import ContractRoute
 from server.api.schemas import CommandBody
@@ -92,7 +92,7 @@ def _refuse(state: ServerState, device_id: str, token: str) -> None:
 
 
 @router.post("/v1/devices/{device_id}/reports", status_code=204, operation_id="devices.report",
-             response_class=Response, responses=problems(401, 403, 413, 422, 503))
+             response_class=Response, responses=problems(401, 403, *BODY_ERRORS, 503))
 async def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, credentials: Credentials) -> Response:
     # waits as a coroutine, not on an HTTP thread: server/reports.py commits queued reports together
     written = state.reports.submit(device_id, bearer_token(credentials), body)
@@ -156,7 +156,8 @@ def events(device_id: DeviceIdPath, session: SessionDep, since: Annotated[float 
 
 @router.post("/v1/devices/{device_id}/commands", dependencies=[AdminDep], status_code=202,
              operation_id="devices.command", response_model=Command,
-             responses=problems(*ADMIN_ERRORS, 413, 503, s503="MQTT is off in the configuration or not connected"))
+             responses=problems(*ADMIN_ERRORS, *BODY_ERRORS, 503,
+                                s503="MQTT is off in the configuration or not connected"))
 def command(device_id: DeviceIdPath, body: CommandBody, state: StateDep, session: SessionDep) -> dict[str, Any]:
     crud.get_device(session, device_id=device_id)
     if state.ingestor is None:

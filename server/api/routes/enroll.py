@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException
 
 from agent.wire import EnrollRequest, EnrollResponse
 from server.api.deps import AdminDep, Credentials, DeviceIdPath, StateDep
-from server.api.errors import problems
+from server.api.errors import BODY_ERRORS, problems
 from server.api.public.devices import DevicePublic, EnrollmentToken
 from server.api.routing import ContractRoute
 from server.api.schemas import EnrollmentTokenBody
@@ -23,7 +23,7 @@ ADMIN_ERRORS = (401, 403, 404, 422)
 
 
 @router.post("/v1/enroll", operation_id="devices.enroll", response_model=EnrollResponse, responses=problems(
-    401, 409, 413, 422, s401="no valid enrollment credential",
+    401, 409, *BODY_ERRORS, s401="no valid enrollment credential",
     s409="the id is enrolled: re-enroll with its current device token, or after an operator reset"))
 def enroll(body: EnrollRequest, state: StateDep, credentials: Credentials) -> EnrollResponse:
     """A new id enrolls with the shared token (then waits for approval in ``enrollment.mode: approve``) or a
@@ -67,7 +67,7 @@ def approve(device_id: DeviceIdPath, state: StateDep) -> dict[str, Any]:
 
 @router.post("/v1/devices/{device_id}/enrollment-token", dependencies=[AdminDep], status_code=201,
              operation_id="devices.enrollment_token", response_model=EnrollmentToken,
-             responses=problems(401, 403, 413, 422))
+             responses=problems(401, 403, *BODY_ERRORS))
 def enrollment_token(device_id: DeviceIdPath, state: StateDep,
                      body: EnrollmentTokenBody | None = None) -> dict[str, Any]:
     """A one-time token that enrolls (or re-enrolls) this id once, without approval."""

@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from agent.wire import PreprocessSpec, RuntimeHints
 from server import sandbox
 from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
-from server.api.errors import problems
+from server.api.errors import BODY_ERRORS, problems
 from server.api.public.registry import ModelList, ModelPublic, VariantList, VersionDetail, VersionUploaded
 from server.api.public.service import JobPublic
 from server.api.routing import ContractRoute
@@ -238,7 +238,7 @@ def list_variants(name: ModelName, version: VersionNo, session: SessionDep) -> d
 
 
 @router.post("/v1/models/{name}/versions/{version}/variants", status_code=202, operation_id="variants.create",
-             response_model=JobPublic, responses=problems(*READ_ERRORS, 413))
+             response_model=JobPublic, responses=problems(*READ_ERRORS, *BODY_ERRORS))
 def make_variants(name: ModelName, version: VersionNo, body: VariantsRequest, state: StateDep) -> dict[str, Any]:
     job_id = start_variants_job(db=state.db, store=state.store, runner=state.jobs, config=state.config, name=name,
                                 version=version, target=body.target)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from agent.quality import accuracy_by, summarize_fleet
 from server import samples
 from server.api.deps import DB_ID_MAX, AdminDep, DeviceDep, DeviceIdPath, SessionDep, StateDep
-from server.api.errors import problems
+from server.api.errors import BODY_ERRORS, problems
 from server.api.public.quality import (
     Accuracy,
     FleetDrift,
@@ -81,7 +81,7 @@ def fleet_drift(session: SessionDep, threshold: Annotated[float | None, Query(gt
 
 @router.post("/v1/devices/{device_id}/samples", status_code=200, operation_id="samples.upload",
              response_model=SamplesStored, responses=problems(
-                 401, 403, 413, 422, 429, s403="another device's token, or no upload_samples command was sent to "
+                 401, 403, *BODY_ERRORS, 429, s403="another device's token, or no upload_samples command was sent to "
                  "this device", s429="over the samples the command allowed"))
 def upload_samples(device: DeviceDep, body: SamplesUpload, state: StateDep) -> dict[str, Any]:
     """Samples the operator asked for (an upload_samples command), validated whole before any is stored."""
@@ -141,7 +141,7 @@ def sample_image(device_id: DeviceIdPath, sample_id: str, state: StateDep, sessi
 
 
 @router.post("/v1/samples/labels", dependencies=[AdminDep], operation_id="samples.label", response_model=Labelled,
-            responses=problems(*READ_ERRORS, 413, s404="a sample is not known: nothing was labelled"))
+            responses=problems(*READ_ERRORS, *BODY_ERRORS, s404="a sample is not known: nothing was labelled"))
 def label_samples(body: LabelsBody, session: SessionDep) -> dict[str, Any]:
     rows = []
     for item in body.labels:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path
 
 from server import rollouts as engine
 from server.api.deps import DB_ID_MAX, AdminDep, SessionDep, StateDep
-from server.api.errors import problems
+from server.api.errors import BODY_ERRORS, problems
 from server.api.public.rollouts import RolloutDetail, RolloutList, RolloutView
 from server.api.routing import ContractRoute
 from server.api.schemas import AbortBody, RolloutCreate
@@ -17,12 +17,12 @@ from server.deltas import INLINE_DELTA_BYTES, prepare_rollout_deltas, rollout_ar
 from server.state import ServerState
 
 router = APIRouter(tags=["rollouts"], dependencies=[AdminDep], route_class=ContractRoute)
-CONTROL_ERRORS = problems(401, 403, 404, 409, 413, 422, s409="the rollout is not in a state this action applies to")
+CONTROL_ERRORS = problems(401, 403, 404, 409, *BODY_ERRORS, s409="the rollout is not in a state this action applies to")
 RolloutId = Annotated[int, Path(ge=1, le=DB_ID_MAX)]
 
 
 @router.post("/v1/rollouts", status_code=201, operation_id="rollouts.create", response_model=RolloutDetail,
-             responses=problems(401, 403, 404, 409, 413, 422, s404="no such model version",
+             responses=problems(401, 403, 404, 409, *BODY_ERRORS, s404="no such model version",
                                 s422="the body is not valid, or the target matches no enrolled device"))
 def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
     """A rollout of a model version to the target's devices in gated waves; the first wave starts now."""
