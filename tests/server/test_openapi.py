@@ -169,3 +169,19 @@ def test_docs_load_from_the_server_itself(server: RunningServer, page: str) -> N
     assert "/openapi.json" in html.text
     if page == "/docs":
         assert '"validatorUrl": null' in html.text  # no badge fetched from the online validator
+
+
+def test_a_drift_section_of_the_wrong_types_is_nulls_in_the_typed_flag() -> None:
+    """``drift`` is free-form on the wire: one device's odd values become nulls in its DriftFlag instead of a
+    response the model refuses (a 500 for the operator's whole device list)."""
+    from server.api.public.devices import DriftFlag
+    from server.quality import device_drift
+
+    odd = device_drift({"model": 7, "version": "2", "drifted": "yes", "ready": 1, "max_psi": True,
+                        "max_stat": ["x"], "samples": 3.5, "threshold": "0.2"})
+    assert odd == dict.fromkeys(("model", "version", "drifted", "ready", "max_psi", "max_stat", "samples",
+                                 "threshold"))
+    good = {"model": "m", "version": 2, "drifted": True, "ready": True, "max_psi": 0.31, "max_stat": "mean",
+            "samples": 500, "threshold": 0.2}
+    assert device_drift({**good, "psi": {"mean": 0.31}}) == good
+    assert DriftFlag.model_validate(odd).model_dump() == odd and DriftFlag.model_validate(good).model_dump() == good
