@@ -9,18 +9,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from server import dashboard, rollouts, sandbox
+from server import dashboard, openapi, rollouts, sandbox
+from server.api import errors
 from server.api.routes import artifacts, devices, enroll, health, jobs, models, trust
 from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
 from server.artifact_gc import Collected, collect
 from server.config import ServerConfig, replica_id_of
-from server.crud import Conflict, Invalid, NotFound
 from server.crud import jobs as job_crud
 from server.crud.telemetry import downsample_and_expire
 from server.db import Database, migrate
@@ -126,14 +124,6 @@ def build_state(config: ServerConfig) -> ServerState:
                        replica_id=replica)
 
 
-def _one_line(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:3]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
 def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     state = build_state(config)
 
@@ -169,7 +159,9 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
             state.reports.stop()
             state.db.dispose()
 
-    app = FastAPI(title="edgefleet update server", version="1", lifespan=lifespan)
+    app = FastAPIOffline(title="edgefleet update server", version="1", lifespan=lifespan,
+                         description=openapi.DESCRIPTION, swagger_ui_parameters={"validatorUrl": None})
+    openapi.install(app)
     app.state.edgefleet = state
     for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes, trust):
         app.include_router(module.router)
@@ -179,24 +171,5 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     app.add_middleware(BodyLimits, http=config.http,  # outermost: before any parsing
                        upload_bytes=int(config.max_upload_mb * 1024 * 1024))
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=422)
-
-    @app.exception_handler(NotFound)
-    async def _not_found(_request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(Invalid)
-    async def _bad(_request: Request, exc: Invalid) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(IntegrityError)
-    async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
-        return JSONResponse({"detail": "conflicting concurrent change, retry"}, status_code=409)
-
+    errors.install(app)
     return app

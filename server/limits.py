@@ -11,7 +11,6 @@ connection is closed after them (the rest of the body is never read).
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import Counter
@@ -23,6 +22,7 @@ import anyio
 from starlette.exceptions import HTTPException
 
 from server.config import HttpSection
+from server.problems import MEDIA_TYPE, problem_bytes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -104,17 +104,17 @@ class Budget:
             self.held -= size
 
 
-def problem(status: int, title: str, detail: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status,
-                       "detail": detail.splitlines()[0] if detail else title}).encode()
-    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
+def problem(status: int, title: str, detail: str,
+            instance: str | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    body = problem_bytes(status, detail, instance=instance, title=title)
+    headers = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]
     return headers, body
 
 
 async def send_problem(send: Send, status: int, title: str, detail: str,
-                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers, body = problem(status, title, detail)
+                       extra: list[tuple[bytes, bytes]] | None = None, instance: str | None = None) -> None:
+    headers, body = problem(status, title, detail, instance)
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
     await send({"type": "http.response.body", "body": body})
 
@@ -161,7 +161,7 @@ class BodyLimits:
         limit = self.limit_for(scope["method"], scope["path"])
         declared = int(length_header) if length_header and length_header.isdigit() else None
         if declared is not None and declared > limit.max_bytes:
-            await self._refuse(send, 413, "Content Too Large",
+            await self._refuse(scope, send, 413, "Content Too Large",
                                f"request body of {declared} bytes is larger than the limit of {limit.max_bytes} "
                                "bytes for this route")
             return
@@ -170,18 +170,18 @@ class BodyLimits:
             return
         reserve = declared if declared is not None else limit.max_bytes
         if not self.budget.take(reserve):
-            await self._refuse(send, 503, "Service Unavailable", "the server is holding too many request bodies; "
-                               "retry shortly", [(b"retry-after", b"2")])
+            await self._refuse(scope, send, 503, "Service Unavailable",
+                               "the server is holding too many request bodies; retry shortly", [(b"retry-after", b"2")])
             return
         try:
             await self._buffered(scope, receive, send, limit)
         finally:
             self.budget.give(reserve)
 
-    async def _refuse(self, send: Send, status: int, title: str, detail: str,
+    async def _refuse(self, scope: Scope, send: Send, status: int, title: str, detail: str,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
         REFUSED[status] += 1
-        await send_problem(send, status, title, detail, extra)
+        await send_problem(send, status, title, detail, extra, instance=scope.get("path"))
 
     async def _buffered(self, scope: Scope, receive: Receive, send: Send, limit: Limit) -> None:
         chunks: list[bytes] = []
@@ -194,21 +194,22 @@ class BodyLimits:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit.max_bytes:
-                    await self._refuse(send, 413, "Content Too Large", "request body is larger than the limit of "
-                                       f"{limit.max_bytes} bytes for this route")
+                    await self._refuse(scope, send, 413, "Content Too Large",
+                                       f"request body is larger than the limit of {limit.max_bytes} bytes "
+                                       "for this route")
                     return
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
         if deadline.cancelled_caught:
-            await self._refuse(send, 408, "Request Timeout",
+            await self._refuse(scope, send, 408, "Request Timeout",
                                f"the request body did not arrive within {self.http.body_timeout_s:g}s")
             return
         body = b"".join(chunks)
         del chunks
         content_type = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type not in _NOT_JSON and json_depth(body, self.http.max_json_depth) > self.http.max_json_depth:
-            await self._refuse(send, 400, "Bad Request",
+            await self._refuse(scope, send, 400, "Bad Request",
                                f"JSON body is nested deeper than {self.http.max_json_depth} levels")
             return
         replayed = False

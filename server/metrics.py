@@ -18,13 +18,14 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from importlib import metadata
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.api.deps import is_admin
+from server.api.errors import problems
 from server.crud import NotFound, fleet, registry
 from server.state import ServerState
 
@@ -253,12 +254,13 @@ def install(app: FastAPI, state: ServerState) -> Metrics:
     metrics = Metrics(state)
     router = APIRouter(tags=["metrics"])
 
-    @router.get("/metrics", response_class=PlainTextResponse,
-                responses={200: {"description": "Prometheus text format"}, 401: {"description": "no valid token"}})
+    @router.get("/metrics", response_class=PlainTextResponse, operation_id="metrics.scrape", responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **problems(401, s401="no metrics or admin bearer token")})
     def scrape(request: Request) -> Response:
         if not _authorized(request, state):
-            return PlainTextResponse("a metrics or admin bearer token is required\n", status_code=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, "a metrics or admin bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(router)

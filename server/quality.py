@@ -85,12 +85,22 @@ def profile_summary(profile: dict[str, Any] | None, source: str | None) -> dict[
             "stats": sorted((profile.get("stats") or {}).keys()), "created_at": profile.get("created_at")}
 
 
+DRIFT_FLAG = {"model": (str,), "version": (int,), "drifted": (bool,), "ready": (bool,), "max_psi": (int, float),
+              "max_stat": (str,), "samples": (int,), "threshold": (int, float)}
+
+
 def device_drift(section: Any) -> dict[str, Any] | None:
-    """The compact drift flag of a device from its latest telemetry ``drift`` section."""
+    """The compact drift flag of a device from its latest telemetry ``drift`` section (free-form on the wire:
+    a value of the wrong type is None here, so one device's odd report never breaks the fleet's listing)."""
     if not isinstance(section, dict) or "max_psi" not in section:
         return None
-    return {key: section.get(key) for key in ("model", "version", "drifted", "ready", "max_psi", "max_stat",
-                                              "samples", "threshold")}
+    return {key: _typed(section.get(key), kinds) for key, kinds in DRIFT_FLAG.items()}
+
+
+def _typed(value: Any, kinds: tuple[type, ...]) -> Any:
+    if isinstance(value, bool) and bool not in kinds:
+        return None
+    return value if isinstance(value, kinds) else None
 
 
 def version_drift(latest: Mapping[str, Any], *, model: str, version: int,

@@ -11,7 +11,6 @@ first byte of each further request on it) and within ``http.max_header_kb``; oth
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import socket
@@ -23,13 +22,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server import sandbox
 from server.config import HttpSection
+from server.problems import MEDIA_TYPE, problem_bytes
 
 log = logging.getLogger("edgefleet.server.http")
 
 
 def _raw_problem(status: int, reason: str, detail: str) -> bytes:
-    body = json.dumps({"type": "about:blank", "title": reason, "status": status, "detail": detail}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n"
+    body = problem_bytes(status, detail, title=reason)
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: {MEDIA_TYPE}\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 

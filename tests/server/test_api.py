@@ -37,7 +37,9 @@ def rollout_to(server: RunningServer, name: str, version: int, devices: list[str
 
 def test_enrollment_and_the_auth_matrix(server: RunningServer) -> None:
     bad = requests.post(server.url + "/v1/enroll", json={"device_id": "x1", "enrollment_token": "nope"}, timeout=5)
-    assert bad.status_code == 401 and bad.json() == {"detail": "invalid enrollment token"}
+    assert bad.status_code == 401 and bad.headers["content-type"] == "application/problem+json"
+    assert bad.json() == {"type": "about:blank", "title": "Unauthorized", "status": 401,
+                          "detail": "invalid enrollment token", "instance": "/v1/enroll"}
     token_a, token_b = server.enroll("auth-a"), server.enroll("auth-b")
     url = server.url + "/v1/devices/auth-a/manifest"
     assert requests.get(url, timeout=5).status_code == 401
@@ -148,6 +150,10 @@ def test_artifact_download_with_range_and_if_range(server: RunningServer, onnx_f
     assert changed.status_code == 200 and changed.content == data
     beyond = requests.get(url, headers={**bearer(token), "Range": f"bytes={len(data) + 5}-"}, timeout=5)
     assert beyond.status_code == 416
+    cached = requests.get(url, headers={**bearer(token), "If-None-Match": f'"{sha}"', "Range": "bytes=5-"}, timeout=5)
+    assert cached.status_code == 304 and cached.content == b"" and cached.headers["ETag"] == f'"{sha}"'
+    other = requests.get(url, headers={**bearer(token), "If-None-Match": '"stale"'}, timeout=5)
+    assert other.status_code == 200 and other.content == data
     unknown = f"{server.url}/v1/artifacts/{'0' * 64}"
     assert requests.get(unknown, headers=bearer(token), timeout=5).status_code == 403  # never says what is stored
     assert requests.get(unknown, headers=server.admin(), timeout=5).status_code == 404

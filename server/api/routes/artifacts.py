@@ -13,6 +13,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Resp
 from fastapi.responses import StreamingResponse
 
 from server.api.deps import SHA256, AdminDep, Credentials, SessionDep, StateDep, bearer_token, is_admin
+from server.api.errors import problems
+from server.api.public.service import JobPublic
+from server.api.routes.devices import etag_matches
+from server.api.routing import ContractRoute
 from server.crud import devices as device_crud
 from server.crud import jobs as job_crud
 from server.crud.deltas import get_delta
@@ -21,7 +25,20 @@ from server.deltas import PAIR_KIND, delta_fits, delta_limits
 from server.offers import artifact_refusal, delta_refusal, refusal
 from server.storage import ArtifactStore
 
-router = APIRouter(tags=["artifacts"])
+router = APIRouter(tags=["artifacts"], route_class=ContractRoute)
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+DOWNLOAD_HEADERS = {"ETag": {"description": "the sha256 in quotes", "schema": {"type": "string"}},
+                    "Accept-Ranges": {"schema": {"type": "string", "enum": ["bytes"]}}}
+
+
+def download_responses(what: str, s403: str, s404: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {"description": what, "content": {"application/octet-stream": BINARY}, "headers": DOWNLOAD_HEADERS},
+        206: {"description": "the byte range asked for (Range; If-Range with the current ETag)",
+              "content": {"application/octet-stream": BINARY},
+              "headers": {**DOWNLOAD_HEADERS, "Content-Range": {"schema": {"type": "string"}}}},
+        304: {"description": "unchanged: If-None-Match names the current ETag"},
+        **problems(401, 403, 404, 416, 422, s403=s403, s404=s404)}
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 ShaPath = Annotated[str, Path(pattern=SHA256)]
@@ -46,7 +63,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str | None,
-          if_range: str | None) -> Response:
+          if_range: str | None, if_none_match: str | None = None) -> Response:
     """The artifact through this server, its ETag the sha256 (so ``If-Range`` works the same on every
     store), a range read from the store itself (a ranged GET on S3): docs/deploying.md says why not a
     redirect to a presigned URL."""
@@ -56,6 +73,8 @@ def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str 
         raise HTTPException(404, f"artifact {sha256} is not stored") from None
     etag = f'"{etag_value}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
+    if etag_matches(if_none_match, etag):  # RFC 9110 13.2.2: If-None-Match is judged before Range
+        return Response(status_code=304, headers=headers)
     use_range = range_header is not None and (if_range is None or if_range.strip() == etag)
     if use_range:
         assert range_header is not None
@@ -88,26 +107,26 @@ def downloader(state: StateDep, session: SessionDep, credentials: Credentials) -
 Downloader = Annotated[Device | None, Depends(downloader)]
 
 
-@router.get("/v1/artifacts/{sha256}", response_class=Response, responses={
-    200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content"},
-    403: {"description": "not offered to this device by its manifest"},
-    404: {"description": "unknown artifact"}, 416: {"description": "range not satisfiable"}})
+@router.get("/v1/artifacts/{sha256}", response_class=Response, operation_id="artifacts.download",
+            responses=download_responses("the artifact", "not offered to this device by its manifest (also for "
+                                         "an unknown sha256)", "no such artifact is stored (admin token)"))
 def artifact(sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
-             range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None
-             ) -> Response:
+             range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None,
+             if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """A stored artifact by sha256: a device token gets only what its manifest offers."""
     if who is not None and (refused := refusal(state.manifests, session, who,
                                                lambda device: artifact_refusal(device, sha256))) is not None:
         raise HTTPException(403, refused)
-    return serve(state.store, sha256, sha256, range, if_range)
+    return serve(state.store, sha256, sha256, range, if_range, if_none_match)
 
 
-@router.get("/v1/deltas/{from_sha256}/{to_sha256}", response_class=Response, responses={
-    200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content"},
-    403: {"description": "not offered to this device by its manifest"},
-    404: {"description": "no such delta has been made"}})
+@router.get("/v1/deltas/{from_sha256}/{to_sha256}", response_class=Response, operation_id="deltas.download",
+            responses=download_responses("the patch", "not offered to this device by its manifest",
+                                         "no such delta has been made: download the full artifact"))
 def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
           algorithm: Annotated[Literal["bsdiff4", "tensor"], Query()] = "bsdiff4",
-          range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None) -> Response:
+          range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None,
+          if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """A patch from→to that a background job made: bsdiff4 (default) or a tensor delta (docs/ota.md)."""
     if from_sha256 == to_sha256:
         raise HTTPException(422, "from and to are the same artifact")
@@ -119,11 +138,12 @@ def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep, session: Se
     if row is None or not state.store.exists(row.sha256):
         raise HTTPException(404, f"no {algorithm} delta between these artifacts has been made; "
                                  "download the full artifact")
-    return serve(state.store, row.sha256, row.sha256, range, if_range)
+    return serve(state.store, row.sha256, row.sha256, range, if_range, if_none_match)
 
 
-@router.post("/v1/deltas/{from_sha256}/{to_sha256}", status_code=202, dependencies=[AdminDep], responses={
-    404: {"description": "an artifact is not stored"}, 422: {"description": "the pair cannot be diffed"}})
+@router.post("/v1/deltas/{from_sha256}/{to_sha256}", status_code=202, dependencies=[AdminDep],
+             operation_id="deltas.create", response_model=JobPublic, responses=problems(
+                 401, 403, 404, 422, s404="an artifact is not stored", s422="the pair cannot be diffed"))
 def make_delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep,
                algorithm: Annotated[Literal["bsdiff4", "tensor"], Query()] = "bsdiff4") -> dict[str, Any]:
     """Make the patch from→to in a background job (rollouts make the ones their devices need)."""

@@ -13,6 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from agent.wire import MANIFEST_MEDIA_TYPE, Command, UpdateReport
 from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, bearer_token, require_device
+from server.api.errors import BODY_ERRORS, problems
+from server.api.public.devices import DeviceList, DeviceView, EventPage, SignedManifest, TelemetryPage
+from server.api.routing import ContractRoute
 from server.api.schemas import CommandBody
 from server.crud import devices as crud
 from server.crud import fleet
@@ -23,7 +26,9 @@ from server.quality import device_drift
 from server.samples import grant
 from server.state import ServerState
 
-router = APIRouter(tags=["devices"])
+router = APIRouter(tags=["devices"], route_class=ContractRoute)
+MANIFEST_SCHEMA = {"$ref": "#/components/schemas/SignedManifest"}
+ADMIN_ERRORS = (401, 403, 404, 422)
 REPORT_TIMEOUT_S = 30.0
 
 
@@ -36,12 +41,19 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/").strip('"') == bare for tag in header.split(","))
 
 
-@router.get("/v1/devices/{device_id}/manifest", responses={
-    200: {"description": "SignedManifest (agent.wire)"}, 204: {"description": "no desired state"},
-    304: {"description": "unchanged since If-None-Match"}})
+@router.get("/v1/devices/{device_id}/manifest", operation_id="devices.manifest", response_model=SignedManifest,
+            responses={
+                200: {"description": "the signed manifest of the device's desired state; ETag header",
+                      "content": {MANIFEST_MEDIA_TYPE: {"schema": MANIFEST_SCHEMA}}},
+                204: {"description": "no desired state"},
+                304: {"description": "unchanged since If-None-Match"},
+                **problems(401, 403, 406, 422, s403="the token of another device, or one waiting for approval")})
 async def manifest(device_id: DeviceIdPath, state: StateDep, credentials: Credentials,
                    if_none_match: Annotated[str | None, Header()] = None,
                    accept: Annotated[str | None, Header()] = None) -> Response:
+    """The device's desired state, signed. ``Accept: application/vnd.edgefleet.manifest.v2+json``: the RFC 8785
+    form (``signatures``, ``root_version``); without it the legacy form (``signature``, ``key_id``), or 406 when
+    the server has ``legacy_manifests: false``."""
     # the hot path: one hop to a worker thread, one short transaction (auth + desired state + signature)
     legacy = MANIFEST_MEDIA_TYPE not in (accept or "")
     token = credentials.credentials if credentials is not None else ""
@@ -79,7 +91,8 @@ def _refuse(state: ServerState, device_id: str, token: str) -> None:
                        if token else None)
 
 
-@router.post("/v1/devices/{device_id}/reports", status_code=204)
+@router.post("/v1/devices/{device_id}/reports", status_code=204, operation_id="devices.report",
+             response_class=Response, responses=problems(401, 403, *BODY_ERRORS, 503))
 async def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, credentials: Credentials) -> Response:
     # waits as a coroutine, not on an HTTP thread: server/reports.py commits queued reports together
     written = state.reports.submit(device_id, bearer_token(credentials), body)
@@ -96,7 +109,8 @@ async def report(device_id: DeviceIdPath, body: UpdateReport, state: StateDep, c
     return Response(status_code=204)
 
 
-@router.get("/v1/devices", dependencies=[AdminDep])
+@router.get("/v1/devices", dependencies=[AdminDep], operation_id="devices.list", response_model=DeviceList,
+            responses=problems(401, 403, 422))
 def list_devices(session: SessionDep, online: bool | None = None,
                  enrollment: Annotated[Literal["enrolled", "pending", "unenrolled"] | None, Query(
                      description="pending: waiting for the operator's approval")] = None) -> dict[str, Any]:
@@ -105,14 +119,16 @@ def list_devices(session: SessionDep, online: bool | None = None,
     return {"devices": [{**crud.device_public(d), "drift": device_drift(drift.get(d.id))} for d in devices]}
 
 
-@router.get("/v1/devices/{device_id}", dependencies=[AdminDep])
+@router.get("/v1/devices/{device_id}", dependencies=[AdminDep], operation_id="devices.get", response_model=DeviceView,
+            responses=problems(*ADMIN_ERRORS))
 def get_device(device_id: DeviceIdPath, session: SessionDep) -> dict[str, Any]:
     device = crud.get_device(session, device_id=device_id)
     drift = fleet.latest_drift(session, device_ids=[device.id])
     return {**crud.device_public(device), "drift": device_drift(drift.get(device.id))}
 
 
-@router.get("/v1/devices/{device_id}/telemetry", dependencies=[AdminDep])
+@router.get("/v1/devices/{device_id}/telemetry", dependencies=[AdminDep], operation_id="devices.telemetry",
+            response_model=TelemetryPage, responses=problems(*ADMIN_ERRORS))
 def telemetry(device_id: DeviceIdPath, session: SessionDep, state: StateDep,
               since: Annotated[float | None, Query()] = None,
               limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
@@ -130,7 +146,8 @@ def telemetry(device_id: DeviceIdPath, session: SessionDep, state: StateDep,
     return doc
 
 
-@router.get("/v1/devices/{device_id}/events", dependencies=[AdminDep])
+@router.get("/v1/devices/{device_id}/events", dependencies=[AdminDep], operation_id="devices.events",
+            response_model=EventPage, responses=problems(*ADMIN_ERRORS))
 def events(device_id: DeviceIdPath, session: SessionDep, since: Annotated[float | None, Query()] = None,
            limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
     crud.get_device(session, device_id=device_id)
@@ -139,7 +156,10 @@ def events(device_id: DeviceIdPath, session: SessionDep, since: Annotated[float 
         for r in telemetry_crud.list_events(session, device_id=device_id, since=since, limit=limit)]}
 
 
-@router.post("/v1/devices/{device_id}/commands", dependencies=[AdminDep], status_code=202)
+@router.post("/v1/devices/{device_id}/commands", dependencies=[AdminDep], status_code=202,
+             operation_id="devices.command", response_model=Command,
+             responses=problems(*ADMIN_ERRORS, *BODY_ERRORS, 503,
+                                s503="MQTT is off in the configuration or not connected"))
 def command(device_id: DeviceIdPath, body: CommandBody, state: StateDep, session: SessionDep) -> dict[str, Any]:
     crud.get_device(session, device_id=device_id)
     if state.ingestor is None:

@@ -9,18 +9,22 @@ from fastapi import APIRouter, HTTPException
 
 from agent.wire import EnrollRequest, EnrollResponse
 from server.api.deps import AdminDep, Credentials, DeviceIdPath, StateDep
+from server.api.errors import BODY_ERRORS, problems
+from server.api.public.devices import DevicePublic, EnrollmentToken
+from server.api.routing import ContractRoute
 from server.api.schemas import EnrollmentTokenBody
 from server.crud import devices as device_crud
 from server.crud import enrollment
 from server.crud.rollouts import join_rollouts
 from server.rollouts import rollout_writes
 
-router = APIRouter(tags=["devices"])
+router = APIRouter(tags=["devices"], route_class=ContractRoute)
+ADMIN_ERRORS = (401, 403, 404, 422)
 
 
-@router.post("/v1/enroll", response_model=EnrollResponse, responses={
-    401: {"description": "no valid enrollment credential"},
-    409: {"description": "the id is enrolled: re-enroll with its current device token, or after an operator reset"}})
+@router.post("/v1/enroll", operation_id="devices.enroll", response_model=EnrollResponse, responses=problems(
+    401, 409, *BODY_ERRORS, s401="no valid enrollment credential",
+    s409="the id is enrolled: re-enroll with its current device token, or after an operator reset"))
 def enroll(body: EnrollRequest, state: StateDep, credentials: Credentials) -> EnrollResponse:
     """A new id enrolls with the shared token (then waits for approval in ``enrollment.mode: approve``) or a
     one-time token for it; an enrolled id re-enrolls with its current token (``Authorization: Bearer``),
@@ -41,14 +45,16 @@ def enroll(body: EnrollRequest, state: StateDep, credentials: Credentials) -> En
     return EnrollResponse(device_id=body.device_id, token=done.token, status=done.status)
 
 
-@router.post("/v1/devices/{device_id}/reset", dependencies=[AdminDep])
+@router.post("/v1/devices/{device_id}/reset", dependencies=[AdminDep], operation_id="devices.reset",
+             response_model=DevicePublic, responses=problems(*ADMIN_ERRORS))
 def reset(device_id: DeviceIdPath, state: StateDep) -> dict[str, Any]:
     """Revoke the device's token: the id may enroll again with the shared token (a replaced or re-imaged box)."""
     with rollout_writes(state.db) as session:
         return device_crud.device_public(enrollment.reset(session, device_id=device_id))
 
 
-@router.post("/v1/devices/{device_id}/approve", dependencies=[AdminDep])
+@router.post("/v1/devices/{device_id}/approve", dependencies=[AdminDep], operation_id="devices.approve",
+             response_model=DevicePublic, responses=problems(*ADMIN_ERRORS, 409, s409="the device is not waiting"))
 def approve(device_id: DeviceIdPath, state: StateDep) -> dict[str, Any]:
     """Let a device waiting for approval in: the token it holds becomes valid; it joins matching rollouts."""
     now = time.time()
@@ -59,7 +65,9 @@ def approve(device_id: DeviceIdPath, state: StateDep) -> dict[str, Any]:
         return device_crud.device_public(device)
 
 
-@router.post("/v1/devices/{device_id}/enrollment-token", dependencies=[AdminDep], status_code=201)
+@router.post("/v1/devices/{device_id}/enrollment-token", dependencies=[AdminDep], status_code=201,
+             operation_id="devices.enrollment_token", response_model=EnrollmentToken,
+             responses=problems(401, 403, *BODY_ERRORS))
 def enrollment_token(device_id: DeviceIdPath, state: StateDep,
                      body: EnrollmentTokenBody | None = None) -> dict[str, Any]:
     """A one-time token that enrolls (or re-enrolls) this id once, without approval."""

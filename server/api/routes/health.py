@@ -9,10 +9,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from server.api.deps import StateDep
+from server.api.errors import problems
+from server.api.public.service import Health, Ready
+from server.api.routing import ContractRoute
 from server.db import head_revision, schema_revision
+from server.problems import MEDIA_TYPE, problem
 from server.state import ServerState
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=ContractRoute)
 HEAD = head_revision()
 # its own threads: a load balancer's probe must not queue behind busy request threads and mark a loaded
 # replica down
@@ -20,8 +24,9 @@ _probe_threads = anyio.CapacityLimiter(2)
 READY_TIMEOUT_S = 2.0
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="health.live", response_model=Health)
 def healthz(state: StateDep) -> dict[str, Any]:
+    """Alive: answers while the process serves HTTP (the database is not asked)."""
     ingest = state.ingestor.stats if state.ingestor else None
     return {"ok": True, "mqtt": None if ingest is None else {"connected": ingest.connected,
                                                            "protocol": ingest.protocol}}
@@ -37,13 +42,17 @@ def _readiness(state: ServerState) -> dict[str, Any]:
     return {"ready": True, "schema": current}
 
 
-@router.get("/readyz", responses={503: {"description": "not ready: the reason"}})
-async def readyz(state: StateDep) -> JSONResponse:
+@router.get("/readyz", operation_id="health.ready", response_model=Ready, responses=problems(
+    503, s503="not ready: the database does not answer (within 2 s) or its schema is not at this code's head; "
+              "the problem document carries `ready: false`, `reason` and `replica`"))
+async def readyz(state: StateDep) -> Any:
     """200 when this replica can serve: the database answers and its schema is at this code's head."""
+    doc: dict[str, Any] = {"ready": False, "reason": f"database did not answer in {READY_TIMEOUT_S:g} s"}
     with anyio.move_on_after(READY_TIMEOUT_S):
         doc = await anyio.to_thread.run_sync(_readiness, state, limiter=_probe_threads, abandon_on_cancel=True)
-        doc["replica"] = state.replica_id
+    doc["replica"] = state.replica_id
+    if doc["ready"]:
         doc["leads"] = sorted(name for name, held in state.leases.holding().items() if held)
-        return JSONResponse(doc, status_code=200 if doc["ready"] else 503)
-    return JSONResponse({"ready": False, "reason": f"database did not answer in {READY_TIMEOUT_S:g} s",
-                         "replica": state.replica_id}, status_code=503)
+        return doc
+    body = problem(503, doc["reason"], instance="/readyz").model_dump(exclude_none=True)
+    return JSONResponse({**body, **doc}, status_code=503, media_type=MEDIA_TYPE)

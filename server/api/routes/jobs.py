@@ -5,11 +5,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from server.api.deps import DB_ID_MAX, AdminDep, SessionDep
+from server.api.errors import problems
+from server.api.public.service import JobPublic
+from server.api.routing import ContractRoute
 from server.crud import jobs as crud
 
-router = APIRouter(tags=["jobs"], dependencies=[AdminDep])
+router = APIRouter(tags=["jobs"], dependencies=[AdminDep], route_class=ContractRoute)
 
 
-@router.get("/v1/jobs/{job_id}")
+@router.get("/v1/jobs/{job_id}", operation_id="jobs.get", response_model=JobPublic,
+            responses=problems(401, 403, 404, 422))
 def get_job(job_id: Annotated[int, Path(ge=1, le=DB_ID_MAX)], session: SessionDep) -> dict[str, Any]:
+    """A background job's state and progress."""
     return crud.job_public(crud.get_job(session, job_id=job_id))

@@ -20,6 +20,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from agent.wire import PreprocessSpec, RuntimeHints
 from server import sandbox
 from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
+from server.api.errors import BODY_ERRORS, problems
+from server.api.public.registry import ModelList, ModelPublic, VariantList, VersionDetail, VersionUploaded
+from server.api.public.service import JobPublic
+from server.api.routing import ContractRoute
 from server.api.schemas import UploadMeta, VariantsRequest
 from server.crud import jobs as job_crud
 from server.crud import registry as crud
@@ -29,7 +33,8 @@ from server.state import ServerState
 from server.storage import TooLarge, copy_limited, hash_file
 from server.variants import start_variants_job
 
-router = APIRouter(tags=["models"], dependencies=[AdminDep])
+router = APIRouter(tags=["models"], dependencies=[AdminDep], route_class=ContractRoute)
+READ_ERRORS = (401, 403, 404, 422)
 ModelName = Annotated[str, PathParam(pattern=MODEL_NAME)]
 VersionNo = Annotated[int, PathParam(ge=1)]
 
@@ -162,8 +167,13 @@ def _store_version(state: ServerState, name: str, upload: UploadFile, labels: li
             cal_tmp.unlink(missing_ok=True)
 
 
-@router.post("/v1/models/{name}/versions", status_code=201, openapi_extra=UPLOAD_BODY)
+@router.post("/v1/models/{name}/versions", status_code=201, openapi_extra=UPLOAD_BODY, operation_id="models.upload",
+             response_model=VersionUploaded, responses=problems(
+                 400, 401, 403, 409, 413, 415, 422, 503, s409="this model already has a version of this very file "
+                 "(send force=true for a new one)", s503="the server is shutting down: upload again"))
 async def upload_version(name: ModelName, request: Request, state: StateDep) -> dict[str, Any]:
+    """A new version (previous + 1) of the model: multipart, streamed to storage within ``max_upload_mb``;
+    format, signature and drift profile found in a bounded child process."""
     limit = int(state.config.max_upload_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
@@ -198,25 +208,28 @@ async def upload_version(name: ModelName, request: Request, state: StateDep) -> 
         await form.close()
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", operation_id="models.list", response_model=ModelList, responses=problems(401, 403))
 def list_models(session: SessionDep) -> dict[str, Any]:
     return {"models": [crud.model_public(m, crud.list_versions(session, model_id=m.id)[-1:])
                        for m in crud.list_models(session)]}
 
 
-@router.get("/v1/models/{name}")
+@router.get("/v1/models/{name}", operation_id="models.get", response_model=ModelPublic,
+            responses=problems(*READ_ERRORS))
 def get_model(name: ModelName, session: SessionDep) -> dict[str, Any]:
     model = crud.get_model(session, name=name)
     return crud.model_public(model, crud.list_versions(session, model_id=model.id))
 
 
-@router.get("/v1/models/{name}/versions/{version}")
+@router.get("/v1/models/{name}/versions/{version}", operation_id="models.get_version", response_model=VersionDetail,
+            responses=problems(*READ_ERRORS))
 def get_version(name: ModelName, version: VersionNo, session: SessionDep) -> dict[str, Any]:
     model, row = crud.get_version(session, name=name, version=version)
     return crud.version_public(model, row, crud.list_variants(session, version_id=row.id))
 
 
-@router.get("/v1/models/{name}/versions/{version}/variants")
+@router.get("/v1/models/{name}/versions/{version}/variants", operation_id="variants.list",
+            response_model=VariantList, responses=problems(*READ_ERRORS))
 def list_variants(name: ModelName, version: VersionNo, session: SessionDep) -> dict[str, Any]:
     _, row = crud.get_version(session, name=name, version=version)
     return {"model": name, "version": version,
@@ -224,7 +237,8 @@ def list_variants(name: ModelName, version: VersionNo, session: SessionDep) -> d
             "deltas": version_deltas(session, version_id=row.id)}
 
 
-@router.post("/v1/models/{name}/versions/{version}/variants", status_code=202)
+@router.post("/v1/models/{name}/versions/{version}/variants", status_code=202, operation_id="variants.create",
+             response_model=JobPublic, responses=problems(*READ_ERRORS, *BODY_ERRORS))
 def make_variants(name: ModelName, version: VersionNo, body: VariantsRequest, state: StateDep) -> dict[str, Any]:
     job_id = start_variants_job(db=state.db, runner=state.jobs, config=state.config, name=name, version=version,
                                 target=body.target)

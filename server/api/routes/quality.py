@@ -13,7 +13,18 @@ from sqlalchemy import select
 from agent.quality import accuracy_by, summarize_fleet
 from server import samples
 from server.api.deps import DB_ID_MAX, AdminDep, DeviceDep, DeviceIdPath, SessionDep, StateDep
+from server.api.errors import BODY_ERRORS, problems
+from server.api.public.quality import (
+    Accuracy,
+    FleetDrift,
+    Labelled,
+    ProfileDoc,
+    SampleList,
+    SamplesStored,
+    VersionDrift,
+)
 from server.api.routes.models import ModelName, VersionNo
+from server.api.routing import ContractRoute
 from server.crud import fleet
 from server.crud import registry as registry_crud
 from server.db.models import Device, Sample
@@ -21,7 +32,8 @@ from server.housekeeping import unreferenced
 from server.quality import device_drift, profile_summary, version_drift
 from server.samples import SAMPLE_ID, SamplesUpload
 
-router = APIRouter(tags=["quality"])
+router = APIRouter(tags=["quality"], route_class=ContractRoute)
+READ_ERRORS = (401, 403, 404, 422)
 
 
 class Label(BaseModel):
@@ -36,7 +48,8 @@ class LabelsBody(BaseModel):
     labels: list[Label] = Field(min_length=1, max_length=10_000)
 
 
-@router.get("/v1/models/{name}/versions/{version}/drift", dependencies=[AdminDep])
+@router.get("/v1/models/{name}/versions/{version}/drift", dependencies=[AdminDep], operation_id="quality.version_drift",
+            response_model=VersionDrift, responses=problems(*READ_ERRORS))
 def drift_of_version(name: ModelName, version: VersionNo, session: SessionDep,
                      threshold: Annotated[float | None, Query(gt=0)] = None) -> dict[str, Any]:
     _, row = registry_crud.get_version(session, name=name, version=version)
@@ -46,7 +59,9 @@ def drift_of_version(name: ModelName, version: VersionNo, session: SessionDep,
     return doc
 
 
-@router.get("/v1/models/{name}/versions/{version}/profile", dependencies=[AdminDep])
+@router.get("/v1/models/{name}/versions/{version}/profile", dependencies=[AdminDep],
+            operation_id="quality.version_profile", response_model=ProfileDoc,
+            responses=problems(*READ_ERRORS, s404="no such version, or it has no drift profile"))
 def profile_of_version(name: ModelName, version: VersionNo, session: SessionDep) -> dict[str, Any]:
     _, row = registry_crud.get_version(session, name=name, version=version)
     if row.drift_profile is None:
@@ -54,7 +69,8 @@ def profile_of_version(name: ModelName, version: VersionNo, session: SessionDep)
     return {"source": row.drift_profile_source, "profile": row.drift_profile}
 
 
-@router.get("/v1/drift", dependencies=[AdminDep])
+@router.get("/v1/drift", dependencies=[AdminDep], operation_id="quality.fleet_drift", response_model=FleetDrift,
+            responses=problems(401, 403, 422))
 def fleet_drift(session: SessionDep, threshold: Annotated[float | None, Query(gt=0)] = None) -> dict[str, Any]:
     ids = list(session.scalars(select(Device.id)))
     latest = fleet.latest_drift(session, device_ids=ids)
@@ -63,9 +79,10 @@ def fleet_drift(session: SessionDep, threshold: Annotated[float | None, Query(gt
     return summary
 
 
-@router.post("/v1/devices/{device_id}/samples", status_code=200, responses={
-    403: {"description": "no upload_samples command was sent to this device"},
-    429: {"description": "over the samples the command allowed"}})
+@router.post("/v1/devices/{device_id}/samples", status_code=200, operation_id="samples.upload",
+             response_model=SamplesStored, responses=problems(
+                 401, 403, *BODY_ERRORS, 429, s403="another device's token, or no upload_samples command was sent to "
+                 "this device", s429="over the samples the command allowed"))
 def upload_samples(device: DeviceDep, body: SamplesUpload, state: StateDep) -> dict[str, Any]:
     """Samples the operator asked for (an upload_samples command), validated whole before any is stored."""
     now = time.time()
@@ -93,7 +110,8 @@ def _sample_public(row: Sample) -> dict[str, Any]:
             "ts": row.record.get("ts"), "label": row.label, "labelled_at": row.labelled_at}
 
 
-@router.get("/v1/samples", dependencies=[AdminDep])
+@router.get("/v1/samples", dependencies=[AdminDep], operation_id="samples.list", response_model=SampleList,
+            responses=problems(401, 403, 422))
 def list_samples(session: SessionDep, model: str | None = None,
                  version: Annotated[int | None, Query(ge=0, le=DB_ID_MAX)] = None,
                  device_id: str | None = None, unlabeled: bool = False,
@@ -110,7 +128,10 @@ def list_samples(session: SessionDep, model: str | None = None,
     return {"samples": [_sample_public(row) for row in session.scalars(query)]}
 
 
-@router.get("/v1/samples/{device_id}/{sample_id}/image", dependencies=[AdminDep])
+@router.get("/v1/samples/{device_id}/{sample_id}/image", dependencies=[AdminDep], operation_id="samples.image",
+            response_class=Response, responses={
+                200: {"description": "the sample's JPEG", "content": {"image/jpeg": {
+                    "schema": {"type": "string", "format": "binary"}}}}, **problems(*READ_ERRORS)})
 def sample_image(device_id: DeviceIdPath, sample_id: str, state: StateDep, session: SessionDep) -> Response:
     row = session.get(Sample, (device_id, sample_id))
     if row is None or row.image_sha256 is None:
@@ -119,7 +140,8 @@ def sample_image(device_id: DeviceIdPath, sample_id: str, state: StateDep, sessi
         return Response(content=handle.read(), media_type="image/jpeg")
 
 
-@router.post("/v1/samples/labels", dependencies=[AdminDep])
+@router.post("/v1/samples/labels", dependencies=[AdminDep], operation_id="samples.label", response_model=Labelled,
+            responses=problems(*READ_ERRORS, *BODY_ERRORS, s404="a sample is not known: nothing was labelled"))
 def label_samples(body: LabelsBody, session: SessionDep) -> dict[str, Any]:
     rows = []
     for item in body.labels:
@@ -133,7 +155,8 @@ def label_samples(body: LabelsBody, session: SessionDep) -> dict[str, Any]:
     return {"labelled": sum(label is not None for _, label in rows), "cleared": sum(label is None for _, label in rows)}
 
 
-@router.get("/v1/quality/accuracy", dependencies=[AdminDep])
+@router.get("/v1/quality/accuracy", dependencies=[AdminDep], operation_id="quality.accuracy", response_model=Accuracy,
+            responses=problems(401, 403, 422))
 def accuracy(session: SessionDep, model: str | None = None) -> dict[str, Any]:
     """Served predictions against operator labels, per model version and device class."""
     query = select(Sample).where(Sample.labelled_at.is_not(None))

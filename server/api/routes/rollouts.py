@@ -7,6 +7,9 @@ from fastapi import APIRouter, Path
 
 from server import rollouts as engine
 from server.api.deps import DB_ID_MAX, AdminDep, SessionDep, StateDep
+from server.api.errors import BODY_ERRORS, problems
+from server.api.public.rollouts import RolloutDetail, RolloutList, RolloutView
+from server.api.routing import ContractRoute
 from server.api.schemas import AbortBody, RolloutCreate
 from server.crud import registry
 from server.crud import rollouts as crud
@@ -14,12 +17,16 @@ from server.deltas import INLINE_DELTA_BYTES, prepare_rollout_deltas, rollout_ar
 from server.deltas import KIND as DELTAS_JOB
 from server.state import ServerState
 
-router = APIRouter(tags=["rollouts"], dependencies=[AdminDep])
+router = APIRouter(tags=["rollouts"], dependencies=[AdminDep], route_class=ContractRoute)
+CONTROL_ERRORS = problems(401, 403, 404, 409, *BODY_ERRORS, s409="the rollout is not in a state this action applies to")
 RolloutId = Annotated[int, Path(ge=1, le=DB_ID_MAX)]
 
 
-@router.post("/v1/rollouts", status_code=201)
+@router.post("/v1/rollouts", status_code=201, operation_id="rollouts.create", response_model=RolloutDetail,
+             responses=problems(401, 403, 404, 409, *BODY_ERRORS, s404="no such model version",
+                                s422="the body is not valid, or the target matches no enrolled device"))
 def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
+    """A rollout of a model version to the target's devices in gated waves; the first wave starts now."""
     with engine.rollout_writes(state.db) as session:
         _, version = registry.get_version(session, name=body.model, version=body.version)
         rollout = crud.create_rollout(
@@ -37,12 +44,13 @@ def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
         return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
 
 
-@router.get("/v1/rollouts")
+@router.get("/v1/rollouts", operation_id="rollouts.list", response_model=RolloutList, responses=problems(401, 403))
 def list_rollouts(session: SessionDep) -> dict[str, Any]:
     return {"rollouts": [crud.rollout_public(session, r, with_devices=False) for r in crud.list_rollouts(session)]}
 
 
-@router.get("/v1/rollouts/{rollout_id}")
+@router.get("/v1/rollouts/{rollout_id}", operation_id="rollouts.get", response_model=RolloutView,
+            responses=problems(401, 403, 404, 422))
 def get_rollout(rollout_id: RolloutId, session: SessionDep, state: StateDep) -> dict[str, Any]:
     doc = crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
     doc["transfers"] = rollout_transfers(session, rollout_id=rollout_id, config=state.config)  # what travels
@@ -56,16 +64,19 @@ def _act(state: ServerState, rollout_id: int, action: str, revert: bool = False)
         return crud.rollout_public(session, crud.get_rollout(session, rollout_id=rollout_id))
 
 
-@router.post("/v1/rollouts/{rollout_id}/pause")
+@router.post("/v1/rollouts/{rollout_id}/pause", operation_id="rollouts.pause", response_model=RolloutDetail,
+             responses=CONTROL_ERRORS)
 def pause(rollout_id: RolloutId, state: StateDep) -> dict[str, Any]:
     return _act(state, rollout_id, "pause")
 
 
-@router.post("/v1/rollouts/{rollout_id}/resume")
+@router.post("/v1/rollouts/{rollout_id}/resume", operation_id="rollouts.resume", response_model=RolloutDetail,
+             responses=CONTROL_ERRORS)
 def resume(rollout_id: RolloutId, state: StateDep) -> dict[str, Any]:
     return _act(state, rollout_id, "resume")
 
 
-@router.post("/v1/rollouts/{rollout_id}/abort")
+@router.post("/v1/rollouts/{rollout_id}/abort", operation_id="rollouts.abort", response_model=RolloutDetail,
+             responses=CONTROL_ERRORS)
 def abort(rollout_id: RolloutId, state: StateDep, body: AbortBody | None = None) -> dict[str, Any]:
     return _act(state, rollout_id, "abort", revert=body.revert if body else False)
