@@ -110,4 +110,5 @@ def test_real_box() -> None:
     assert not edgetpu["usable"] and "libedgetpu.so.1" in edgetpu["reason"]
     fp = hardware_fingerprint(hw)
     assert fp == hardware_fingerprint(probe_hardware()) and len(fp) == 16
-    assert device_class(hw) in ("x86_64", "aarch64", "rpi4", "rpi5", "jetson", "coral")
+    klass = device_class(hw)
+    assert klass in ("x86_64", "aarch64", "armv7l", "jetson", "coral") or klass.startswith("rpi"), klass
