@@ -21,7 +21,7 @@ case "$arch" in
          suites=(tests/runtime tests/unit tests/daemon tests/telemetry tests/ota tests/quality) ;;
   armhf) qemu=arm; cpu="${QEMU_CPU:-cortex-a7}"; extras="${EXTRAS:-device,tflite,test}"
          # PyPI has no armv7l numpy, psutil, PyYAML: Debian's, through the venv; bsdiff4 builds from source
-         venv_flags="--system-site-packages"; include=",python3-numpy,python3-psutil,python3-yaml,python3-dev,gcc"
+         venv_flags="--system-site-packages"; include=",python3-numpy,python3-psutil,python3-yaml,python3-dev,gcc,libffi-dev"
          suites=(tests/runtime tests/unit) ;;
   *) echo "test-arm64.sh: ARCH must be arm64 or armhf, not $arch" >&2; exit 2 ;;
 esac
@@ -87,6 +87,11 @@ if [ ! -f "$root/.edgefleet-ready" ]; then
   printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' > "$root.tmp/etc/hosts"  # debootstrap writes none
   touch "$root.tmp/.edgefleet-ready"
   mv "$root.tmp" "$root"
+fi
+if [ -n "$include" ]; then  # a chroot built before the package list grew
+  missing=$(chroot "$root" /usr/bin/dpkg-query -W -f='${Package} ${Status}\n' ${include//,/ } 2>&1 | grep -vc "ok installed" || true)
+  [ "$missing" = 0 ] || { say "adding ${include//,/ } to the chroot"; chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${include//,/ } > "$cache/apt-$arch.log" 2>&1; }
 fi
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true

@@ -24,6 +24,7 @@ def _model(key: str) -> Path:
 
 @pytest.mark.parametrize(("key", "outputs"), [("mp-face-detection", ["regressors", "classificators"]),
                                               ("mp-hand-landmark", 4)])
+@pytest.mark.litert
 def test_mediapipe_tflite_matches_bare_litert(key: str, outputs: list[str] | int) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -45,6 +46,7 @@ def test_mediapipe_tflite_matches_bare_litert(key: str, outputs: list[str] | int
         np.testing.assert_array_equal(got[name], bare.get_tensor(detail["index"]), err_msg=name)
 
 
+@pytest.mark.onnx
 def test_silero_vad_onnx_dynamic_axes_int64_scalar() -> None:
     import onnxruntime as ort
 
