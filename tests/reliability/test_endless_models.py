@@ -87,7 +87,9 @@ def test_an_endless_model_is_refused_within_60s_while_the_server_serves(tmp_path
         print(f"endless model: {out['status']} after {out['seconds']:.1f}s ({out['body']['detail']}); "
               f"{poller.count} other requests meanwhile, slowest {poller.worst * 1000:.0f} ms")
         assert out["status"] == 422 and out["seconds"] < 60
-        assert out["body"]["detail"] == "model refused: loading and running it once did not finish within 45s"
+        # Whichever bound trips first on this machine: the wall clock or the child's CPU rlimit (both 45 s).
+        assert out["body"]["detail"] in ("model refused: loading and running it once did not finish within 45s",
+                                         "model refused: loading and running it once used more than 45s of CPU time")
         assert poller.failures == [] and poller.count > 20 and poller.worst < 2.0
         listed = requests.get(f"{srv.url}/v1/models", headers=srv.admin(), timeout=10).json()["models"]
         assert [m["name"] for m in listed] == ["fine"]  # nothing of the endless one was kept
@@ -122,7 +124,7 @@ def test_sigterm_while_a_model_is_being_inspected_stops_the_server_within_10s(tm
 
 def test_a_variants_job_is_bounded_too(tmp_path: Path) -> None:
     """The variant pipeline runs the model many times: in a child bounded by sandbox.variants_timeout_s."""
-    srv = start_server(tmp_path, overrides={"sandbox": {"variants_timeout_s": 1.0}})
+    srv = start_server(tmp_path, overrides={"sandbox": {"variants_timeout_s": 0.05}})
     try:
         model = make_onnx_image_classifier(tmp_path / "m.onnx")
         out: dict[str, Any] = {}
@@ -138,7 +140,7 @@ def test_a_variants_job_is_bounded_too(tmp_path: Path) -> None:
 
         job = wait_until(finished, timeout=30, interval=0.2)
         assert isinstance(job, dict) and job["state"] == "failed", job
-        assert "variant pipeline" in job["message"] and ("within 1s" in job["message"] or "CPU" in job["message"])
+        assert "variant pipeline" in job["message"] and ("within 0.05s" in job["message"] or "CPU" in job["message"])
         assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
     finally:
         srv.stop()
