@@ -45,6 +45,7 @@ from server.db import Database
 from server.db.models import Device as DeviceRow
 from server.ingest_rejections import Rejections
 from server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
+from server.latency_metrics import FleetLatency
 
 log = logging.getLogger("edgefleet.server.ingest")
 RETRY_MAX_S = 10.0
@@ -62,6 +63,7 @@ class IngestStats:
     ts_replaced: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     rejections: Rejections = field(default_factory=Rejections)
+    latency: FleetLatency = field(default_factory=FleetLatency)  # the /metrics histogram of what was written
 
     @property
     def invalid(self) -> int:
@@ -218,16 +220,22 @@ class BatchWriter:
             return
         for message in messages:
             self.stats.by_kind[message.leaf] = self.stats.by_kind.get(message.leaf, 0) + 1
+            hist = message.latency
+            if hist is not None:
+                self.stats.latency.add(hist["model_name"], hist["model_version"], hist["i0"], hist["counts"])
         self.stats.written += len(messages)
 
     def _commit(self, messages: list[Accepted]) -> None:
         telemetry: list[dict[str, Any]] = []
+        latency: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         live: dict[str, dict[str, Any]] = {}
         for message in messages:
             row = message.row
             if message.leaf == "telemetry" and row is not None:
                 telemetry.append(row)
+                if message.latency is not None:
+                    latency.append(message.latency)
                 current = live.setdefault(message.device_id, {"ts_replaced": 0})
                 current.update(last_seen=message.received_at, p95_ms=row["p95_ms"], cpu_pct=row["cpu_pct"],
                                model_name=row["model_name"], model_version=row["model_version"],
@@ -239,6 +247,7 @@ class BatchWriter:
                     live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
         with self.db.session() as session:
             crud.insert_telemetry(session, rows=telemetry)
+            crud.insert_latency(session, rows=latency)
             crud.insert_events(session, rows=events)
             _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
             for message in messages:

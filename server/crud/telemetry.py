@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from agent.wire import Birth, Will
-from server.db.models import Device, DeviceEvent, Telemetry, TelemetryRollup
+from server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry, TelemetryRollup
 
 TELEMETRY_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "received_at", "model_name", "model_version",
                      "runtime", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb",
                      "temp_c", "payload")
 EVENT_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "type", "payload")
+LATENCY_COLUMNS = ("device_id", "epoch", "seq", "ts", "model_name", "model_version", "count", "i0", "counts")
 LIVE_COLUMNS = ("last_seen", "p95_ms", "cpu_pct", "model_name", "model_version", "runtime", "delegate")
 
 
@@ -75,15 +76,24 @@ def insert_events(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
                  [{"epoch": 0, "ts_replaced": False, **row} for row in _serialized(rows)])
 
 
-def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+def insert_latency(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Latency histogram rows (``LATENCY_COLUMNS``, ``counts`` a list); a (device_id, epoch, seq) already stored
+    is skipped, like its telemetry row."""
+    serialized = [{**row, "counts": json.dumps(row["counts"], separators=(",", ":"))} for row in rows]
+    _insert_rows(session, LatencyHistRow.__table__, LATENCY_COLUMNS, serialized, json_column="counts")
+
+
+def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: list[dict[str, Any]], *,
+                 json_column: str = "payload") -> None:
     """Insert-ignore: on PostgreSQL a COPY into a per-connection staging table, then one INSERT … SELECT … ON
-    CONFLICT DO NOTHING (several times faster than row-by-row statements); elsewhere one executemany."""
+    CONFLICT DO NOTHING (several times faster than row-by-row statements); elsewhere one executemany.
+    ``json_column`` holds JSON text already serialized."""
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
         _copy_rows(session, str(table.name), columns, rows)
         return
-    statement = _insert_ignore(session, table).values(payload=bindparam("payload", type_=JsonText()))
+    statement = _insert_ignore(session, table).values({json_column: bindparam(json_column, type_=JsonText())})
     session.connection().execute(statement, rows)
 
 

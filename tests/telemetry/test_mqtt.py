@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agent import latency
 from agent.telemetry import Telemetry
 from agent.wire import Command, ModelMeta
 from tests.support.broker import Mosquitto
@@ -87,9 +88,13 @@ def test_telemetry_fields_and_percentiles(tmp_path: Path, mosquitto: Mosquitto, 
     inf = doc["inference"]
     assert (inf["count"], inf["errors"], inf["dropped_frames"]) == (104, 4, 3)
     lat = inf["latency_ms"]
-    width = 10 ** (1 / 32)
-    assert 50 <= lat["p50"] <= 50 * width and 95 <= lat["p95"] <= 95 * width
-    assert 99 <= lat["p99"] <= 99 * width and lat["max"] == 100.0
+    for got, exact in ((lat["p50"], 50), (lat["p95"], 95), (lat["p99"], 99)):  # within the buckets' 2 %
+        assert abs(got - exact) <= 0.02 * exact + 1e-3
+    assert lat["max"] == 100.0
+    hist = inf["latency_hist"]  # the timed inferences (errors are counted, not timed), on the contract's buckets
+    assert sum(hist["counts"]) == 100 and hist["counts"][0] and hist["counts"][-1]
+    assert hist["offset"] == latency.bucket_of(1.0) and hist["offset"] + len(hist["counts"]) - 1 == \
+        latency.bucket_of(100.0)
     assert inf["fps"] > 0
     assert (doc["model"]["name"], doc["model"]["version"], doc["runtime"]) == ("cls", 7, "onnxruntime")
     system = doc["system"]
