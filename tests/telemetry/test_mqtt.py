@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import os
 import time
 from collections.abc import Iterator
@@ -234,3 +235,35 @@ def test_forced_mqtt_311(tmp_path: Path, mosquitto: Mosquitto, collector: Collec
         assert collector.wait_for("events")[0]["reason"] == "test"
     finally:
         tel.stop()
+
+
+def test_latency_histograms_add_up_to_the_inferences_over_a_real_run(tmp_path: Path, mosquitto: Mosquitto,
+                                                                     collector: Collector) -> None:
+    """An inference thread records while the worker emits every 0.2 s (reset on send): every message's
+    histogram holds exactly its timed inferences, and over the run they add up to all of them, none twice."""
+    tel = _agent(tmp_path, mosquitto.port, telemetry={"interval_s": 0.2})
+    tel.set_model(ModelMeta(name="cls", version=7), "onnxruntime", "CPUExecutionProvider")
+    tel.start()
+    wait_until(lambda: tel.connected)
+    recorded, failed = 0, 0
+    rng = random.Random(18)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        for _ in range(200):
+            ok = rng.random() > 0.01
+            tel.record_inference(rng.lognormvariate(-6.0, 0.5), ok)
+            recorded += ok
+            failed += not ok
+        time.sleep(0.005)
+    last = tel.emit_telemetry()
+    # the worker may emit more after it (empty ones): wait for this one; the spool sends in seq order
+    docs = collector.wait_for("telemetry", lambda d: any(doc["seq"] == last for doc in d), timeout=20)
+    tel.stop()
+    assert len(docs) >= 4  # several intervals, each reset on send
+    for doc in docs:
+        inference = doc["inference"]
+        hist = inference.get("latency_hist", {"offset": 0, "counts": []})
+        assert sum(hist["counts"]) == inference["count"] - inference["errors"]
+        assert 0 <= hist["offset"] and hist["offset"] + len(hist["counts"]) <= latency.BUCKETS
+    assert sum(sum(d["inference"]["latency_hist"]["counts"]) for d in docs) == recorded
+    assert sum(d["inference"]["count"] for d in docs) == recorded + failed
