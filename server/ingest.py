@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command
 from server.config import MqttSection, TelemetrySection
+from server.crud import latency as latency_crud
 from server.crud import telemetry as crud
 from server.db import Database
 from server.db.models import Device as DeviceRow
@@ -204,7 +205,7 @@ class BatchWriter:
         if not messages:
             return
         try:
-            self._commit(messages)
+            stored_latency = self._commit(messages)
         except Exception as exc:
             if _transient(exc):
                 raise
@@ -220,12 +221,12 @@ class BatchWriter:
             return
         for message in messages:
             self.stats.by_kind[message.leaf] = self.stats.by_kind.get(message.leaf, 0) + 1
-            hist = message.latency
-            if hist is not None:
-                self.stats.latency.add(hist["model_name"], hist["model_version"], hist["i0"], hist["counts"])
+        for hist in stored_latency:
+            self.stats.latency.add(hist["model_name"], hist["model_version"], hist["i0"], hist["counts"])
         self.stats.written += len(messages)
 
-    def _commit(self, messages: list[Accepted]) -> None:
+    def _commit(self, messages: list[Accepted]) -> list[dict[str, Any]]:
+        """Write ``messages`` in one transaction; the latency rows stored now (for /metrics)."""
         telemetry: list[dict[str, Any]] = []
         latency: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
@@ -247,7 +248,7 @@ class BatchWriter:
                     live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
         with self.db.session() as session:
             crud.insert_telemetry(session, rows=telemetry)
-            crud.insert_latency(session, rows=latency)
+            stored_latency = _latency(session, latency)
             crud.insert_events(session, rows=events)
             _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
             for message in messages:
@@ -256,6 +257,22 @@ class BatchWriter:
                                       now=message.received_at)
             crud.apply_live(session, updates=live)
         self.stats.ts_replaced += sum(int(v["ts_replaced"]) for v in live.values())
+        return stored_latency
+
+
+def _latency(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store the batch's latency histograms and add the new ones (not duplicates) to the fleet's minutes."""
+    stored = crud.insert_latency(session, rows=rows)
+    new: list[dict[str, Any]] = []
+    for row in rows:
+        key = (row["device_id"], row["epoch"], row["seq"])
+        if key in stored:
+            stored.discard(key)  # a message twice in one batch: the first copy is the stored one
+            new.append(row)
+    if new:
+        classes = latency_crud.device_classes(session, device_ids={row["device_id"] for row in new})
+        latency_crud.add_minutes(session, sums=latency_crud.minute_sums(new, classes))
+    return new
 
 
 def _lock_devices(session: Session, device_ids: set[str]) -> None:

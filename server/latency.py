@@ -6,7 +6,9 @@ latencies it holds, to the buckets' 2 %. Percentiles of devices' percentiles wou
 
 - :func:`merge` and :func:`quantile` are pure (sparse ``{bucket: count}`` dicts).
 - :func:`device_histograms` reads one merged histogram per device for a window (for gates and cohorts).
-- :func:`grouped` reads merged histograms grouped by model version (or per device), for ``GET /v1/latency``.
+- :func:`version_histograms` and :func:`device_version_histograms` likewise per version, per (device, version).
+- :func:`fleet_histograms` reads the fleet's per-minute sums (``latency_minute``, kept by the ingest writer):
+  fleet, model, version and class figures without reading every device's messages.
 
 The database does the unnesting and summing (PostgreSQL: ``json_array_elements_text … WITH ORDINALITY``,
 SQLite: ``json_each``), so a query returns one row per (group, bucket), not one per message. A window reads
@@ -24,6 +26,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
 from agent import latency as buckets
+from server.crud import latency as latency_crud
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 ID_CHUNK = 1000  # device ids per query (SQLite binds at most 32766 variables)
@@ -136,10 +139,22 @@ def device_version_histograms(session: Session, device_ids: Sequence[str] | None
     return {(str(key[0]), None if key[1] is None else int(key[1])): hist for key, hist in rows.items()}
 
 
+def fleet_histograms(session: Session, since: float, until: float, *, model: str | None = None,
+                     version: int | None = None, device_class: str | None = None,
+                     group_by: str | None = None) -> dict[Any, Histogram]:
+    """Merged histograms of the whole fleet (or one model, version, class) from the per-minute sums the ingest
+    writer keeps (``latency_minute``): a few thousand rows however many devices report. Minutes that start
+    inside ``[since, until)`` count whole. ``group_by``: ``version`` | ``device_class`` | None (one group, None)."""
+    column = {"version": "model_version", "device_class": "device_class", None: None}[group_by]
+    return latency_crud.read_minutes(session, since=since, until=until, model=model, version=version,
+                                     device_class=device_class, group=column)
+
+
 def wire(histogram: Mapping[int, int]) -> dict[str, int | list[int]]:
     """The contract's ``{"offset", "counts"}`` form of a histogram."""
     return buckets.encode(histogram)
 
 
-__all__ = ["QUANTILES", "Histogram", "device_histograms", "device_version_histograms", "merge", "quantile",
+__all__ = ["QUANTILES", "Histogram", "device_histograms", "device_version_histograms", "fleet_histograms", "merge",
+           "quantile",
            "summary", "version_histograms", "wire"]

@@ -3,6 +3,7 @@
 Raw per-message rows older than ``downsample_before`` are merged per (device, hour, model, version) into
 ``latency_hist_hourly`` and deleted; hourly rows older than ``expire_before`` are deleted. Merging adds counts,
 so an hourly row holds exactly the latencies of the messages it replaced: only time resolution is lost.
+The fleet's per-minute sums (``latency_minute``) are kept for ``retention_days``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from agent import latency as buckets
+from server.crud.latency import expire_minutes
 from server.db.models import LatencyHistHourly, LatencyHistRow
 
 Key = tuple[str, str, int, float]  # device, model name ('' unknown), version (-1 unknown), hour
@@ -60,6 +62,7 @@ def fold_and_expire(session: Session, *, downsample_before: float, expire_before
         session.flush()
     session.execute(delete(LatencyHistRow).where(LatencyHistRow.ts < downsample_before))
     result: Any = session.execute(delete(LatencyHistHourly).where(LatencyHistHourly.hour < expire_before))
+    expire_minutes(session, before=expire_before)
     return len(sums), int(result.rowcount or 0)
 
 

@@ -76,11 +76,21 @@ def insert_events(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
                  [{"epoch": 0, "ts_replaced": False, **row} for row in _serialized(rows)])
 
 
-def insert_latency(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
+def insert_latency(session: Session, *, rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, int]]:
     """Latency histogram rows (``LATENCY_COLUMNS``, ``counts`` a list); a (device_id, epoch, seq) already stored
-    is skipped, like its telemetry row."""
+    is skipped, like its telemetry row. Returns the (device_id, epoch, seq) of the rows stored now, so that
+    what is counted from them (fleet aggregates, /metrics) counts a redelivered message once."""
     serialized = [{**row, "counts": json.dumps(row["counts"], separators=(",", ":"))} for row in rows]
-    _insert_rows(session, LatencyHistRow.__table__, LATENCY_COLUMNS, serialized, json_column="counts")
+    table = cast(Table, LatencyHistRow.__table__)
+    if not serialized:
+        return set()
+    if session.get_bind().dialect.name != "postgresql":  # one writer at a time: what is past the last id is ours
+        last = session.scalar(select(func.max(table.c.id))) or 0
+        _insert_rows(session, table, LATENCY_COLUMNS, serialized, json_column="counts")
+        return {(str(d), int(e), int(q)) for d, e, q in session.execute(
+            select(table.c.device_id, table.c.epoch, table.c.seq).where(table.c.id > last))}
+    stored = _copy_rows(session, str(table.name), LATENCY_COLUMNS, serialized, returning="device_id, epoch, seq")
+    return {(str(d), int(e), int(q)) for d, e, q in stored}
 
 
 def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: list[dict[str, Any]], *,
@@ -97,7 +107,9 @@ def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: lis
     session.connection().execute(statement, rows)
 
 
-def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[dict[str, Any]], *,
+               returning: str | None = None) -> list[tuple[Any, ...]]:
+    """``returning``: columns of the rows inserted (not those skipped as duplicates) to return."""
     import psycopg
 
     names = ", ".join(columns)
@@ -105,7 +117,8 @@ def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[
     statements = (f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
                   f"SELECT {names} FROM {table} WITH NO DATA",
                   f"COPY {staging} ({names}) FROM STDIN",
-                  f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
+                  f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING"
+                  + (f" RETURNING {returning}" if returning else ""))
     connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
     try:
         with connection.cursor() as cursor:
@@ -114,6 +127,7 @@ def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[
                 for row in rows:
                     copy.write_row([row[name] for name in columns])
             cursor.execute(statements[2])
+            return list(cursor.fetchall()) if returning else []
     except psycopg.Error as exc:  # the same exception classes as every other statement (busy vs refused)
         raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
 

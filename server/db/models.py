@@ -259,6 +259,21 @@ class LatencyHistHourly(Base):
     counts: Mapped[list[int]] = mapped_column(JSON)
 
 
+class LatencyMinute(Base):
+    """The fleet's latencies per minute, model version and device class, one row per contract bucket ``k``:
+    what the ingest writer stored, added up as it goes (``n = n + excluded.n``), so fleet, version and class
+    percentiles read a few thousand rows however many devices report. '' and -1 stand for unknown."""
+
+    __tablename__ = "latency_minute"
+
+    minute: Mapped[float] = mapped_column(Float, primary_key=True)  # start of the minute of the message's ts
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(64), primary_key=True)
+    k: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 class DeviceEvent(Base):
     __tablename__ = "events"
     __table_args__ = (

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import random
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,6 +264,6 @@ def test_latency_histograms_add_up_to_the_inferences_over_a_real_run(tmp_path: P
         inference = doc["inference"]
         hist = inference.get("latency_hist", {"offset": 0, "counts": []})
         assert sum(hist["counts"]) == inference["count"] - inference["errors"]
-        assert 0 <= hist["offset"] and hist["offset"] + len(hist["counts"]) <= latency.BUCKETS
+        assert hist["offset"] >= 0 and hist["offset"] + len(hist["counts"]) <= latency.BUCKETS
     assert sum(sum(d["inference"]["latency_hist"]["counts"]) for d in docs) == recorded
     assert sum(d["inference"]["count"] for d in docs) == recorded + failed

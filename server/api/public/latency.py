@@ -21,7 +21,8 @@ class LatencyFigures(Public):
     version: int | None = Field(default=None, description="group_by=version: the model version (null: none named)")
     device_class: str | None = Field(default=None, description="group_by=device_class: the class (null: none)")
     count: int = Field(description="latencies merged")
-    devices: int = Field(description="devices that reported latencies in the window")
+    devices: int | None = Field(description="devices that reported latencies in the window (with tag or device_id; "
+                                            "null when read from the fleet's per-minute sums)")
     p50_ms: float | None = Field(description="value of the bucket holding the percentile (within 2 %)")
     p90_ms: float | None
     p95_ms: float | None

@@ -31,7 +31,7 @@ def _device_classes(session: Any, *, device_class: str | None, tag: str | None,
     return {str(i): c for i, c, tags in session.execute(query) if tag is None or tag in (tags or [])}
 
 
-def _figures(hist: dict[int, int], devices: int, with_buckets: bool, **key: Any) -> dict[str, Any]:
+def _figures(hist: dict[int, int], devices: int | None, with_buckets: bool, **key: Any) -> dict[str, Any]:
     out: dict[str, Any] = {**key, **latency.summary(hist), "devices": devices}
     if with_buckets:
         out["buckets"] = latency.wire(hist)
@@ -53,35 +53,38 @@ def get_latency(session: SessionDep,
                 ) -> dict[str, Any]:
     """Merged count and p50/p90/p95/p99 of the devices that match every filter (model, version, class, tag,
     ids), over ``[since, until)``: the histograms are added bucket by bucket, so the percentiles are those of all
-    their latencies to the buckets' 2 %. Windows older than ``telemetry.downsample_after_hours`` read hourly
-    merges: an hour that starts inside the window counts whole."""
+    their latencies to the buckets' 2 %. Without ``tag`` or ``device_id`` the figures come from the fleet's
+    per-minute sums (a minute that starts inside the window counts whole; ``devices`` is null); with them, from
+    the devices' own histograms (older than ``telemetry.downsample_after_hours``: hourly merges, an hour that
+    starts inside the window counts whole)."""
     end = time.time() if until is None else until
     start = end - DEFAULT_WINDOW_S if since is None else since
     if not start < end:
         raise HTTPException(422, "since must be before until")
-    filtered = device_class is not None or tag is not None or bool(device_id)
-    classes = _device_classes(session, device_class=device_class, tag=tag, device_id=device_id) \
-        if filtered or group_by == "device_class" else None
-    ids = sorted(classes) if filtered and classes is not None else None
-    per_device: dict[tuple[str, int | None], dict[int, int]] = {}
-    if ids is None or ids:
-        per_device = latency.device_version_histograms(session, ids, start, end, model=model, version=version)
+    doc: dict[str, Any] = {"since": start, "until": end, "alpha": buckets.ALPHA, "group_by": group_by}
+    key_name = "version" if group_by == "version" else "device_class"
+    if tag is None and not device_id:  # the fleet, a model, version or class: the per-minute sums
+        groups = latency.fleet_histograms(session, start, end, model=model, version=version,
+                                          device_class=device_class, group_by=group_by)
+        doc["total"] = _figures(latency.merge(groups.values()), None, buckets_)
+        doc["groups"] = [_figures(groups[g], None, buckets_, **{key_name: g}) for g in _ordered(groups)] \
+            if group_by is not None else []
+        return doc
+    classes = _device_classes(session, device_class=device_class, tag=tag, device_id=device_id)
+    per_device = latency.device_version_histograms(session, sorted(classes), start, end, model=model,
+                                                   version=version) if classes else {}
     merged: dict[Any, list[dict[int, int]]] = defaultdict(list)
     devices: dict[Any, set[str]] = defaultdict(set)
     for (device, device_version), hist in per_device.items():
-        group: Any = None
-        if group_by == "version":
-            group = device_version
-        elif group_by == "device_class":
-            group = (classes or {}).get(device)
+        group = device_version if group_by == "version" else classes.get(device) if group_by else None
         merged[group].append(hist)
         devices[group].add(device)
-    total = latency.merge(h for hists in merged.values() for h in hists)
-    everyone = {d for ds in devices.values() for d in ds}
-    groups = []
-    if group_by is not None:
-        key_name = "version" if group_by == "version" else "device_class"
-        for group in sorted(merged, key=lambda g: (g is None, g)):
-            groups.append(_figures(latency.merge(merged[group]), len(devices[group]), buckets_, **{key_name: group}))
-    return {"since": start, "until": end, "alpha": buckets.ALPHA, "group_by": group_by,
-            "total": _figures(total, len(everyone), buckets_), "groups": groups}
+    doc["total"] = _figures(latency.merge(h for hists in merged.values() for h in hists),
+                            len({d for ds in devices.values() for d in ds}), buckets_)
+    doc["groups"] = [_figures(latency.merge(merged[g]), len(devices[g]), buckets_, **{key_name: g})
+                     for g in _ordered(merged)] if group_by is not None else []
+    return doc
+
+
+def _ordered(groups: Any) -> list[Any]:
+    return sorted(groups, key=lambda g: (g is None, g))

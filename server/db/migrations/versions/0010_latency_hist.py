@@ -1,4 +1,5 @@
-"""latency histograms: one row per telemetry message on the contract's buckets, hourly merges of older ones
+"""latency histograms: one row per telemetry message on the contract's buckets, hourly merges of older ones,
+and the fleet's per-minute sums by model version and device class
 
 Revision ID: 0010
 Revises: 0006
@@ -46,9 +47,19 @@ def upgrade() -> None:
     sa.UniqueConstraint('device_id', 'hour', 'model_name', 'model_version', name='uq_latency_hist_hourly')
     )
     op.create_index('ix_latency_hist_hourly_hour', 'latency_hist_hourly', ['hour'], unique=False)
+    op.create_table('latency_minute',
+    sa.Column('minute', sa.Float(), nullable=False),
+    sa.Column('model_name', sa.String(length=128), nullable=False),
+    sa.Column('model_version', sa.Integer(), nullable=False),
+    sa.Column('device_class', sa.String(length=64), nullable=False),
+    sa.Column('k', sa.Integer(), nullable=False),
+    sa.Column('n', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('minute', 'model_name', 'model_version', 'device_class', 'k')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('latency_minute')
     op.drop_index('ix_latency_hist_hourly_hour', table_name='latency_hist_hourly')
     op.drop_table('latency_hist_hourly')
     op.drop_index('ix_latency_hist_device_ts', table_name='latency_hist')

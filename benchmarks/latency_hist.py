@@ -1,0 +1,202 @@
+"""What mergeable latency histograms (issue 18) cost and how exact they are.
+
+    .venv/bin/python benchmarks/latency_hist.py [--devices 10000] [--db sqlite,postgresql] [--json]
+
+- **bytes**: what ``inference.latency_hist`` adds to one telemetry message (compact JSON, as the agent sends
+  it) for a device that timed N inferences of a lognormal latency in an interval, and the whole message.
+- **record**: ``LatencyHistogram.record`` per call (ns), against the histogram before issue 18 (32 buckets a
+  decade, 7.5 %; its record is kept below as the baseline), in the same run.
+- **merge**: merging ``--devices`` device histograms into one and reading p50/p90/p95/p99 (pure Python,
+  ``server.latency.merge``/``quantile``).
+- **error**: the merged p50/p90/p95/p99 against the exact percentiles of every latency (lognormal, several
+  device medians), relative.
+- **db** (with ``--db``): ``--devices`` devices' messages of ``--messages`` each stored in a fresh database
+  through the ingest insert path, then the SQL-side merge per version and per device timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import timeit
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent import latency as buckets
+from agent.telemetry.histogram import LatencyHistogram
+from server import latency
+
+
+class OldHistogram:
+    """The per-interval histogram before issue 18 (agent/telemetry/histogram.py at 3e32f3b): its record."""
+
+    def __init__(self, lo_s: float = 1e-5, hi_s: float = 100.0, per_decade: int = 32) -> None:
+        self._log_lo = math.log10(lo_s)
+        self._per_decade = per_decade
+        n = math.ceil((math.log10(hi_s) - self._log_lo) * per_decade)
+        self._last = n + 1
+        self._counts = [0] * (n + 2)
+        self._lock = threading.Lock()
+        self._count = self._errors = 0
+        self._min, self._max = math.inf, 0.0
+
+    def record(self, latency_s: float, ok: bool = True) -> None:
+        with self._lock:
+            self._count += 1
+            if not ok:
+                self._errors += 1
+                return
+            if latency_s > 0.0:
+                idx = int((math.log10(latency_s) - self._log_lo) * self._per_decade) + 1
+                idx = 0 if idx < 0 else (self._last if idx > self._last else idx)
+            else:
+                idx = 0
+            self._counts[idx] += 1
+            if latency_s > self._max:
+                self._max = latency_s
+            if latency_s < self._min:
+                self._min = latency_s
+
+
+def _ns_per_call(hist: Any, values: list[float], repeat: int = 7) -> float:
+    record = hist.record
+
+    def run() -> None:
+        for v in values:
+            record(v, True)
+
+    return statistics.median(timeit.repeat(run, number=1, repeat=repeat)) / len(values) * 1e9
+
+
+def _device_hist(rng: random.Random, n: int, median_ms: float, sigma: float) -> tuple[dict[int, int], list[float]]:
+    values = [rng.lognormvariate(math.log(median_ms), sigma) for _ in range(n)]
+    hist: dict[int, int] = {}
+    for ms in values:
+        k = buckets.bucket_of(ms)
+        hist[k] = hist.get(k, 0) + 1
+    return hist, values
+
+
+def bytes_figures(rng: random.Random) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in (10, 100, 1000, 10_000):
+        hist = LatencyHistogram()
+        for _ in range(n):
+            hist.record(rng.lognormvariate(math.log(0.004), 0.3), True)
+        snap = hist.snapshot()
+        field = json.dumps({"latency_hist": snap.hist}, separators=(",", ":"))
+        out[f"{n}_inferences"] = {"bytes": len(field) - 2, "buckets": len(snap.hist["counts"])}  # type: ignore
+    return out
+
+
+def merge_figures(rng: random.Random, devices: int, per_device: int) -> dict[str, Any]:
+    hists, everything = [], []
+    for d in range(devices):
+        hist, values = _device_hist(rng, per_device, median_ms=2.0 + 8.0 * (d % 7) / 6, sigma=0.35)
+        hists.append(hist)
+        everything += values
+    started = time.perf_counter()
+    merged = latency.merge(hists)
+    figures = latency.summary(merged)
+    merge_s = time.perf_counter() - started
+    everything.sort()
+    errors = {}
+    for name, q in latency.QUANTILES.items():
+        exact = everything[max(1, math.ceil(q * len(everything))) - 1]
+        errors[name] = abs(figures[f"{name}_ms"] - exact) / exact
+    return {"devices": devices, "latencies": len(everything), "merge_ms": round(merge_s * 1000, 2),
+            "buckets_merged": len(merged), "relative_error": {k: round(v, 5) for k, v in errors.items()},
+            "max_relative_error": round(max(errors.values()), 5), "bound": buckets.ALPHA}
+
+
+def db_figures(kind: str, devices: int, messages: int, rng: random.Random) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    from server.crud import telemetry as crud
+    from server.db import Database, migrate
+    from tests.support.databases import database_url
+
+    with tempfile.TemporaryDirectory() as tmp, database_url(kind, Path(tmp)) as url:
+        db = Database(url)
+        migrate(db.engine)
+        now = time.time()
+        started = time.perf_counter()
+        rows = []
+        for d in range(devices):
+            for seq in range(messages):
+                hist, _ = _device_hist(rng, 100, 2.0 + 8.0 * (d % 7) / 6, 0.35)
+                i0, run = buckets.trimmed(hist)
+                rows.append({"device_id": f"dev-{d:05d}", "epoch": 1, "seq": seq, "ts": now - 600 + seq * 10,
+                             "model_name": "det", "model_version": 1 + d % 2, "count": sum(run), "i0": i0,
+                             "counts": run})
+            if len(rows) >= 5000:
+                with db.session() as session:
+                    crud.insert_latency(session, rows=rows)
+                rows = []
+        if rows:
+            with db.session() as session:
+                crud.insert_latency(session, rows=rows)
+        insert_s = time.perf_counter() - started
+        with db.session() as session:
+            stored = session.execute(text("SELECT COUNT(*) FROM latency_hist")).scalar()
+            t0 = time.perf_counter()
+            versions = latency.version_histograms(session, None, now - 3600, now + 1)
+            t1 = time.perf_counter()
+            per_device = latency.device_histograms(session, None, now - 3600, now + 1)
+            t2 = time.perf_counter()
+        db.dispose()
+    return {"rows": stored, "insert_rows_per_s": round(devices * messages / insert_s),
+            "merge_by_version_ms": round((t1 - t0) * 1000, 1), "merge_by_device_ms": round((t2 - t1) * 1000, 1),
+            "versions": len(versions), "devices": len(per_device)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--per-device", type=int, default=200, help="latencies per device in the merge figures")
+    parser.add_argument("--db", default="", help="comma-separated: sqlite, postgresql (a local one, as the tests)")
+    parser.add_argument("--db-devices", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=60, help="messages per device in the database figures")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    args = parser.parse_args(argv)
+    rng = random.Random(18)
+    values = [rng.lognormvariate(math.log(0.004), 0.5) for _ in range(200_000)]
+    new_ns, old_ns = _ns_per_call(LatencyHistogram(), values), _ns_per_call(OldHistogram(), values)
+    report: dict[str, Any] = {
+        "buckets": {"alpha": buckets.ALPHA, "gamma": buckets.GAMMA, "count": buckets.BUCKETS,
+                    "min_ms": buckets.MIN_MS, "max_ms": buckets.MAX_MS},
+        "bytes_per_message": bytes_figures(rng),
+        "record_ns": {"contract_buckets": round(new_ns, 1), "before_issue_18": round(old_ns, 1),
+                      "ratio": round(new_ns / old_ns, 3)},
+        "merge": merge_figures(rng, args.devices, args.per_device),
+    }
+    for kind in filter(None, (k.strip() for k in args.db.split(","))):
+        report.setdefault("db", {})[kind] = db_figures(kind, args.db_devices, args.messages, rng)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"buckets: {buckets.BUCKETS} (alpha {buckets.ALPHA}, {buckets.MIN_MS} ms .. {buckets.MAX_MS:.0f} ms)")
+    for n, fig in report["bytes_per_message"].items():
+        print(f"latency_hist of {n.replace('_', ' ')}: {fig['bytes']} bytes ({fig['buckets']} buckets)")
+    rec = report["record_ns"]
+    print(f"record: {rec['contract_buckets']} ns/call vs {rec['before_issue_18']} ns before (x{rec['ratio']})")
+    m = report["merge"]
+    print(f"merge of {m['devices']} device histograms ({m['latencies']} latencies): {m['merge_ms']} ms; "
+          f"max relative error of p50/p90/p95/p99 {m['max_relative_error']} (bound {m['bound']})")
+    for kind, fig in report.get("db", {}).items():
+        print(f"{kind}: {fig['rows']} rows, insert {fig['insert_rows_per_s']} rows/s, merge by version "
+              f"{fig['merge_by_version_ms']} ms, by device {fig['merge_by_device_ms']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
