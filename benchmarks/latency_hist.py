@@ -10,8 +10,10 @@
   ``server.latency.merge``/``quantile``).
 - **error**: the merged p50/p90/p95/p99 against the exact percentiles of every latency (lognormal, several
   device medians), relative.
-- **db** (with ``--db``): ``--devices`` devices' messages of ``--messages`` each stored in a fresh database
-  through the ingest insert path, then the SQL-side merge per version and per device timed.
+- **db** (with ``--db``): ``--db-devices`` devices' ``--messages`` messages each (10 s apart) stored in a fresh
+  database through the ingest writer's path (``server.ingest.store_latency``: rows, dedup, per-minute sums) in
+  batches of 500, then the merge per version read from the per-minute sums and from the messages, and the
+  merge per device, timed.
 """
 
 from __future__ import annotations
@@ -121,42 +123,49 @@ def merge_figures(rng: random.Random, devices: int, per_device: int) -> dict[str
 def db_figures(kind: str, devices: int, messages: int, rng: random.Random) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from server.crud import telemetry as crud
+    from server.crud import devices as device_crud
     from server.db import Database, migrate
+    from server.ingest import store_latency
     from tests.support.databases import database_url
 
+    now = time.time()
+    rows = []
+    for d in range(devices):
+        hist, _ = _device_hist(rng, 100, 2.0 + 8.0 * (d % 7) / 6, 0.35)
+        i0, run = buckets.trimmed(hist)
+        for seq in range(messages):
+            rows.append({"device_id": f"dev-{d:05d}", "epoch": 1, "seq": seq, "ts": now - 600 + seq * 10,
+                         "model_name": "det", "model_version": 1 + d % 2, "count": sum(run), "i0": i0,
+                         "counts": run})
+    rows.sort(key=lambda r: (r["seq"], r["device_id"]))  # as they arrive: every device each interval
     with tempfile.TemporaryDirectory() as tmp, database_url(kind, Path(tmp)) as url:
         db = Database(url)
         migrate(db.engine)
-        now = time.time()
+        with db.session() as session:
+            for d in range(devices):
+                device_crud.enroll_device(session, device_id=f"dev-{d:05d}", device_class=f"class-{d % 3}", tags=[],
+                                          hw={})
         started = time.perf_counter()
-        rows = []
-        for d in range(devices):
-            for seq in range(messages):
-                hist, _ = _device_hist(rng, 100, 2.0 + 8.0 * (d % 7) / 6, 0.35)
-                i0, run = buckets.trimmed(hist)
-                rows.append({"device_id": f"dev-{d:05d}", "epoch": 1, "seq": seq, "ts": now - 600 + seq * 10,
-                             "model_name": "det", "model_version": 1 + d % 2, "count": sum(run), "i0": i0,
-                             "counts": run})
-            if len(rows) >= 5000:
-                with db.session() as session:
-                    crud.insert_latency(session, rows=rows)
-                rows = []
-        if rows:
+        for start in range(0, len(rows), 500):  # the writer's default batch_max
             with db.session() as session:
-                crud.insert_latency(session, rows=rows)
+                store_latency(session, rows[start:start + 500])
         insert_s = time.perf_counter() - started
         with db.session() as session:
             stored = session.execute(text("SELECT COUNT(*) FROM latency_hist")).scalar()
+            minutes = session.execute(text("SELECT COUNT(*) FROM latency_minute")).scalar()
             t0 = time.perf_counter()
-            versions = latency.version_histograms(session, None, now - 3600, now + 1)
+            fleet = latency.fleet_histograms(session, now - 3600, now + 1, group_by="version")
             t1 = time.perf_counter()
-            per_device = latency.device_histograms(session, None, now - 3600, now + 1)
+            versions = latency.version_histograms(session, None, now - 3600, now + 1)
             t2 = time.perf_counter()
+            per_device = latency.device_histograms(session, None, now - 3600, now + 1)
+            t3 = time.perf_counter()
         db.dispose()
-    return {"rows": stored, "insert_rows_per_s": round(devices * messages / insert_s),
-            "merge_by_version_ms": round((t1 - t0) * 1000, 1), "merge_by_device_ms": round((t2 - t1) * 1000, 1),
-            "versions": len(versions), "devices": len(per_device)}
+    assert fleet == versions  # the per-minute sums and the devices' own rows agree exactly
+    return {"messages": stored, "minute_rows": minutes, "store_messages_per_s": round(len(rows) / insert_s),
+            "by_version_from_minutes_ms": round((t1 - t0) * 1000, 1),
+            "by_version_from_messages_ms": round((t2 - t1) * 1000, 1),
+            "per_device_ms": round((t3 - t2) * 1000, 1), "versions": len(versions), "devices": len(per_device)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"merge of {m['devices']} device histograms ({m['latencies']} latencies): {m['merge_ms']} ms; "
           f"max relative error of p50/p90/p95/p99 {m['max_relative_error']} (bound {m['bound']})")
     for kind, fig in report.get("db", {}).items():
-        print(f"{kind}: {fig['rows']} rows, insert {fig['insert_rows_per_s']} rows/s, merge by version "
-              f"{fig['merge_by_version_ms']} ms, by device {fig['merge_by_device_ms']} ms")
+        print(f"{kind}: {fig['messages']} messages stored at {fig['store_messages_per_s']}/s "
+              f"({fig['minute_rows']} minute rows); by version from the minutes "
+              f"{fig['by_version_from_minutes_ms']} ms, "
+              f"from the messages {fig['by_version_from_messages_ms']} ms; per device {fig['per_device_ms']} ms")
     return 0
 
 

@@ -248,7 +248,7 @@ class BatchWriter:
                     live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
         with self.db.session() as session:
             crud.insert_telemetry(session, rows=telemetry)
-            stored_latency = _latency(session, latency)
+            stored_latency = store_latency(session, latency)
             crud.insert_events(session, rows=events)
             _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
             for message in messages:
@@ -260,7 +260,7 @@ class BatchWriter:
         return stored_latency
 
 
-def _latency(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def store_latency(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Store the batch's latency histograms and add the new ones (not duplicates) to the fleet's minutes."""
     stored = crud.insert_latency(session, rows=rows)
     new: list[dict[str, Any]] = []
