@@ -13,7 +13,8 @@
 - **db** (with ``--db``): ``--db-devices`` devices' ``--messages`` messages each (10 s apart) stored in a fresh
   database through the ingest writer's path (``server.ingest.store_latency``: rows, dedup, per-minute sums) in
   batches of 500, then the merge per version read from the per-minute sums and from the messages, and the
-  merge per device, timed.
+  merge per device, timed; and the ingest writer (``BatchWriter.write``, batches of 500) on whole telemetry
+  messages with and without ``latency_hist``, alternating: what the histogram costs ingestion.
 """
 
 from __future__ import annotations
@@ -160,12 +161,47 @@ def db_figures(kind: str, devices: int, messages: int, rng: random.Random) -> di
             t2 = time.perf_counter()
             per_device = latency.device_histograms(session, None, now - 3600, now + 1)
             t3 = time.perf_counter()
+        writer = _writer_rates(db, devices, rng)
         db.dispose()
     assert fleet == versions  # the per-minute sums and the devices' own rows agree exactly
-    return {"messages": stored, "minute_rows": minutes, "store_messages_per_s": round(len(rows) / insert_s),
+    return {**writer, "messages": stored, "minute_rows": minutes, "store_messages_per_s": round(len(rows) / insert_s),
             "by_version_from_minutes_ms": round((t1 - t0) * 1000, 1),
             "by_version_from_messages_ms": round((t2 - t1) * 1000, 1),
             "per_device_ms": round((t3 - t2) * 1000, 1), "versions": len(versions), "devices": len(per_device)}
+
+
+def _writer_rates(db: Any, devices: int, rng: random.Random, messages: int = 10_000,
+                  rounds: int = 2) -> dict[str, Any]:
+    """The ingest writer (validation, telemetry rows, histograms, minute sums, device rows) on whole telemetry
+    messages with and without ``latency_hist``, alternating rounds: what the histogram costs ingestion."""
+    from server.config import TelemetrySection
+    from server.ingest import BatchWriter, IngestStats
+
+    writer = BatchWriter(db, TelemetrySection(), IngestStats())
+    hists = [buckets.encode(_device_hist(rng, 100, 2.0 + d % 7, 0.35)[0]) for d in range(devices)]
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    seq = 10_000
+    for _ in range(rounds):
+        for with_hist in (True, False):
+            batch = []
+            now = time.time()
+            for i in range(messages):
+                d = i % devices
+                seq += 1 if d == 0 else 0
+                inference: dict[str, Any] = {"count": 100, "errors": 0, "latency_ms": {"p50": 2.0, "p95": 3.0},
+                                             "fps": 10.0}
+                if with_hist:
+                    inference["latency_hist"] = hists[d]
+                body = {"seq": seq, "epoch": 1, "ts": now - 30, "model": {"name": "det", "version": 1 + d % 2},
+                        "runtime": "onnxruntime", "inference": inference, "system": {"cpu_pct": 20.0}}
+                batch.append((f"edgefleet/v1/devices/dev-{d:05d}/telemetry", json.dumps(body).encode(), now))
+            started = time.perf_counter()
+            for start in range(0, len(batch), 500):
+                writer.write(batch[start:start + 500])
+            rates[with_hist].append(messages / (time.perf_counter() - started))
+    with_rate, without_rate = statistics.median(rates[True]), statistics.median(rates[False])
+    return {"writer_msgs_per_s_with_hist": round(with_rate), "writer_msgs_per_s_without_hist": round(without_rate),
+            "writer_cost_of_hist": round(1 - with_rate / without_rate, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"merge of {m['devices']} device histograms ({m['latencies']} latencies): {m['merge_ms']} ms; "
           f"max relative error of p50/p90/p95/p99 {m['max_relative_error']} (bound {m['bound']})")
     for kind, fig in report.get("db", {}).items():
+        print(f"{kind}: ingest writer {fig['writer_msgs_per_s_with_hist']} msg/s with latency_hist, "
+              f"{fig['writer_msgs_per_s_without_hist']} without (cost {fig['writer_cost_of_hist']:.1%})")
         print(f"{kind}: {fig['messages']} messages stored at {fig['store_messages_per_s']}/s "
               f"({fig['minute_rows']} minute rows); by version from the minutes "
               f"{fig['by_version_from_minutes_ms']} ms, "

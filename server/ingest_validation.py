@@ -123,7 +123,8 @@ def latency_row(doc: Telemetry, row: dict[str, Any]) -> dict[str, Any] | None:
     hist = doc.inference.latency_hist
     if hist is None or not any(hist.counts):
         return None
-    i0, run = latency.trimmed(hist.buckets())
+    lead, run = latency.trimmed(hist.counts)
+    i0 = hist.offset + lead
     return {"device_id": row["device_id"], "epoch": row["epoch"], "seq": row["seq"], "ts": row["ts"],
             "model_name": row["model_name"], "model_version": row["model_version"], "count": sum(run), "i0": i0,
             "counts": run}

@@ -13,6 +13,7 @@ Model names come from devices: past ``MAX_SERIES`` (model, version) pairs, the o
 from __future__ import annotations
 
 import bisect
+import operator
 import threading
 from collections.abc import Iterator
 
@@ -34,7 +35,7 @@ class FleetLatency:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        self._series: dict[tuple[str, str], list[int]] = {}  # counts on the contract's buckets
 
     def add(self, model: str | None, version: int | None, i0: int, counts: list[int]) -> None:
         key = (model or "", "" if version is None else str(version))
@@ -45,22 +46,25 @@ class FleetLatency:
                     key = OTHER
                     series = self._series.get(key)
                 if series is None:
-                    series = self._series[key] = ([0] * (len(LE_SECONDS) + 1), [0.0])
-            slots, total = series
-            for j, n in enumerate(counts):
-                if n:
-                    k = i0 + j
-                    slots[_SLOT[k]] += n
-                    total[0] += n * _VALUES_S[k]
+                    series = self._series[key] = [0] * buckets.BUCKETS
+            end = i0 + len(counts)
+            series[i0:end] = map(operator.add, series[i0:end], counts)  # the loop in C; le slots at scrape time
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(METRIC, "Inference latency reported by devices (their latency histograms), "
                                        "by model and version", labels=["model", "version"])
         with self._lock:
-            snapshot = [(key, list(slots), total[0]) for key, (slots, total) in sorted(self._series.items())]
-        for (model, version), slots, total in snapshot:
+            snapshot = [(key, list(series)) for key, series in sorted(self._series.items())]
+        les = (*(repr(b) for b in LE_SECONDS), "+Inf")
+        for (model, version), series in snapshot:
+            slots = [0] * len(les)
+            total = 0.0
+            for k, n in enumerate(series):
+                if n:
+                    slots[_SLOT[k]] += n
+                    total += n * _VALUES_S[k]
             cumulative, running = [], 0
-            for le, n in zip((*(repr(b) for b in LE_SECONDS), "+Inf"), slots, strict=True):
+            for le, n in zip(les, slots, strict=True):
                 running += n
                 cumulative.append((le, float(running)))
             family.add_metric([model, version], cumulative, sum_value=total)

@@ -134,11 +134,17 @@ def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[
 
 def enrolled_ids(session: Session, *, device_ids: Iterable[str]) -> set[str]:
     """Which of ``device_ids`` are enrolled (hold an approved token): only their messages are stored."""
+    return set(enrolled_classes(session, device_ids=device_ids))
+
+
+def enrolled_classes(session: Session, *, device_ids: Iterable[str]) -> dict[str, str | None]:
+    """The enrolled ones of ``device_ids`` with their device class (the fleet's latency sums are by class)."""
     wanted = sorted(set(device_ids))
-    found: set[str] = set()
+    found: dict[str, str | None] = {}
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start:start + 1000]
-        found.update(session.scalars(select(Device.id).where(Device.id.in_(chunk), Device.token_hash.is_not(None))))
+        found.update((str(i), c) for i, c in session.execute(
+            select(Device.id, Device.device_class).where(Device.id.in_(chunk), Device.token_hash.is_not(None))))
     return found
 
 
