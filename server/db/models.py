@@ -222,7 +222,6 @@ class LatencyHistRow(Base):
     __tablename__ = "latency_hist"
     __table_args__ = (
         UniqueConstraint("device_id", "epoch", "seq", name="uq_latency_hist_epoch_seq"),
-        Index("ix_latency_hist_ts", "ts"),
         Index("ix_latency_hist_device_ts", "device_id", "ts"),
     )
 

@@ -32,7 +32,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('device_id', 'epoch', 'seq', name='uq_latency_hist_epoch_seq')
     )
-    op.create_index('ix_latency_hist_ts', 'latency_hist', ['ts'], unique=False)
     op.create_index('ix_latency_hist_device_ts', 'latency_hist', ['device_id', 'ts'], unique=False)
     op.create_table('latency_hist_hourly',
     sa.Column('id', row_id, nullable=False),
@@ -63,5 +62,4 @@ def downgrade() -> None:
     op.drop_index('ix_latency_hist_hourly_hour', table_name='latency_hist_hourly')
     op.drop_table('latency_hist_hourly')
     op.drop_index('ix_latency_hist_device_ts', table_name='latency_hist')
-    op.drop_index('ix_latency_hist_ts', table_name='latency_hist')
     op.drop_table('latency_hist')
