@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import math
 import operator
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, select
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from agent.latency import BUCKETS
 from server.db.models import Device, LatencyMinute
 
+MINUTE_UPSERT = "INSERT INTO latency_minute (minute, model_name, model_version, device_class, k, n)"
+MINUTE_CONFLICT = ("ON CONFLICT (minute, model_name, model_version, device_class, k) "
+                   "DO UPDATE SET n = latency_minute.n + excluded.n")
 Group = tuple[float, str, int, str]  # minute, model name, version, device class ('' / -1: unknown)
 
 
@@ -52,13 +55,14 @@ def add_minutes(session: Session, *, sums: dict[tuple[Group, int], int]) -> None
     if session.get_bind().dialect.name == "postgresql":
         _add_minutes_pg(session, sums)
         return
-    table = cast(Table, LatencyMinute.__table__)
-    insert = sqlite.insert(table)
-    statement = insert.on_conflict_do_update(index_elements=["minute", "model_name", "model_version", "device_class",
-                                                             "k"], set_={"n": table.c.n + insert.excluded.n})
-    params = [{"minute": g[0], "model_name": g[1], "model_version": g[2], "device_class": g[3], "k": k, "n": n}
-              for (g, k), n in sorted(sums.items())]
-    session.connection().execute(statement, params)
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(f"{MINUTE_UPSERT} VALUES (?, ?, ?, ?, ?, ?) {MINUTE_CONFLICT}",
+                           [(g[0], g[1], g[2], g[3], k, n) for (g, k), n in sorted(sums.items())])
+    except sqlite3.Error as exc:  # the same exception classes as every other statement (busy vs refused)
+        raise DBAPIError.instance(MINUTE_UPSERT, None, exc, sqlite3.Error) from exc
+    finally:
+        cursor.close()
 
 
 def _add_minutes_pg(session: Session, sums: dict[tuple[Group, int], int]) -> None:
@@ -66,10 +70,8 @@ def _add_minutes_pg(session: Session, sums: dict[tuple[Group, int], int]) -> Non
     import psycopg
 
     keys = sorted(sums)
-    statement = ("INSERT INTO latency_minute (minute, model_name, model_version, device_class, k, n) "
-                 "SELECT * FROM unnest(%s::float8[], %s::text[], %s::int4[], %s::text[], %s::int4[], %s::int8[]) "
-                 "ON CONFLICT (minute, model_name, model_version, device_class, k) "
-                 "DO UPDATE SET n = latency_minute.n + excluded.n")
+    statement = (f"{MINUTE_UPSERT} SELECT * FROM unnest(%s::float8[], %s::text[], %s::int4[], %s::text[], "
+                 f"%s::int4[], %s::int8[]) {MINUTE_CONFLICT}")
     params = [[g[0] for g, _ in keys], [g[1] for g, _ in keys], [g[2] for g, _ in keys], [g[3] for g, _ in keys],
               [k for _, k in keys], [sums[key] for key in keys]]
     connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
