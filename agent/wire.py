@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
+from agent import latency as latency_buckets
+
 TOPIC_ROOT = "edgefleet/v1/devices"
 SHARED_GROUP = "edgefleet"
 
@@ -269,12 +271,42 @@ class LatencySummary(WireModel):
     max: Metric | None = None
 
 
+class LatencyHist(WireModel):
+    """Latencies since the previous message on the contract's buckets (``agent/latency.py``): ``counts[j]``
+    fell in bucket ``offset + j``; at most ``latency.BUCKETS`` buckets, each count a 32-bit count."""
+
+    offset: Annotated[int, Field(strict=True, ge=0, lt=latency_buckets.BUCKETS)] = 0
+    counts: Annotated[list[Count32], Field(max_length=latency_buckets.BUCKETS)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _within_buckets(self) -> LatencyHist:
+        if self.offset + len(self.counts) > latency_buckets.BUCKETS:
+            raise PydanticCustomError("too_long", "offset + len(counts) is past the last bucket ({buckets})",
+                                      {"buckets": latency_buckets.BUCKETS})
+        return self
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def buckets(self) -> dict[int, int]:
+        """Sparse counts by bucket index."""
+        return latency_buckets.decode(self.offset, self.counts)
+
+
 class InferenceStats(WireModel):
     count: Count32 = 0
     errors: Count32 = 0
     latency_ms: LatencySummary = Field(default_factory=LatencySummary)
+    latency_hist: LatencyHist | None = None  # agents from before issue 18 send none
     fps: Metric = 0.0
     dropped_frames: Count32 = 0
+
+    @model_validator(mode="after")
+    def _hist_within_count(self) -> InferenceStats:
+        if self.latency_hist is not None and self.latency_hist.total > self.count:
+            raise PydanticCustomError("hist_count", "latency_hist counts more latencies than inference.count")
+        return self
 
 
 class SystemStats(WireModel):

@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 
 from server import dashboard, openapi, rollouts, sandbox
 from server.api import errors
-from server.api.routes import artifacts, devices, enroll, health, jobs, models, trust
+from server.api.routes import artifacts, devices, enroll, health, jobs, latency, models, trust
 from server.api.routes import quality as quality_routes
 from server.api.routes import rollouts as rollout_routes
 from server.artifact_gc import Collected, collect
@@ -28,6 +28,7 @@ from server.housekeeping import collect as housekeep
 from server.httpmetrics import HttpGuardCollector
 from server.ingest import Ingestor
 from server.jobs import JobRunner
+from server.latency_rollup import fold_and_expire as fold_latency
 from server.leases import GC, RETENTION, ROLLOUTS, Leases
 from server.limits import BodyLimits
 from server.manifests import ManifestService, Signer
@@ -86,9 +87,12 @@ class Background:
     def retention(self) -> tuple[int, int]:
         section = self.state.config.telemetry
         now = time.time()
+        downsample_before = now - section.downsample_after_hours * 3600
+        expire_before = now - section.retention_days * 86400
         with self.state.db.session() as session:
-            return downsample_and_expire(session, downsample_before=now - section.downsample_after_hours * 3600,
-                                         expire_before=now - section.retention_days * 86400)
+            fold_latency(session, downsample_before=downsample_before, expire_before=expire_before)
+        with self.state.db.session() as session:
+            return downsample_and_expire(session, downsample_before=downsample_before, expire_before=expire_before)
 
     def collect_garbage(self) -> tuple[object, Collected]:
         """Patches no manifest can offer and samples past their retention or size cap (server/housekeeping.py),
@@ -163,7 +167,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
                          description=openapi.DESCRIPTION, swagger_ui_parameters={"validatorUrl": None})
     openapi.install(app)
     app.state.edgefleet = state
-    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes, trust):
+    for module in (health, enroll, devices, artifacts, models, jobs, rollout_routes, quality_routes, trust, latency):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)

@@ -40,11 +40,13 @@ from sqlalchemy.orm import Session
 
 from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command
 from server.config import MqttSection, TelemetrySection
+from server.crud import latency as latency_crud
 from server.crud import telemetry as crud
 from server.db import Database
 from server.db.models import Device as DeviceRow
 from server.ingest_rejections import Rejections
 from server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
+from server.latency_metrics import FleetLatency
 
 log = logging.getLogger("edgefleet.server.ingest")
 RETRY_MAX_S = 10.0
@@ -62,6 +64,7 @@ class IngestStats:
     ts_replaced: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     rejections: Rejections = field(default_factory=Rejections)
+    latency: FleetLatency = field(default_factory=FleetLatency)  # the /metrics histogram of what was written
 
     @property
     def invalid(self) -> int:
@@ -178,14 +181,14 @@ class BatchWriter:
             else:
                 accepted.append(result)
         with self.db.session() as session:
-            enrolled = crud.enrolled_ids(session, device_ids={m.device_id for m in accepted} |
-                                         {device_id for device_id, _, _ in refused})
+            enrolled = crud.enrolled_classes(session, device_ids={m.device_id for m in accepted} |
+                                             {device_id for device_id, _, _ in refused})
         stored = [m for m in accepted if m.device_id in enrolled]
         for message in accepted:
             if message.device_id not in enrolled:
                 refused.append((message.device_id, Rejected("unenrolled", f"{message.leaf}: the id is not enrolled"),
                                 message.received_at))
-        self._write_split(stored)
+        self._write_split(stored, enrolled)
         for device_id, rejected, received_at in refused:
             self.stats.rejections.add(device_id, rejected, enrolled=device_id in enrolled, at=received_at)
         counts = self.stats.rejections.take_device_counts()
@@ -197,12 +200,12 @@ class BatchWriter:
         if self.on_batch is not None:
             self.on_batch(len(batch), self.stats.last_batch_ms / 1000)
 
-    def _write_split(self, messages: list[Accepted]) -> None:
+    def _write_split(self, messages: list[Accepted], classes: dict[str, str | None]) -> None:
         """Write ``messages`` in one transaction; when the database refuses it, each half on its own."""
         if not messages:
             return
         try:
-            self._commit(messages)
+            stored_latency = self._commit(messages, classes)
         except Exception as exc:
             if _transient(exc):
                 raise
@@ -213,21 +216,27 @@ class BatchWriter:
                                           enrolled=True, at=message.received_at)
                 return
             middle = len(messages) // 2
-            self._write_split(messages[:middle])
-            self._write_split(messages[middle:])
+            self._write_split(messages[:middle], classes)
+            self._write_split(messages[middle:], classes)
             return
         for message in messages:
             self.stats.by_kind[message.leaf] = self.stats.by_kind.get(message.leaf, 0) + 1
+        for hist in stored_latency:
+            self.stats.latency.add(hist["model_name"], hist["model_version"], hist["i0"], hist["counts"])
         self.stats.written += len(messages)
 
-    def _commit(self, messages: list[Accepted]) -> None:
+    def _commit(self, messages: list[Accepted], classes: dict[str, str | None]) -> list[dict[str, Any]]:
+        """Write ``messages`` in one transaction; the latency rows stored now (for /metrics)."""
         telemetry: list[dict[str, Any]] = []
+        latency: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         live: dict[str, dict[str, Any]] = {}
         for message in messages:
             row = message.row
             if message.leaf == "telemetry" and row is not None:
                 telemetry.append(row)
+                if message.latency is not None:
+                    latency.append(message.latency)
                 current = live.setdefault(message.device_id, {"ts_replaced": 0})
                 current.update(last_seen=message.received_at, p95_ms=row["p95_ms"], cpu_pct=row["cpu_pct"],
                                model_name=row["model_name"], model_version=row["model_version"],
@@ -239,6 +248,7 @@ class BatchWriter:
                     live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
         with self.db.session() as session:
             crud.insert_telemetry(session, rows=telemetry)
+            stored_latency = store_latency(session, latency, classes)
             crud.insert_events(session, rows=events)
             _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
             for message in messages:
@@ -247,6 +257,25 @@ class BatchWriter:
                                       now=message.received_at)
             crud.apply_live(session, updates=live)
         self.stats.ts_replaced += sum(int(v["ts_replaced"]) for v in live.values())
+        return stored_latency
+
+
+def store_latency(session: Session, rows: list[dict[str, Any]],
+                  classes: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """Store the batch's latency histograms and add the new ones (not duplicates) to the fleet's minutes, by the
+    devices' ``classes`` (looked up when not given)."""
+    stored = crud.insert_latency(session, rows=rows)
+    new: list[dict[str, Any]] = []
+    for row in rows:
+        key = (row["device_id"], row["epoch"], row["seq"])
+        if key in stored:
+            stored.discard(key)  # a message twice in one batch: the first copy is the stored one
+            new.append(row)
+    if new:
+        if classes is None:
+            classes = latency_crud.device_classes(session, device_ids={row["device_id"] for row in new})
+        latency_crud.add_minutes(session, sums=latency_crud.minute_sums(new, classes))
+    return new
 
 
 def _lock_devices(session: Session, device_ids: set[str]) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from agent import latency
 from agent.wire import Birth, Event, Telemetry, Will
 
 REASONS = ("too_large", "not_json", "too_deep", "out_of_range", "invalid", "unenrolled", "refused_by_database")
@@ -44,6 +45,7 @@ class Accepted:
     leaf: str  # telemetry | events | status
     received_at: float
     row: dict[str, Any] | None = None  # a telemetry or events row
+    latency: dict[str, Any] | None = None  # telemetry with latencies: its latency_hist row
     status: Birth | Will | None = None
     delegate: str | None = None  # telemetry: kept on the device row, not in the telemetry table
 
@@ -88,7 +90,8 @@ def check(device_id: str, leaf: str, payload: bytes, received_at: float, limits:
         if leaf == "telemetry":
             telemetry = Telemetry.model_validate_json(payload)
             row = telemetry_row(device_id, telemetry, received_at, limits, payload.decode())
-            return Accepted(device_id, leaf, received_at, row=row, delegate=telemetry.delegate)
+            return Accepted(device_id, leaf, received_at, row=row, delegate=telemetry.delegate,
+                            latency=latency_row(telemetry, row))
         if leaf == "events":
             event = Event.model_validate_json(payload)
             ts, replaced = _timestamp(event.ts, received_at, limits)
@@ -113,6 +116,18 @@ def telemetry_row(device_id: str, doc: Telemetry, received_at: float, limits: Li
         "mem_mb": system.mem_mb, "rss_mb": system.rss_mb, "temp_c": system.temp_c,
         "payload": text,
     }
+
+
+def latency_row(doc: Telemetry, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``latency_hist`` row of a validated message (zeros trimmed), or None when it timed nothing."""
+    hist = doc.inference.latency_hist
+    if hist is None or not any(hist.counts):
+        return None
+    lead, run = latency.trimmed(hist.counts)
+    i0 = hist.offset + lead
+    return {"device_id": row["device_id"], "epoch": row["epoch"], "seq": row["seq"], "ts": row["ts"],
+            "model_name": row["model_name"], "model_version": row["model_version"], "count": sum(run), "i0": i0,
+            "counts": run}
 
 
 def unchecked(device_id: str, leaf: str, payload: bytes, received_at: float) -> Accepted | Rejected:

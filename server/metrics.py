@@ -5,6 +5,8 @@
 - Check-ins (``GET /v1/devices/{id}/manifest``) are counted and timed by a pure ASGI middleware.
 - Ingestion counters come from the ingestor's ``IngestStats``; batch write latency from its ``on_batch`` hook;
   update-report counters from the report writer.
+- The fleet's inference latency histogram by model version comes from the histograms the ingestor wrote
+  (``server/latency_metrics.py``: its ``le`` boundaries and how the 2 % contract buckets map onto them).
 
 ``/metrics`` takes ``Authorization: Bearer <metrics_token or admin_token>`` (401 otherwise).
 """
@@ -149,6 +151,7 @@ class FleetCollector(Collector):
         yield _single(CounterMetricFamily, "edgefleet_ingest_batches", "Batches written", stats.batches)
         yield _single(GaugeMetricFamily, "edgefleet_ingest_queue_depth", "Messages waiting for the batch writer",
                       ingestor.writer.queue.qsize())
+        yield from stats.latency.collect()
 
 
 def _single(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,

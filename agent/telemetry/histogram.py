@@ -1,17 +1,26 @@
-"""A fixed-size latency histogram with log-spaced buckets.
+"""The per-interval latency histogram, on the wire contract's buckets (``agent/latency.py``, 2 % relative error).
 
-``record`` is O(1) and allocates nothing: one ``log10``, one index, three adds. Memory is a
-fixed list of counters whatever the rate, so a busy device never grows a list of samples.
-Percentiles are read from the buckets: the upper bound of the bucket that holds the rank,
-clamped to the exact min and max seen, so the error is at most one bucket width
-(``10 ** (1 / per_decade)``, 7.5 % with the default 32 buckets per decade).
+``record`` is O(1) and allocates nothing: one ``log``, one index, a few adds under a lock. Memory is a fixed
+list of ``latency.BUCKETS`` counters whatever the rate, so a busy device never grows a list of samples.
+``snapshot(reset=True)`` swaps the counters for fresh ones under the same lock, so a latency recorded while a
+message is being built counts in this interval or the next, never in none or both. The snapshot carries the
+interval's counts (``Summary.hist``, the ``inference.latency_hist`` wire form) and p50/p95/p99 read from them:
+the value of the bucket that holds the rank, clamped to the exact min and max seen.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from agent import latency
+
+_BUCKETS = latency.BUCKETS
+_LAST = latency.BUCKETS - 1
+_MIN_MS = latency.MIN_MS
+_SCALE = 1.0 / latency.LOG_GAMMA
+_SHIFT = 1 - latency.I_LO
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,7 @@ class Summary:
     p50_s: float | None
     p95_s: float | None
     p99_s: float | None
+    hist: dict[str, int | list[int]] = field(default_factory=lambda: {"offset": 0, "counts": []})  # wire form
 
     def latency_ms(self) -> dict[str, float | None]:
         def ms(value: float | None) -> float | None:
@@ -32,18 +42,10 @@ class Summary:
 
 
 class LatencyHistogram:
-    """Counts latencies from ``lo_s`` to ``hi_s`` in log-spaced buckets; thread-safe."""
+    """Counts latencies (seconds) on the contract's buckets; thread-safe. Errors are counted, not timed."""
 
-    def __init__(self, lo_s: float = 1e-5, hi_s: float = 100.0, per_decade: int = 32) -> None:
-        if not 0 < lo_s < hi_s or per_decade < 1:
-            raise ValueError("need 0 < lo_s < hi_s and per_decade >= 1")
-        self._log_lo = math.log10(lo_s)
-        self._per_decade = per_decade
-        n = math.ceil((math.log10(hi_s) - self._log_lo) * per_decade)
-        # bucket 0: below lo_s; bucket n + 1: at or above hi_s
-        self._last = n + 1
-        self._bounds = [lo_s * 10 ** (i / per_decade) for i in range(n + 1)]  # upper bound of bucket i
-        self._counts = [0] * (n + 2)
+    def __init__(self) -> None:
+        self._counts = [0] * _BUCKETS
         self._lock = threading.Lock()
         self._count = 0
         self._errors = 0
@@ -56,9 +58,11 @@ class LatencyHistogram:
             if not ok:
                 self._errors += 1
                 return
-            if latency_s > 0.0:
-                idx = int((math.log10(latency_s) - self._log_lo) * self._per_decade) + 1
-                idx = 0 if idx < 0 else (self._last if idx > self._last else idx)
+            ms = latency_s * 1000.0
+            if ms > _MIN_MS:  # latency.bucket_of(ms), inlined
+                idx = math.ceil(math.log(ms) * _SCALE) + _SHIFT
+                if idx > _LAST:
+                    idx = _LAST
             else:
                 idx = 0
             self._counts[idx] += 1
@@ -70,23 +74,21 @@ class LatencyHistogram:
     def snapshot(self, reset: bool = True) -> Summary:
         """The summary since the last reset; with ``reset`` the counters start again."""
         with self._lock:
-            counts = self._counts[:]
+            counts = self._counts
             count, errors, lo, hi = self._count, self._errors, self._min, self._max
             if reset:
-                self._counts = [0] * len(counts)
+                self._counts = [0] * _BUCKETS
                 self._count = self._errors = 0
                 self._min, self._max = math.inf, 0.0
-        ok = count - errors
-        if ok <= 0:
-            return Summary(count, errors, None, None, None, None, None)
-        return Summary(count, errors, lo, hi, *(self._quantile(counts, ok, q, lo, hi) for q in (0.5, 0.95, 0.99)))
+            else:
+                counts = counts[:]
+        offset, run = latency.trimmed(counts)
+        hist: dict[str, int | list[int]] = {"offset": offset, "counts": run}
+        if count - errors <= 0:
+            return Summary(count, errors, None, None, None, None, None, hist)
+        sparse = latency.decode(offset, run)
+        def at(q: float) -> float:
+            value_ms = latency.quantile(sparse, q)
+            return hi if value_ms is None else min(max(value_ms / 1000.0, lo), hi)
 
-    def _quantile(self, counts: list[int], total: int, q: float, lo: float, hi: float) -> float:
-        rank = max(1, math.ceil(q * total))
-        seen = 0
-        for idx, n in enumerate(counts):
-            seen += n
-            if seen >= rank:
-                upper = self._bounds[idx] if idx < len(self._bounds) else hi
-                return min(max(upper, lo), hi)
-        return hi
+        return Summary(count, errors, lo, hi, at(0.5), at(0.95), at(0.99), hist)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
@@ -14,12 +15,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from agent.wire import Birth, Will
-from server.db.models import Device, DeviceEvent, Telemetry, TelemetryRollup
+from server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry, TelemetryRollup
 
 TELEMETRY_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "received_at", "model_name", "model_version",
                      "runtime", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb",
                      "temp_c", "payload")
 EVENT_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "type", "payload")
+LATENCY_COLUMNS = ("device_id", "epoch", "seq", "ts", "model_name", "model_version", "count", "i0", "counts")
 LIVE_COLUMNS = ("last_seen", "p95_ms", "cpu_pct", "model_name", "model_version", "runtime", "delegate")
 
 
@@ -75,19 +77,48 @@ def insert_events(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
                  [{"epoch": 0, "ts_replaced": False, **row} for row in _serialized(rows)])
 
 
-def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+def insert_latency(session: Session, *, rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, int]]:
+    """Latency histogram rows (``LATENCY_COLUMNS``, ``counts`` a list); a (device_id, epoch, seq) already stored
+    is skipped, like its telemetry row. Returns the (device_id, epoch, seq) of the rows stored now, so that
+    what is counted from them (fleet aggregates, /metrics) counts a redelivered message once."""
+    serialized = [{**row, "counts": json.dumps(row["counts"], separators=(",", ":"))} for row in rows]
+    table = cast(Table, LatencyHistRow.__table__)
+    if not serialized:
+        return set()
+    if session.get_bind().dialect.name != "postgresql":  # one writer at a time: what is past the last id is ours
+        last = session.scalar(select(func.max(table.c.id))) or 0
+        cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:  # plain executemany: SQLAlchemy's per-row parameter processing doubled the writer's cost here
+            cursor.executemany(f"INSERT OR IGNORE INTO latency_hist ({', '.join(LATENCY_COLUMNS)}) "
+                               f"VALUES ({', '.join('?' * len(LATENCY_COLUMNS))})",
+                               [tuple(row[name] for name in LATENCY_COLUMNS) for row in serialized])
+            cursor.execute("SELECT device_id, epoch, seq FROM latency_hist WHERE id > ?", (last,))
+            return {(str(d), int(e), int(q)) for d, e, q in cursor.fetchall()}
+        except sqlite3.Error as exc:  # the same exception classes as every other statement (busy vs refused)
+            raise DBAPIError.instance("INSERT INTO latency_hist", None, exc, sqlite3.Error) from exc
+        finally:
+            cursor.close()
+    stored = _copy_rows(session, str(table.name), LATENCY_COLUMNS, serialized, returning="device_id, epoch, seq")
+    return {(str(d), int(e), int(q)) for d, e, q in stored}
+
+
+def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: list[dict[str, Any]], *,
+                 json_column: str = "payload") -> None:
     """Insert-ignore: on PostgreSQL a COPY into a per-connection staging table, then one INSERT … SELECT … ON
-    CONFLICT DO NOTHING (several times faster than row-by-row statements); elsewhere one executemany."""
+    CONFLICT DO NOTHING (several times faster than row-by-row statements); elsewhere one executemany.
+    ``json_column`` holds JSON text already serialized."""
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
         _copy_rows(session, str(table.name), columns, rows)
         return
-    statement = _insert_ignore(session, table).values(payload=bindparam("payload", type_=JsonText()))
+    statement = _insert_ignore(session, table).values({json_column: bindparam(json_column, type_=JsonText())})
     session.connection().execute(statement, rows)
 
 
-def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[dict[str, Any]], *,
+               returning: str | None = None) -> list[tuple[Any, ...]]:
+    """``returning``: columns of the rows inserted (not those skipped as duplicates) to return."""
     import psycopg
 
     names = ", ".join(columns)
@@ -95,7 +126,8 @@ def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[
     statements = (f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
                   f"SELECT {names} FROM {table} WITH NO DATA",
                   f"COPY {staging} ({names}) FROM STDIN",
-                  f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
+                  f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING"
+                  + (f" RETURNING {returning}" if returning else ""))
     connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
     try:
         with connection.cursor() as cursor:
@@ -104,17 +136,24 @@ def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[
                 for row in rows:
                     copy.write_row([row[name] for name in columns])
             cursor.execute(statements[2])
+            return list(cursor.fetchall()) if returning else []
     except psycopg.Error as exc:  # the same exception classes as every other statement (busy vs refused)
         raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
 
 
 def enrolled_ids(session: Session, *, device_ids: Iterable[str]) -> set[str]:
     """Which of ``device_ids`` are enrolled (hold an approved token): only their messages are stored."""
+    return set(enrolled_classes(session, device_ids=device_ids))
+
+
+def enrolled_classes(session: Session, *, device_ids: Iterable[str]) -> dict[str, str | None]:
+    """The enrolled ones of ``device_ids`` with their device class (the fleet's latency sums are by class)."""
     wanted = sorted(set(device_ids))
-    found: set[str] = set()
+    found: dict[str, str | None] = {}
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start:start + 1000]
-        found.update(session.scalars(select(Device.id).where(Device.id.in_(chunk), Device.token_hash.is_not(None))))
+        found.update((str(i), c) for i, c in session.execute(
+            select(Device.id, Device.device_class).where(Device.id.in_(chunk), Device.token_hash.is_not(None))))
     return found
 
 

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from server import latency
 from server.api.deps import StateDep, is_admin
 from server.crud import NotFound, fleet, registry
 from server.crud import devices as device_crud
@@ -27,6 +28,7 @@ DEVICE_LIMIT = 500
 TELEMETRY_POINTS = 360
 EVENT_ROWS = 50
 FINISHED_VISIBLE_S = 3600.0
+LATENCY_WINDOW_S = 3600.0  # the versions table's merged p95: the last hour
 
 
 def _html(body: str, *, title: str, nonce: str, status: int = 200, started: float | None = None,
@@ -65,8 +67,22 @@ def _overview(state: ServerState, query: str) -> Overview:
         found, matching = fleet.search_devices(session, query=query, limit=DEVICE_LIMIT)
         devices = [device_crud.device_public(d) for d in found]
         drift = fleet.latest_drift(session, device_ids=[d["device_id"] for d in devices])
+        version_latency = _version_latency(session, {model for model, *_ in versions})
     return Overview(online=online, offline=offline, versions=versions, rollouts=rollouts, devices=devices,
-                    drift=drift, shown_limit=DEVICE_LIMIT, query=query, total_matching=matching)
+                    drift=drift, shown_limit=DEVICE_LIMIT, query=query, total_matching=matching,
+                    version_latency=version_latency)
+
+
+def _version_latency(session: Any, models: set[str]) -> dict[tuple[str, int | None], dict[str, Any]]:
+    """Per (model, version): the fleet's merged latency figures over the last LATENCY_WINDOW_S (the per-minute
+    sums: one small query per model)."""
+    now = time.time()
+    out: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for model in sorted(models):
+        for version, hist in latency.fleet_histograms(session, now - LATENCY_WINDOW_S, now + 60, model=model,
+                                                      group_by="version").items():
+            out[(model, version)] = latency.summary(hist)
+    return out
 
 
 @router.get("/", response_class=HTMLResponse)

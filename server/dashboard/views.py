@@ -23,6 +23,8 @@ class Overview:
     shown_limit: int = 500
     query: str = ""
     total_matching: int = 0
+    # (model, version) -> merged figures of the last hour (server.latency.summary): count, p50_ms .. p99_ms
+    version_latency: dict[tuple[str, int | None], dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,7 +70,9 @@ def _rollouts(rollouts: Sequence[dict[str, Any]]) -> str:
             f"<th>committed</th><th>reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _versions(versions: Sequence[tuple[str, int | None, int, int]]) -> str:
+def _versions(versions: Sequence[tuple[str, int | None, int, int]],
+              latency: dict[tuple[str, int | None], dict[str, Any]] | None = None) -> str:
+    latency = latency or {}
     if not versions:
         return '<p class="muted">No device has reported a model yet.</p>'
     by_model: dict[str, list[tuple[int | None, int, int]]] = {}
@@ -78,12 +82,18 @@ def _versions(versions: Sequence[tuple[str, int | None, int, int]]) -> str:
     for model, entries in by_model.items():
         total = sum(c for _, c, _ in entries) or 1
         for version, count, online in sorted(entries, key=lambda x: -1 if x[0] is None else x[0], reverse=True):
+            figures = latency.get((model, version)) or {}
+            p95 = figures.get("p95_ms")
+            timed = f' title="{e(figures.get("count"))} inferences merged"' if p95 is not None else ""
             rows.append(f'<tr data-model="{e(model)}" data-version="{e(version)}"><td>{e(model)}</td>'
                         f'<td class="num">v{e(version if version is not None else "?")}</td>'
                         f'<td class="num">{count}</td><td class="num">{online}</td>'
+                        f'<td class="num" data-fleet-p95="{e(p95 if p95 is not None else "")}"{timed}>'
+                        f'{num(p95, 2)}</td>'
                         f'<td>{bar([(count / total, "field")], width=110)} {100 * count / total:.0f}%</td></tr>')
-    return ("<table><thead><tr><th>model</th><th>version</th><th>devices</th><th>online</th><th>share</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return ("<table><thead><tr><th>model</th><th>version</th><th>devices</th><th>online</th>"
+            '<th title="p95 of every device\'s latencies of the last hour, merged (2 %)">fleet p95 ms</th>'
+            f"<th>share</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _device_rows(devices: Sequence[dict[str, Any]], drift: dict[str, Any], now: float) -> str:
@@ -123,7 +133,7 @@ def render_overview(data: Overview) -> str:
     return (f'<h1>Fleet overview</h1><div class="cards" id="counts" data-online="{data.online}" '
             f'data-offline="{data.offline}">{cards}</div>'
             f'<div class="top"><section class="panel" id="versions"><h2>Versions in the field</h2>'
-            f'{_versions(data.versions)}</section>'
+            f'{_versions(data.versions, data.version_latency)}</section>'
             f'<section class="panel" id="rollouts"><h2>Rollouts</h2>{_rollouts(data.rollouts)}</section></div>'
             f'<section class="panel" id="devices"><h2>Devices</h2><form class="filter" method="get" action="/">'
             f'<input name="q" placeholder="filter by id, class, model" value="{e(data.query)}"> '

@@ -215,6 +215,64 @@ class TelemetryRollup(Base):
     model_version: Mapped[int | None] = mapped_column(Integer)
 
 
+class LatencyHistRow(Base):
+    """One telemetry message's latency histogram (``inference.latency_hist``): counts on the contract's buckets
+    (``agent/latency.py``) as one run from bucket ``i0``. Messages without latencies store no row."""
+
+    __tablename__ = "latency_hist"
+    __table_args__ = (
+        UniqueConstraint("device_id", "epoch", "seq", name="uq_latency_hist_epoch_seq"),
+        Index("ix_latency_hist_device_ts", "device_id", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[float] = mapped_column(Float)  # the telemetry row's (received_at when the device's was out of range)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)  # sum of counts
+    i0: Mapped[int] = mapped_column(Integer)  # bucket of counts[0]
+    counts: Mapped[list[int]] = mapped_column(JSON)
+
+
+class LatencyHistHourly(Base):
+    """Per device, hour and model version: the merged histograms of raw rows older than
+    ``telemetry.downsample_after_hours`` (exact: merging adds counts). ``model_name`` '' and ``model_version``
+    -1 stand for unknown (a unique key cannot hold NULLs)."""
+
+    __tablename__ = "latency_hist_hourly"
+    __table_args__ = (
+        UniqueConstraint("device_id", "hour", "model_name", "model_version", name="uq_latency_hist_hourly"),
+        Index("ix_latency_hist_hourly_hour", "hour"),
+    )
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    hour: Mapped[float] = mapped_column(Float)  # start of the hour
+    model_name: Mapped[str] = mapped_column(String(128), default="")
+    model_version: Mapped[int] = mapped_column(Integer, default=-1)
+    count: Mapped[int] = mapped_column(BigInteger)
+    i0: Mapped[int] = mapped_column(Integer)
+    counts: Mapped[list[int]] = mapped_column(JSON)
+
+
+class LatencyMinute(Base):
+    """The fleet's latencies per minute, model version and device class, one row per contract bucket ``k``:
+    what the ingest writer stored, added up as it goes (``n = n + excluded.n``), so fleet, version and class
+    percentiles read a few thousand rows however many devices report. '' and -1 stand for unknown."""
+
+    __tablename__ = "latency_minute"
+
+    minute: Mapped[float] = mapped_column(Float, primary_key=True)  # start of the minute of the message's ts
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(64), primary_key=True)
+    k: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 class DeviceEvent(Base):
     __tablename__ = "events"
     __table_args__ = (

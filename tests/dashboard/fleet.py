@@ -6,6 +6,7 @@ Known state after ``seed()`` (the tests assert these exact values):
   enrolled straight in the database, as HTTP enrollment refuses such an id and MQTT stores only enrolled ids)
 - offline: cam-04 (birth then will; detector v1), cam-05 (enrolled, never connected)
 - cam-01: TELEMETRY_N samples, p50 = 1 + 0.1 i, p95 = 2 + 0.2 i, cpu = 10 + i (i = 0..N-1), two events
+- cam-02 and cam-03 send latency histograms (V2_TIMED_MS, V1_TIMED_MS): the fleet p95 per version
 - rollout 1: detector v2 to cam-03 and cam-04, waves {"counts": [1, 2]}, soak 3600 s
 """
 
@@ -21,7 +22,8 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.wire import TOPIC_ROOT, Birth, Event, LatencySummary, ModelRef, Telemetry, Will
+from agent import latency
+from agent.wire import TOPIC_ROOT, Birth, Event, LatencyHist, LatencySummary, ModelRef, Telemetry, Will
 from tests.support.models import make_onnx_image_classifier
 from tests.support.net import wait_until
 from tests.support.server import RunningServer
@@ -29,6 +31,8 @@ from tests.support.server import RunningServer
 XSS_ID = "<img src=x onerror=document.body.dataset.pwned=1>"
 XSS_EVENT = "<script>document.body.dataset.pwned=2</script>"
 TELEMETRY_N = 24
+V1_TIMED_MS = [1.5] * 90 + [2.5] * 10  # cam-03's latency histogram: the fleet p95 of v1 is 2.5 ms (to 2 %)
+V2_TIMED_MS = [3.0] * 50 + [6.0] * 50  # cam-02's: v2's p95 is 6 ms
 SHA = {1: "1" * 64, 2: "2" * 64}
 
 
@@ -71,10 +75,15 @@ def birth(session: int, version: int | None) -> dict[str, Any]:
 
 
 def telemetry(seq: int, ts: float, *, p50: float, p95: float, cpu: float, version: int,
-              drift: dict[str, Any] | None = None) -> dict[str, Any]:
+              drift: dict[str, Any] | None = None, timed_ms: list[float] | None = None) -> dict[str, Any]:
     doc = Telemetry(seq=seq, ts=ts, model=ModelRef(name="detector", version=version, sha256=SHA[version]),
                     runtime="onnxruntime", delegate="CPUExecutionProvider", drift=drift)
     doc.inference.count, doc.inference.fps = 100 * seq, 10.0
+    if timed_ms is not None:  # latencies of the interval on the contract's buckets
+        counts: dict[int, int] = {}
+        for ms in timed_ms:
+            counts[latency.bucket_of(ms)] = counts.get(latency.bucket_of(ms), 0) + 1
+        doc.inference.latency_hist = LatencyHist.model_validate(latency.encode(counts))
     doc.inference.latency_ms = LatencySummary(p50=p50, p95=p95, p99=p95 * 1.2, max=p95 * 1.5)
     doc.system.cpu_pct, doc.system.rss_mb = cpu, 80.0
     return doc.model_dump(mode="json")
@@ -119,9 +128,9 @@ def seed(server: RunningServer, broker_port: int, workdir: Path) -> Fleet:
         fleet.send("cam-01", "telemetry", telemetry(i + 1, now - 10 * (TELEMETRY_N - i), p50=1 + 0.1 * i,
                                                     p95=2 + 0.2 * i, cpu=10.0 + i, version=1))
     fleet.send("cam-02", "telemetry", telemetry(1, now - 5, p50=3.0, p95=6.0, cpu=40.0, version=2,
-                                                drift={"psi": 0.31}))
+                                                drift={"psi": 0.31}, timed_ms=V2_TIMED_MS))
     fleet.send("cam-03", "telemetry", telemetry(1, now - 5, p50=1.5, p95=2.5, cpu=12.0, version=1,
-                                                drift={"psi": 0.05}))
+                                                drift={"psi": 0.05}, timed_ms=V1_TIMED_MS))
     fleet.send("cam-01", "events", Event.model_validate({"seq": 1, "ts": now - 100, "type": "update.committed",
                                                          "version": 1}).model_dump(mode="json"))
     fleet.send("cam-01", "events", Event.model_validate({"seq": 2, "ts": now - 50, "type": "runtime.fallback",

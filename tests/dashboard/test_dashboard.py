@@ -12,7 +12,8 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.dashboard.fleet import TELEMETRY_N, XSS_EVENT, XSS_ID, Fleet
+from agent import latency
+from tests.dashboard.fleet import TELEMETRY_N, V1_TIMED_MS, V2_TIMED_MS, XSS_EVENT, XSS_ID, Fleet
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (.ci/run does)")
@@ -96,6 +97,15 @@ def test_device_page_shows_rollout_and_desired_state(fleet: Fleet) -> None:
     assert "<polyline" not in html
     html = requests.get(f"{fleet.server.url}/devices/cam-05", headers=fleet.server.admin(), timeout=10).text
     assert "Not part of any rollout" in html
+
+
+def test_versions_show_the_fleets_merged_p95(fleet: Fleet) -> None:
+    html = requests.get(fleet.server.url + "/", headers=fleet.server.admin(), timeout=10).text
+    shown = dict(re.findall(r'<tr data-model="detector" data-version="(\d)">.*?data-fleet-p95="([^"]*)"', html))
+    for version, timed in (("1", V1_TIMED_MS), ("2", V2_TIMED_MS)):
+        expected = latency.bucket_value(latency.bucket_of(sorted(timed)[94]))  # the 95th of 100
+        assert float(shown[version]) == expected and abs(expected - sorted(timed)[94]) <= 0.02 * sorted(timed)[94]
+    assert "fleet p95 ms" in html
 
 
 def test_device_ids_and_events_are_escaped(fleet: Fleet) -> None:

@@ -91,7 +91,8 @@ def test_every_metric_a_panel_or_rule_names_is_exported(fleet: Fleet) -> None:
     assert used <= served, sorted(used - served)
     watched = {"edgefleet_devices", "edgefleet_devices_by_model_version", "edgefleet_rollout_state",
                "edgefleet_rollout_devices", "edgefleet_checkin_duration_seconds_bucket",
-               "edgefleet_ingest_invalid_total", "edgefleet_report_queue_depth"}
+               "edgefleet_ingest_invalid_total", "edgefleet_report_queue_depth",
+               "edgefleet_fleet_inference_latency_seconds_bucket"}
     assert watched <= {name for expr in panel_exprs() for name in metric_names(expr)}
 
 
@@ -114,7 +115,7 @@ def test_every_panel_query_parses(tmp_path: Path) -> None:
 def test_the_dashboard_has_the_promised_panels() -> None:
     titles = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]}
     for title in ("Devices online", "Versions in the field", "Rollout progress (committed share)", "Check-in latency",
-                  "Messages ingested", "Messages rejected", "Report queue"):
+                  "Messages ingested", "Messages rejected", "Report queue", "Fleet inference p95 by version"):
         assert title in titles
 
 

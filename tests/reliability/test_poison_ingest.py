@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from server.config import load_server_config
 from server.db import Database
-from server.db.models import Device, DeviceEvent, Telemetry
+from server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry
 from tests.reliability.support import restart_server
 from tests.support.broker import Mosquitto
 from tests.support.databases import database_url, postgres_reason
@@ -35,7 +35,8 @@ PG_SKIP = postgres_reason()
 def telemetry(seq: int, *, ts: float | None = None, **changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {"seq": seq, "epoch": 7, "ts": time.time() - 1 if ts is None else ts,
                            "model": {"name": "det", "version": 3, "sha256": "ab" * 32}, "runtime": "onnxruntime",
-                           "inference": {"count": 10, "errors": 0, "latency_ms": {"p50": 1.0, "p95": 2.0}, "fps": 5.0},
+                           "inference": {"count": 10, "errors": 0, "latency_ms": {"p50": 1.0, "p95": 2.0}, "fps": 5.0,
+                                         "latency_hist": {"offset": 170, "counts": [3, 0, 4, 3]}},
                            "system": {"cpu_pct": 12.0, "rss_mb": 50.0}}
     for path, value in changes.items():
         node = doc
@@ -82,9 +83,22 @@ POISON: list[tuple[str, str, bytes, str]] = [
     ("event fields nested 40 deep", "events", raw({"seq": 912, "ts": time.time(), "type": "x", "f": nested(40)}),
      "too_deep"),
     ("event type of 200 chars", "events", raw({"seq": 913, "ts": time.time(), "type": "t" * 200}), "too_large"),
+    # latency histograms (inference.latency_hist): bounded buckets and counts, consistent with inference.count
+    ("latency_hist of 600 buckets", "telemetry",
+     raw(telemetry(914, inference__latency_hist={"offset": 0, "counts": [0] * 600})), "too_large"),
+    ("latency_hist past the last bucket", "telemetry",
+     raw(telemetry(915, inference__latency_hist={"offset": 505, "counts": [1, 1, 1]})), "too_large"),
+    ("latency_hist count -1", "telemetry",
+     raw(telemetry(916, inference__latency_hist={"offset": 3, "counts": [2, -1]})), "out_of_range"),
+    ("latency_hist count 2^40", "telemetry",
+     raw(telemetry(917, inference__latency_hist={"offset": 3, "counts": [2**40]})), "out_of_range"),
+    ("latency_hist counts a string", "telemetry",
+     raw(telemetry(918, inference__latency_hist={"offset": 3, "counts": "1,2"})), "invalid"),
+    ("latency_hist over inference.count", "telemetry",
+     raw(telemetry(919, inference__latency_hist={"offset": 3, "counts": [6, 5]})), "invalid"),
     ("a list, not a document", "telemetry", b"[1, 2, 3]", "invalid"),
 ]
-GOOD_N, GOOD_EVENTS = 40, 10
+GOOD_N, GOOD_EVENTS = 52, 13  # two poison messages every four genuine ones: all of POISON
 
 
 class Publisher:
@@ -162,9 +176,11 @@ def counts(server: RunningServer) -> dict[str, dict[str, int]]:
             events = {str(d): int(n) for d, n in session.execute(
                 select(DeviceEvent.device_id, func.count()).group_by(DeviceEvent.device_id))}
             devices = {d.id for d in session.scalars(select(Device))}
+            hists = {str(d): int(n) for d, n in session.execute(
+                select(LatencyHistRow.device_id, func.count()).group_by(LatencyHistRow.device_id))}
     finally:
         db.dispose()
-    return {"telemetry": tele, "events": events, "devices": dict.fromkeys(devices, 1)}
+    return {"telemetry": tele, "events": events, "devices": dict.fromkeys(devices, 1), "latency": hists}
 
 
 def test_poison_in_another_devices_stream_costs_that_device_nothing(stack: tuple[Mosquitto, RunningServer]) -> None:
@@ -202,6 +218,7 @@ def test_poison_in_another_devices_stream_costs_that_device_nothing(stack: tuple
     assert stored["telemetry"].get("good-01") == GOOD_N  # every genuine row, none lost
     assert stored["events"].get("good-01") == GOOD_EVENTS
     assert stored["telemetry"].get("bad-01") == bad_valid + 1 and stored["events"].get("bad-01") == 1
+    assert stored["latency"] == {"good-01": GOOD_N, "bad-01": bad_valid + 1}  # one histogram per stored message
     assert "ghost-01" not in stored["telemetry"] and "ghost-01" not in stored["events"]
     assert "ghost-01" not in stored["devices"]
     want: dict[str, int] = {}

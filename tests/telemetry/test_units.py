@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import agent.telemetry as telemetry_pkg
+from agent import latency
 from agent.telemetry import Backoff, CommandDispatcher, LatencyHistogram, Spool, read_temperature_c
 from agent.wire import Command
 
@@ -21,32 +24,78 @@ def test_public_names() -> None:
 
 def test_histogram_percentiles_for_known_latencies() -> None:
     hist = LatencyHistogram()
-    for ms in range(1, 1001):  # 1..1000 ms, shuffled
+    for ms in range(1, 1001):  # 1..1000 ms
         hist.record(ms / 1000.0, True)
     for _ in range(7):
         hist.record(5.0, False)  # errors are counted, not timed
     s = hist.snapshot()
     assert (s.count, s.errors) == (1007, 7)
-    width = 10 ** (1 / 32)  # one bucket
     for got, exact in ((s.p50_s, 0.500), (s.p95_s, 0.950), (s.p99_s, 0.990)):
-        assert got is not None and exact <= got <= exact * width
+        assert got is not None and abs(got - exact) <= latency.ALPHA * exact  # one contract bucket
     assert s.max_s == 1.0 and s.min_s == 0.001
     assert s.latency_ms()["max"] == 1000.0
+    assert sum(s.hist["counts"]) == 1000  # type: ignore[arg-type]
     empty = hist.snapshot()  # reset by the previous snapshot
     assert (empty.count, empty.p50_s, empty.max_s) == (0, None, None)
+    assert empty.hist == {"offset": 0, "counts": []}
 
 
 def test_histogram_is_fixed_size_and_clamps_to_range() -> None:
-    hist = LatencyHistogram(lo_s=1e-3, hi_s=1.0, per_decade=10)
+    hist = LatencyHistogram()
     buckets = len(hist._counts)
     for value in (0.0, 1e-9, 5e-4, 0.5, 3.0, 1e6):
         hist.record(value, True)
-    assert len(hist._counts) == buckets == 32
+    assert len(hist._counts) == buckets == latency.BUCKETS
     s = hist.snapshot()
-    assert s.max_s == 1e6 and s.p99_s == 1e6 and s.p50_s is not None and s.p50_s <= 1e-3
+    last = latency.bucket_value(latency.BUCKETS - 1) / 1000.0  # about 10 min: beyond, the error is unbounded
+    assert s.max_s == 1e6 and s.p99_s == pytest.approx(last) and s.p50_s is not None and s.p50_s <= 1e-3
+    assert s.hist["offset"] == latency.ZERO_BUCKET  # 0 s and 1 ns: the zero/underflow bucket
+    counts = s.hist["counts"]
+    assert isinstance(counts, list) and counts[0] == 2 and counts[-1] == 1  # 1e6 s: the last bucket
+    assert len(counts) == latency.BUCKETS
     single = LatencyHistogram()
     single.record(0.0123, True)
     assert single.snapshot().p50_s == pytest.approx(0.0123)  # clamped to the exact min/max
+
+
+def test_histogram_records_on_the_contract_buckets() -> None:
+    rng = random.Random(18)
+    for _ in range(20_000):
+        seconds = math.exp(rng.uniform(math.log(1e-7), math.log(1e3)))
+        hist = LatencyHistogram()
+        hist.record(seconds, True)
+        snap = hist.snapshot()
+        assert snap.hist == {"offset": latency.bucket_of(seconds * 1000.0), "counts": [1]}
+
+
+def test_reset_on_send_loses_no_latency_recorded_concurrently() -> None:
+    hist = LatencyHistogram()
+    per_thread, threads = 20_000, 4
+    sent: list[int] = []
+    done = threading.Event()
+
+    def recorder(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(per_thread):
+            hist.record(rng.lognormvariate(-6, 1), True)
+
+    def sender() -> None:
+        while not done.is_set():
+            snap = hist.snapshot(reset=True)
+            sent.append(sum(snap.hist["counts"]))  # type: ignore[arg-type]
+            assert snap.count == sum(snap.hist["counts"])  # type: ignore[arg-type]
+
+    workers = [threading.Thread(target=recorder, args=(i,)) for i in range(threads)]
+    drain = threading.Thread(target=sender)
+    drain.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    done.set()
+    drain.join()
+    sent.append(sum(hist.snapshot(reset=True).hist["counts"]))  # type: ignore[arg-type]
+    assert sum(sent) == per_thread * threads and len(sent) > 2
 
 
 def test_backoff_full_jitter_grows_caps_and_resets() -> None:
