@@ -19,6 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.wire import TOPIC_ROOT
 from tests.server.test_rollouts import desired, push, report, rollout
 from tests.support.broker import Mosquitto
+from tests.support.cluster import start_cluster
+from tests.support.databases import database_url, postgres_reason
 from tests.support.net import wait_until
 from tests.support.server import RunningServer, start_server
 
@@ -188,3 +190,30 @@ def test_a_dead_broker_fails_the_push_not_the_rollout(tmp_path: Path, mosquitto:
         assert len(failures) == 1 and "3 of 3" in failures[0], failures
     finally:
         server.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(postgres_reason() is not None, reason=str(postgres_reason()))
+def test_two_replicas_push_each_wave_once(tmp_path: Path, mosquitto: Mosquitto,
+                                          onnx_files: tuple[Path, Path]) -> None:
+    commands = Commands(mosquitto.port)
+    with database_url("postgresql", tmp_path) as url:
+        cluster = start_cluster(tmp_path, 2, database_url=url, mqtt_port=mosquitto.port, proxy=False,
+                                overrides={"lease_ttl_s": 2.0, "rollouts": {"push_spread_s": 0.5}})
+        try:
+            a, b = cluster.replicas
+            tokens = {f"rp-{i}": b.enroll(f"rp-{i}", tags=["rp"]) for i in range(3)}
+            push(a, "rp", onnx_files[0])
+            doc = create(b, {"model": "rp", "version": 1, "target": {"tags": ["rp"]}, "waves": {"counts": [1, 3]},
+                             "gates": {"min_committed_ratio": 1.0, "soak_s": 0, "max_p95_regression": None}})
+            canary = next(d["device_id"] for d in doc["devices"] if d["wave"] == 0)
+            wait_for(commands, {canary}, 1)
+            report(a, canary, tokens[canary], "committed", "rp", 1, doc["id"])
+            rest = set(tokens) - {canary}
+            wait_for(commands, rest, 2)  # wave 2, started by whichever replica leads the rollout loop
+            time.sleep(2.0)  # a second push of the same wave would have arrived by now
+            assert sorted(d for d, _, _ in commands.to(set(tokens))) == sorted(tokens)
+            assert metric(a, "edgefleet_push_sent_total") + metric(b, "edgefleet_push_sent_total") == 3
+        finally:
+            cluster.stop()
+            commands.close()
