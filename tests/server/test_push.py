@@ -137,14 +137,20 @@ def test_wave_starts_and_revert_push_spread_over_the_window(pushing: RunningServ
     assert paused.status_code == 200 and paused.json()["state"] == "paused"
     time.sleep(SPREAD_S)
     assert len(commands.to(everyone)) == 8
-    # abort with revert sends all eight back: each is told to check in, and finds the revert
+    # a device enrolled meanwhile joins the last wave; the resume assigns it, and only it is pushed
+    tokens["pw-8"] = pushing.enroll("pw-8", tags=["pw"])
+    everyone.add("pw-8")
+    resumed = requests.post(f"{pushing.url}/v1/rollouts/{rid}/resume", headers=pushing.admin(), timeout=5)
+    assert resumed.status_code == 200 and resumed.json()["state"] == "running"
+    assert [d for d, _, _ in wait_for(commands, everyone, 9)[8:]] == ["pw-8"]
+    # abort with revert sends all nine back: each is told to check in, and finds the revert
     aborted = requests.post(f"{pushing.url}/v1/rollouts/{rid}/abort", headers=pushing.admin(), timeout=5,
                             json={"revert": True})
     assert aborted.status_code == 200
-    reverts = wait_for(commands, everyone, 16)[8:]
-    assert {device for device, _, _ in reverts} == everyone
+    reverts = wait_for(commands, everyone, 18)[9:]
+    assert sorted(device for device, _, _ in reverts) == sorted(everyone)
     assert all(desired(pushing, d, tokens[d]) is None for d in everyone)  # no earlier model to go back to
-    wait_until(lambda: metric(pushing, "edgefleet_push_sent_total") - sent_before >= 16, timeout=10)
+    wait_until(lambda: metric(pushing, "edgefleet_push_sent_total") - sent_before >= 18, timeout=10)
     assert metric(pushing, "edgefleet_push_failed_total") == 0
 
 
