@@ -113,6 +113,9 @@ class ServerSection(Section):
     token: str | None = None  # per-device token; obtained by enrollment when absent
     enrollment_token: str | None = None
     poll_interval_s: float = Field(default=60.0, gt=0)
+    # a check_update pushed by the server (or asked for locally) starts a check at most once per this; the
+    # ones arriving meanwhile, or while a check runs, are coalesced into the next one
+    check_min_interval_s: float = Field(default=5.0, ge=0, le=3600)
     public_key: Path | None = None  # a bare key: root of trust version 0 (docs/ota.md "Root of trust")
     root: Path | None = None  # a signed root (the server's trust/root/N.root.json); preferred over public_key
     device_class: str | None = None  # None: derived from the hardware probe

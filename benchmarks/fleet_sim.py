@@ -79,6 +79,11 @@ class Options:
     lease_ttl_s: float = 5.0
     capacity_messages: int = 0  # > 0: ingestion and check-in capacity with 1 and with all replicas after
     capacity_checkin_s: float = 10.0
+    # push (docs/rollouts.md): rollouts publish check_update and the devices check in when told; off, the
+    # rollouts are created with push false and devices learn at their polls
+    push: bool = False
+    push_spread_s: float | None = None  # the server's rollouts.push_spread_s (None: its default)
+    push_rate_per_s: float | None = None  # the server's rollouts.push_rate_per_s (None: its default)
 
     @property
     def scaled(self) -> bool:
@@ -230,7 +235,9 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
                              log_level="WARNING", rollout_tick_s=0.5, lease_ttl_s=o.lease_ttl_s)
     else:
         run.log(f"starting broker ({o.broker}) and server")
-        stack = start_local(broker=o.broker)
+        pushing = {k: v for k, v in (("push_spread_s", o.push_spread_s), ("push_rate_per_s", o.push_rate_per_s))
+                   if v is not None}
+        stack = start_local(broker=o.broker, overrides={"rollouts": pushing} if pushing else None)
     ctx = mp.get_context("spawn")
     stop_flag = ctx.Event()
     out: Any = ctx.Queue()
@@ -257,7 +264,8 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
                          mqtt_v5=stack.mqtt_v5, enrollment_token=stack.enrollment_token,
                          public_key_pem=stack.public_key_pem, tag=tag, poll_s=o.poll_s, telemetry_s=o.telemetry_s,
                          trial_s=o.trial_s, fail_fraction=o.fail_fraction, regression=o.regression, model=model,
-                         model_version=int(v1["version"]), model_sha256=str(v1["sha256"]), seed=o.seed)
+                         model_version=int(v1["version"]), model_sha256=str(v1["sha256"]), seed=o.seed,
+                         push=o.push)
         device_ids = [f"sim-{stamp}-{i:05d}" for i in range(o.devices)]
         workers = o.workers or min(psutil.cpu_count() or 1, max(1, -(-o.devices // 2000)))
         result.update(workers=workers, broker=stack.broker_kind, mqtt="5" if stack.mqtt_v5 else "3.1.1",
@@ -285,10 +293,16 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
         # the fleet's desired state is v1, which every device already runs (committed at once, no download):
         # from now on check-ins carry an ETag and are answered 304 until the v2 rollout reaches the device
         baseline = operator.create_rollout({"model": model, "version": int(v1["version"]), "target": {"tags": [tag]},
-                                            "waves": [100], "gates": {"soak_s": 0, "max_p95_regression": None}})
+                                            "waves": [100], "push": o.push,
+                                            "gates": {"soak_s": 0, "max_p95_regression": None}})
         run.wait_for(out, "v1 as desired state", lambda: operator.rollout_summary(baseline["id"])["state"] ==
                      "completed", budget)
-        run.idle(out, o.poll_s * 1.2)  # one poll interval: every device has fetched the v1 manifest once
+        # every device has fetched the v1 manifest once (within a poll interval), so steady check-ins are 304s;
+        # with push nothing is pushed for it (the devices run v1 already): the v2 rollout's push brings them in
+        if not o.push:
+            run.wait_for(out, "v1 manifest fetched", lambda: run.total("fetched") >= o.devices,
+                         o.poll_s * 1.3 + budget)
+        run.idle(out, 1.0)
 
         # --- steady state ---------------------------------------------------------------------------
         steady_s = o.steady_s or 2 * max(o.poll_s, o.telemetry_s)
@@ -318,6 +332,7 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
         created = time.monotonic()
         rollout = operator.create_rollout({
             "model": model, "version": int(v2["version"]), "target": {"tags": [tag]}, "waves": o.waves,
+            "push": o.push,
             "gates": {"min_committed_ratio": o.min_committed_ratio, "max_failure_ratio": o.max_failure_ratio,
                       "max_p95_regression": o.max_p95_regression, "soak_s": o.soak_s}})
         rollout_id = int(rollout["id"])
@@ -364,13 +379,14 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
         result["rollout"] = {
             "id": rollout_id, "state": doc["state"], "reason": doc.get("reason"), "timed_out": timed_out,
             "waves_spec": o.waves, "soak_s": o.soak_s,
-            "all_committed_s": state["all_committed"],
+            "all_committed_s": state["all_committed"], "all_on_target_s": state["all_committed"],
             "completed_s": round(doc["updated_at"] - doc["created_at"], 2) if doc["state"] == "completed" else None,
             "devices_on_v2": run.running(int(v2["version"])), "rolled_back": run.outcome("rolled_back"),
             "waves": [{"index": w["index"], "size": w["size"], "devices": w["devices"], "committed": w["committed"],
                        "failed": w["failed"], **wave_log.get(w["index"], {})} for w in doc["waves"]]}
         run.log(f"rollout {rollout_id}: {doc['state']} {doc.get('reason') or ''}; all devices on v2 after "
                 f"{state['all_committed']}s")
+        result["push"] = {"enabled": o.push, **_server_push_counters(operator)}
         if inspect is not None:
             inspect(operator, device_ids)
     except Deadline as exc:
@@ -404,8 +420,24 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
     result["saturated_steady"] = verdict(steady_cpu, result["loop_lag_ms"]["p99"]) if steady_cpu else None
     result["saturated_rollout"] = verdict(rollout_cpu, result["loop_lag_ms"]["p99"]) if rollout_cpu else None
     result["checkin_p99_on_connection_ms"] = result["checkin_rollout"]["on_connection"]["p99_ms"]
+    result["all_on_target_s"] = result.get("rollout", {}).get("all_on_target_s")
+    pushed_at = sorted(x for f in run.finals.values() for x in f.get("push_t", []))
+    result.setdefault("push", {"enabled": o.push}).update(
+        received=len(pushed_at), received_during_rollout=sum(rollout_from <= x <= rollout_to for x in pushed_at))
     result["wall_s"] = round(time.monotonic() - run.t0, 1)
     return result
+
+
+def _server_push_counters(operator: Operator) -> dict[str, float | None]:
+    """The server's push counters from /metrics (one replica's: the one the load balancer asked)."""
+    try:
+        text = operator.http.get("/metrics").text
+    except Exception:  # figures only: a run without them still reports the rest
+        return {"server_sent": None, "server_failed": None}
+    found = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+             if line.startswith(("edgefleet_push_sent_total ", "edgefleet_push_failed_total "))}
+    return {"server_sent": found.get("edgefleet_push_sent_total"),
+            "server_failed": found.get("edgefleet_push_failed_total")}
 
 
 def _scale_out_figures(run: Run, stack: Any, operator: Operator, killer: ReplicaKiller | None, rollout_id: int,
@@ -565,6 +597,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
                        help="> 0: after the rollout, ingest this many messages and measure check-ins/s with 1 and "
                             "with all replicas")
     scale.add_argument("--capacity-checkin-s", type=float, default=10.0)
+    pushed = p.add_argument_group("push (docs/rollouts.md)")
+    pushed.add_argument("--push", action="store_true",
+                        help="rollouts push check_update; devices subscribe to their commands topic and check in "
+                             "when told (without it rollouts are created with push false)")
+    pushed.add_argument("--push-spread", type=float, metavar="S", help="the server's rollouts.push_spread_s")
+    pushed.add_argument("--push-rate", type=float, metavar="N", help="the server's rollouts.push_rate_per_s")
     args = p.parse_args(argv)
     try:
         waves = [float(w) for w in args.waves.split(",")]
@@ -586,7 +624,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
                       quiet=args.quiet, checkins_csv=args.checkins_csv, replicas=args.replicas,
                       database=args.database, storage=args.storage, kill_replica_at=args.kill_replica_at,
                       restart_after_s=args.restart_after, lease_ttl_s=args.lease_ttl,
-                      capacity_messages=args.capacity_messages, capacity_checkin_s=args.capacity_checkin_s)
+                      capacity_messages=args.capacity_messages, capacity_checkin_s=args.capacity_checkin_s,
+                      push=args.push, push_spread_s=args.push_spread, push_rate_per_s=args.push_rate)
     return options, args
 
 

@@ -33,6 +33,7 @@ from server.leases import GC, RETENTION, ROLLOUTS, Leases
 from server.limits import BodyLimits
 from server.manifests import ManifestService, Signer
 from server.metrics import install as install_metrics
+from server.push import PushCollector, Pusher, publisher_of
 from server.reports import ReportWriter
 from server.state import ServerState, public_url_of
 from server.storage import make_store
@@ -130,6 +131,8 @@ def build_state(config: ServerConfig) -> ServerState:
 
 def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     state = build_state(config)
+    pusher = Pusher(publisher_of(state), spread_s=config.rollouts.push_spread_s,
+                    rate_per_s=config.rollouts.push_rate_per_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,6 +149,9 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
             state.ingestor = Ingestor(state.db, config.mqtt, config.telemetry, on_batch=metrics.observe_batch,
                                       client_id=f"edgefleet-server-{state.replica_id}")
             state.ingestor.start()
+            state.pusher = pusher
+            pusher.attach(state.db.factory)
+            pusher.start()
         state.jobs.start()
         if background:
             state.leases.start()
@@ -157,6 +163,9 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
             if background:
                 tasks.stop()
                 state.leases.stop()
+            if state.pusher is not None:
+                state.pusher.detach(state.db.factory)
+                state.pusher.stop()
             if state.ingestor is not None:
                 state.ingestor.stop()
             state.jobs.shutdown()
@@ -172,6 +181,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     app.include_router(dashboard.router)
     metrics = install_metrics(app, state)
     metrics.registry.register(HttpGuardCollector())
+    metrics.registry.register(PushCollector(pusher))
     app.add_middleware(BodyLimits, http=config.http,  # outermost: before any parsing
                        upload_bytes=int(config.max_upload_mb * 1024 * 1024))
 

@@ -96,6 +96,13 @@ class SamplesSection(Section):
     max_total_mb: float = Field(default=2048.0, gt=0)  # all sample images; the oldest go first (unlabelled first)
 
 
+class RolloutsSection(Section):
+    """Push (server/push.py): check_update to a wave's devices when it starts, spread so they do not stampede."""
+
+    push_spread_s: float = Field(default=10.0, ge=0, le=3600)  # a wave's pushes go out evenly over this ...
+    push_rate_per_s: float = Field(default=200.0, gt=0, le=100_000)  # ... and never faster than this (big waves)
+
+
 class ServerConfig(Section):
     listen: str = "127.0.0.1:8080"
     public_url: str | None = None  # how devices reach this server; defaults to http://{listen}
@@ -116,6 +123,7 @@ class ServerConfig(Section):
     log_level: str = "INFO"
     log: LogSection = Field(default_factory=LogSection)
     rollout_tick_s: float = Field(default=1.0, gt=0)  # how often running rollouts are evaluated
+    rollouts: RolloutsSection = Field(default_factory=RolloutsSection)
     job_workers: int = Field(default=1, ge=1)  # threads building variants and deltas
     # Threads serving sync routes. The database pool is sized above this, so a request thread never
     # waits for a connection while the requests holding them wait for a thread (a pool deadlock).

@@ -235,7 +235,7 @@ class Commands:
         gates = {"min_committed_ratio": a.min_committed, "max_failure_ratio": a.max_failure,
                  "max_p95_regression": a.max_p95_regression, "soak_s": a.soak}
         body = {"model": a.name, "version": a.version, "target": target, "waves": waves,
-                "gates": gates, "priority": a.priority, "auto_revert": a.auto_revert}
+                "gates": gates, "priority": a.priority, "auto_revert": a.auto_revert, "push": a.push}
         if a.shadow_agreement is not None or a.shadow_latency_ms is not None:
             body["shadow"] = {"sample_fraction": a.shadow_fraction, "cpu_budget_pct": a.shadow_cpu,
                               "min_samples": a.shadow_samples, "min_agreement": a.shadow_agreement,
@@ -518,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds each wave must stay healthy (default: %(default)s)")
     create.add_argument("--priority", type=int, default=0, help="a higher priority wins a device two rollouts want")
     create.add_argument("--auto-revert", action="store_true", help="send devices back when a gate breaks")
+    create.add_argument("--push", action=argparse.BooleanOptionalAction, default=True,
+                        help="tell a wave's devices over MQTT to check in when it starts; --no-push: they learn "
+                             "at their next poll")
     create.add_argument("--shadow-agreement", type=float, metavar="RATIO",
                         help="shadow the candidate first; min agreement to swap")
     create.add_argument("--shadow-latency-ms", type=float, metavar="MS",

@@ -10,6 +10,7 @@ from server.ingest import Ingestor
 from server.jobs import JobRunner
 from server.leases import Leases
 from server.manifests import ManifestService, Signer
+from server.push import Pusher
 from server.reports import ReportWriter
 from server.storage import ArtifactStore
 
@@ -30,3 +31,4 @@ class ServerState:
     leases: Leases
     replica_id: str
     ingestor: Ingestor | None = None
+    pusher: Pusher | None = None  # check_update to a wave's devices (server/push.py); None: MQTT off

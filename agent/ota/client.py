@@ -20,6 +20,7 @@ started by ``start()`` then resumes whatever the saved state says is left.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -200,11 +201,18 @@ class UpdateClient:
 
     def _run(self) -> None:
         delay = 0.0
+        last_cycle = -math.inf
         while not self._stop.is_set():
             if self._wake.wait(delay):
+                # woken (a pushed check_update): at most one check per check_min_interval_s; every wake until
+                # the cycle starts is served by it, one arriving during the cycle brings exactly one more
+                hold = last_cycle + self.config.server.check_min_interval_s - time.monotonic()
+                if hold > 0:
+                    self._stop.wait(hold)
                 self._wake.clear()
             if self._stop.is_set():
                 break
+            last_cycle = time.monotonic()
             try:
                 self.run_once()
                 self.ctx.last_error = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from agent.errors import SignatureError
 from agent.signing import verify_document
 from agent.wire import (
     Birth,
+    Command,
     Event,
     InferenceStats,
     LatencySummary,
@@ -39,6 +41,8 @@ from .stats import WorkerStats
 
 AGENT_VERSION = "fleet-sim/1"
 REPORT_PATIENCE_S = 120.0  # how long a device keeps retrying one update report
+CHECK_MIN_INTERVAL_S = 5.0  # as the agent's server.check_min_interval_s: pushed checks at most this often
+COMMAND_MAX_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class FleetSpec:
     model_version: int = 1
     model_sha256: str = ""
     seed: int = 0
+    push: bool = False  # subscribe to the commands topic and check in when told (check_update)
 
 
 class VirtualDevice:
@@ -79,6 +84,8 @@ class VirtualDevice:
         self.mqtt: aiomqtt.Client | None = None
         self.started = time.monotonic()
         self.inferences = 0
+        self.wake = asyncio.Event()  # a pushed check_update
+        self.last_checkin = -math.inf
 
     # --- HTTP --------------------------------------------------------------------------------------
 
@@ -128,6 +135,7 @@ class VirtualDevice:
         if reply.status != 200:
             self.stats.error(f"checkin_{reply.status}", reply.body[:200].decode(errors="replace"))
             return
+        self.stats.fetched.add(self.id)
         self.etag = reply.headers.get("etag")
         try:
             signed = SignedManifest.model_validate_json(reply.body)
@@ -292,10 +300,39 @@ class VirtualDevice:
             self.stats.acked("telemetry", self.id, document.seq)
 
     async def _checkin_loop(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0, self.spec.poll_s))
+        await self._until_next_checkin(self.rng.uniform(0, self.spec.poll_s))
         while True:
+            self.last_checkin = time.monotonic()
             await self.checkin()
-            await asyncio.sleep(self.spec.poll_s * self.rng.uniform(0.9, 1.1))
+            await self._until_next_checkin(self.spec.poll_s * self.rng.uniform(0.9, 1.1))
+
+    async def _until_next_checkin(self, seconds: float) -> None:
+        """The poll interval, or less when a check_update arrives (as the agent: at most one pushed check per
+        CHECK_MIN_INTERVAL_S; what arrives before it starts, or during a check, is coalesced)."""
+        try:
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        except TimeoutError:
+            return
+        hold = self.last_checkin + CHECK_MIN_INTERVAL_S - time.monotonic()
+        if hold > 0:
+            await asyncio.sleep(hold)
+        self.wake.clear()
+
+    async def _commands_loop(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray) or len(payload) > COMMAND_MAX_BYTES:
+                self.stats.error("command", "not bytes or too big")
+                continue
+            try:
+                command = Command.model_validate_json(payload)
+            except ValidationError as exc:
+                self.stats.error("command", str(exc).splitlines()[0])
+                continue
+            if command.type == "check_update":
+                self.stats.pushes += 1
+                self.stats.push_t.append(time.time())
+                self.wake.set()
 
     async def run(self, stop: asyncio.Event, connect_slots: asyncio.Semaphore,
                   enroll_slots: asyncio.Semaphore) -> None:
@@ -328,14 +365,22 @@ class VirtualDevice:
                 self.stats.connected += 1
                 telemetry = asyncio.create_task(self._telemetry_loop())
                 stopper = asyncio.create_task(stop.wait())
+                loops = {telemetry, stopper}
+                if self.spec.push:
+                    loops.add(asyncio.create_task(self._commands_loop(client)))
                 try:
+                    if self.spec.push:
+                        await client.subscribe(device_topic(self.id, "commands"), qos=1, timeout=30)
                     await self.birth()
-                    await asyncio.wait({telemetry, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if telemetry.done() and telemetry.exception() is not None:
-                        self.stats.error("mqtt", repr(telemetry.exception()))
+                    await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+                    for loop in loops - {stopper}:
+                        if loop.done() and not loop.cancelled() and loop.exception() is not None:
+                            self.stats.error("mqtt", repr(loop.exception()))
+                except aiomqtt.MqttError as exc:
+                    self.stats.error("mqtt_subscribe", str(exc))
                 finally:
-                    telemetry.cancel()
-                    stopper.cancel()
+                    for loop in loops:
+                        loop.cancel()
                     self.mqtt = None
                     self.stats.connected -= 1
                     try:

@@ -39,7 +39,8 @@ class Stack:
             self._tmp = None
 
 
-def start_local(*, broker: str = "auto", log_level: str = "WARNING", rollout_tick_s: float = 0.5) -> Stack:
+def start_local(*, broker: str = "auto", log_level: str = "WARNING", rollout_tick_s: float = 0.5,
+                overrides: dict[str, Any] | None = None) -> Stack:
     """A broker (Mosquitto, else amqtt) and ``edgefleet-server run`` on free 127.0.0.1 ports."""
     from server.demo.broker import start_broker
     from tests.support.net import free_port
@@ -52,7 +53,7 @@ def start_local(*, broker: str = "auto", log_level: str = "WARNING", rollout_tic
         running_broker = start_broker(free_port(), root / "broker", prefer=broker)
         stops.append(running_broker.stop)
         server = start_server(root, running_broker.port, timeout=60, overrides={
-            "log_level": log_level, "rollout_tick_s": rollout_tick_s})
+            "log_level": log_level, "rollout_tick_s": rollout_tick_s, **(overrides or {})})
         stops.append(server.stop)
     except BaseException:
         for stop in reversed(stops):

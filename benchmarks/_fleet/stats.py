@@ -37,6 +37,9 @@ class WorkerStats:
     reports_acked: int = 0  # answered 204
     reports_given_up: int = 0  # never answered within the patience
     downloads: int = 0
+    pushes: int = 0  # check_update commands received
+    push_t: array[float] = field(default_factory=lambda: array("d"))  # wall time each was received
+    fetched: set[str] = field(default_factory=set)  # devices that got a manifest (200) at least once
     running: Counter[int] = field(default_factory=Counter)  # devices by model version they serve
     outcomes: Counter[str] = field(default_factory=Counter)  # committed / rolled_back / rejected
     errors: Counter[str] = field(default_factory=Counter)
@@ -65,6 +68,7 @@ class WorkerStats:
                 "checkins": sum(self.checkins.values()), "telemetry_sent": self.telemetry_sent,
                 "events_sent": self.events_sent, "reports_sent": self.reports_sent, "downloads": self.downloads,
                 "reports_acked": self.reports_acked, "reports_given_up": self.reports_given_up,
+                "pushes": self.pushes, "fetched": len(self.fetched),
                 "running": dict(self.running), "outcomes": dict(self.outcomes), "errors": dict(self.errors),
                 "error_samples": list(self.error_samples)}
 
@@ -73,7 +77,7 @@ class WorkerStats:
         doc.update(checkin_t=self.checkin_t.tolist(), checkin_ms=self.checkin_ms.tolist(),
                    checkin_status=self.checkin_status.tolist(),
                    checkin_queued_ms=self.checkin_queued_ms.tolist(), publish_ms=self.publish_ms.tolist(),
-                   loop_lag_ms=self.loop_lag_ms.tolist(),
+                   loop_lag_ms=self.loop_lag_ms.tolist(), push_t=self.push_t.tolist(),
                    checkins_by_status=dict(self.checkins), last_report=dict(self.last_report),
                    acked_seqs={kind: {d: seqs.tolist() for d, seqs in by_device.items()}
                                for kind, by_device in self.acked_seqs.items()})

@@ -53,6 +53,9 @@ class RolloutCreate(Body):
     trial: TrialPolicy | None = None
     shadow: ShadowSpec | None = None
     auto_revert: bool = False
+    push: bool = Field(default=True, description="publish check_update over MQTT to a wave's devices when it "
+                       "starts and to the devices a revert sends back (spread over rollouts.push_spread_s); "
+                       "false: devices learn at their next poll")
 
     def waves_spec(self) -> Any:
         return self.waves.model_dump() if isinstance(self.waves, WaveCounts) else list(self.waves)

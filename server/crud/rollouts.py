@@ -15,6 +15,7 @@ from agent.wire import UpdateReport
 from server.crud import Conflict, Invalid, NotFound
 from server.crud.devices import set_desired
 from server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice, Telemetry
+from server.push import note_push
 
 ACTIVE = ("running", "paused")
 FAILED_STATES = ("rolled_back", "rejected", "failed")
@@ -73,12 +74,14 @@ def wave_counts(spec: Any, total: int) -> list[int]:
 
 def create_rollout(session: Session, *, version_id: int, target: dict[str, Any], waves: Any,
                    gates: dict[str, Any], priority: int, trial: dict[str, Any] | None,
-                   shadow: dict[str, Any] | None, auto_revert: bool, now: float | None = None) -> Rollout:
+                   shadow: dict[str, Any] | None, auto_revert: bool, push: bool = True,
+                   now: float | None = None) -> Rollout:
     now = now if now is not None else time.time()
     devices = resolve_target(session, target=target)
     counts = wave_counts(waves, len(devices))
     rollout = Rollout(version_id=version_id, target=target, waves=counts, waves_spec=waves, gates=gates,
-                      priority=priority, trial=trial, shadow=shadow, auto_revert=auto_revert, state="running",
+                      priority=priority, trial=trial, shadow=shadow, auto_revert=auto_revert, push=push,
+                      state="running",
                       current_wave=0, wave_started_at=None, healthy_since=None, reason=None, created_at=now,
                       updated_at=now)
     session.add(rollout)
@@ -114,11 +117,13 @@ def rollout_devices(session: Session, *, rollout_id: int) -> list[RolloutDevice]
     return list(session.scalars(query))
 
 
-def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float) -> None:
+def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float, push: bool = True) -> None:
     """Give the wave's pending devices this rollout's version, unless a stronger rollout holds them.
 
     Three queries for the whole wave (its rows, their devices, their rivals), not two per device; rows
-    already started are left alone, so starting a wave again only picks up devices that joined it since."""
+    already started are left alone, so starting a wave again only picks up devices that joined it since.
+    The devices assigned are pushed ``check_update`` once the transaction commits (server/push.py) when the
+    rollout pushes and ``push``."""
     in_wave = (RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave == wave, RolloutDevice.state == "pending")
     rows = list(session.scalars(select(RolloutDevice).where(*in_wave)))
     members = select(RolloutDevice.device_id).where(*in_wave)
@@ -130,6 +135,7 @@ def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float) -> 
                 Rollout.state.in_(ACTIVE), RolloutDevice.state.not_in(("pending", "superseded", "reverted")))):
         rivals[other_row.device_id].append((other_row, other))
     version_sha = _version_sha(session, rollout.version_id)
+    assigned: list[str] = []
     for row in rows:
         device = devices.get(row.device_id)
         if device is None:
@@ -151,7 +157,10 @@ def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float) -> 
             row.state, row.reason = "committed", "already runs this version"
         else:
             row.state, row.reason = "assigned", None
+            assigned.append(device.id)
         set_desired(device, version_id=rollout.version_id, rollout_id=rollout.id, now=now)
+    if push and rollout.push:
+        note_push(session, rollout_id=rollout.id, why=f"wave {wave + 1}", device_ids=assigned)
 
 
 def join_rollouts(session: Session, *, device: Device, now: float) -> Rollout | None:
@@ -177,7 +186,7 @@ def join_rollouts(session: Session, *, device: Device, now: float) -> Rollout | 
                               updated_at=now))
     session.flush()
     if rollout.state == "completed" or (rollout.state == "running" and rollout.current_wave == last):
-        start_wave(session, rollout=rollout, wave=last, now=now)
+        start_wave(session, rollout=rollout, wave=last, now=now, push=False)  # it checks in right after enrolling
     return rollout
 
 
@@ -213,8 +222,9 @@ def set_state(session: Session, *, rollout_id: int, action: str, revert: bool = 
 
 
 def revert_devices(session: Session, *, rollout: Rollout, now: float) -> int:
-    """Send the devices this rollout updated back to what they had before (``revert: true`` manifests)."""
-    reverted = 0
+    """Send the devices this rollout updated back to what they had before (``revert: true`` manifests); they
+    are pushed ``check_update`` once the transaction commits when the rollout pushes."""
+    reverted: list[str] = []
     for row in rollout_devices(session, rollout_id=rollout.id):
         if row.state in NOT_COUNTED or row.state == "reverted":
             continue
@@ -226,8 +236,10 @@ def revert_devices(session: Session, *, rollout: Rollout, now: float) -> int:
         row.state = "reverted"
         row.reason = None if row.previous_version_id is not None else "no earlier model to go back to"
         row.updated_at = now
-        reverted += 1
-    return reverted
+        reverted.append(row.device_id)
+    if rollout.push:
+        note_push(session, rollout_id=rollout.id, why="revert", device_ids=reverted)
+    return len(reverted)
 
 
 def record_report(session: Session, *, device: Device, report: UpdateReport, now: float | None = None) -> None:
@@ -301,7 +313,8 @@ def rollout_public(session: Session, rollout: Rollout, *, with_devices: bool = T
     doc: dict[str, Any] = {
         "id": rollout.id, "model": model.name if model else None, "version": version.version if version else None,
         "target": rollout.target, "waves_spec": rollout.waves_spec, "gates": rollout.gates,
-        "priority": rollout.priority, "auto_revert": rollout.auto_revert, "trial": rollout.trial,
+        "priority": rollout.priority, "auto_revert": rollout.auto_revert, "push": rollout.push,
+        "trial": rollout.trial,
         "shadow": rollout.shadow, "state": rollout.state, "current_wave": rollout.current_wave,
         "reason": rollout.reason, "wave_started_at": rollout.wave_started_at,
         "healthy_since": rollout.healthy_since, "created_at": rollout.created_at, "updated_at": rollout.updated_at,

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import true
 
 # a 64-bit id for the high-volume tables (SQLite's rowid alias must be spelled INTEGER; it is 64-bit anyway)
 ROW_ID = BigInteger().with_variant(Integer, "sqlite")
@@ -142,6 +143,7 @@ class Rollout(Base):
     trial: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     auto_revert: Mapped[bool] = mapped_column(Boolean, default=False)
+    push: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # check_update at wave starts
     state: Mapped[str] = mapped_column(String(16), index=True)  # running | paused | completed | aborted
     current_wave: Mapped[int] = mapped_column(Integer, default=0)
     wave_started_at: Mapped[float | None] = mapped_column(Float)

@@ -57,6 +57,17 @@ def test_failing_canary_pauses_the_rollout_at_the_first_gate() -> None:
     assert [(w["devices"], w["committed"], w["failed"]) for w in rollout["waves"]] == [(1, 0, 1), (4, 0, 0), (5, 0, 0)]
 
 
+def test_with_push_a_ten_minute_poll_still_rolls_out_in_seconds() -> None:
+    options = {**FAST, "poll_s": 600.0, "push": True, "push_spread_s": 0.5}
+    result = run_sim(Options(devices=10, **options))  # type: ignore[arg-type]
+    rollout = result["rollout"]
+    # devices first poll somewhere in 0..600 s and then every ~600 s: only the pushes bring them in
+    assert rollout["state"] == "completed" and rollout["devices_on_v2"] == 10, rollout
+    assert result["all_on_target_s"] == rollout["all_on_target_s"] is not None
+    assert result["push"]["received_during_rollout"] >= 10 and result["push"]["server_sent"] >= 10
+    assert result["push"]["server_failed"] == 0 and result["errors"] == {}, result["error_samples"]
+
+
 def test_bad_arguments_are_refused_with_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--waves", "one,two"])

@@ -109,7 +109,7 @@ def test_rollout_create_status_pause_resume_abort(env: Env) -> None:
     created = cli_json(env, "rollout", "create", "cls", "2", "--devices", "r1,r2,r3,r4", "--counts", "1,4",
                        "--soak", "3600")
     rollout_id = created["id"]
-    assert (created["state"], created["model"], created["version"]) == ("running", "cls", 2)
+    assert (created["state"], created["model"], created["version"], created["push"]) == ("running", "cls", 2, True)
     assert [(w["devices"], w["state"]) for w in created["waves"]] == [(1, "active"), (3, "pending")]
     assigned = next(d["device_id"] for d in created["devices"] if d["state"] == "assigned")
     status = cli(env, "rollout", "status", str(rollout_id)).stdout
@@ -129,8 +129,12 @@ def test_rollout_create_status_pause_resume_abort(env: Env) -> None:
     aborted = cli_json(env, "rollout", "abort", str(rollout_id), "--revert")
     assert aborted["state"] == "aborted"
     assert {d["device_id"]: d["state"] for d in aborted["devices"]}[assigned] == "reverted"
+    quiet = cli_json(env, "rollout", "create", "cls", "2", "--devices", "r1", "--no-push", "--soak", "3600")
+    assert quiet["push"] is False
+    cli_json(env, "rollout", "abort", str(quiet["id"]))
     listed = cli_json(env, "rollout", "list")["rollouts"]
-    assert [(r["id"], r["state"]) for r in listed] == [(rollout_id, "aborted")]
+    assert [(r["id"], r["state"], r["push"]) for r in listed] == [(rollout_id, "aborted", True),
+                                                                 (quiet["id"], "aborted", False)]
 
 
 def send(env: Env, device: str, leaf: str, document: dict[str, Any], retain: bool = False) -> None:

@@ -67,6 +67,7 @@ class RolloutPublic(Public):
     gates: GatesBody
     priority: int
     auto_revert: bool
+    push: bool = Field(description="check_update is pushed over MQTT when a wave starts and on revert")
     trial: TrialPolicy | None
     shadow: ShadowSpec | None
     state: Literal["running", "paused", "completed", "aborted"]

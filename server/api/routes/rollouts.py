@@ -33,7 +33,8 @@ def create(body: RolloutCreate, state: StateDep) -> dict[str, Any]:
             session, version_id=version.id, target=body.target.model_dump(exclude_none=True),
             waves=body.waves_spec(), gates=body.gates.model_dump(), priority=body.priority,
             trial=body.trial.model_dump(mode="json") if body.trial else None,
-            shadow=body.shadow.model_dump(mode="json") if body.shadow else None, auto_revert=body.auto_revert)
+            shadow=body.shadow.model_dump(mode="json") if body.shadow else None, auto_revert=body.auto_revert,
+            push=body.push)
         rollout_id = rollout.id
     if rollout_artifact_bytes(state, rollout_id) <= INLINE_DELTA_BYTES:
         prepare_rollout_deltas(state.db, state.store, state.config, rollout_id, lambda _f, _m: None)

@@ -1,0 +1,214 @@
+"""Push: after a rollout changes devices' desired state, tell those devices over MQTT to check in now.
+
+A ``check_update`` command (commands topic, docs/rollouts.md "Push") goes to every device whose desired
+state a rollout of ``push: true`` changed: a wave's devices when the wave starts (the first at creation, the
+next ones from the rollout tick, devices that joined meanwhile on resume) and the devices an abort sends back
+(revert). Polling stays the fallback: a device that misses the command learns of the change at its next poll.
+
+- After the commit, never inside it: ``note_push`` records the devices in the transaction's session; the
+  ``Pusher`` listens to the session factory's ``after_commit`` and takes them then (a rollback drops them). No
+  publish happens in a transaction or under the rollout lock, and a request never waits for one.
+- One replica per change: the replica whose transaction committed the change pushes it (the rollout tick
+  runs on the lease holder, an operator's action on the replica that answered it; the rollout row lock and
+  its state check let only one transaction start a wave). A replica that dies mid-spread leaves the rest
+  to polling.
+- Spread: a batch of N devices goes out evenly over ``max(push_spread_s, N / push_rate_per_s)``, the first
+  at once, so check-ins and downloads do not arrive as one stampede; batches go out in commit order. A device
+  still waiting in an earlier batch is not queued again (its one check-in sees the newest state).
+- A broker that is down or refuses costs only the push: failures are counted (``/metrics``) and logged in
+  one line per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.wire import Command
+
+log = logging.getLogger("edgefleet.server.push")
+NOTES = "edgefleet.push"  # key of the pending pushes in Session.info
+MAX_PENDING = 1_000_000  # devices waiting for their push; beyond, a batch is dropped (counted)
+Publish = Callable[[str, Command], None]
+
+
+@dataclass(frozen=True)
+class Batch:
+    rollout_id: int
+    why: str  # "wave 2", "revert", ...
+    device_ids: tuple[str, ...]
+
+
+def note_push(session: Session, *, rollout_id: int, why: str, device_ids: Iterable[str]) -> None:
+    """Push ``check_update`` to these devices once this session's transaction commits."""
+    ids = tuple(device_ids)
+    if ids:
+        session.info.setdefault(NOTES, []).append(Batch(rollout_id, why, ids))
+
+
+def spacing_s(devices: int, *, spread_s: float, rate_per_s: float) -> float:
+    """Seconds between two publishes of one batch: spread over the window, never faster than the rate."""
+    return max(spread_s / max(devices, 1), 1.0 / rate_per_s)
+
+
+class Pusher:
+    """The background publisher of one replica (a daemon thread; ``publish`` raises ``ConnectionError``)."""
+
+    def __init__(self, publish: Publish, *, spread_s: float, rate_per_s: float,
+                 max_pending: int = MAX_PENDING) -> None:
+        self.publish = publish
+        self.spread_s = spread_s
+        self.rate_per_s = rate_per_s
+        self.max_pending = max_pending
+        self.sent = self.failed = self.dropped = self.batches = 0
+        self._queue: deque[Batch] = deque()
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- wiring ---------------------------------------------------------------------------------
+
+    def attach(self, factory: sessionmaker[Session]) -> None:
+        event.listen(factory, "after_commit", self._committed)
+        event.listen(factory, "after_rollback", self._rolled_back)
+
+    def detach(self, factory: sessionmaker[Session]) -> None:
+        for name, handler in (("after_commit", self._committed), ("after_rollback", self._rolled_back)):
+            if event.contains(factory, name, handler):
+                event.remove(factory, name, handler)
+
+    def _committed(self, session: Session) -> None:
+        for batch in session.info.pop(NOTES, ()):
+            self.submit(batch)
+
+    @staticmethod
+    def _rolled_back(session: Session) -> None:
+        session.info.pop(NOTES, None)
+
+    # --- queue ----------------------------------------------------------------------------------
+
+    def submit(self, batch: Batch) -> None:
+        """Queue a batch (never blocks; called in the committing thread)."""
+        with self._cond:
+            fresh = tuple(dict.fromkeys(d for d in batch.device_ids if d not in self._pending))
+            if not fresh:
+                return
+            if len(self._pending) + len(fresh) > self.max_pending:
+                self.dropped += len(fresh)
+                log.warning("push: rollout %s %s: %d pushes dropped (%d already waiting); those devices learn of "
+                            "it at their next poll", batch.rollout_id, batch.why, len(fresh), len(self._pending))
+                return
+            self._pending.update(fresh)
+            self._queue.append(Batch(batch.rollout_id, batch.why, fresh))
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="edgefleet-push", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop publishing; what was still waiting is left to the devices' polls."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._queue and not self._stop.is_set():
+                    self._cond.wait(1.0)
+                if self._stop.is_set():
+                    return
+                batch = self._queue.popleft()
+            self._send(batch)
+
+    def _send(self, batch: Batch) -> None:
+        gap = spacing_s(len(batch.device_ids), spread_s=self.spread_s, rate_per_s=self.rate_per_s)
+        started = time.monotonic()
+        sent = failed = 0
+        first_error: str | None = None
+        for index, device_id in enumerate(batch.device_ids):
+            delay = started + index * gap - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            with self._cond:
+                self._pending.discard(device_id)
+            try:
+                self.publish(device_id, Command(id=uuid.uuid4().hex, type="check_update",
+                                                args={"rollout_id": batch.rollout_id}))
+                sent += 1
+            except (ConnectionError, OSError, ValueError) as exc:
+                failed += 1
+                first_error = first_error or str(exc)
+        self.sent += sent
+        self.failed += failed
+        self.batches += 1
+        took = time.monotonic() - started
+        if failed:
+            log.warning("push: rollout %s %s: %d of %d pushes failed (%s); those devices learn of it at their "
+                        "next poll", batch.rollout_id, batch.why, failed, sent + failed, first_error)
+        else:
+            log.info("push: rollout %s %s: check_update sent to %d devices over %.1fs", batch.rollout_id,
+                     batch.why, sent, took)
+
+
+class PushCollector(Collector):
+    """``/metrics``: pushes sent, failed and dropped, and how many wait."""
+
+    def __init__(self, pusher: Pusher) -> None:
+        self.pusher = pusher
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        pusher = self.pusher
+        for name, text, value in (
+                ("edgefleet_push_sent", "check_update commands a rollout pushed to devices", pusher.sent),
+                ("edgefleet_push_failed", "Pushes the broker did not take (the device learns at its next poll)",
+                 pusher.failed),
+                ("edgefleet_push_dropped", "Pushes dropped because too many were waiting", pusher.dropped)):
+            counter = CounterMetricFamily(name, text)
+            counter.add_metric([], float(value))
+            yield counter
+        waiting = GaugeMetricFamily("edgefleet_push_pending", "Devices waiting for their push")
+        waiting.add_metric([], float(pusher.pending()))
+        yield waiting
+
+
+def publisher_of(state: Any) -> Publish:
+    """Publish through the replica's MQTT connection (``state.ingestor``, set once it started)."""
+
+    def publish(device_id: str, command: Command) -> None:
+        ingestor = state.ingestor
+        if ingestor is None:
+            raise ConnectionError("MQTT is not started")
+        ingestor.publish_command(device_id, command)
+
+    return publish
+
+
+__all__ = ["Batch", "PushCollector", "Pusher", "note_push", "publisher_of", "spacing_s"]
