@@ -135,7 +135,7 @@ def test_readyz_takes_a_replica_out_of_haproxy_until_its_schema_is_at_head(tmp_p
     schema = pg_url.rsplit("%3D", 1)[1]
     try:
         ready = requests.get(cluster.replicas[0].url + "/readyz", timeout=5)
-        assert ready.status_code == 200 and ready.json()["schema"] == "0006"
+        assert ready.status_code == 200 and ready.json()["schema"] == "0010"
         assert requests.get(cluster.url + "/healthz", timeout=5).status_code == 200
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f"UPDATE {schema}.alembic_version SET version_num = '0001'")
