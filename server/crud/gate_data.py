@@ -1,0 +1,106 @@
+"""The telemetry a rollout's latency gate judges (server/latency_gate.py), a few aggregate queries per tick.
+
+- updated: committed devices of the waves so far, their p95s with the rollout's version since they committed
+  (``RolloutDevice.updated_at``, which a committed row keeps) plus the warm-up;
+- control: the rollout's devices not yet updated (pending, or still installing), their p95s with one of the
+  versions the updated devices ran before, since the earliest window of an updated device;
+- paired (only when a class falls back to it): the raw p95s of up to ``PAIRED_MAX_DEVICES`` updated devices
+  before their assignment (``baseline_s``) and after their commit plus the warm-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from server.crud.rollouts import IN_FLIGHT
+from server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice, Telemetry
+from server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, needs_paired
+
+PAIRED_MAX_DEVICES = 50  # the most recently committed; a sample is enough and keeps the fetch small
+PAIRED_MAX_MESSAGES = 200  # per device and window, the newest
+
+
+def _versions(session: Session, version_ids: set[int]) -> list[tuple[str, int]]:
+    if not version_ids:
+        return []
+    rows = session.execute(select(Model.name, ModelVersion.version).join(Model, Model.id == ModelVersion.model_id)
+                           .where(ModelVersion.id.in_(version_ids)))
+    return [(str(name), int(version)) for name, version in rows]
+
+
+def _is_one_of(versions: list[tuple[str, int]]) -> Any:
+    return or_(*[and_(Telemetry.model_name == name, Telemetry.model_version == version) for name, version in versions])
+
+
+def latency_data(session: Session, *, rollout: Rollout, settings: LatencySettings) -> LatencyData:
+    version = session.get(ModelVersion, rollout.version_id)
+    model = session.get(Model, version.model_id) if version is not None else None
+    if version is None or model is None:
+        return LatencyData()
+    new = (model.name, version.version)
+    mine = and_(RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave <= rollout.current_wave)
+    committed = and_(mine, RolloutDevice.state == "committed")
+    since_commit = RolloutDevice.updated_at + settings.warmup_s
+    p95 = Telemetry.p95_ms.is_not(None)
+    updated = [DeviceWindow(device_id, device_class, float(mean), int(count)) for device_id, device_class, mean, count
+               in session.execute(
+                   select(RolloutDevice.device_id, Device.device_class, func.avg(Telemetry.p95_ms), func.count())
+                   .join(Device, Device.id == RolloutDevice.device_id)
+                   .join(Telemetry, Telemetry.device_id == RolloutDevice.device_id)
+                   .where(committed, p95, Telemetry.model_name == new[0], Telemetry.model_version == new[1],
+                          Telemetry.ts >= since_commit)
+                   .group_by(RolloutDevice.device_id, Device.device_class))]
+    previous = _versions(session, {int(v) for v in session.scalars(  # type: ignore[arg-type]
+        select(RolloutDevice.previous_version_id).where(committed, RolloutDevice.previous_version_id.is_not(None))
+        .distinct())} - {rollout.version_id})
+    control: list[DeviceWindow] = []
+    window_start = session.scalar(select(func.min(since_commit)).where(committed))
+    if previous and window_start is not None:
+        control = [DeviceWindow(device_id, device_class, float(mean), int(count))
+                   for device_id, device_class, mean, count in session.execute(
+                       select(RolloutDevice.device_id, Device.device_class, func.avg(Telemetry.p95_ms), func.count())
+                       .join(Device, Device.id == RolloutDevice.device_id)
+                       .join(Telemetry, Telemetry.device_id == RolloutDevice.device_id)
+                       .where(RolloutDevice.rollout_id == rollout.id,
+                              RolloutDevice.state.in_(("pending", *IN_FLIGHT)), p95, _is_one_of(previous),
+                              Telemetry.ts >= window_start)
+                       .group_by(RolloutDevice.device_id, Device.device_class))]
+    reporting = bool(updated or control) or session.scalar(
+        select(Telemetry.id).join(RolloutDevice, RolloutDevice.device_id == Telemetry.device_id)
+        .where(mine, p95, Telemetry.ts >= rollout.created_at - settings.baseline_s).limit(1)) is not None
+    data = LatencyData(updated=updated, control=control, reporting=reporting)
+    classes = needs_paired(settings, data)
+    if not classes or not previous:
+        return LatencyData(updated=updated, control=control, reporting=reporting, paired=[] if classes else None)
+    members = {w.device_id for w in updated if w.device_class in classes}
+    return LatencyData(updated=updated, control=control, reporting=reporting,
+                       paired=_paired(session, rollout=rollout, members=members, new=new, previous=previous,
+                                      settings=settings))
+
+
+def _paired(session: Session, *, rollout: Rollout, members: set[str], new: tuple[str, int],
+            previous: list[tuple[str, int]], settings: LatencySettings) -> list[PairedDevice]:
+    rows = list(session.execute(
+        select(RolloutDevice.device_id, RolloutDevice.assigned_at, RolloutDevice.updated_at)
+        .where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.device_id.in_(members))
+        .order_by(RolloutDevice.updated_at.desc(), RolloutDevice.device_id).limit(PAIRED_MAX_DEVICES)))
+    out: list[PairedDevice] = []
+    for device_id, assigned_at, committed_at in rows:
+        if assigned_at is None or committed_at is None:
+            continue
+        base = select(Telemetry.p95_ms).where(Telemetry.device_id == device_id, Telemetry.p95_ms.is_not(None))
+        before = session.scalars(base.where(_is_one_of(previous), Telemetry.ts >= assigned_at - settings.baseline_s,
+                                            Telemetry.ts < assigned_at)
+                                 .order_by(Telemetry.ts.desc()).limit(PAIRED_MAX_MESSAGES))
+        after = session.scalars(base.where(Telemetry.model_name == new[0], Telemetry.model_version == new[1],
+                                           Telemetry.ts >= committed_at + settings.warmup_s)
+                                .order_by(Telemetry.ts.desc()).limit(PAIRED_MAX_MESSAGES))
+        out.append(PairedDevice(device_id, tuple(float(v) for v in before if v is not None),
+                                   tuple(float(v) for v in after if v is not None)))
+    return out
+
+
+__all__ = ["PAIRED_MAX_DEVICES", "latency_data"]
