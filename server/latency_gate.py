@@ -1,16 +1,21 @@
 """The p95 latency gate of a wave (pure): updated devices against a concurrent control cohort.
 
-Per device class, the devices updated so far (committed, their telemetry with the new version since they
+Per device class, the devices updated so far (committed: their telemetry with the new version since they
 committed plus a warm-up) are compared with the rollout's devices still on a previous version in the same
-time window: one figure per device (the mean of its telemetry p95s in the window), a one-sided Mann-Whitney
-U test (updated slower), and the effect size, the ratio of the two cohorts' medians. A class needs
-``min_devices`` devices on each side, each with ``min_samples`` messages; below that:
+time window. Three ways, by how many devices each side has:
 
-- with enough control devices but too few updated ones the gate waits for them;
-- with too few control devices (the last wave, a class fully updated) or too few updated ones and no way to
-  get more (a 1-device wave), the same devices are compared with their own pre-update window (paired):
-  per device a Mann-Whitney test of its messages after against before, combined over devices by Stouffer's
-  method, the effect the median over devices of (median after / median before).
+- cohorts (``min_devices`` or more on each side, each with ``min_samples`` messages in the window): one
+  figure per device, the mean of its telemetry p95s in the window divided by the mean of its own pre-update
+  window (``baseline_s``; the plain mean in ms where fewer than ``min_devices`` a side have one), a one-sided
+  Mann-Whitney U test (updated slower), the effect size the ratio of the two cohorts' medians. Too few
+  messages yet: it waits.
+- relative (fewer devices on a side, at least one control device: a 1-device canary, a 3-device fleet):
+  every device's messages in the window divided by the median of its own pre-update window
+  (``baseline_s`` before the updated devices were assigned), updated against control messages with one
+  Mann-Whitney test. The device's own baseline takes out that boxes differ, the control takes out the load.
+- paired (no control device left: the last wave, a class fully updated): the same devices after against
+  before, a Mann-Whitney test per device combined by Stouffer's method, the effect the median over devices
+  of (median after / median before). A load change between the two windows looks like a regression here.
 
 A breach needs both: p < ``alpha`` and the ratio above ``max_ratio``.
 """
@@ -46,20 +51,22 @@ class DeviceWindow:
     device_class: str | None
     mean_ms: float
     samples: int
+    baseline_ms: float | None = None  # the mean of its pre-update window, when that has min_samples messages
 
 
 @dataclass(frozen=True)
 class PairedDevice:
     device_id: str
     before: tuple[float, ...]  # p95s of its messages in the pre-update window (previous version)
-    after: tuple[float, ...]  # since it committed plus the warm-up (new version)
+    after: tuple[float, ...]  # updated: since it committed plus the warm-up (new version); control: the window
 
 
 @dataclass(frozen=True)
 class LatencyData:
     updated: Sequence[DeviceWindow] = ()
     control: Sequence[DeviceWindow] = ()
-    paired: Sequence[PairedDevice] | None = None  # fetched only when some class needs the fallback
+    paired: Sequence[PairedDevice] | None = None  # updated devices' raw p95s, when a class is judged relative
+    control_paired: Sequence[PairedDevice] | None = None  # or paired; the control's, when one is relative
     reporting: bool = False  # whether any device of the rollout reported a p95 in the gate's windows
 
 
@@ -78,74 +85,127 @@ def _p(value: float) -> str:
     return f"{value:.2g}" if value >= 0.0001 else f"{value:.1e}"
 
 
-def split_classes(settings: LatencySettings, data: LatencyData) -> tuple[
-        dict[str | None, tuple[list[float], list[float]]], set[str | None], dict[str | None, tuple[int, int]]]:
-    """Classes judged against a concurrent control (their figures), classes that fall back to the paired
-    comparison (too few devices on a side to ever compare cohorts: a 1-device wave, the last wave), and classes
-    waiting for messages (updated and control devices ready so far)."""
-    ready_up: dict[str | None, list[float]] = defaultdict(list)
-    ready_ctl: dict[str | None, list[float]] = defaultdict(list)
+@dataclass
+class Split:
+    concurrent: dict[str | None, tuple[list[DeviceWindow], list[DeviceWindow]]] = field(default_factory=dict)
+    relative: set[str | None] = field(default_factory=set)  # few devices on a side, some control
+    paired: set[str | None] = field(default_factory=set)  # no control at all
+    waiting: dict[str | None, tuple[int, int]] = field(default_factory=dict)  # devices ready so far per side
+
+
+def split_classes(settings: LatencySettings, data: LatencyData) -> Split:
+    """How each class of the updated devices is judged."""
+    ready_up: dict[str | None, list[DeviceWindow]] = defaultdict(list)
+    ready_ctl: dict[str | None, list[DeviceWindow]] = defaultdict(list)
     all_up: dict[str | None, int] = defaultdict(int)
     all_ctl: dict[str | None, int] = defaultdict(int)
     for w in data.updated:
         all_up[w.device_class] += 1
         if w.samples >= settings.min_samples:
-            ready_up[w.device_class].append(w.mean_ms)
+            ready_up[w.device_class].append(w)
     for w in data.control:
         all_ctl[w.device_class] += 1
         if w.samples >= settings.min_samples:
-            ready_ctl[w.device_class].append(w.mean_ms)
-    concurrent: dict[str | None, tuple[list[float], list[float]]] = {}
-    paired: set[str | None] = set()
-    waiting: dict[str | None, tuple[int, int]] = {}
-    for c in all_up:
-        if all_up[c] < settings.min_devices or all_ctl[c] < settings.min_devices:
-            paired.add(c)
-        elif len(ready_up[c]) >= settings.min_devices and len(ready_ctl[c]) >= settings.min_devices:
-            concurrent[c] = (ready_up[c], ready_ctl[c])
+            ready_ctl[w.device_class].append(w)
+    split = Split()
+    for c in list(all_up):
+        if all_up[c] >= settings.min_devices and all_ctl[c] >= settings.min_devices:
+            if len(ready_up[c]) >= settings.min_devices and len(ready_ctl[c]) >= settings.min_devices:
+                split.concurrent[c] = (ready_up[c], ready_ctl[c])
+            else:
+                split.waiting[c] = (len(ready_up[c]), len(ready_ctl[c]))
+        elif all_ctl[c]:
+            split.relative.add(c)
         else:
-            waiting[c] = (len(ready_up[c]), len(ready_ctl[c]))
-    return concurrent, paired, waiting
-
-
-def needs_paired(settings: LatencySettings, data: LatencyData) -> set[str | None]:
-    return split_classes(settings, data)[1]
+            split.paired.add(c)
+    return split
 
 
 def evaluate_latency(settings: LatencySettings, data: LatencyData, *, wave: int) -> Verdict:
     if not data.reporting or not data.updated:
         return Verdict("none", "no latency telemetry to judge")
-    concurrent, paired_classes, waiting = split_classes(settings, data)
+    split = split_classes(settings, data)
     multi = len({w.device_class for w in data.updated}) > 1
     details: list[str] = []
-    for device_class, (up, ctl) in sorted(concurrent.items(), key=lambda kv: str(kv[0])):
+    waits: list[str] = []
+
+    def where(device_class: str | None) -> str:
+        return f" on class {device_class}" if multi and device_class is not None else ""
+
+    for device_class, (up_w, ctl_w) in sorted(split.concurrent.items(), key=lambda kv: str(kv[0])):
+        up_ms, ctl_ms = median([w.mean_ms for w in up_w]), median([w.mean_ms for w in ctl_w])
+        up_rel = [w.mean_ms / w.baseline_ms for w in up_w if w.baseline_ms]
+        ctl_rel = [w.mean_ms / w.baseline_ms for w in ctl_w if w.baseline_ms]
+        relative = len(up_rel) >= settings.min_devices and len(ctl_rel) >= settings.min_devices
+        up, ctl = (up_rel, ctl_rel) if relative else ([w.mean_ms for w in up_w], [w.mean_ms for w in ctl_w])
         test = mann_whitney_greater(up, ctl)
-        up_med, ctl_med = median(up), median(ctl)
-        ratio = up_med / ctl_med if ctl_med > 0 else float("inf")
-        where = f" on class {device_class}" if multi and device_class is not None else ""
-        detail = (f"p95 latency x{ratio:.2f}{where} (updated {_ms(up_med)}, n={len(up)} devices; control "
-                  f"{_ms(ctl_med)}, n={len(ctl)}; Mann-Whitney p={_p(test.p)}")
+        ratio = median(up) / median(ctl) if median(ctl) > 0 else float("inf")
+        how = (f"; each device against its pre-update window: updated x{median(up):.2f}, control x{median(ctl):.2f}"
+               if relative else "")
+        detail = (f"p95 latency x{ratio:.2f}{where(device_class)} (updated {_ms(up_ms)}, n={len(up)} devices; "
+                  f"control {_ms(ctl_ms)}, n={len(ctl)}{how}; Mann-Whitney p={_p(test.p)}")
         if test.p < settings.alpha and ratio > settings.max_ratio:
             return Verdict("breach", f"wave {wave + 1}: {detail} < {settings.alpha:g}) above x{settings.max_ratio:.2f}")
         details.append(f"{detail})")
-    waiting_reason: str | None = None
-    if paired_classes:
-        members = [w.device_id for w in data.updated if w.device_class in paired_classes]
-        verdict = _paired(settings, data, members, wave)
+    paired_members = [w.device_id for w in data.updated if w.device_class in split.paired]
+    for device_class in sorted(split.relative, key=str):
+        members = [w.device_id for w in data.updated if w.device_class == device_class]
+        controls = [w.device_id for w in data.control if w.device_class == device_class]
+        verdict = _relative(settings, data, members, controls, wave, where(device_class))
+        if verdict is None:  # no control device has a pre-update window: the updated ones on their own
+            paired_members += members
+            continue
         if verdict.status == "breach":
             return verdict
-        if verdict.reason:
-            details.append(verdict.reason)
+        details.append(verdict.reason or "")
         if verdict.status == "wait":
-            waiting_reason = verdict.reason
-    if waiting:
+            waits.append(verdict.reason or "")
+    if paired_members:
+        verdict = _paired(settings, data, paired_members, wave)
+        if verdict.status == "breach":
+            return verdict
+        details.append(verdict.reason or "")
+        if verdict.status == "wait":
+            waits.append(verdict.reason or "")
+    if split.waiting:
         counts = ", ".join(f"{c or 'no class'}: updated {up}, control {ctl}"
-                           for c, (up, ctl) in sorted(waiting.items(), key=lambda kv: str(kv[0])))
-        waiting_reason = (f"not enough data: devices with ≥{settings.min_samples} messages in the window "
-                          f"({counts}; need {settings.min_devices} each)")
-    if waiting_reason:
-        return Verdict("wait", f"wave {wave + 1}: latency gate waits: {waiting_reason}", details)
+                           for c, (up, ctl) in sorted(split.waiting.items(), key=lambda kv: str(kv[0])))
+        waits.append(f"not enough data: devices with ≥{settings.min_samples} messages in the window "
+                     f"({counts}; need {settings.min_devices} each)")
+    if waits:
+        return Verdict("wait", f"wave {wave + 1}: latency gate waits: {'; '.join(waits)}", details)
     return Verdict("pass", "; ".join(details) or None, details)
+
+
+def _relative(settings: LatencySettings, data: LatencyData, members: Sequence[str], controls: Sequence[str],
+              wave: int, where: str) -> Verdict | None:
+    """Messages relative to each device's own pre-update median, updated against control; None: no control
+    device has a usable pre-update window."""
+    wanted, wanted_ctl = set(members), set(controls)
+    up = [d for d in data.paired or () if d.device_id in wanted and len(d.before) >= settings.min_samples]
+    ctl = [d for d in data.control_paired or () if d.device_id in wanted_ctl and len(d.before) >= settings.min_samples]
+    if not ctl:
+        return None
+    if not up:
+        return Verdict("pass", f"no pre-update window with ≥{settings.min_samples} messages to compare "
+                               f"{len(members)} updated device(s){where} with")
+    up_ready = [d for d in up if len(d.after) >= settings.min_samples]
+    ctl_ready = [d for d in ctl if len(d.after) >= settings.min_samples]
+    if not up_ready or not ctl_ready:
+        return Verdict("wait", f"not enough data: updated {len(up_ready)}, control {len(ctl_ready)} devices{where} "
+                               f"with ≥{settings.min_samples} messages in the window (need 1 each)")
+    x = [a / median(d.before) for d in up_ready for a in d.after]
+    y = [a / median(d.before) for d in ctl_ready for a in d.after]
+    test = mann_whitney_greater(x, y)
+    ratio = median(x) / median(y)
+    up_ms = median([a for d in up_ready for a in d.after])
+    ctl_ms = median([a for d in ctl_ready for a in d.after])
+    detail = (f"p95 latency x{ratio:.2f}{where} relative to each device's pre-update window (updated {_ms(up_ms)}, "
+              f"x{median(x):.2f} of before, n={len(up_ready)} devices, {len(x)} messages; control {_ms(ctl_ms)}, "
+              f"x{median(y):.2f} of before, n={len(ctl_ready)}, {len(y)} messages; Mann-Whitney p={_p(test.p)}")
+    if test.p < settings.alpha and ratio > settings.max_ratio:
+        return Verdict("breach", f"wave {wave + 1}: {detail} < {settings.alpha:g}) above x{settings.max_ratio:.2f}")
+    return Verdict("pass", f"{detail})")
 
 
 def _paired(settings: LatencySettings, data: LatencyData, members: Sequence[str], wave: int) -> Verdict:
@@ -173,5 +233,5 @@ def _paired(settings: LatencySettings, data: LatencyData, members: Sequence[str]
     return Verdict("pass", f"{detail})")
 
 
-__all__ = ["DeviceWindow", "LatencyData", "LatencySettings", "PairedDevice", "Verdict", "evaluate_latency",
-           "needs_paired", "split_classes"]
+__all__ = ["DeviceWindow", "LatencyData", "LatencySettings", "PairedDevice", "Split", "Verdict", "evaluate_latency",
+           "split_classes"]

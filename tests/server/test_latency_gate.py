@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 from server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, evaluate_latency
 from server.rollouts import DeviceOutcome, Gates, evaluate_rollout
@@ -12,14 +13,17 @@ SETTINGS = LatencySettings(max_ratio=1.5, alpha=0.01, min_devices=3, min_samples
 
 
 def fleet(rng: random.Random, *, updated: int, control: int, slowdown: float = 1.0, load: float = 1.0,
-          messages: int = 6, device_class: str | None = "rpi4") -> LatencyData:
+          messages: int = 6, device_class: str | None = "rpi4", baselines: bool = False) -> LatencyData:
     """Devices with their own base p95 (lognormal spread 0.3), message noise 0.15 and a load factor applied to
-    every device during the wave (with some spread per device)."""
+    every device during the wave (with some spread per device); ``baselines``: with their pre-update means."""
 
     def window(device_id: str, factor: float) -> DeviceWindow:
-        base = 2.0 * math.exp(rng.gauss(0, 0.3)) * load * math.exp(rng.gauss(0, 0.1)) * factor
+        level = 2.0 * math.exp(rng.gauss(0, 0.3))
+        base = level * load * math.exp(rng.gauss(0, 0.1)) * factor
         values = [base * math.exp(rng.gauss(0, 0.15)) for _ in range(messages)]
-        return DeviceWindow(device_id, device_class, sum(values) / len(values), len(values))
+        before = sum(level * math.exp(rng.gauss(0, 0.15)) for _ in range(20)) / 20
+        return DeviceWindow(device_id, device_class, sum(values) / len(values), len(values),
+                            before if baselines else None)
 
     return LatencyData(updated=[window(f"u{i}", slowdown) for i in range(updated)],
                        control=[window(f"c{i}", 1.0) for i in range(control)], reporting=True)
@@ -53,6 +57,24 @@ def test_twice_as_slow_is_paused_with_the_figures_in_the_reason() -> None:
     assert reason is not None and reason.startswith("wave 2: p95 latency x")
     assert "(updated " in reason and "n=5 devices; control " in reason and "n=45; Mann-Whitney p=" in reason
     assert reason.endswith("< 0.01) above x1.50")
+
+
+def test_devices_against_their_own_pre_update_window_take_out_that_boxes_differ() -> None:
+    # 3 updated vs 6 control, 1.8x slower: boxes differing by a lognormal 0.3 hide it from the ms figures,
+    # each device's ratio to its own pre-update mean does not
+    seeds = range(200)
+    relative = sum(evaluate_latency(SETTINGS, fleet(random.Random(s), updated=4, control=30, slowdown=1.8, load=2.0,
+                                                    baselines=True), wave=0).status == "breach" for s in seeds)
+    absolute = sum(evaluate_latency(SETTINGS, fleet(random.Random(s), updated=4, control=30, slowdown=1.8, load=2.0),
+                                    wave=0).status == "breach" for s in seeds)
+    assert relative > absolute
+    assert relative >= 180
+    false = sum(evaluate_latency(SETTINGS, fleet(random.Random(s), updated=4, control=30, load=2.0, baselines=True),
+                                 wave=0).status == "breach" for s in range(400))
+    assert false == 0
+    verdict = evaluate_latency(SETTINGS, fleet(random.Random(0), updated=4, control=30, slowdown=2.0, baselines=True),
+                               wave=0)
+    assert "; each device against its pre-update window: updated x" in (verdict.reason or "")
 
 
 def test_a_significant_but_small_slowdown_does_not_pause() -> None:
@@ -110,6 +132,32 @@ def test_a_one_device_wave_is_judged_against_its_own_past() -> None:
     verdict = evaluate_latency(SETTINGS, LatencyData(updated=data.updated, control=control, paired=data.paired,
                                                      reporting=True), wave=0)
     assert verdict.status == "breach" and "n=1 devices" in (verdict.reason or "")
+
+
+def one_device_wave(rng: random.Random, *, slowdown: float, load: float) -> LatencyData:
+    """1 updated device, 2 control ones, all loaded x``load`` in the window (the demo's 3 devices on one box)."""
+    pairs, windows = [], []
+    for i in range(3):
+        base = 2.0 * math.exp(rng.gauss(0, 0.05))
+        before = tuple(base * math.exp(rng.gauss(0, 0.15)) for _ in range(20))
+        after = tuple(base * load * (slowdown if i == 0 else 1.0) * math.exp(rng.gauss(0, 0.15)) for _ in range(6))
+        pairs.append(PairedDevice(f"d{i}", before, after))
+        windows.append(DeviceWindow(f"d{i}", None, sum(after) / 6, 6))
+    return LatencyData(updated=windows[:1], control=windows[1:], paired=pairs[:1], control_paired=pairs[1:],
+                       reporting=True)
+
+
+def test_a_one_device_wave_with_a_control_compares_relative_messages() -> None:
+    loaded = [evaluate_latency(SETTINGS, one_device_wave(random.Random(s), slowdown=1.0, load=3.0), wave=0)
+              for s in range(300)]
+    assert sum(v.status == "breach" for v in loaded) <= 3
+    slow = [evaluate_latency(SETTINGS, one_device_wave(random.Random(s), slowdown=2.0, load=3.0), wave=0)
+            for s in range(100)]
+    assert sum(v.status == "breach" for v in slow) >= 97
+    reason = next(v.reason for v in slow if v.status == "breach") or ""
+    assert re.fullmatch(r"wave 1: p95 latency x\d\.\d\d relative to each device's pre-update window \(updated "
+                        r"\S+ ms, x\d\.\d\d of before, n=1 devices, 6 messages; control \S+ ms, x\d\.\d\d of "
+                        r"before, n=2, 12 messages; Mann-Whitney p=\S+ < 0\.01\) above x1\.50", reason), reason
 
 
 def test_the_paired_fallback_cannot_tell_load_from_the_model() -> None:

@@ -82,8 +82,9 @@ class Fleet:
         wait_until(lambda: self.stored() >= self.sent, timeout=20)
 
 
-def start(fleet: Fleet, onnx: tuple[Path, Path]) -> int:
-    """v1 on every device (a one-wave rollout, all committed), a few minutes of history, then v2 in 2 waves."""
+def start(fleet: Fleet, onnx: tuple[Path, Path], *, history_age: float, counts: list[int]) -> int:
+    """v1 on every device (a one-wave rollout, all committed), 3 messages of history ``history_age`` s old (the
+    gate's pre-update window is 100 s), then v2 in waves of ``counts`` devices."""
     push(fleet.server, fleet.name, onnx[0])
     push(fleet.server, fleet.name, onnx[1])
     first = requests.post(fleet.server.url + "/v1/rollouts", headers=fleet.server.admin(), timeout=10, json={
@@ -92,12 +93,12 @@ def start(fleet: Fleet, onnx: tuple[Path, Path]) -> int:
     fleet.report_all(list(fleet.tokens), 1, first["id"])
     wait_until(lambda: rollout(fleet.server, first["id"])["state"] == "completed", timeout=10)
     now = time.time()
-    for device in fleet.tokens:  # history outside the gate's 100 s baseline window
+    for device in fleet.tokens:
         for k in range(3):
-            fleet.telemetry(device, 1, fleet.base[device], now - 200 + k)
+            fleet.telemetry(device, 1, fleet.base[device], now - history_age + k)
     fleet.wait_stored()
     created = requests.post(fleet.server.url + "/v1/rollouts", headers=fleet.server.admin(), timeout=10, json={
-        "model": fleet.name, "version": 2, "target": {"tags": [fleet.name]}, "waves": {"counts": [4, 12]},
+        "model": fleet.name, "version": 2, "target": {"tags": [fleet.name]}, "waves": {"counts": counts},
         "gates": GATES})
     assert created.status_code == 201, created.text
     return int(created.json()["id"])
@@ -125,7 +126,7 @@ def test_a_twice_as_slow_version_pauses_its_first_wave(live: tuple[RunningServer
                                                       onnx: tuple[Path, Path]) -> None:
     server, client = live
     fleet = Fleet(server, client, "slow", 12)
-    rid = start(fleet, onnx)
+    rid = start(fleet, onnx, history_age=60, counts=[4, 12])
     first = wave_devices(server, rid, 0)
     assert len(first) == 4
     fleet.report_all(first, 2, rid)
@@ -140,7 +141,8 @@ def test_a_twice_as_slow_version_pauses_its_first_wave(live: tuple[RunningServer
     assert isinstance(paused, dict)
     reason = paused["reason"]
     assert re.fullmatch(r"wave 1: p95 latency x(\d+\.\d\d) \(updated (\S+) ms, n=4 devices; control (\S+) ms, "
-                        r"n=8; Mann-Whitney p=(\S+) < 0\.01\) above x1\.50", reason), reason
+                        r"n=8; each device against its pre-update window: updated x2\.00, control x1\.00; "
+                        r"Mann-Whitney p=(\S+) < 0\.01\) above x1\.50", reason), reason
     ratio = float(re.search(r"x(\d+\.\d\d)", reason).group(1))  # type: ignore[union-attr]
     assert 1.5 < ratio < 3.0
     assert float(re.search(r"p=(\S+) <", reason).group(1)) < 0.01  # type: ignore[union-attr]
@@ -150,7 +152,7 @@ def test_the_same_speed_under_load_is_not_paused(live: tuple[RunningServer, mqtt
                                                  onnx: tuple[Path, Path]) -> None:
     server, client = live
     fleet = Fleet(server, client, "loaded", 12)
-    rid = start(fleet, onnx)
+    rid = start(fleet, onnx, history_age=200, counts=[4, 12])  # no pre-update window: the ms figures
     first = wave_devices(server, rid, 0)
     fleet.report_all(first, 2, rid)
     for _ in range(3):  # every device 3x slower than its history: the machine is busy, not the model
@@ -165,3 +167,26 @@ def test_the_same_speed_under_load_is_not_paused(live: tuple[RunningServer, mqtt
     done = wait_until(lambda: (r := rollout(server, rid))["state"] != "running" and r, timeout=20)
     assert isinstance(done, dict)
     assert (done["state"], done["reason"]) == ("completed", None)
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 2.0])
+def test_a_one_device_canary_among_three_on_a_loaded_box(live: tuple[RunningServer, mqtt.Client],
+                                                         onnx: tuple[Path, Path], slowdown: float) -> None:
+    """The demo's shape: 3 devices, a 1-device first wave; every device 3x slower during the wave."""
+    server, client = live
+    fleet = Fleet(server, client, f"tiny{int(slowdown)}", 3)
+    rid = start(fleet, onnx, history_age=60, counts=[1, 3])
+    first = wave_devices(server, rid, 0)
+    assert len(first) == 1
+    fleet.report_all(first, 2, rid)
+    for _ in range(3):
+        send_round(fleet, set(first), slowdown=slowdown, load=3.0)
+    if slowdown == 1.0:
+        wait_until(lambda: rollout(server, rid)["current_wave"] == 1, timeout=20)
+        assert rollout(server, rid)["state"] == "running"
+        return
+    paused = wait_until(lambda: (r := rollout(server, rid))["state"] == "paused" and r, timeout=20)
+    assert isinstance(paused, dict)
+    assert re.fullmatch(r"wave 1: p95 latency x2\.00 relative to each device's pre-update window \(updated \S+ ms, "
+                        r"x6\.00 of before, n=1 devices, 3 messages; control \S+ ms, x3\.00 of before, n=2, 6 "
+                        r"messages; Mann-Whitney p=\S+ < 0\.01\) above x1\.50", paused["reason"]), paused["reason"]

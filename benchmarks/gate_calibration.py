@@ -1,0 +1,143 @@
+"""False pauses and detection of the p95 latency gate, old against new, over simulated rollouts.
+
+Each simulated rollout is one wave's verdict on a fleet of ``--devices`` devices of one class:
+
+- a device's p95 has its own level (lognormal around 2 ms, spread ``--device-spread``), each telemetry message
+  adds noise (lognormal ``--message-noise``) and now and then a spike (``--spike-rate`` of messages x3);
+- the load shift: in a share ``--shift-share`` of the rollouts the machine gets busier during the wave, every
+  device's p95 multiplied by a factor drawn from 1.5..``--shift-max`` (per device jitter 0.15), as on the
+  demo's 2-core box;
+- the updated devices (``--updated`` of them; the rest are the control) are ``slowdown`` times slower.
+
+Gates compared (same threshold x1.5):
+
+- old: the median over updated devices of (mean p95 since commit / the p95 it last reported before);
+- new, concurrent: server/latency_gate.py with the control cohort (Mann-Whitney, alpha 0.01): cohorts of
+  devices when both sides have ``min_devices``, else (a 1-device wave) messages relative to each device's own
+  pre-update window, updated against control;
+- new, concurrent (absolute ms): the same without the devices' pre-update windows (new devices: ms figures);
+- new, paired (the last wave or a 1-device wave: no control): the same devices before against after.
+
+    .venv/bin/python benchmarks/gate_calibration.py --rollouts 1000 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, evaluate_latency
+from server.stats import median
+
+
+@dataclass(frozen=True)
+class Sim:
+    devices: int = 50
+    updated: int = 5
+    before: int = 30  # messages in the pre-update window
+    after: int = 6  # messages since commit (after the warm-up)
+    device_spread: float = 0.35
+    message_noise: float = 0.2
+    spike_rate: float = 0.05
+    shift_share: float = 0.5
+    shift_max: float = 5.0
+
+
+def simulate(rng: np.random.Generator, sim: Sim, *, slowdown: float, updated: int,
+             shift: bool | None = None, relative: bool = True) -> tuple[LatencyData, LatencyData, float]:
+    """(concurrent data, paired data, old gate's ratio) of one simulated wave."""
+    n = sim.devices
+    level = 2.0 * np.exp(rng.normal(0, sim.device_spread, n))
+    shifted = rng.random() < sim.shift_share if shift is None else shift
+    load = (rng.uniform(1.5, sim.shift_max) if shifted else 1.0) * np.exp(rng.normal(0, 0.15, n))
+
+    def messages(count: int, factor: np.ndarray) -> np.ndarray:
+        noise = np.exp(rng.normal(0, sim.message_noise, (n, count)))
+        spikes = np.where(rng.random((n, count)) < sim.spike_rate, 3.0, 1.0)
+        return level[:, None] * factor[:, None] * noise * spikes
+
+    speed = np.ones(n)
+    speed[:updated] = slowdown
+    before = messages(sim.before, np.ones(n))
+    after = messages(sim.after, load * speed)
+    means, baselines = after.mean(axis=1), before.mean(axis=1)
+    windows = [DeviceWindow(f"d{i}", "c", float(means[i]), sim.after, float(baselines[i]) if relative else None)
+               for i in range(n)]
+    up, ctl = windows[:updated], windows[updated:]
+    pairs = [PairedDevice(f"d{i}", tuple(before[i].tolist()), tuple(after[i].tolist())) for i in range(n)]
+    concurrent = LatencyData(updated=up, control=ctl, paired=pairs[:updated], control_paired=pairs[updated:],
+                             reporting=True)
+    paired = LatencyData(updated=up, control=[], paired=pairs[:updated], reporting=True)
+    old_ratio = median([float(means[i] / before[i, -1]) for i in range(updated)])
+    return concurrent, paired, old_ratio
+
+
+def rates(sim: Sim, *, rollouts: int, slowdown: float, seed: int, settings: LatencySettings,
+          shift: bool | None = None, updated: int | None = None) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    pauses = {"old": 0, "new_concurrent": 0, "new_concurrent_absolute": 0, "new_paired": 0}
+    for _ in range(rollouts):
+        concurrent, paired, old_ratio = simulate(rng, sim, slowdown=slowdown, updated=updated or sim.updated,
+                                                 shift=shift)
+        pauses["old"] += old_ratio > settings.max_ratio
+        pauses["new_concurrent"] += evaluate_latency(settings, concurrent, wave=0).status == "breach"
+        pauses["new_paired"] += evaluate_latency(settings, paired, wave=0).status == "breach"
+        absolute = LatencyData(updated=[DeviceWindow(w.device_id, w.device_class, w.mean_ms, w.samples)
+                                        for w in concurrent.updated],
+                               control=[DeviceWindow(w.device_id, w.device_class, w.mean_ms, w.samples)
+                                        for w in concurrent.control],
+                               paired=concurrent.paired, control_paired=concurrent.control_paired, reporting=True)
+        pauses["new_concurrent_absolute"] += evaluate_latency(settings, absolute, wave=0).status == "breach"
+    return {k: round(v / rollouts, 4) for k, v in pauses.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rollouts", type=int, default=1000)
+    p.add_argument("--devices", type=int, default=50)
+    p.add_argument("--updated", type=int, default=5)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    if a.rollouts < 1 or not 1 <= a.updated < a.devices:
+        p.error("--rollouts ≥ 1 and 1 ≤ --updated < --devices")
+    sim = Sim(devices=a.devices, updated=a.updated)
+    settings = LatencySettings()
+    started = time.monotonic()
+    rows: dict[str, Any] = {}
+    for name, slowdown, shift in (("identical, load shift in half the rollouts", 1.0, None),
+                                  ("identical, load shift in every rollout", 1.0, True),
+                                  ("identical, no load shift", 1.0, False),
+                                  ("1.5x slower, no load shift", 1.5, False),
+                                  ("2x slower, no load shift", 2.0, False),
+                                  ("2x slower, load shift", 2.0, True)):
+        rows[name] = rates(sim, rollouts=a.rollouts, slowdown=slowdown, seed=a.seed, settings=settings, shift=shift)
+    one = {name: rates(sim, rollouts=a.rollouts, slowdown=slowdown, seed=a.seed, settings=settings, shift=shift,
+                       updated=1)
+           for name, slowdown, shift in (("1-device wave, identical, load shift", 1.0, True),
+                                         ("1-device wave, identical, no load shift", 1.0, False),
+                                         ("1-device wave, 2x slower, no load shift", 2.0, False))}
+    doc = {"rollouts": a.rollouts, "devices": a.devices, "updated": a.updated, "seed": a.seed,
+           "settings": {"max_ratio": settings.max_ratio, "alpha": settings.alpha,
+                        "min_devices": settings.min_devices, "min_samples": settings.min_samples},
+           "sim": sim.__dict__, "pause_rate": rows, "pause_rate_1_device_wave": one,
+           "elapsed_s": round(time.monotonic() - started, 1)}
+    if a.json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"{a.rollouts} simulated waves each, {a.devices} devices, {a.updated} updated; pause rate "
+          f"(identical model: false pauses; slower: detection)")
+    print(f"{'scenario':<45} {'old gate':>9} {'new concurrent':>15} {'(absolute ms)':>14} {'new paired':>11}")
+    for name, r in {**rows, **one}.items():
+        print(f"{name:<45} {r['old']:>9.3f} {r['new_concurrent']:>15.3f} {r['new_concurrent_absolute']:>14.3f} "
+              f"{r['new_paired']:>11.3f}")
+    print(f"({doc['elapsed_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
