@@ -15,6 +15,9 @@ Gates compared (same threshold x1.5):
 - new, concurrent: server/latency_gate.py with the control cohort (Mann-Whitney, alpha 0.01): cohorts of
   devices when both sides have ``min_devices``, else (a 1-device wave) messages relative to each device's own
   pre-update window, updated against control;
+Every gate looks again after each message of the wave (the old one from the first, as it did), and a
+pause at any look counts: what a rollout evaluated every tick sees.
+
 - new, concurrent (absolute ms): the same without the devices' pre-update windows (new devices: ms figures);
 - new, paired (the last wave or a 1-device wave: no control): the same devices before against after.
 
@@ -48,9 +51,14 @@ class Sim:
     shift_max: float = 5.0
 
 
-def simulate(rng: np.random.Generator, sim: Sim, *, slowdown: float, updated: int,
-             shift: bool | None = None, relative: bool = True) -> tuple[LatencyData, LatencyData, float]:
-    """(concurrent data, paired data, old gate's ratio) of one simulated wave."""
+@dataclass(frozen=True)
+class Wave:
+    before: np.ndarray  # (devices, messages) p95s before the update
+    after: np.ndarray  # (devices, messages) p95s in the wave, in the order they arrive
+    updated: int  # the first ``updated`` devices run the new version
+
+
+def simulate(rng: np.random.Generator, sim: Sim, *, slowdown: float, updated: int, shift: bool | None) -> Wave:
     n = sim.devices
     level = 2.0 * np.exp(rng.normal(0, sim.device_spread, n))
     shifted = rng.random() < sim.shift_share if shift is None else shift
@@ -63,36 +71,48 @@ def simulate(rng: np.random.Generator, sim: Sim, *, slowdown: float, updated: in
 
     speed = np.ones(n)
     speed[:updated] = slowdown
-    before = messages(sim.before, np.ones(n))
-    after = messages(sim.after, load * speed)
-    means, baselines = after.mean(axis=1), before.mean(axis=1)
-    windows = [DeviceWindow(f"d{i}", "c", float(means[i]), sim.after, float(baselines[i]) if relative else None)
-               for i in range(n)]
-    up, ctl = windows[:updated], windows[updated:]
-    pairs = [PairedDevice(f"d{i}", tuple(before[i].tolist()), tuple(after[i].tolist())) for i in range(n)]
-    concurrent = LatencyData(updated=up, control=ctl, paired=pairs[:updated], control_paired=pairs[updated:],
-                             reporting=True)
-    paired = LatencyData(updated=up, control=[], paired=pairs[:updated], reporting=True)
-    old_ratio = median([float(means[i] / before[i, -1]) for i in range(updated)])
-    return concurrent, paired, old_ratio
+    return Wave(messages(sim.before, np.ones(n)), messages(sim.after, load * speed), updated)
+
+
+def views(wave: Wave, k: int) -> dict[str, LatencyData | float]:
+    """What each gate sees once ``k`` messages of the wave have arrived."""
+    n, u = wave.after.shape[0], wave.updated
+    after = wave.after[:, :k]
+    means, baselines = after.mean(axis=1), wave.before.mean(axis=1)
+    windows = [DeviceWindow(f"d{i}", "c", float(means[i]), k, float(baselines[i])) for i in range(n)]
+    plain = [DeviceWindow(f"d{i}", "c", float(means[i]), k) for i in range(n)]
+    pairs = [PairedDevice(f"d{i}", tuple(wave.before[i].tolist()), tuple(after[i].tolist())) for i in range(n)]
+    return {
+        "old": median([float(means[i] / wave.before[i, -1]) for i in range(u)]),
+        "new_concurrent": LatencyData(updated=windows[:u], control=windows[u:], paired=pairs[:u],
+                                      control_paired=pairs[u:], reporting=True),
+        "new_concurrent_absolute": LatencyData(updated=plain[:u], control=plain[u:], paired=pairs[:u],
+                                               control_paired=pairs[u:], reporting=True),
+        "new_paired": LatencyData(updated=windows[:u], control=[], paired=pairs[:u], reporting=True),
+    }
 
 
 def rates(sim: Sim, *, rollouts: int, slowdown: float, seed: int, settings: LatencySettings,
           shift: bool | None = None, updated: int | None = None) -> dict[str, Any]:
+    """Share of rollouts each gate pauses; the gate looks again at every message (a real one every tick), so
+    a pause at any look counts."""
     rng = np.random.default_rng(seed)
     pauses = {"old": 0, "new_concurrent": 0, "new_concurrent_absolute": 0, "new_paired": 0}
     for _ in range(rollouts):
-        concurrent, paired, old_ratio = simulate(rng, sim, slowdown=slowdown, updated=updated or sim.updated,
-                                                 shift=shift)
-        pauses["old"] += old_ratio > settings.max_ratio
-        pauses["new_concurrent"] += evaluate_latency(settings, concurrent, wave=0).status == "breach"
-        pauses["new_paired"] += evaluate_latency(settings, paired, wave=0).status == "breach"
-        absolute = LatencyData(updated=[DeviceWindow(w.device_id, w.device_class, w.mean_ms, w.samples)
-                                        for w in concurrent.updated],
-                               control=[DeviceWindow(w.device_id, w.device_class, w.mean_ms, w.samples)
-                                        for w in concurrent.control],
-                               paired=concurrent.paired, control_paired=concurrent.control_paired, reporting=True)
-        pauses["new_concurrent_absolute"] += evaluate_latency(settings, absolute, wave=0).status == "breach"
+        wave = simulate(rng, sim, slowdown=slowdown, updated=updated or sim.updated, shift=shift)
+        paused: set[str] = set()
+        for k in range(1, sim.after + 1):
+            for gate, view in views(wave, k).items():
+                if gate in paused:
+                    continue
+                if isinstance(view, float):
+                    breach = view > settings.max_ratio
+                else:
+                    breach = evaluate_latency(settings, view, wave=0).status == "breach"
+                if breach:
+                    paused.add(gate)
+        for gate in paused:
+            pauses[gate] += 1
     return {k: round(v / rollouts, 4) for k, v in pauses.items()}
 
 

@@ -236,7 +236,7 @@ class Commands:
                  "max_p95_regression": a.max_p95_regression, "soak_s": a.soak}
         for key, value in (("latency_alpha", a.gate_alpha), ("latency_min_devices", a.gate_min_devices),
                            ("latency_min_samples", a.gate_min_samples), ("latency_warmup_s", a.gate_warmup)):
-            if value is not None:  # else the server's default (docs/operator.md, "How the latency gate decides")
+            if value is not None:  # else the server's default (docs/rollouts.md)
                 gates[key] = value
         body = {"model": a.name, "version": a.version, "target": target, "waves": waves,
                 "gates": gates, "priority": a.priority, "auto_revert": a.auto_revert}

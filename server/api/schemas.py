@@ -41,7 +41,7 @@ class GatesBody(Body):
     # shadow gates over the devices' shadow reports (None: the rollout's shadow.min_agreement / max_latency_ms)
     min_shadow_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
     max_shadow_p95_ms: float | None = Field(default=None, gt=0.0)
-    # the p95 latency gate (docs/operator.md, "How the latency gate decides")
+    # the p95 latency gate (docs/rollouts.md)
     latency_alpha: float = Field(default=0.01, gt=0.0, le=0.5,
                                  description="significance level: a wave pauses only when p is below it")
     latency_min_devices: int = Field(default=3, ge=1, le=10_000,
