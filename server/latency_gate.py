@@ -177,13 +177,18 @@ def evaluate_latency(settings: LatencySettings, data: LatencyData, *, wave: int)
     return Verdict("pass", "; ".join(details) or None, details)
 
 
+def _baseline(settings: LatencySettings, device: PairedDevice) -> bool:
+    """Whether a device's pre-update window can be compared with: enough messages, a median above 0."""
+    return len(device.before) >= settings.min_samples and median(device.before) > 0
+
+
 def _relative(settings: LatencySettings, data: LatencyData, members: Sequence[str], controls: Sequence[str],
               wave: int, where: str) -> Verdict | None:
     """Messages relative to each device's own pre-update median, updated against control; None: no control
     device has a usable pre-update window."""
     wanted, wanted_ctl = set(members), set(controls)
-    up = [d for d in data.paired or () if d.device_id in wanted and len(d.before) >= settings.min_samples]
-    ctl = [d for d in data.control_paired or () if d.device_id in wanted_ctl and len(d.before) >= settings.min_samples]
+    up = [d for d in data.paired or () if d.device_id in wanted and _baseline(settings, d)]
+    ctl = [d for d in data.control_paired or () if d.device_id in wanted_ctl and _baseline(settings, d)]
     if not ctl:
         return None
     if not up:
@@ -197,7 +202,7 @@ def _relative(settings: LatencySettings, data: LatencyData, members: Sequence[st
     x = [a / median(d.before) for d in up_ready for a in d.after]
     y = [a / median(d.before) for d in ctl_ready for a in d.after]
     test = mann_whitney_greater(x, y)
-    ratio = median(x) / median(y)
+    ratio = median(x) / median(y) if median(y) > 0 else float("inf")
     up_ms = median([a for d in up_ready for a in d.after])
     ctl_ms = median([a for d in ctl_ready for a in d.after])
     detail = (f"p95 latency x{ratio:.2f}{where} relative to each device's pre-update window (updated {_ms(up_ms)}, "
@@ -211,7 +216,7 @@ def _relative(settings: LatencySettings, data: LatencyData, members: Sequence[st
 def _paired(settings: LatencySettings, data: LatencyData, members: Sequence[str], wave: int) -> Verdict:
     wanted = set(members)
     pairs = [d for d in data.paired or () if d.device_id in wanted]
-    usable = [d for d in pairs if len(d.before) >= settings.min_samples]
+    usable = [d for d in pairs if _baseline(settings, d)]
     if not usable:
         return Verdict("pass", f"no pre-update window with ≥{settings.min_samples} messages to compare "
                                f"{len(members)} updated device(s) with")

@@ -219,3 +219,14 @@ def test_failure_gate_still_wins_over_latency() -> None:
                          auto_revert=True, now=1.0, latency=fleet(random.Random(0), updated=5, control=45,
                                                                  slowdown=2.0))
     assert d.action == "abort" and (d.reason or "").startswith("wave 1: failure ratio 1/2")
+
+
+def test_zero_p95s_do_not_divide_by_zero() -> None:
+    zeros = (0.0, 0.0, 0.0, 0.0)
+    data = LatencyData(updated=[DeviceWindow("u", None, 0.0, 4, 0.0)], control=[DeviceWindow("c", None, 0.0, 4, 0.0)],
+                       paired=[PairedDevice("u", zeros, zeros)], control_paired=[PairedDevice("c", zeros, zeros)],
+                       reporting=True)
+    assert evaluate_latency(SETTINGS, data, wave=0).status == "pass"
+    cohorts = LatencyData(updated=[DeviceWindow(f"u{i}", None, 1.0, 4, 0.0) for i in range(5)],
+                          control=[DeviceWindow(f"c{i}", None, 0.0, 4) for i in range(5)], reporting=True)
+    assert evaluate_latency(SETTINGS, cohorts, wave=0).status == "breach"  # 1 ms against 0 ms: x inf
