@@ -2,8 +2,9 @@
 
 - updated: committed devices of the waves so far, their p95s with the rollout's version since they committed
   (``RolloutDevice.updated_at``, which a committed row keeps) plus the warm-up;
-- control: the rollout's devices not yet updated (pending, or still installing), their p95s with one of the
-  versions the updated devices ran before, since the earliest window of an updated device;
+- control: the rollout's devices not yet updated (pending, or still installing) that reported with one of the
+  versions the updated devices ran before since ``baseline_s`` before the first assignment, their p95s since
+  the earliest window of an updated device;
 - paired (only when a class is judged relative or paired): the raw p95s of up to ``PAIRED_MAX_DEVICES``
   updated devices before their assignment (``baseline_s``) and after their commit plus the warm-up, and for
   a relative class as many control devices' before the earliest of those assignments and in the window.
@@ -46,38 +47,47 @@ def latency_data(session: Session, *, rollout: Rollout, settings: LatencySetting
     committed = and_(mine, RolloutDevice.state == "committed")
     since_commit = RolloutDevice.updated_at + settings.warmup_s
     p95 = Telemetry.p95_ms.is_not(None)
-    updated = [DeviceWindow(device_id, device_class, float(mean), int(count)) for device_id, device_class, mean, count
-               in session.execute(
-                   select(RolloutDevice.device_id, Device.device_class, func.avg(Telemetry.p95_ms), func.count())
-                   .join(Device, Device.id == RolloutDevice.device_id)
-                   .join(Telemetry, Telemetry.device_id == RolloutDevice.device_id)
-                   .where(committed, p95, Telemetry.model_name == new[0], Telemetry.model_version == new[1],
-                          Telemetry.ts >= since_commit)
-                   .group_by(RolloutDevice.device_id, Device.device_class))]
+    stats = {device_id: (float(mean), int(count)) for device_id, mean, count in session.execute(
+        select(RolloutDevice.device_id, func.avg(Telemetry.p95_ms), func.count())
+        .join(Telemetry, Telemetry.device_id == RolloutDevice.device_id)
+        .where(committed, p95, Telemetry.model_name == new[0], Telemetry.model_version == new[1],
+               Telemetry.ts >= since_commit)
+        .group_by(RolloutDevice.device_id)) if mean is not None}
+    # every committed device counts, those without messages in their window yet too (the gate waits for them)
+    updated = [DeviceWindow(device_id, device_class, *stats.get(device_id, (0.0, 0)))
+               for device_id, device_class in session.execute(
+                   select(RolloutDevice.device_id, Device.device_class)
+                   .join(Device, Device.id == RolloutDevice.device_id).where(committed))]
     previous = _versions(session, {int(v) for v in session.scalars(  # type: ignore[arg-type]
         select(RolloutDevice.previous_version_id).where(committed, RolloutDevice.previous_version_id.is_not(None))
         .distinct())} - {rollout.version_id})
     control: list[DeviceWindow] = []
     window_start = session.scalar(select(func.min(since_commit)).where(committed))
     reference = session.scalar(select(func.min(RolloutDevice.assigned_at)).where(committed))
+    not_updated = and_(RolloutDevice.rollout_id == rollout.id, RolloutDevice.state.in_(("pending", *IN_FLIGHT)))
     if previous and window_start is not None:
-        control = [DeviceWindow(device_id, device_class, float(mean), int(count))
-                   for device_id, device_class, mean, count in session.execute(
-                       select(RolloutDevice.device_id, Device.device_class, func.avg(Telemetry.p95_ms), func.count())
+        active_since = float(reference if reference is not None else window_start) - settings.baseline_s
+        window = {device_id: (float(mean), int(count)) for device_id, mean, count in session.execute(
+            select(RolloutDevice.device_id, func.avg(Telemetry.p95_ms), func.count())
+            .join(Telemetry, Telemetry.device_id == RolloutDevice.device_id)
+            .where(not_updated, p95, _is_one_of(previous), Telemetry.ts >= window_start)
+            .group_by(RolloutDevice.device_id)) if mean is not None}
+        # the control: devices not yet updated that report with a previous version (recently: an offline box
+        # is not waited for), with or without messages in the window yet
+        control = [DeviceWindow(device_id, device_class, *window.get(device_id, (0.0, 0)))
+                   for device_id, device_class in session.execute(
+                       select(RolloutDevice.device_id, Device.device_class)
                        .join(Device, Device.id == RolloutDevice.device_id)
                        .join(Telemetry, Telemetry.device_id == RolloutDevice.device_id)
-                       .where(RolloutDevice.rollout_id == rollout.id,
-                              RolloutDevice.state.in_(("pending", *IN_FLIGHT)), p95, _is_one_of(previous),
-                              Telemetry.ts >= window_start)
+                       .where(not_updated, p95, _is_one_of(previous), Telemetry.ts >= active_since)
                        .group_by(RolloutDevice.device_id, Device.device_class))]
     if previous and reference is not None:
         updated = _with_baselines(session, updated, settings, previous, and_(
             committed, Telemetry.ts >= RolloutDevice.assigned_at - settings.baseline_s,
             Telemetry.ts < RolloutDevice.assigned_at))
         control = _with_baselines(session, control, settings, previous, and_(
-            RolloutDevice.rollout_id == rollout.id, RolloutDevice.state.in_(("pending", *IN_FLIGHT)),
-            Telemetry.ts >= float(reference) - settings.baseline_s, Telemetry.ts < float(reference)))
-    reporting = bool(updated or control) or session.scalar(
+            not_updated, Telemetry.ts >= float(reference) - settings.baseline_s, Telemetry.ts < float(reference)))
+    reporting = bool(control) or any(w.samples for w in updated) or session.scalar(
         select(Telemetry.id).join(RolloutDevice, RolloutDevice.device_id == Telemetry.device_id)
         .where(mine, p95, Telemetry.ts >= rollout.created_at - settings.baseline_s).limit(1)) is not None
     data = LatencyData(updated=updated, control=control, reporting=reporting)

@@ -230,3 +230,16 @@ def test_zero_p95s_do_not_divide_by_zero() -> None:
     cohorts = LatencyData(updated=[DeviceWindow(f"u{i}", None, 1.0, 4, 0.0) for i in range(5)],
                           control=[DeviceWindow(f"c{i}", None, 0.0, 4) for i in range(5)], reporting=True)
     assert evaluate_latency(SETTINGS, cohorts, wave=0).status == "breach"  # 1 ms against 0 ms: x inf
+
+
+def test_devices_just_committed_without_messages_yet_are_waited_for() -> None:
+    # right after the commit (inside the warm-up) the updated devices have no messages in their window
+    rng = random.Random(0)
+    control = fleet(rng, updated=0, control=20).control
+    fresh = LatencyData(updated=[DeviceWindow(f"u{i}", "rpi4", 0.0, 0) for i in range(5)], control=control,
+                        reporting=True)
+    assert evaluate_latency(SETTINGS, fresh, wave=0).status == "wait"
+    canary = LatencyData(updated=[DeviceWindow("u0", "rpi4", 0.0, 0)], control=control, reporting=True,
+                         paired=[PairedDevice("u0", (2.0,) * 10, ())],
+                         control_paired=[PairedDevice(w.device_id, (2.0,) * 10, (2.0,) * 6) for w in control])
+    assert evaluate_latency(SETTINGS, canary, wave=0).status == "wait"
