@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.stats import mann_whitney_greater, median, stouffer
+from server.stats import mann_whitney_greater, median, min_p_value, stouffer
 
 Status = Literal["pass", "breach", "wait", "none"]
 
@@ -109,12 +109,15 @@ def split_classes(settings: LatencySettings, data: LatencyData) -> Split:
             ready_ctl[w.device_class].append(w)
     split = Split()
     for c in list(all_up):
-        if all_up[c] >= settings.min_devices and all_ctl[c] >= settings.min_devices:
-            if len(ready_up[c]) >= settings.min_devices and len(ready_ctl[c]) >= settings.min_devices:
+        if all_up[c] >= settings.min_devices and all_ctl[c] >= settings.min_devices \
+                and min_p_value(all_up[c], all_ctl[c]) < settings.alpha:
+            up_n, ctl_n = len(ready_up[c]), len(ready_ctl[c])
+            if up_n >= settings.min_devices and ctl_n >= settings.min_devices \
+                    and min_p_value(up_n, ctl_n) < settings.alpha:
                 split.concurrent[c] = (ready_up[c], ready_ctl[c])
             else:
                 split.waiting[c] = (len(ready_up[c]), len(ready_ctl[c]))
-        elif all_ctl[c]:
+        elif all_ctl[c]:  # too few devices for a test of devices to reach alpha: one of messages
             split.relative.add(c)
         else:
             split.paired.add(c)
@@ -196,11 +199,14 @@ def _relative(settings: LatencySettings, data: LatencyData, members: Sequence[st
                                f"{len(members)} updated device(s){where} with")
     up_ready = [d for d in up if len(d.after) >= settings.min_samples]
     ctl_ready = [d for d in ctl if len(d.after) >= settings.min_samples]
-    if not up_ready or not ctl_ready:
-        return Verdict("wait", f"not enough data: updated {len(up_ready)}, control {len(ctl_ready)} devices{where} "
-                               f"with ≥{settings.min_samples} messages in the window (need 1 each)")
+    need_up, need_ctl = min(settings.min_devices, len(up)), min(settings.min_devices, len(ctl))
     x = [a / median(d.before) for d in up_ready for a in d.after]
     y = [a / median(d.before) for d in ctl_ready for a in d.after]
+    if len(up_ready) < need_up or len(ctl_ready) < need_ctl or min_p_value(len(x), len(y)) >= settings.alpha:
+        return Verdict("wait", f"not enough data: updated {len(up_ready)} devices{where}, {len(x)} messages, control "
+                               f"{len(ctl_ready)}, {len(y)} messages with ≥{settings.min_samples} messages in the "
+                               f"window (need {need_up} and {need_ctl}, and enough messages to reach "
+                               f"p < {settings.alpha:g})")
     test = mann_whitney_greater(x, y)
     ratio = median(x) / median(y) if median(y) > 0 else float("inf")
     up_ms = median([a for d in up_ready for a in d.after])
@@ -221,9 +227,11 @@ def _paired(settings: LatencySettings, data: LatencyData, members: Sequence[str]
         return Verdict("pass", f"no pre-update window with ≥{settings.min_samples} messages to compare "
                                f"{len(members)} updated device(s) with")
     ready = [d for d in usable if len(d.after) >= settings.min_samples]
-    if not ready:
-        return Verdict("wait", f"not enough data: no device with ≥{settings.min_samples} messages since commit + "
-                               f"{settings.warmup_s:g} s warm-up to compare with its pre-update window")
+    need = min(settings.min_devices, len(usable))
+    if len(ready) < need or stouffer([min_p_value(len(d.after), len(d.before)) for d in ready]) >= settings.alpha:
+        return Verdict("wait", f"not enough data: {len(ready)} devices with ≥{settings.min_samples} messages since "
+                               f"commit + {settings.warmup_s:g} s warm-up to compare with their pre-update window "
+                               f"(need {need}, and enough messages to reach p < {settings.alpha:g})")
     p = stouffer([mann_whitney_greater(d.after, d.before).p for d in ready])
     ratios = [median(d.after) / median(d.before) for d in ready if median(d.before) > 0]
     ratio = median(ratios) if ratios else float("inf")

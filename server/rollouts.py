@@ -125,12 +125,15 @@ def evaluate_rollout(*, current_wave: int, wave_count: int, gates: Gates, outcom
         breach = (f"wave {current_wave + 1}: failure ratio {failed}/{total} = {failed / total:.2f} "
                   f"above {gates.max_failure_ratio:.2f}")
     waiting: str | None = None
+    passed: str | None = None  # what the latency gate found, for the log line of an advance
     if breach is None and gates.max_p95_regression is not None and latency is not None:
         verdict = evaluate_latency(gates.latency(), latency, wave=current_wave)
         if verdict.status == "breach":
             breach = verdict.reason
         elif verdict.status == "wait":
             waiting = verdict.reason
+        else:
+            passed = f"latency gate: {verdict.reason}" if verdict.reason else None
     if breach is not None:
         return Decision("abort" if auto_revert else "pause", breach, None)
     if total and committed / total < gates.min_committed_ratio:
@@ -138,7 +141,7 @@ def evaluate_rollout(*, current_wave: int, wave_count: int, gates: Gates, outcom
     since = healthy_since if healthy_since is not None else now
     if now - since < gates.soak_s:
         return Decision("wait", waiting, since)
-    note = None
+    note = passed
     if waiting is not None:
         started = wave_started_at if wave_started_at is not None else since
         if gates.latency_max_wait_s is None or now - started < gates.latency_max_wait_s:

@@ -89,6 +89,13 @@ def mann_whitney_greater(x: Sequence[float], y: Sequence[float], *, method: str 
     return RankTest(u, 1.0 - _NORMAL.cdf(z), n1, n2, "normal")
 
 
+def min_p_value(n1: int, n2: int) -> float:
+    """The smallest one-sided p-value samples of these sizes can give (no ties): 1 / C(n1 + n2, n1)."""
+    if n1 <= 0 or n2 <= 0:
+        return 1.0
+    return 1.0 / math.comb(n1 + n2, n1)
+
+
 def _tie_sizes(values: Sequence[float]) -> list[int]:
     sizes: dict[float, int] = {}
     for v in values:
@@ -113,4 +120,4 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
-__all__ = ["EXACT_MAX_CELLS", "RankTest", "mann_whitney_greater", "median", "ranks", "stouffer"]
+__all__ = ["EXACT_MAX_CELLS", "RankTest", "mann_whitney_greater", "median", "min_p_value", "ranks", "stouffer"]

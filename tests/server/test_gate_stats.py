@@ -9,7 +9,7 @@ from statistics import NormalDist
 
 import pytest
 
-from server.stats import mann_whitney_greater, median, ranks, stouffer
+from server.stats import mann_whitney_greater, median, min_p_value, ranks, stouffer
 
 
 def brute_force_p(x: list[float], y: list[float]) -> float:
@@ -108,3 +108,10 @@ def test_median() -> None:
     assert median([4.0, 1.0, 2.0, 3.0]) == 2.5
     with pytest.raises(ValueError):
         median([])
+
+
+def test_min_p_value_is_the_exact_tail_of_the_most_extreme_split() -> None:
+    assert min_p_value(3, 3) == pytest.approx(1 / 20)
+    assert min_p_value(1, 99) == pytest.approx(1 / 100)
+    assert min_p_value(3, 5) == pytest.approx(mann_whitney_greater([6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0]).p)
+    assert min_p_value(0, 5) == 1.0

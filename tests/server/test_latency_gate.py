@@ -6,7 +6,14 @@ import math
 import random
 import re
 
-from server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, evaluate_latency
+from server.latency_gate import (
+    DeviceWindow,
+    LatencyData,
+    LatencySettings,
+    PairedDevice,
+    evaluate_latency,
+    split_classes,
+)
 from server.rollouts import DeviceOutcome, Gates, evaluate_rollout
 
 SETTINGS = LatencySettings(max_ratio=1.5, alpha=0.01, min_devices=3, min_samples=3)
@@ -243,3 +250,23 @@ def test_devices_just_committed_without_messages_yet_are_waited_for() -> None:
                          paired=[PairedDevice("u0", (2.0,) * 10, ())],
                          control_paired=[PairedDevice(w.device_id, (2.0,) * 10, (2.0,) * 6) for w in control])
     assert evaluate_latency(SETTINGS, canary, wave=0).status == "wait"
+
+
+def test_an_underpowered_comparison_waits_instead_of_passing() -> None:
+    # 1 canary 2x slower with 3 messages, 1 of its 2 control devices ready with 3: no test of 3 against 3 can
+    # reach p < 0.01 (1/20 at best), so it waits rather than pass and advance on it
+    before = (2.0,) * 10
+    slow = (4.0, 4.1, 4.2)
+    data = LatencyData(updated=[DeviceWindow("u", None, 4.1, 3)],
+                       control=[DeviceWindow("c0", None, 2.0, 3), DeviceWindow("c1", None, 2.0, 1)],
+                       paired=[PairedDevice("u", before, slow)],
+                       control_paired=[PairedDevice("c0", before, (2.0, 2.1, 1.9)), PairedDevice("c1", before, (2.0,))],
+                       reporting=True)
+    assert evaluate_latency(SETTINGS, data, wave=0).status == "wait"
+    more = LatencyData(updated=data.updated, control=data.control, paired=[PairedDevice("u", before, (*slow, 4.0))],
+                       control_paired=[PairedDevice("c0", before, (2.0, 2.1, 1.9, 2.0)),
+                                       PairedDevice("c1", before, (2.0, 1.95, 2.05, 2.02))], reporting=True)
+    assert evaluate_latency(SETTINGS, more, wave=0).status == "breach"
+    # 3 devices a side cannot reach p < 0.01 by devices (1/20): the messages decide
+    three = fleet(random.Random(0), updated=3, control=3)
+    assert split_classes(SETTINGS, three).relative == {"rpi4"}
