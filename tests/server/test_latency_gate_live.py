@@ -188,5 +188,5 @@ def test_a_one_device_canary_among_three_on_a_loaded_box(live: tuple[RunningServ
     paused = wait_until(lambda: (r := rollout(server, rid))["state"] == "paused" and r, timeout=20)
     assert isinstance(paused, dict)
     assert re.fullmatch(r"wave 1: p95 latency x2\.00 relative to each device's pre-update window \(updated \S+ ms, "
-                        r"x6\.00 of before, n=1 devices, 3 messages; control \S+ ms, x3\.00 of before, n=2, 6 "
+                        r"x6\.00 of before, n=1 devices, 4 messages; control \S+ ms, x3\.00 of before, n=2, 8 "
                         r"messages; Mann-Whitney p=\S+ < 0\.01\) above x1\.50", paused["reason"]), paused["reason"]
