@@ -22,6 +22,9 @@ pause at any look counts: what a rollout evaluated every tick sees.
 - new, paired (the last wave or a 1-device wave: no control): the same devices before against after.
 
     .venv/bin/python benchmarks/gate_calibration.py --rollouts 1000 [--json]
+
+``--query-devices N``: also what one evaluation's queries cost (server/crud/gate_data.py) on a SQLite
+database with N devices in a rollout, 20 telemetry messages each before it and 5 since, a tenth committed.
 """
 
 from __future__ import annotations
@@ -116,12 +119,78 @@ def rates(sim: Sim, *, rollouts: int, slowdown: float, seed: int, settings: Late
     return {k: round(v / rollouts, 4) for k, v in pauses.items()}
 
 
+def query_cost(devices: int, *, repeats: int = 5) -> dict[str, Any]:
+    """Seconds one latency_data call takes (median of ``repeats``) with ``devices`` in the rollout."""
+    import tempfile
+    from pathlib import Path
+
+    from agent.wire import UpdateReport
+    from server.crud import devices as device_crud
+    from server.crud import registry, rollouts, telemetry
+    from server.crud.gate_data import latency_data
+    from server.db import Database, migrate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(f"sqlite:///{Path(tmp) / 'gate.db'}")
+        migrate(db.engine)
+        ids = [f"q{i:05d}" for i in range(devices)]
+        with db.session() as s:
+            for device_id in ids:
+                device_crud.enroll_device(s, device_id=device_id, device_class="rpi4", tags=["q"], hw={})
+            for sha in ("a" * 64, "b" * 64):
+                registry.create_version(s, name="q", sha256=sha, size=10, fmt="onnx", task="other", inputs=[],
+                                        outputs=[], labels=None, preprocess=None, runtime_hints=None,
+                                        calibration_sha256=None)
+        with db.session() as s:
+            _, v1 = registry.get_version(s, name="q", version=1)
+            first = rollouts.create_rollout(s, version_id=v1.id, target={"tags": ["q"]}, waves=[100], gates={},
+                                            priority=0, trial=None, shadow=None, auto_revert=False, now=0.0)
+            rollouts.start_wave(s, rollout=first, wave=0, now=1.0)
+            _, v2 = registry.get_version(s, name="q", version=2)
+            rollout = rollouts.create_rollout(s, version_id=v2.id, target={"tags": ["q"]}, waves=[10, 100],
+                                              gates={}, priority=0, trial=None, shadow=None, auto_revert=False,
+                                              now=1000.0)
+            rollouts.start_wave(s, rollout=rollout, wave=0, now=1000.0)
+            rollout_id = rollout.id
+            canaries = {r.device_id for r in rollouts.rollout_devices(s, rollout_id=rollout_id) if r.wave == 0}
+        rng = np.random.default_rng(0)
+        rows = []
+        for device_id in ids:
+            seq = 0
+            for k in range(20):
+                seq += 1
+                rows.append(telemetry.telemetry_row(device_id, {"seq": seq, "ts": 800.0 + 10 * k, "model": {
+                    "name": "q", "version": 1}, "inference": {"latency_ms": {"p95": float(rng.uniform(2, 3))}}}, 0.0))
+            for k in range(5):
+                seq += 1
+                rows.append(telemetry.telemetry_row(device_id, {"seq": seq, "ts": 1020.0 + 10 * k, "model": {
+                    "name": "q", "version": 2 if device_id in canaries else 1},
+                    "inference": {"latency_ms": {"p95": float(rng.uniform(2, 3))}}}, 0.0))
+        with db.session() as s:
+            telemetry.insert_telemetry(s, rows=rows)
+            for device_id in canaries:
+                rollouts.record_report(s, device=device_crud.get_device(s, device_id=device_id),
+                                       report=UpdateReport(state="committed", model="q", version=2), now=1005.0)
+        took = []
+        for _ in range(repeats):
+            with db.session() as s:
+                started = time.perf_counter()
+                data = latency_data(s, rollout=rollouts.get_rollout(s, rollout_id=rollout_id),
+                                    settings=LatencySettings())
+                took.append(time.perf_counter() - started)
+        db.dispose()
+    return {"devices": devices, "telemetry_rows": len(rows), "updated": len(data.updated),
+            "control": len(data.control), "seconds_median": round(median(took), 4), "seconds_max": round(max(took), 4)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rollouts", type=int, default=1000)
     p.add_argument("--devices", type=int, default=50)
     p.add_argument("--updated", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--query-devices", type=int, default=0, metavar="N",
+                   help="also time one evaluation's queries with N devices (SQLite)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.rollouts < 1 or not 1 <= a.updated < a.devices:
@@ -147,6 +216,8 @@ def main() -> None:
                         "min_devices": settings.min_devices, "min_samples": settings.min_samples},
            "sim": sim.__dict__, "pause_rate": rows, "pause_rate_1_device_wave": one,
            "elapsed_s": round(time.monotonic() - started, 1)}
+    if a.query_devices > 0:
+        doc["query_cost"] = query_cost(a.query_devices)
     if a.json:
         print(json.dumps(doc, indent=2))
         return
@@ -157,6 +228,10 @@ def main() -> None:
         print(f"{name:<45} {r['old']:>9.3f} {r['new_concurrent']:>15.3f} {r['new_concurrent_absolute']:>14.3f} "
               f"{r['new_paired']:>11.3f}")
     print(f"({doc['elapsed_s']} s)")
+    if "query_cost" in doc:
+        q = doc["query_cost"]
+        print(f"one evaluation's queries, {q['devices']} devices ({q['telemetry_rows']} telemetry rows, SQLite): "
+              f"median {q['seconds_median']} s, max {q['seconds_max']} s")
 
 
 if __name__ == "__main__":

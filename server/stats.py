@@ -93,7 +93,8 @@ def min_p_value(n1: int, n2: int) -> float:
     """The smallest one-sided p-value samples of these sizes can give (no ties): 1 / C(n1 + n2, n1)."""
     if n1 <= 0 or n2 <= 0:
         return 1.0
-    return 1.0 / math.comb(n1 + n2, n1)
+    log_comb = math.lgamma(n1 + n2 + 1) - math.lgamma(n1 + 1) - math.lgamma(n2 + 1)
+    return math.exp(-log_comb)  # 0.0 once it underflows: C(n1 + n2, n1) is too large for a float then
 
 
 def _tie_sizes(values: Sequence[float]) -> list[int]:

@@ -115,3 +115,4 @@ def test_min_p_value_is_the_exact_tail_of_the_most_extreme_split() -> None:
     assert min_p_value(1, 99) == pytest.approx(1 / 100)
     assert min_p_value(3, 5) == pytest.approx(mann_whitney_greater([6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0]).p)
     assert min_p_value(0, 5) == 1.0
+    assert min_p_value(5000, 5000) == 0.0  # C(10000, 5000) does not fit a float: no overflow
