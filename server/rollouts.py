@@ -170,20 +170,39 @@ def outcomes_for(db_session: Session, rollout: Rollout) -> list[DeviceOutcome]:
     return [DeviceOutcome(state, baseline, None, shadow, device_id) for device_id, state, baseline, shadow in rows]
 
 
+# The latency gate's telemetry, per rollout: read again every LATENCY_REFRESH_S (telemetry comes every few
+# seconds; the queries cost ~0.3 s at 10,000 devices on SQLite) or at once when the wave or its number of
+# committed devices changed, so a verdict never rests on fewer devices than the gate counts.
+LATENCY_REFRESH_S = 5.0
+_latency_cache: dict[int, tuple[tuple[int, int], float, LatencyData]] = {}
+
+
+def _latency(session: Session, rollout: Rollout, gates: Gates, outcomes: Sequence[DeviceOutcome],
+             now: float) -> LatencyData:
+    key = (rollout.current_wave, sum(o.state == "committed" for o in outcomes))
+    cached = _latency_cache.get(rollout.id)
+    if cached is not None and cached[0] == key and 0 <= now - cached[1] < LATENCY_REFRESH_S:
+        return cached[2]
+    data = latency_data(session, rollout=rollout, settings=gates.latency())
+    _latency_cache[rollout.id] = (key, now, data)
+    return data
+
+
 def step(db: Database, *, rollout_id: int, now: float) -> Decision | None:
     """Evaluate one running rollout and apply the decision in one transaction."""
     with rollout_writes(db) as session:
         rollout = crud.get_rollout(session, rollout_id=rollout_id, lock=True)
         if rollout.state != "running":
+            _latency_cache.pop(rollout_id, None)
             return None
         if rollout.wave_started_at is None:
             crud.start_wave(session, rollout=rollout, wave=rollout.current_wave, now=now)
             rollout.wave_started_at = rollout.updated_at = now
         gates = gates_of(rollout)
-        latency = latency_data(session, rollout=rollout, settings=gates.latency()) \
-            if gates.max_p95_regression is not None else None
+        outcomes = outcomes_for(session, rollout)
+        latency = _latency(session, rollout, gates, outcomes, now) if gates.max_p95_regression is not None else None
         decision = evaluate_rollout(current_wave=rollout.current_wave, wave_count=len(rollout.waves), gates=gates,
-                                    outcomes=outcomes_for(session, rollout), healthy_since=rollout.healthy_since,
+                                    outcomes=outcomes, healthy_since=rollout.healthy_since,
                                     auto_revert=rollout.auto_revert, now=now, latency=latency,
                                     wave_started_at=rollout.wave_started_at)
         if decision.action == "wait":
@@ -193,6 +212,8 @@ def step(db: Database, *, rollout_id: int, now: float) -> Decision | None:
                 rollout.healthy_since = decision.healthy_since
             return decision
         rollout.updated_at = now
+        if decision.action != "advance":
+            _latency_cache.pop(rollout.id, None)
         if decision.action == "advance":
             rollout.current_wave += 1
             rollout.healthy_since = None
