@@ -234,6 +234,10 @@ class Commands:
             [float(w) for w in a.waves.split(",")]
         gates = {"min_committed_ratio": a.min_committed, "max_failure_ratio": a.max_failure,
                  "max_p95_regression": a.max_p95_regression, "soak_s": a.soak}
+        for key, value in (("latency_alpha", a.gate_alpha), ("latency_min_devices", a.gate_min_devices),
+                           ("latency_min_samples", a.gate_min_samples), ("latency_warmup_s", a.gate_warmup)):
+            if value is not None:  # else the server's default (docs/rollouts.md)
+                gates[key] = value
         body = {"model": a.name, "version": a.version, "target": target, "waves": waves,
                 "gates": gates, "priority": a.priority, "auto_revert": a.auto_revert, "push": a.push}
         if a.shadow_agreement is not None or a.shadow_latency_ms is not None:
@@ -516,6 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gate: most p95 latency against the previous version (default: %(default)s)")
     create.add_argument("--soak", type=float, default=30.0, metavar="S",
                         help="seconds each wave must stay healthy (default: %(default)s)")
+    create.add_argument("--gate-alpha", type=float, metavar="P",
+                        help="latency gate: significance level of the slowdown test (server default 0.01)")
+    create.add_argument("--gate-min-devices", type=int, metavar="N",
+                        help="latency gate: devices needed on each side of the comparison (server default 3)")
+    create.add_argument("--gate-min-samples", type=int, metavar="N",
+                        help="latency gate: telemetry messages needed per device and window (server default 3)")
+    create.add_argument("--gate-warmup", type=float, metavar="S",
+                        help="latency gate: seconds after a commit left out (server default 10)")
     create.add_argument("--priority", type=int, default=0, help="a higher priority wins a device two rollouts want")
     create.add_argument("--auto-revert", action="store_true", help="send devices back when a gate breaks")
     create.add_argument("--push", action=argparse.BooleanOptionalAction, default=True,

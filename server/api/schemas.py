@@ -41,6 +41,20 @@ class GatesBody(Body):
     # shadow gates over the devices' shadow reports (None: the rollout's shadow.min_agreement / max_latency_ms)
     min_shadow_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
     max_shadow_p95_ms: float | None = Field(default=None, gt=0.0)
+    # the p95 latency gate (docs/rollouts.md)
+    latency_alpha: float = Field(default=0.01, gt=0.0, le=0.5,
+                                 description="significance level: a wave pauses only when p is below it")
+    latency_min_devices: int = Field(default=3, ge=1, le=10_000,
+                                     description="devices needed on each side of the updated/control comparison")
+    latency_min_samples: int = Field(default=3, ge=1, le=10_000,
+                                     description="telemetry messages a device needs in a window to count")
+    latency_warmup_s: float = Field(default=10.0, ge=0.0, le=3600.0,
+                                    description="seconds after a device commits that the gate leaves out")
+    latency_baseline_s: float = Field(default=300.0, gt=0.0, le=86_400.0,
+                                      description="pre-update window of the paired comparison, seconds")
+    latency_max_wait_s: float | None = Field(default=900.0, ge=0.0, le=86_400.0,
+                                             description="longest wait for latency data past the soak; null: "
+                                                         "no limit")
 
 
 class RolloutCreate(Body):

@@ -261,7 +261,9 @@ def record_report(session: Session, *, device: Device, report: UpdateReport, now
     model = session.get(Model, version.model_id) if version else None
     if version is None or model is None or (report.model, report.version) != (model.name, version.version):
         return  # a report about another model (e.g. a revert) does not move this rollout
-    row.state, row.reason, row.updated_at = report.state, report.reason, now
+    if not (row.state == "committed" and report.state == "committed"):  # a repeated commit keeps its time:
+        row.updated_at = now  # the latency gate's window of a committed device starts there
+    row.state, row.reason = report.state, report.reason
     shadow = report.metrics.get("shadow")
     if isinstance(shadow, dict):
         row.shadow = shadow

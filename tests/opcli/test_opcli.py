@@ -181,6 +181,20 @@ def test_devices_command_reaches_the_device(env: Env) -> None:
         listener.disconnect()
 
 
+def test_rollout_create_gate_flags(env: Env) -> None:
+    env.server.enroll("g1", device_class="rpi4")
+    created = cli_json(env, "rollout", "create", "cls", "2", "--devices", "g1", "--gate-alpha", "0.05",
+                       "--gate-min-devices", "5", "--gate-min-samples", "4", "--gate-warmup", "20")
+    gates = created["gates"]
+    assert (gates["latency_alpha"], gates["latency_min_devices"], gates["latency_min_samples"],
+            gates["latency_warmup_s"]) == (0.05, 5, 4, 20.0)
+    assert gates["latency_baseline_s"] == 300.0  # the server's default where no flag is given
+    cli_json(env, "rollout", "abort", str(created["id"]))
+    refused = failure(env, "rollout", "create", "cls", "2", "--devices", "g1", "--gate-alpha", "0.9", code=6)
+    assert refused.startswith("edgefleet: POST /v1/rollouts: HTTP 422: ") and "latency_alpha" in refused
+    assert "\n" not in refused.strip()
+
+
 def test_errors_are_one_line(env: Env, tmp_path: Path) -> None:
     assert failure(env, "model", "list", token="wrong", code=4) == "edgefleet: GET /v1/models: HTTP 401: invalid token"
     assert failure(env, "model", "show", "nope", code=3) == (

@@ -35,14 +35,12 @@ def test_failure_ratio_breach_pauses_or_aborts() -> None:
     assert decide(outcomes, auto_revert=True).action == "abort"
 
 
-def test_p95_regression_uses_the_median_ratio_of_committed_devices() -> None:
+def test_p95_figures_of_outcomes_alone_do_not_pause() -> None:
+    # the p95 gate judges the cohorts' telemetry (tests/server/test_latency_gate.py), not a device's
+    # p95 against the one it reported before under other load
     slow = [DeviceOutcome("committed", 10.0, 20.0), DeviceOutcome("committed", 10.0, 16.0),
             DeviceOutcome("committed", 10.0, 11.0)]
-    d = decide(slow)
-    assert d.action == "pause" and d.reason == "wave 1: p95 latency regression x1.60 above x1.50"
-    fine = [DeviceOutcome("committed", 10.0, 20.0), DeviceOutcome("committed", 10.0, 12.0),
-            DeviceOutcome("committed", 10.0, 11.0)]
-    assert decide(fine).action == "wait"
+    assert decide(slow).action == "wait"
 
 
 def test_superseded_and_pending_devices_are_not_counted() -> None:
