@@ -136,8 +136,12 @@ class DriftSection(Section):
     enabled: bool = True
     every: int = Field(default=5, ge=1)  # bin one inference in N
     window: int = Field(default=1000, ge=10)
-    threshold: float = Field(default=0.25, gt=0)  # max PSI above this: drifted
+    threshold: float = Field(default=0.25, gt=0)  # max PSI above this (and significant): drifted
     min_samples: int = Field(default=100, ge=1)
+    # chance that a healthy device's report alarms (all statistics together): sets the PSI a window of its size
+    # must exceed besides `threshold`
+    false_alarm_rate: float = Field(default=0.001, gt=0, lt=0.5)
+    alarm_on_synthetic: bool = False  # alarm on a reference profile made from synthetic inputs too
     profile: Path | None = None  # reference profile JSON for a model from `model.path` (updates bring their own)
 
 
