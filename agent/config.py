@@ -49,6 +49,7 @@ class SourceSection(Section):
     uri: str | None = None
     fps: float = Field(default=10.0, gt=0)
     loop: bool = True  # replay a video file when it ends
+    gain: float = Field(default=1.0, gt=0, le=4.0)  # synthetic source only: pixel values times this (< 1: darker)
     reconnect_max_s: float = Field(default=30.0, gt=0)  # cap of the reopen backoff
     stall_s: float = Field(default=30.0, gt=0)  # an inference running longer makes the agent unhealthy
 

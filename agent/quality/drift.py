@@ -109,7 +109,13 @@ class ReferenceProfile(BaseModel):
 
 def _numeric_profile(values: np.ndarray, weights: np.ndarray | None, bins: int) -> StatProfile:
     quantiles = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
-    edges = [float(e) for e in np.unique(quantiles)]
+    # an edge between two distinct reference values, not on one: a statistic that takes few values (a camera
+    # cycling a few scenes) must not change bins on a last-digit difference between device and server
+    atoms = np.unique(values)
+    above = np.searchsorted(atoms, quantiles, side="right")
+    inner = above < atoms.size
+    quantiles = (atoms[above[inner] - 1] + atoms[above[inner]]) / 2.0  # a quantile at the top value: no edge
+    edges = [float(e) for e in np.unique(quantiles)] if atoms.size > 1 else [float(atoms[0])]
     top = float(values.max())
     if not edges or edges[-1] >= top:  # degenerate top: anything above the reference max gets its own bin
         edges.append(float(np.nextafter(top, math.inf)))
