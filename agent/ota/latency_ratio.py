@@ -34,9 +34,13 @@ class RatioEstimate:
     baseline_n: int
     confidence: float
 
+    candidate_median_ms: float = 0.0
+    baseline_median_ms: float = 0.0
+
     def breaches(self, limit: float, floor_ms: float) -> bool:
-        """Either ratio's lower bound above ``limit``, and p95 more than ``floor_ms`` above the baseline's."""
-        return max(self.low, self.median_low) > limit and self.candidate_p95_ms - self.baseline_p95_ms > floor_ms
+        """Either ratio's lower bound above ``limit``, and p95 or median more than ``floor_ms`` above the baseline's."""
+        gap = max(self.candidate_p95_ms - self.baseline_p95_ms, self.candidate_median_ms - self.baseline_median_ms)
+        return max(self.low, self.median_low) > limit and gap > floor_ms
 
     def text(self) -> str:
         return (f"p95 {self.candidate_p95_ms:.2f} ms (n={self.candidate_n}) vs {self.baseline_p95_ms:.2f} ms "
@@ -70,7 +74,7 @@ def _estimate(cand: np.ndarray, base: np.ndarray, cand_q: np.ndarray, base_q: np
     c50, c95 = (float(v) for v in np.percentile(cand, [50, 95]))
     b50, b95 = (float(v) for v in np.percentile(base, [50, 95]))
     return RatioEstimate(c95 / max(b95, 1e-9), low, high, c50 / max(b50, 1e-9), median_low, median_high,
-                         c95, b95, int(cand.size), int(base.size), confidence)
+                         c95, b95, int(cand.size), int(base.size), confidence, c50, b50)
 
 
 def _quantiles(resampled: np.ndarray) -> np.ndarray:

@@ -29,8 +29,8 @@ from agent.ota.latency_ratio import RatioEstimate, ratio_ci
 from agent.ota.paired import Paired
 from agent.wire import ModelMeta, TrialPolicy
 
-# A latency ratio breach also needs p95 to be this much above the baseline: on sub-millisecond
-# models the ratio of two p95s is mostly scheduler jitter.
+# A latency ratio breach also needs p95 or the median to be this much above the baseline: on
+# sub-millisecond models the ratio of two p95s is mostly scheduler jitter.
 RATIO_FLOOR_MS = 1.0
 MIN_BASELINE = 20  # baseline latencies needed to judge a ratio at all
 
@@ -171,11 +171,15 @@ class TrialWatcher:
 
     def _live_estimate(self, m: dict[str, Any], limit: float) -> RatioEstimate | None:
         """The live ratios' intervals, computed only when the point ratios are over ``limit``."""
-        if len(self.baseline) < MIN_BASELINE or m["p95_ms"] - (self.baseline_p95_ms or 0.0) <= RATIO_FLOOR_MS:
+        if len(self.baseline) < MIN_BASELINE:
             return None
         with self._lock:
             latencies = list(self._latencies)
-        point_median = float(np.median(latencies)) / max(float(np.median(self.baseline)), 1e-12)
+        median_s, base_median_s = float(np.median(latencies)), float(np.median(self.baseline))
+        gap_ms = max(m["p95_ms"] - (self.baseline_p95_ms or 0.0), (median_s - base_median_s) * 1000.0)
+        if gap_ms <= RATIO_FLOOR_MS:
+            return None
+        point_median = median_s / max(base_median_s, 1e-12)
         if max(m["latency_ratio"] or 0.0, point_median) <= limit:
             return None  # the intervals' lower bounds sit under the point ratios: no bootstrap needed
         if self._live is None or len(latencies) >= self._live.candidate_n * 1.1 + 5:
