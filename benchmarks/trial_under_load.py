@@ -6,9 +6,8 @@ A real update server (local port, SQLite) and an UpdateClient + ModelHost on ONN
 tests' rig) with live traffic; the machine loaded by ``stress-ng --cpu N`` (when installed) for the
 whole run. Each trial pushes a new version and rolls it out to the device: ``--same`` versions
 identical to the serving one but for the ONNX doc string, then ``--slower`` with twice the compute
-(policy: window 1.5 s, 20 counted inferences, max ratio 1.5). The old rule's verdict on each
-identical-model trial is recomputed from the same figures (p95 of every candidate inference incl.
-warm-up vs the baseline window's, ratio > 1.5 and 1 ms above).
+(policy: window 1.5 s, 20 counted inferences, max ratio 1.5). Reports rollbacks per kind, and per
+trial the live p95 ratio and the ratio of the previous model timed again beside the candidate.
 """
 
 from __future__ import annotations
