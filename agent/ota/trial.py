@@ -188,7 +188,7 @@ class TrialWatcher:
 
     def _ratio_breach(self, m: dict[str, Any], final: bool) -> str | None:
         """A latency-ratio breach needs an interval above the limit: the live one (early), or at the window's
-        end the back-to-back one; when both models could be timed back to back, that timing must agree."""
+        end the previous model's second timing; whenever that second timing ran, it must agree."""
         limit = self.policy.max_latency_ratio
         if limit is None:
             return None
