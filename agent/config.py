@@ -49,6 +49,7 @@ class SourceSection(Section):
     uri: str | None = None
     fps: float = Field(default=10.0, gt=0)
     loop: bool = True  # replay a video file when it ends
+    gain: float = Field(default=1.0, gt=0, le=4.0)  # synthetic source only: pixel values times this (< 1: darker)
     reconnect_max_s: float = Field(default=30.0, gt=0)  # cap of the reopen backoff
     stall_s: float = Field(default=30.0, gt=0)  # an inference running longer makes the agent unhealthy
 
@@ -139,8 +140,12 @@ class DriftSection(Section):
     enabled: bool = True
     every: int = Field(default=5, ge=1)  # bin one inference in N
     window: int = Field(default=1000, ge=10)
-    threshold: float = Field(default=0.25, gt=0)  # max PSI above this: drifted
+    threshold: float = Field(default=0.25, gt=0)  # max PSI above this (and significant): drifted
     min_samples: int = Field(default=100, ge=1)
+    # chance that a healthy device's report alarms (all statistics together): sets the PSI a window of its size
+    # must exceed besides `threshold`
+    false_alarm_rate: float = Field(default=0.001, gt=0, lt=0.5)
+    alarm_on_synthetic: bool = False  # alarm on a reference profile made from synthetic inputs too
     profile: Path | None = None  # reference profile JSON for a model from `model.path` (updates bring their own)
 
 

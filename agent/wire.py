@@ -115,6 +115,12 @@ class TrialPolicy(WireModel):
     max_error_rate: float = 0.05
     max_p95_latency_ms: float | None = None  # absolute bound
     max_latency_ratio: float | None = 2.0  # bound relative to the previous model's p95
+    # the candidate's first inferences are cold (allocations, caches): the first N, and all within S s of the
+    # swap, count for the error rate but not for latency; min_inferences counts latencies after them
+    warmup_inferences: int = Field(default=5, ge=0, le=10_000)
+    warmup_s: float = Field(default=0.5, ge=0.0, le=600.0)
+    # a ratio breach needs the lower bound of this two-sided CI of p95(candidate)/p95(previous) above the limit
+    confidence: float = Field(default=0.95, ge=0.5, le=0.999)
 
 
 class ShadowSpec(WireModel):

@@ -4,7 +4,9 @@ flags from the devices' telemetry, and accuracy from operator labels on uploaded
 The profile is computed on the version's calibration inputs when it has them (``source:
 calibration``); otherwise on synthetic inputs drawn from the input signature (``source:
 synthetic``): then the profile only shows the model's own output distribution on noise, and
-live traffic will look drifted against it. Upload calibration inputs for a meaningful profile.
+live traffic will look drifted against it, so the profile says ``synthetic: true`` and devices
+report its scores without an alarm ("reference is synthetic"). Upload calibration inputs for a
+meaningful profile.
 ``compute_profile`` runs the uploaded model: the server calls it only in the bounded ``inspect`` child
 (``server/sandbox_child.py``).
 """
@@ -75,6 +77,8 @@ def compute_profile(model_path: Path, *, task: str, inputs: list[dict[str, Any]]
         log.warning("%s: %s", name, why)
         return None, "none", why
     note = None if calibration else "computed on synthetic inputs: upload calibration inputs for a real reference"
+    if not calibration:
+        profile = profile.model_copy(update={"synthetic": True})  # devices score it but raise no alarm on it
     return profile.model_dump(mode="json"), source, note
 
 
@@ -86,7 +90,8 @@ def profile_summary(profile: dict[str, Any] | None, source: str | None) -> dict[
 
 
 DRIFT_FLAG = {"model": (str,), "version": (int,), "drifted": (bool,), "ready": (bool,), "max_psi": (int, float),
-              "max_stat": (str,), "samples": (int,), "threshold": (int, float)}
+              "max_stat": (str,), "samples": (int,), "threshold": (int, float), "synthetic": (bool,),
+              "reason": (str,)}
 
 
 def device_drift(section: Any) -> dict[str, Any] | None:

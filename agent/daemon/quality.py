@@ -90,7 +90,8 @@ class QualityMonitor:
             else:
                 drift = self.config.drift
                 monitor = DriftMonitor(profile, window=drift.window, every=drift.every, threshold=drift.threshold,
-                                       min_samples=drift.min_samples)
+                                       min_samples=drift.min_samples, false_alarm_rate=drift.false_alarm_rate,
+                                       alarm_on_synthetic=drift.alarm_on_synthetic)
         with self._lock:
             self.monitor, self.profile_note, self._sha = monitor, note, meta.sha256
             self._cost_ns = self._cost_calls = 0

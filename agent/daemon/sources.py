@@ -228,15 +228,24 @@ class SyntheticSource(Source):
     kind = "synthetic"
     lossless = True  # a source that always has a fresh frame ready: at most one frame ahead of inference
 
-    def __init__(self, width: int = 640, height: int = 480, count: int = 4, seed: int = 0) -> None:
+    def __init__(self, width: int = 640, height: int = 480, count: int = 4, seed: int = 0, gain: float = 1.0) -> None:
         load_cv2("a synthetic source (its frames are pre-processed)")
-        rng = np.random.default_rng(seed)
-        self._frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+        self._frames = synthetic_frames(width, height, count, seed, gain)
         self._index = 0
 
     def read(self) -> tuple[np.ndarray, str] | None:
         self._index = (self._index + 1) % len(self._frames)
         return self._frames[self._index], "synthetic"
+
+
+def synthetic_frames(width: int = 640, height: int = 480, count: int = 4, seed: int = 0,
+                     gain: float = 1.0) -> list[np.ndarray]:
+    """The synthetic source's frames (BGR uint8 noise); ``gain`` scales the pixel values (< 1: darker)."""
+    rng = np.random.default_rng(seed)
+    frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+    if gain != 1.0:
+        frames = [np.clip(np.rint(f * gain), 0, 255).astype(np.uint8) for f in frames]
+    return frames
 
 
 def parse_size(uri: str | None) -> tuple[int, int]:
@@ -264,7 +273,7 @@ def _make_source(section: SourceSection, state_dir: Path | None) -> Source | Non
         return None
     if kind == "synthetic":
         width, height = parse_size(section.uri)
-        return SyntheticSource(width, height)
+        return SyntheticSource(width, height, gain=section.gain)
     if not section.uri:
         raise ValueError(f"source.uri is required for source.kind '{kind}'")
     if kind == "images":

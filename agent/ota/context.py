@@ -48,6 +48,7 @@ class UpdateContext:
     last_error: str | None = None
     old: tuple[Model, ModelMeta] | None = None  # the previous model, kept loaded during a trial
     trial_metrics: dict[str, Any] = field(default_factory=dict)
+    baseline_latencies: list[float] = field(default_factory=list)  # the serving model's, right before the swap
     shadow: ShadowRunner | None = None  # the candidate being shadowed right now
     shadow_last: dict[str, Any] | None = None  # its final report (telemetry and UpdateReport)
 

@@ -6,6 +6,14 @@ classes for the top-1 class) and the proportions seen there. A device's ``DriftM
 bins its live traffic with the very same edges over a sliding window and reports, per
 statistic, PSI = sum((a - e) * ln(a / e)) over the bins (proportions floored at ``EPSILON``).
 PSI < 0.1 is usually read as "no shift", 0.1-0.25 "moderate", > 0.25 "significant".
+
+A statistic drifts only when its PSI is both above ``threshold`` (large) and above the PSI that a
+window of that many observations exceeds by chance with probability ``false_alarm_rate / stats``
+(significant; Bonferroni over the profile's statistics, so a healthy device alarms with probability
+at most ``false_alarm_rate`` per report, for independent observations): small windows and small
+reference profiles need a larger PSI. A profile made from synthetic inputs (``synthetic``) shows
+what the model does on noise, not what the camera sees: it is scored, but raises no alarm unless
+``alarm_on_synthetic``.
 """
 
 from __future__ import annotations
@@ -28,12 +36,15 @@ from agent.quality.stats import (
     classifier_stats,
     input_stats,
     output_values,
+    psi_critical,
     tensor_to_frames,
 )
 from agent.wire import PreprocessSpec
 
 EPSILON = 1e-4
 DEFAULT_THRESHOLD = 0.25
+DEFAULT_FALSE_ALARM_RATE = 0.001
+SYNTHETIC_REASON = "reference is synthetic"
 Task = Literal["classification", "detection", "other"]
 
 
@@ -76,6 +87,7 @@ class ReferenceProfile(BaseModel):
     classifier_output: str | None = None
     stats: dict[str, StatProfile]
     created_at: float = Field(default_factory=time.time)
+    synthetic: bool = False  # made from synthetic inputs (no calibration data): no alarm by default
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -97,7 +109,13 @@ class ReferenceProfile(BaseModel):
 
 def _numeric_profile(values: np.ndarray, weights: np.ndarray | None, bins: int) -> StatProfile:
     quantiles = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
-    edges = [float(e) for e in np.unique(quantiles)]
+    # an edge between two distinct reference values, not on one: a statistic that takes few values (a camera
+    # cycling a few scenes) must not change bins on a last-digit difference between device and server
+    atoms = np.unique(values)
+    above = np.searchsorted(atoms, quantiles, side="right")
+    inner = above < atoms.size
+    quantiles = (atoms[above[inner] - 1] + atoms[above[inner]]) / 2.0  # a quantile at the top value: no edge
+    edges = [float(e) for e in np.unique(quantiles)] if atoms.size > 1 else [float(atoms[0])]
     top = float(values.max())
     if not edges or edges[-1] >= top:  # degenerate top: anything above the reference max gets its own bin
         edges.append(float(np.nextafter(top, math.inf)))
@@ -219,11 +237,16 @@ class DriftMonitor:
     """
 
     def __init__(self, profile: ReferenceProfile, *, window: int = 1000, every: int = 1,
-                 threshold: float = DEFAULT_THRESHOLD, min_samples: int = 100) -> None:
+                 threshold: float = DEFAULT_THRESHOLD, min_samples: int = 100,
+                 false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, alarm_on_synthetic: bool = False) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if threshold <= 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
+        if not 0.0 < false_alarm_rate < 0.5:
+            raise ValueError(f"false_alarm_rate must be in (0, 0.5), got {false_alarm_rate}")
+        self.false_alarm_rate = false_alarm_rate
+        self.alarm_on_synthetic = alarm_on_synthetic
         self.profile = profile
         self.window = window
         self.every = every
@@ -293,25 +316,40 @@ class DriftMonitor:
 
     def report(self) -> dict[str, Any]:
         """``{"model", "version", "samples", "observed", "errors", "threshold", "psi": {stat: value},
-        "max_psi", "max_stat", "drifted", "ready"}``; ``drifted`` only once ``samples >= min_samples``."""
+        "critical": {stat: PSI needed at the false-alarm rate}, "false_alarm_rate", "max_psi", "max_stat",
+        "drifted", "ready", "synthetic"[, "reason"]}``; ``drifted`` only once ``samples >= min_samples``,
+        for a statistic over both ``threshold`` and its critical PSI; ``max_stat`` is the worst by PSI."""
         with self._lock:
             snapshot = {name: (hist.n, hist.counts()) for name, hist in self._hists.items()}
             observed = self.observed
         scores: dict[str, float] = {}
+        critical: dict[str, float] = {}
         samples = 0
+        alpha = self.false_alarm_rate / max(1, len(snapshot))
         for name, (n, counts) in snapshot.items():
             samples = max(samples, n)
             if n:
-                scores[name] = round(psi(self.profile.stats[name].expected, counts), 6)
+                stat = self.profile.stats[name]
+                scores[name] = round(psi(stat.expected, counts), 6)
+                support = sum(1 for p in stat.expected if p > 0)
+                critical[name] = round(psi_critical(support, n, self.profile.samples, alpha), 6)
         worst = max(scores, key=lambda k: scores[k]) if scores else None
         max_psi = scores[worst] if worst is not None else 0.0
         ready = samples >= self.min_samples
-        return {
+        alarms = [name for name, value in scores.items() if value > self.threshold and value > critical[name]]
+        muted = self.profile.synthetic and not self.alarm_on_synthetic
+        report: dict[str, Any] = {
             "model": self.profile.model, "version": self.profile.version, "samples": samples,
             "observed": observed, "errors": self.errors, "threshold": self.threshold, "psi": scores,
-            "max_psi": max_psi, "max_stat": worst, "drifted": bool(ready and max_psi > self.threshold),
-            "ready": ready,
+            "critical": critical, "false_alarm_rate": self.false_alarm_rate, "max_psi": max_psi,
+            "max_stat": worst, "drifted": bool(ready and alarms and not muted), "ready": ready,
+            "synthetic": self.profile.synthetic,
         }
+        if muted:
+            report["reason"] = SYNTHETIC_REASON
+        elif ready and alarms:
+            report["drifted_stats"] = sorted(alarms)
+        return report
 
 
 def summarize_fleet(latest: Mapping[str, Mapping[str, Any] | None],
@@ -324,9 +362,12 @@ def summarize_fleet(latest: Mapping[str, Mapping[str, Any] | None],
     for device_id, section in sorted(latest.items()):
         if not section or not section.get("ready"):
             continue
-        limit = threshold if threshold is not None else float(section.get("threshold") or DEFAULT_THRESHOLD)
         max_psi = float(section.get("max_psi") or 0.0)
-        drifted = max_psi > limit
+        if threshold is None and isinstance(section.get("drifted"), bool):
+            drifted = bool(section["drifted"])  # the device judged with its window's size and false-alarm rate
+        else:
+            limit = threshold if threshold is not None else float(section.get("threshold") or DEFAULT_THRESHOLD)
+            drifted = max_psi > limit and section.get("reason") != SYNTHETIC_REASON
         key = f"{section.get('model')}@{section.get('version')}"
         entry = versions.setdefault(key, {"model": section.get("model"), "version": section.get("version"),
                                           "devices": 0, "drifted": 0})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,28 @@ class WindowedHistogram:
             self._block_n[self._cur] = 0
             self._blocks[self._cur] = 0.0
             self._total = self._blocks.sum(axis=0)  # also sheds float round-off
+
+
+def chi2_quantile(p: float, dof: int) -> float:
+    """The ``p`` quantile of chi-square with ``dof`` degrees of freedom (Wilson-Hilferty: within ~1 % for
+    dof >= 2 at the tails used here); no SciPy on the device."""
+    if dof < 1 or not 0.0 < p < 1.0:
+        raise ValueError(f"need dof >= 1 and 0 < p < 1, got dof={dof} p={p}")
+    if dof == 1:
+        return float(NormalDist().inv_cdf((1.0 + p) / 2.0) ** 2)  # the square of a standard normal
+    z = NormalDist().inv_cdf(p)
+    h = 2.0 / (9.0 * dof)
+    return float(dof * max(0.0, 1.0 - h + z * math.sqrt(h)) ** 3)
+
+
+def psi_critical(bins: int, live_n: int, reference_n: int, alpha: float) -> float:
+    """The PSI a window of ``live_n`` observations exceeds with probability ``alpha`` when it comes from the
+    reference's distribution (``reference_n`` samples): PSI / (1/n + 1/m) is asymptotically chi-square with
+    ``bins - 1`` degrees of freedom. ``inf`` for an empty window."""
+    if live_n <= 0:
+        return math.inf
+    spread = 1.0 / live_n + (1.0 / reference_n if reference_n > 0 else 0.0)
+    return chi2_quantile(1.0 - alpha, max(1, bins - 1)) * spread
 
 
 def bin_index(edges: Sequence[float], value: float) -> int:

@@ -122,6 +122,8 @@ def drift_flag(drift: Any) -> tuple[bool, str]:
     max_psi = drift.get("max_psi")
     if isinstance(max_psi, int | float) and isinstance(drift.get("drifted"), bool):  # agent.quality DriftMonitor
         text = f"{drift.get('max_stat') or 'psi'} {float(max_psi):.2f}"
+        if isinstance(drift.get("reason"), str):  # e.g. "reference is synthetic": scored, never an alarm
+            text += f" ({drift['reason']})"
         return bool(drift["drifted"]), text if drift.get("ready", True) else f"warming up ({text})"
     for key in ("alert", "drifted", "flag"):
         if isinstance(drift.get(key), bool):

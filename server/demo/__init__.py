@@ -34,6 +34,10 @@ from server.demo.broker import RunningBroker, start_broker
 from server.demo.models import INPUT_SIZE, LABELS, make_classifier
 from server.opcli_client import ServerClient
 
+PREPROCESS: dict[str, Any] = {"resize": "stretch", "color": "RGB", "scale": 1 / 255}
+DRIFT_GAIN = 0.5  # --drift DEVICE: that camera's frames at half the brightness
+DRIFT_MIN_SAMPLES = 30
+
 
 def free_port() -> int:
     import socket
@@ -107,7 +111,11 @@ class Demo:
                 "device_id": device_id,
                 "state_dir": str(state),
                 "runtime": {"prefer": "auto", "threads": 1, "autotune": False},
-                "source": {"kind": "synthetic", "fps": self.args.fps},
+                # frames at the model's input size: the reference profile is made from the very same frames
+                "source": {"kind": "synthetic", "fps": self.args.fps, "uri": f"{INPUT_SIZE}x{INPUT_SIZE}",
+                           "gain": DRIFT_GAIN if device_id == self.args.drift else 1.0},
+                # every frame is binned, so the drift window is ready seconds after each swap
+                "quality": {"drift": {"every": 1, "window": 200, "min_samples": DRIFT_MIN_SAMPLES}},
                 "api": {"listen": f"127.0.0.1:{api_port}"},
                 "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "reconnect_max_s": 5},
                 "telemetry": {"interval_s": 2},
@@ -128,6 +136,8 @@ class Demo:
             self.agent_api[device_id] = f"http://127.0.0.1:{api_port}"
         self.step(f"{len(self.agents)} agents on synthetic {INPUT_SIZE}x{INPUT_SIZE} video at {self.args.fps} fps "
                   f"(state under {self.workdir / 'agents'})")
+        if self.args.drift:
+            self.step(f"scripted drift: {self.args.drift}'s frames are {DRIFT_GAIN:g}x as bright as the others'")
 
     # --- the loop -----------------------------------------------------------------------------
     def push(self, version: int) -> dict[str, Any]:
@@ -135,8 +145,9 @@ class Demo:
         path = make_classifier(self.workdir / "models" / f"classifier-v{version}.onnx", version)
         labels = self.workdir / "models" / "labels.txt"
         labels.write_text("\n".join(LABELS) + "\n")
-        meta = {"task": "classification", "preprocess": {"resize": "stretch", "color": "RGB", "scale": 1 / 255}}
-        record = self.client.push_model("classifier", path, labels=labels, meta=meta)
+        meta = {"task": "classification", "preprocess": PREPROCESS}
+        calibration = write_calibration(self.workdir / "models" / "calibration.npz")
+        record = self.client.push_model("classifier", path, labels=labels, meta=meta, calibration=calibration)
         self.step(f"pushed classifier v{record['version']} ({path.stat().st_size} bytes, sha256 "
                   f"{str(record.get('sha256', ''))[:12]})")
         return dict(record)
@@ -248,6 +259,22 @@ class Demo:
             flow[device_id] = {"telemetry": len(rows), "events": types, "gaps": gaps, "installed_via": via}
         return flow
 
+    def drift_flags(self, timeout_s: float) -> dict[str, Any]:
+        """Each device's drift flag once every one is ready (its window full enough), or at ``timeout_s``."""
+        assert self.client is not None
+        deadline = time.monotonic() + timeout_s
+        flags: dict[str, Any] = {}
+        while True:
+            devices = self.client.devices()
+            rows = devices if isinstance(devices, list) else devices.get("devices", [])
+            flags = {str(d.get("device_id")): d.get("drift") or {} for d in rows}
+            if all(f.get("ready") for f in flags.values()) or time.monotonic() > deadline:
+                return {device: {"drifted": bool(f.get("drifted")), "ready": bool(f.get("ready")),
+                                 "max_stat": f.get("max_stat"), "max_psi": f.get("max_psi"),
+                                 "synthetic": f.get("synthetic")} for device, f in sorted(flags.items())}
+            self.check_processes()
+            time.sleep(1)
+
     def run(self) -> int:
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
@@ -268,9 +295,10 @@ class Demo:
         second = self.rollout(2, {"counts": counts}, soak_s=self.args.soak)
         result = self.watch(second, 300)
         answers = self.probe_agents()
+        drift = self.drift_flags(60)
         flow = self.telemetry_flow()
         summary = {"rollout": {"id": second, "state": result.get("state"), "reason": result.get("reason")},
-                   "served_by_version": answers, "telemetry": flow, "dashboard": self.url + "/",
+                   "served_by_version": answers, "telemetry": flow, "drift": drift, "dashboard": self.url + "/",
                    "seconds": round(time.monotonic() - started, 1)}
         (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.console.print()
@@ -280,6 +308,12 @@ class Demo:
                                f"installed {installed}, events: {', '.join(counts['events']) or '-'}", highlight=False)
         reason = f" ({result['reason']})" if result.get("reason") else ""
         self.console.print(f"[bold]rollout {second}: {result.get('state')}[/]{reason}")
+        alarms = [device for device, flag in drift.items() if flag["drifted"]]
+        self.console.print("drift: " + ", ".join(
+            f"{device} {'DRIFTED' if flag['drifted'] else 'ok' if flag['ready'] else 'not ready'}"
+            + (f" ({flag['max_stat']} PSI {flag['max_psi']:.2f})" if flag["drifted"] and flag["max_psi"] else "")
+            for device, flag in drift.items()) + f"; {len(alarms)} alarm{'s' if len(alarms) != 1 else ''}",
+            highlight=False)
         self.console.print("local inference API answers: " + ", ".join(
             f"{device} v{version}" if isinstance(version, int) else f"{device} {version}"
             for device, version in answers.items()), highlight=False)
@@ -316,6 +350,22 @@ class Demo:
         self.console.print("stopped: agents, server, broker")
 
 
+def write_calibration(path: Path) -> Path:
+    """The drift reference's inputs: the agents' own synthetic frames, pre-processed as the agents do."""
+    import numpy as np
+
+    from agent.daemon.preprocess import Preprocessor
+    from agent.daemon.sources import synthetic_frames
+    from agent.wire import PreprocessSpec, TensorSpec
+
+    pre = Preprocessor([TensorSpec(name="image", shape=[None, 3, INPUT_SIZE, INPUT_SIZE], dtype="float32")],
+                       PreprocessSpec.model_validate(PREPROCESS))
+    frames = synthetic_frames(INPUT_SIZE, INPUT_SIZE) * 16  # the source cycles its few frames
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, image=np.concatenate([pre(frame)["image"] for frame in frames]))
+    return path
+
+
 def waves_text(waves: dict[str, Any] | list[float]) -> str:
     """``waves 1 %, 100 %`` or ``waves of 1, 2, 3 devices`` (cumulative), not the request's JSON."""
     if isinstance(waves, dict):
@@ -336,11 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=Path("demo-state"),
                         help="where state, logs and summary.json go (emptied first; default: %(default)s)")
     parser.add_argument("--exit-when-done", action="store_true", help="stop after the rollout instead of waiting")
+    parser.add_argument("--drift", metavar="DEVICE", default=None,
+                        help="scripted drift: DEVICE (e.g. cam-02) sees darker frames and raises a drift alarm")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.drift is not None and args.drift not in {f"cam-{i + 1:02d}" for i in range(args.agents)}:
+        parser.error(f"--drift {args.drift}: no such device (cam-01 .. cam-{args.agents:02d})")
     console = Console()
     demo = Demo(args, console)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -17,7 +17,8 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, broker: str) -> None:
     workdir = tmp_path / "demo"
     demo = Path(sys.executable).with_name("edgefleet-demo")
     proc = subprocess.run(
-        [str(demo), "--agents", "2", "--soak", "2", "--broker", broker, "--exit-when-done", "--workdir", str(workdir)],
+        [str(demo), "--agents", "2", "--soak", "2", "--broker", broker, "--exit-when-done", "--workdir", str(workdir),
+         "--drift", "cam-02"],
         capture_output=True, text=True, timeout=400, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -32,6 +33,12 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, broker: str) -> None:
             flow["events"]), device_id
         # v1 came whole; v2 (a fine-tuned v1) as a bsdiff delta the rollout prepared
         assert flow["installed_via"] == {"v1": "full", "v2": "delta"}, device_id
+    # drift: the reference is made from frames like the agents' own, so the healthy camera raises no alarm;
+    # the darkened one (--drift cam-02) raises the only one
+    drift = summary["drift"]
+    assert drift["cam-01"]["ready"] and not drift["cam-01"]["drifted"], drift
+    assert drift["cam-02"]["ready"] and drift["cam-02"]["drifted"] and drift["cam-02"]["synthetic"] is False, drift
+    assert "drift: cam-01 ok, cam-02 DRIFTED (" in proc.stdout and "; 1 alarm" in proc.stdout
     assert "stopped: agents, server, broker" in proc.stdout
     # human output: waves as percents or device counts (no Python reprs), 1-based waves, versions by device
     out = proc.stdout

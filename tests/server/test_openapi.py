@@ -180,8 +180,9 @@ def test_a_drift_section_of_the_wrong_types_is_nulls_in_the_typed_flag() -> None
     odd = device_drift({"model": 7, "version": "2", "drifted": "yes", "ready": 1, "max_psi": True,
                         "max_stat": ["x"], "samples": 3.5, "threshold": "0.2"})
     assert odd == dict.fromkeys(("model", "version", "drifted", "ready", "max_psi", "max_stat", "samples",
-                                 "threshold"))
+                                 "threshold", "synthetic", "reason"))
     good = {"model": "m", "version": 2, "drifted": True, "ready": True, "max_psi": 0.31, "max_stat": "mean",
             "samples": 500, "threshold": 0.2}
-    assert device_drift({**good, "psi": {"mean": 0.31}}) == good
+    assert device_drift({**good, "psi": {"mean": 0.31}}) == {**good, "synthetic": None, "reason": None}
+    good = {**good, "synthetic": False, "reason": None}
     assert DriftFlag.model_validate(odd).model_dump() == odd and DriftFlag.model_validate(good).model_dump() == good

@@ -31,6 +31,7 @@ def test_inspect_reads_the_signature_and_profile(tmp_path: Path) -> None:
     found = sandbox.run("inspect", {"path": str(model), "task": "classification", "name": "m"}, ROOMY)
     assert found["format"] == "onnx" and found["inputs"][0]["name"] == "image"
     assert found["source"] == "synthetic" and found["profile"]["samples"] > 0
+    assert found["profile"]["synthetic"] is True  # devices score it without an alarm
 
 
 def test_a_file_that_is_not_a_model_is_the_tasks_own_refusal(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from agent.ota.handlers.shadow import shadow_candidate
 from agent.ota.slots import SlotInfo
 from agent.ota.state import StateRecord, Trigger
 from agent.ota.synthetic import synthetic_feeds
-from agent.ota.trial import p95_ms
+from agent.ota.trial import MIN_BASELINE, p95_ms
 from agent.ota.verify import check_artifact
 from agent.wire import Manifest
 
@@ -50,7 +50,8 @@ def handle(ctx: UpdateContext, record: StateRecord, manifest: Manifest) -> Trans
         if not passed:
             model.close()
             return go(Trigger.REJECTED, reason=f"shadow: {reason}")
-    baseline = baseline_p95(ctx)
+    ctx.baseline_latencies = baseline_latencies(ctx)
+    baseline = p95_ms(ctx.baseline_latencies)
     ctx.old = ctx.host.swap(model, meta, close_old=False)
     ctx.slots.switch(slot)
     return go(Trigger.INSTALLED, baseline_p95_ms=baseline)
@@ -66,24 +67,24 @@ def keep_profile(ctx: UpdateContext, manifest: Manifest) -> None:
         log.warning("drift profile of %s v%d not kept: %s", manifest.model.name, manifest.model.version, exc)
 
 
-def baseline_p95(ctx: UpdateContext) -> float | None:
-    """The serving model's p95 over its recent live inferences, else over synthetic ones."""
+def baseline_latencies(ctx: UpdateContext) -> list[float]:
+    """The serving model's recent live latencies (s), else ones timed now on synthetic inputs."""
     meta = ctx.host.meta
     if meta is None:
-        return None
+        return []
     window = ctx.baseline.snapshot(meta)
-    if len(window) >= 20:
-        return p95_ms(window)
+    if len(window) >= MIN_BASELINE:
+        return window
     model = ctx.host.model
     if model is None:
-        return None
+        return []
     feeds = synthetic_feeds(model.inputs)
     samples = []
-    for _ in range(20):
+    for _ in range(MIN_BASELINE + 2):
         start = time.perf_counter()
         try:
             ctx.host.infer(feeds)
         except Exception:
-            return None
+            return []
         samples.append(time.perf_counter() - start)
-    return p95_ms(samples)
+    return samples[2:]  # the first two may be cold

@@ -65,6 +65,9 @@ class DriftFlag(Public):
     max_stat: str | None
     samples: int | None
     threshold: float | None
+    synthetic: bool | None = Field(default=None, description="the reference profile was made from synthetic "
+                                                             "inputs: scored, no alarm by default")
+    reason: str | None = Field(default=None, description="why no alarm can be raised, e.g. 'reference is synthetic'")
 
 
 class DeviceView(DevicePublic):
