@@ -77,9 +77,14 @@ def compute_profile(model_path: Path, *, task: str, inputs: list[dict[str, Any]]
         log.warning("%s: %s", name, why)
         return None, "none", why
     note = None if calibration else "computed on synthetic inputs: upload calibration inputs for a real reference"
-    if not calibration:
-        profile = profile.model_copy(update={"synthetic": True})  # devices score it but raise no alarm on it
-    return profile.model_dump(mode="json"), source, note
+    document = profile.model_dump(mode="json")
+    if calibration:
+        # Agents before issue 18 refuse a profile with a key they do not know: a real reference leaves the new
+        # key out (false is its default), so only a synthetic one, which they would alarm on, is lost to them.
+        document.pop("synthetic", None)
+    else:
+        document["synthetic"] = True  # devices score it but raise no alarm on it
+    return document, source, note
 
 
 def profile_summary(profile: dict[str, Any] | None, source: str | None) -> dict[str, Any] | None:

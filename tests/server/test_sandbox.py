@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import bsdiff4
+import numpy as np
 import pytest
 
 from server import sandbox
@@ -93,3 +94,18 @@ def test_kill_all_ends_running_children_at_once(tmp_path: Path) -> None:
             sandbox.run("bsdiff", {}, ROOMY)  # nothing new starts once the server is stopping
     finally:
         sandbox.reopen()
+
+
+def test_a_calibrated_profile_carries_no_key_an_older_agent_would_refuse(tmp_path: Path) -> None:
+    """Agents before issue 18 validate the profile with extra keys forbidden: a real reference stays in their shape."""
+    from agent.quality.drift import ReferenceProfile
+    from server.quality import compute_profile
+
+    model = make_onnx_image_classifier(tmp_path / "m.onnx")
+    inputs = [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}]
+    calibration = {"image": np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)}
+    profile, source, _ = compute_profile(model, task="classification", inputs=inputs, preprocess=None,
+                                         calibration=calibration, name="m")
+    assert source == "calibration" and profile is not None and "synthetic" not in profile
+    older_fields = set(ReferenceProfile.model_fields) - {"synthetic"}
+    assert set(profile) <= older_fields and ReferenceProfile.model_validate(profile).synthetic is False
