@@ -23,8 +23,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from agent.errors import EdgefleetError, InvalidInputError, ModelError, RuntimeUnavailable
-from agent.version import version_line
+from edgefleet.agent.errors import EdgefleetError, InvalidInputError, ModelError, RuntimeUnavailable
+from edgefleet.agent.version import version_line
 
 RUNTIME_CHOICES = ("auto", "litert", "tflite", "onnxruntime", "torch", "executorch")
 
@@ -64,7 +64,7 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 def _load(path: str, *, runtime: str = "auto", delegate: str = "auto", threads: int = 0) -> Any:
-    from agent.runtime import load_model
+    from edgefleet.agent.runtime import load_model
 
     with quiet_native_stderr():
         return load_model(Path(path), prefer=runtime, delegate=delegate, threads=threads)
@@ -91,7 +91,7 @@ def _json_default(value: Any) -> Any:
 
 def auto_picks(hw: dict[str, Any]) -> dict[str, str]:
     """What ``auto`` would try first for each model format here."""
-    from agent.runtime.select import plan
+    from edgefleet.agent.runtime.select import plan
 
     picks: dict[str, str] = {}
     for fmt in ("tflite", "onnx", "torchscript", "pte"):
@@ -103,8 +103,8 @@ def auto_picks(hw: dict[str, Any]) -> dict[str, str]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from agent.runtime import device_class, hardware_fingerprint, probe_hardware
-    from agent.runtime.probe import accelerators
+    from edgefleet.agent.runtime import device_class, hardware_fingerprint, probe_hardware
+    from edgefleet.agent.runtime.probe import accelerators
 
     hw = probe_hardware()
     picks = auto_picks(hw)
@@ -172,7 +172,7 @@ def peak_rss_mb() -> float:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from agent.runtime import example_feeds
+    from edgefleet.agent.runtime import example_feeds
 
     if args.runs < 1 or args.warmup < 0:
         raise CliError("--runs must be at least 1 and --warmup at least 0")
@@ -225,7 +225,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def load_feeds(model: Any, path: Path) -> dict[str, np.ndarray]:
     """``.npy`` for a single-input model, ``.npz`` by input name, anything else as an image."""
-    from agent.runtime.image import image_to_tensor, read_image
+    from edgefleet.agent.runtime.image import image_to_tensor, read_image
 
     if not path.is_file():
         raise CliError(f"{path}: no such input file")
@@ -292,7 +292,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        from agent.daemon.main import run_agent
+        from edgefleet.agent.daemon.main import run_agent
     except ImportError as exc:
         raise CliError(f"the agent daemon is not available in this install ({exc})", code=1) from exc
     return int(run_agent(str(args.config)))

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.configfile import foreign_to_agent, load_config
-from agent.logsetup import LogFormat
-from agent.wire import PreprocessSpec, TrialPolicy
+from edgefleet.agent.configfile import foreign_to_agent, load_config
+from edgefleet.agent.logsetup import LogFormat
+from edgefleet.agent.wire import PreprocessSpec, TrialPolicy
 
 ENV_PREFIX = "EDGEFLEET_"
 

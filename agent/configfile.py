@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from agent.errors import ConfigError
+from edgefleet.agent.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 

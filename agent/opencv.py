@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from types import ModuleType
 
-from agent.errors import EdgefleetError
+from edgefleet.agent.errors import EdgefleetError
 
 INSTALL_HINT = "pip install 'edgefleet[camera]'"
 _module: ModuleType | None = None

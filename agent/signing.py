@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.errors import ConfigError, SignatureError
+from edgefleet.agent.errors import ConfigError, SignatureError
 
 
 def canonical_json(document: Any) -> bytes:

@@ -15,9 +15,9 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from agent.errors import SignatureError
-from agent.signing import key_id, public_b64, valid_signers
-from agent.wire import Root, RootKey, RootRole, Signature, SignedRoot
+from edgefleet.agent.errors import SignatureError
+from edgefleet.agent.signing import key_id, public_b64, valid_signers
+from edgefleet.agent.wire import Root, RootKey, RootRole, Signature, SignedRoot
 
 RoleName = Literal["root", "manifest"]
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
-from agent import latency as latency_buckets
+from edgefleet.agent import latency as latency_buckets
 
 TOPIC_ROOT = "edgefleet/v1/devices"
 SHARED_GROUP = "edgefleet"

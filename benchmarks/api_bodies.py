@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastapi.encoders import jsonable_encoder
 from pydantic import TypeAdapter
 
-from server.api.public.devices import DeviceList
+from edgefleet.server.api.public.devices import DeviceList
 
 
 def device(i: int) -> dict[str, Any]:

@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import AgentConfig, RuntimeSection
-from agent.daemon.main import Agent, tune_interpreter
-from agent.daemon.modelload import load_model
 from benchmarks import _daemon_procs
+from edgefleet.agent.config import AgentConfig, RuntimeSection
+from edgefleet.agent.daemon.main import Agent, tune_interpreter
+from edgefleet.agent.daemon.modelload import load_model
 
 
 def make_model(path: Path, channels: int, size: int) -> Path:

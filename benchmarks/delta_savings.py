@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._deltas import changes, inputs  # noqa: E402
-from server.deltavariant import DELTA_Q8, MIN_CHANGED_FLOAT32  # noqa: E402
-from server.optimize._validate import validate_variant  # noqa: E402
-from server.tensordelta import build_tensor_delta  # noqa: E402
-from server.tensors import read_layout  # noqa: E402
+from edgefleet.server.deltavariant import DELTA_Q8, MIN_CHANGED_FLOAT32  # noqa: E402
+from edgefleet.server.optimize._validate import validate_variant  # noqa: E402
+from edgefleet.server.tensordelta import build_tensor_delta  # noqa: E402
+from edgefleet.server.tensors import read_layout  # noqa: E402
 from tests.support.published import published_model  # noqa: E402
 
 CALIBRATION = {
@@ -76,7 +76,7 @@ def _entropy_bits(data: np.ndarray) -> float:
 
 def entropy_floor(base: Path, target: Path) -> dict[str, Any]:
     """Bits per changed weight of the XOR and of the difference codings, each byte plane on its own."""
-    from agent.ota.tensordelta import diff_encode, shuffle
+    from edgefleet.agent.ota.tensordelta import diff_encode, shuffle
 
     old, new = read_layout(base), read_layout(target)
     by_key = {(t.key, t.dtype, t.length): t for t in old.tensors}

@@ -256,7 +256,7 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
         tag = f"fleet-sim-{stamp}"
         model = f"{MODEL}-{stamp}" if o.server else MODEL
         with tempfile.TemporaryDirectory() as tmp:
-            from server.demo.models import make_classifier
+            from edgefleet.server.demo.models import make_classifier
 
             v1 = operator.upload(model, make_classifier(Path(tmp) / "v1.onnx", 1))
             v2 = operator.upload(model, make_classifier(Path(tmp) / "v2.onnx", 2))

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, evaluate_latency
-from server.stats import median
+from edgefleet.server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, evaluate_latency
+from edgefleet.server.stats import median
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,11 @@ def query_cost(devices: int, *, repeats: int = 5) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
-    from agent.wire import UpdateReport
-    from server.crud import devices as device_crud
-    from server.crud import registry, rollouts, telemetry
-    from server.crud.gate_data import latency_data
-    from server.db import Database, migrate
+    from edgefleet.agent.wire import UpdateReport
+    from edgefleet.server.crud import devices as device_crud
+    from edgefleet.server.crud import registry, rollouts, telemetry
+    from edgefleet.server.crud.gate_data import latency_data
+    from edgefleet.server.db import Database, migrate
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{Path(tmp) / 'gate.db'}")

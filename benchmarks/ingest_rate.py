@@ -92,7 +92,7 @@ def baseline(port: int, messages: int, devices: int) -> float:
 
 
 def enroll(db: Any, devices: int) -> None:
-    from server.crud import devices as device_crud
+    from edgefleet.server.crud import devices as device_crud
 
     with db.session() as session:  # the server stores only enrolled ids
         for i in range(devices):
@@ -102,9 +102,9 @@ def enroll(db: Any, devices: int) -> None:
 def ingest(port: int, db: Any, messages: int, devices: int, *, validate: bool, seq_base: int) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from server.config import MqttSection, TelemetrySection
-    from server.db.models import Telemetry
-    from server.ingest import Ingestor
+    from edgefleet.server.config import MqttSection, TelemetrySection
+    from edgefleet.server.db.models import Telemetry
+    from edgefleet.server.ingest import Ingestor
 
     def stored() -> int:
         with db.session() as session:
@@ -138,8 +138,8 @@ def ingest(port: int, db: Any, messages: int, devices: int, *, validate: bool, s
 
 
 def write_only(db: Any, messages: int, devices: int, *, validate: bool, seq_base: int) -> dict[str, Any]:
-    from server.config import TelemetrySection
-    from server.ingest import BatchWriter, IngestStats
+    from edgefleet.server.config import TelemetrySection
+    from edgefleet.server.ingest import BatchWriter, IngestStats
 
     section = TelemetrySection(batch_max=2000)
     now = time.time()
@@ -171,7 +171,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(port: int, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    from server.db import Database, migrate
+    from edgefleet.server.db import Database, migrate
 
     db = Database(url)
     migrate(db.engine)

@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import latency as buckets
-from agent.telemetry.histogram import LatencyHistogram
-from server import latency
+from edgefleet.agent import latency as buckets
+from edgefleet.agent.telemetry.histogram import LatencyHistogram
+from edgefleet.server import latency
 
 
 class OldHistogram:
@@ -124,9 +124,9 @@ def merge_figures(rng: random.Random, devices: int, per_device: int) -> dict[str
 def db_figures(kind: str, devices: int, messages: int, rng: random.Random) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from server.crud import devices as device_crud
-    from server.db import Database, migrate
-    from server.ingest import store_latency
+    from edgefleet.server.crud import devices as device_crud
+    from edgefleet.server.db import Database, migrate
+    from edgefleet.server.ingest import store_latency
     from tests.support.databases import database_url
 
     now = time.time()
@@ -174,8 +174,8 @@ def _writer_rates(db: Any, devices: int, rng: random.Random, messages: int = 10_
                   rounds: int = 2) -> dict[str, Any]:
     """The ingest writer (validation, telemetry rows, histograms, minute sums, device rows) on whole telemetry
     messages with and without ``latency_hist``, alternating rounds: what the histogram costs ingestion."""
-    from server.config import TelemetrySection
-    from server.ingest import BatchWriter, IngestStats
+    from edgefleet.server.config import TelemetrySection
+    from edgefleet.server.ingest import BatchWriter, IngestStats
 
     writer = BatchWriter(db, TelemetrySection(), IngestStats())
     hists = [buckets.encode(_device_hist(rng, 100, 2.0 + d % 7, 0.35)[0]) for d in range(devices)]

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.signing import (
+from edgefleet.agent.signing import (
     canonical_json,
     generate_private_key,
     legacy_json,

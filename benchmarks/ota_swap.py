@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.daemon.host import ModelHost
+from edgefleet.agent.daemon.host import ModelHost
 from tests.ota.helpers import image, make_classifier, push, roll_out
 from tests.ota.rig import Device
 from tests.support.server import start_server

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: F401  (loaded, as in a daemon with a frame source: drift takes its fast path)
 
-from agent.config import RuntimeSection
-from agent.daemon.modelload import load_model
-from agent.daemon.sources import Frame, Mailbox
-from agent.quality import DriftMonitor, build_reference_profile
-from agent.telemetry.histogram import LatencyHistogram
 from benchmarks.daemon_throughput import make_model
+from edgefleet.agent.config import RuntimeSection
+from edgefleet.agent.daemon.modelload import load_model
+from edgefleet.agent.daemon.sources import Frame, Mailbox
+from edgefleet.agent.quality import DriftMonitor, build_reference_profile
+from edgefleet.agent.telemetry.histogram import LatencyHistogram
 
 
 def per_call_us(call: Callable[[], object], number: int, repeat: int = 7) -> float:

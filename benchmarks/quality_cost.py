@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.quality import DriftMonitor, ShadowRunner, build_reference_profile
-from agent.wire import ShadowSpec
+from edgefleet.agent.quality import DriftMonitor, ShadowRunner, build_reference_profile
+from edgefleet.agent.wire import ShadowSpec
 
 SIZE = 224
 Infer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]

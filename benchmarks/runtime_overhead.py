@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.runtime import example_feeds, load_model
+from edgefleet.agent.runtime import example_feeds, load_model
 from tests.support.models import make_onnx_multi_input, make_tflite_float, make_tflite_uint8
 from tests.support.published import published_model
 

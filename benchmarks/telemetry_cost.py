@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import AgentConfig
-from agent.telemetry import Spool, Telemetry
-from agent.wire import ModelMeta
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.telemetry import Spool, Telemetry
+from edgefleet.agent.wire import ModelMeta
 from tests.support.broker import Mosquitto
 
 

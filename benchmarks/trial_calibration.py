@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.ota.trial import RATIO_FLOOR_MS, TrialWatcher
-from agent.quality.drift import DriftMonitor, build_reference_profile
-from agent.wire import ModelMeta, TrialPolicy
+from edgefleet.agent.ota.trial import RATIO_FLOOR_MS, TrialWatcher
+from edgefleet.agent.quality.drift import DriftMonitor, build_reference_profile
+from edgefleet.agent.wire import ModelMeta, TrialPolicy
 
 NEW = ModelMeta(name="m", version=2, sha256="b" * 64)
 BASELINE_N, CANDIDATE_N, COLD = 256, 60, 3

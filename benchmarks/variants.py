@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.optimize import build_variants
-from server.optimize._runner import open_model, p50_ms
-from server.optimize._sizes import sizes
+from edgefleet.server.optimize import build_variants
+from edgefleet.server.optimize._runner import open_model, p50_ms
+from edgefleet.server.optimize._sizes import sizes
 from tests.optimize.makers import make_convnet, make_mlp
 from tests.support.published import published_model
 

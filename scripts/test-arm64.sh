@@ -133,7 +133,7 @@ bind "$fake/firmware" "$root/sys/firmware" ro
 
 # --- the source tree and the venv ----------------------------------------------------------------
 rm -rf "$root/src"; mkdir -p "$root/src"
-tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude=./.arm64 --exclude='*.egg-info' \
+tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude=./.arm64 --exclude=./build --exclude='*.egg-info' \
   --exclude=__pycache__ --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./.pytest_cache -cf - . \
   | tar -C "$root/src" -xf -
 in_root() {  # a clean environment: none of the host's PIP_* or PYTHON* variables leak in

@@ -12,33 +12,33 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from server import dashboard, openapi, rollouts, sandbox
-from server.api import errors
-from server.api.routes import artifacts, devices, enroll, health, jobs, latency, models, trust
-from server.api.routes import quality as quality_routes
-from server.api.routes import rollouts as rollout_routes
-from server.artifact_gc import Collected, collect
-from server.config import ServerConfig, replica_id_of
-from server.crud import jobs as job_crud
-from server.crud.telemetry import downsample_and_expire
-from server.db import Database, migrate
-from server.deltas import KIND as DELTAS_JOB
-from server.deltas import PAIR_KIND, deltas_job, pair_job
-from server.housekeeping import collect as housekeep
-from server.httpmetrics import HttpGuardCollector
-from server.ingest import Ingestor
-from server.jobs import JobRunner
-from server.latency_rollup import fold_and_expire as fold_latency
-from server.leases import GC, RETENTION, ROLLOUTS, Leases
-from server.limits import BodyLimits
-from server.manifests import ManifestService, Signer
-from server.metrics import install as install_metrics
-from server.push import PushCollector, Pusher, publisher_of
-from server.reports import ReportWriter
-from server.state import ServerState, public_url_of
-from server.storage import make_store
-from server.variants import KIND as VARIANTS_JOB
-from server.variants import variants_job
+from edgefleet.server import dashboard, openapi, rollouts, sandbox
+from edgefleet.server.api import errors
+from edgefleet.server.api.routes import artifacts, devices, enroll, health, jobs, latency, models, trust
+from edgefleet.server.api.routes import quality as quality_routes
+from edgefleet.server.api.routes import rollouts as rollout_routes
+from edgefleet.server.artifact_gc import Collected, collect
+from edgefleet.server.config import ServerConfig, replica_id_of
+from edgefleet.server.crud import jobs as job_crud
+from edgefleet.server.crud.telemetry import downsample_and_expire
+from edgefleet.server.db import Database, migrate
+from edgefleet.server.deltas import KIND as DELTAS_JOB
+from edgefleet.server.deltas import PAIR_KIND, deltas_job, pair_job
+from edgefleet.server.housekeeping import collect as housekeep
+from edgefleet.server.httpmetrics import HttpGuardCollector
+from edgefleet.server.ingest import Ingestor
+from edgefleet.server.jobs import JobRunner
+from edgefleet.server.latency_rollup import fold_and_expire as fold_latency
+from edgefleet.server.leases import GC, RETENTION, ROLLOUTS, Leases
+from edgefleet.server.limits import BodyLimits
+from edgefleet.server.manifests import ManifestService, Signer
+from edgefleet.server.metrics import install as install_metrics
+from edgefleet.server.push import PushCollector, Pusher, publisher_of
+from edgefleet.server.reports import ReportWriter
+from edgefleet.server.state import ServerState, public_url_of
+from edgefleet.server.storage import make_store
+from edgefleet.server.variants import KIND as VARIANTS_JOB
+from edgefleet.server.variants import variants_job
 
 log = logging.getLogger("edgefleet.server")
 EVAL_DUTY = 9.0  # wait at least this many times the last rollout evaluation before the next one

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import select, union
 from sqlalchemy.orm import Session
 
-from server.db import Database
-from server.db.models import Delta, ModelVersion, Sample, Variant
-from server.storage import ArtifactStore
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Delta, ModelVersion, Sample, Variant
+from edgefleet.server.storage import ArtifactStore
 
 log = logging.getLogger("edgefleet.server.gc")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from agent.errors import ConfigError, EdgefleetError, ListenError
-from agent.logsetup import configure_logging
-from agent.signing import generate_private_key, private_key_pem, public_key_pem
-from agent.version import version_line
-from server.config import ServerConfig, load_server_config
+from edgefleet.agent.errors import ConfigError, EdgefleetError, ListenError
+from edgefleet.agent.logsetup import configure_logging
+from edgefleet.agent.signing import generate_private_key, private_key_pem, public_key_pem
+from edgefleet.agent.version import version_line
+from edgefleet.server.config import ServerConfig, load_server_config
 
 log = logging.getLogger("edgefleet.server.cli")
 
@@ -109,7 +109,7 @@ def init(directory: Path, *, data_dir: Path | None = None, listen: str = "127.0.
     key = generate_private_key()
     _write_private(directory / "signing.key", private_key_pem(key))
     _write_file(directory / "server.pub", public_key_pem(key.public_key()), 0o644)
-    from server.trust import ServerTrust
+    from edgefleet.server.trust import ServerTrust
 
     ServerTrust(directory / "signing.key").ensure_initial()  # trust/root/1.root.json: provision it on devices
     database = data_dir / "edgefleet.db"
@@ -124,7 +124,7 @@ def init(directory: Path, *, data_dir: Path | None = None, listen: str = "127.0.
         "device_classes": {},
     }
     _write_private(config_path, yaml.safe_dump(config, sort_keys=False).encode())
-    from server.db import Database, migrate
+    from edgefleet.server.db import Database, migrate
 
     _private_database(database)
     db = Database(f"sqlite:///{database}")
@@ -163,8 +163,8 @@ def serve(config: ServerConfig) -> None:
     sock = bind(config.listen)  # first: a taken address is one line before anything else starts
     try:
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every start
-        from server.app import create_app
-        from server.serving import serve_on
+        from edgefleet.server.app import create_app
+        from edgefleet.server.serving import serve_on
 
         if not serve_on(create_app(config), sock, http=config.http, log_level=config.log_level.lower()):
             raise EdgefleetError("the server did not start (its reason is logged above)")
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 def rotate_key(config_path: Path, *, sign_with: list[Path], add_keys: list[Path], revoke: list[str],
                threshold: int | None) -> str:
     """``rotate-key``: a new online key and root version; returns the lines to print."""
-    from server.trust import ServerTrust, rotate
+    from edgefleet.server.trust import ServerTrust, rotate
 
     config = load_server_config(config_path)
     trust = ServerTrust(config.signing_key, config.trust_dir)

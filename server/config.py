@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.configfile import SERVER_ENV_PREFIX, foreign_to_server, load_config
-from agent.logsetup import LogFormat
+from edgefleet.agent.configfile import SERVER_ENV_PREFIX, foreign_to_server, load_config
+from edgefleet.agent.logsetup import LogFormat
 
 ENV_PREFIX = SERVER_ENV_PREFIX
 

@@ -25,19 +25,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from agent.errors import EdgefleetError
-from server.config import ServerConfig
-from server.crud import NotFound
-from server.crud import deltas as crud
-from server.crud.devices import runnable_formats
-from server.crud.registry import list_variants
-from server.db import Database
-from server.db.models import Device, Rollout, RolloutDevice
-from server.jobs import JobKind
-from server.sandbox import Limits, SandboxError, run
-from server.storage import ArtifactStore
-from server.tensors import NotParsable
-from server.transfers import choose_transfer, is_delta_variant
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.server.config import ServerConfig
+from edgefleet.server.crud import NotFound
+from edgefleet.server.crud import deltas as crud
+from edgefleet.server.crud.devices import runnable_formats
+from edgefleet.server.crud.registry import list_variants
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Device, Rollout, RolloutDevice
+from edgefleet.server.jobs import JobKind
+from edgefleet.server.sandbox import Limits, SandboxError, run
+from edgefleet.server.storage import ArtifactStore
+from edgefleet.server.tensors import NotParsable
+from edgefleet.server.transfers import choose_transfer, is_delta_variant
 
 log = logging.getLogger("edgefleet.server.deltas")
 _lock = threading.Lock()
@@ -180,7 +180,7 @@ def _member_kinds(session: Session, rollout_id: int) -> Counter[tuple[str | None
 def rollout_transfer_kinds(session: Session, *, rollout_id: int,
                            config: ServerConfig) -> set[tuple[str, str, str]]:
     """(what a device runs, the variant's sha256, the variant's name) for each kind of device in a rollout."""
-    from server.manifests import select_variant
+    from edgefleet.server.manifests import select_variant
 
     rollout = session.get(Rollout, rollout_id)
     if rollout is None:
@@ -202,7 +202,7 @@ def rollout_transfer_kinds(session: Session, *, rollout_id: int,
 
 def rollout_transfers(session: Session, *, rollout_id: int, config: ServerConfig) -> list[dict[str, Any]]:
     """What each kind of device in a rollout is offered (the manifest's choice) and how many devices that is."""
-    from server.manifests import Release, select_variant
+    from edgefleet.server.manifests import Release, select_variant
 
     rollout = session.get(Rollout, rollout_id)
     if rollout is None:
@@ -261,7 +261,7 @@ def pair_job(db: Database, store: ArtifactStore, config: ServerConfig) -> JobKin
 def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerConfig, rollout_id: int,
                            progress: Callable[[float, str], None]) -> dict[str, Any]:
     """Make the patches (and delta variants) a rollout's devices will want before its waves reach them."""
-    from server.deltavariant import maybe_build_delta_variant
+    from edgefleet.server.deltavariant import maybe_build_delta_variant
 
     with db.session() as session:
         kinds = sorted(rollout_transfer_kinds(session, rollout_id=rollout_id, config=config))
@@ -298,7 +298,7 @@ def prepare_rollout_deltas(db: Database, store: ArtifactStore, config: ServerCon
 def version_deltas(session: Session, *, version_id: int) -> list[dict[str, Any]]:
     """Every stored delta into a variant of the version, and whether the manifest would choose it for a device
     running its ``from`` artifact (against the full artifact and the other deltas)."""
-    from server.manifests import Release
+    from edgefleet.server.manifests import Release
 
     release = Release.load(session, version_id)
     by_sha = {v.sha256: v for v in release.variants if v.sha256}

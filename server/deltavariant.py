@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from server.crud import deltas as crud
-from server.crud.registry import version_by_id
-from server.db import Database
-from server.db.models import Variant
-from server.deltas import local_files, scratch_file
-from server.optimize import Thresholds
-from server.storage import ArtifactStore
-from server.transfers import DELTA_VARIANT as PREFIX
+from edgefleet.server.crud import deltas as crud
+from edgefleet.server.crud.registry import version_by_id
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Variant
+from edgefleet.server.deltas import local_files, scratch_file
+from edgefleet.server.optimize import Thresholds
+from edgefleet.server.storage import ArtifactStore
+from edgefleet.server.transfers import DELTA_VARIANT as PREFIX
 
 log = logging.getLogger("edgefleet.server.deltavariant")
 
@@ -92,10 +92,10 @@ def maybe_build_delta_variant(db: Database, store: ArtifactStore, *, version_id:
 def _build(store: ArtifactStore, base: Path, new: Path, patch: Path, variant: Path, report: dict[str, Any], *,
            best: int, task: str, samples: dict[str, np.ndarray] | None) -> tuple[str, int, str, int, Any] | None:
     """Make, judge and store the variant and its delta; None (with ``report["reason"]``) when it must not ship."""
-    from server.optimize._runner import open_model
-    from server.optimize._validate import synthetic_samples, validate_variant
-    from server.tensordelta import build_tensor_delta
-    from server.tensors import NotParsable, read_layout
+    from edgefleet.server.optimize._runner import open_model
+    from edgefleet.server.optimize._validate import synthetic_samples, validate_variant
+    from edgefleet.server.tensordelta import build_tensor_delta
+    from edgefleet.server.tensors import NotParsable, read_layout
 
     try:
         stats = build_tensor_delta(read_layout(base, external=False), read_layout(new, external=False), patch,

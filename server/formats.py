@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EdgefleetError, ModelLoadError
+from edgefleet.agent.errors import EdgefleetError, ModelLoadError
 
 
 class NotAModel(EdgefleetError):
@@ -70,7 +70,7 @@ def _onnx_info(path: Path) -> ModelInfo:
 
 def inspect_model(path: Path) -> ModelInfo:
     try:
-        from agent.runtime import detect_format, load_model  # type: ignore[attr-defined]
+        from edgefleet.agent.runtime import detect_format, load_model  # type: ignore[attr-defined]
     except ImportError:
         fmt = sniff_format(path)
         if fmt == "onnx":

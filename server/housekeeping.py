@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from server.config import SamplesSection
-from server.crud.counters import bump
-from server.db import Database
-from server.db.models import Delta, Device, ModelVersion, Rollout, RolloutDevice, Sample, Variant
-from server.storage import ArtifactStore
+from edgefleet.server.config import SamplesSection
+from edgefleet.server.crud.counters import bump
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Delta, Device, ModelVersion, Rollout, RolloutDevice, Sample, Variant
+from edgefleet.server.storage import ArtifactStore
 
 log = logging.getLogger("edgefleet.server.housekeeping")
 PATCH_GRACE_S = 3600.0  # a patch just made for a rollout that is about to be created is not collected

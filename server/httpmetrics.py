@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.limits import REFUSED
-from server.serving import GuardedHttpTools
+from edgefleet.server.limits import REFUSED
+from edgefleet.server.serving import GuardedHttpTools
 
 
 class HttpGuardCollector(Collector):

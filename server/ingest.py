@@ -38,15 +38,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from agent.wire import SHARED_GROUP, TOPIC_ROOT, Command
-from server.config import MqttSection, TelemetrySection
-from server.crud import latency as latency_crud
-from server.crud import telemetry as crud
-from server.db import Database
-from server.db.models import Device as DeviceRow
-from server.ingest_rejections import Rejections
-from server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
-from server.latency_metrics import FleetLatency
+from edgefleet.agent.wire import SHARED_GROUP, TOPIC_ROOT, Command
+from edgefleet.server.config import MqttSection, TelemetrySection
+from edgefleet.server.crud import latency as latency_crud
+from edgefleet.server.crud import telemetry as crud
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Device as DeviceRow
+from edgefleet.server.ingest_rejections import Rejections
+from edgefleet.server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
+from edgefleet.server.latency_metrics import FleetLatency
 
 log = logging.getLogger("edgefleet.server.ingest")
 RETRY_MAX_S = 10.0

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.ingest_validation import REASONS, Rejected
+from edgefleet.server.ingest_validation import REASONS, Rejected
 
 log = logging.getLogger("edgefleet.server.ingest")
 UNENROLLED = object()  # the one log key every unenrolled id shares

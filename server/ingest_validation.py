@@ -21,8 +21,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from agent import latency
-from agent.wire import Birth, Event, Telemetry, Will
+from edgefleet.agent import latency
+from edgefleet.agent.wire import Birth, Event, Telemetry, Will
 
 REASONS = ("too_large", "not_json", "too_deep", "out_of_range", "invalid", "unenrolled", "refused_by_database")
 DETAIL_MAX = 240

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.crud import jobs as crud
-from server.db import Database
+from edgefleet.server.crud import jobs as crud
+from edgefleet.server.db import Database
 
 log = logging.getLogger("edgefleet.server.jobs")
 

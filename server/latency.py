@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
-from agent import latency as buckets
-from server.crud import latency as latency_crud
+from edgefleet.agent import latency as buckets
+from edgefleet.server.crud import latency as latency_crud
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 ID_CHUNK = 1000  # device ids per query (SQLite binds at most 32766 variables)

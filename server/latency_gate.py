@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.stats import mann_whitney_greater, median, min_p_value, stouffer
+from edgefleet.server.stats import mann_whitney_greater, median, min_p_value, stouffer
 
 Status = Literal["pass", "breach", "wait", "none"]
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from agent import latency as buckets
+from edgefleet.agent import latency as buckets
 
 METRIC = "edgefleet_fleet_inference_latency_seconds"
 LE_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from agent import latency as buckets
-from server.crud.latency import expire_minutes
-from server.db.models import LatencyHistHourly, LatencyHistRow
+from edgefleet.agent import latency as buckets
+from edgefleet.server.crud.latency import expire_minutes
+from edgefleet.server.db.models import LatencyHistHourly, LatencyHistRow
 
 Key = tuple[str, str, int, float]  # device, model name ('' unknown), version (-1 unknown), hour
 

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from sqlalchemy import case, select, update
 from sqlalchemy.dialects import postgresql
 
-from server.db import Database
-from server.db.models import Lease
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Lease
 
 log = logging.getLogger("edgefleet.server.leases")
 

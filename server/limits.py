@@ -21,8 +21,8 @@ from typing import Any
 import anyio
 from starlette.exceptions import HTTPException
 
-from server.config import HttpSection
-from server.problems import MEDIA_TYPE, problem_bytes
+from edgefleet.server.config import HttpSection
+from edgefleet.server.problems import MEDIA_TYPE, problem_bytes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

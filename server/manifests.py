@@ -23,17 +23,17 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from agent.errors import SignatureError
-from agent.signing import canonical_json, sign_canonical, sign_document
-from agent.wire import Manifest, SignedManifest
-from server.config import ServerConfig
-from server.crud import counters
-from server.crud.deltas import deltas_between
-from server.crud.devices import hash_token, runnable_formats
-from server.crud.registry import list_variants, version_by_id
-from server.db.models import Counter, Device, Rollout
-from server.transfers import DeltaOffer, Transfer, choose_transfer
-from server.trust import Material, ServerTrust
+from edgefleet.agent.errors import SignatureError
+from edgefleet.agent.signing import canonical_json, sign_canonical, sign_document
+from edgefleet.agent.wire import Manifest, SignedManifest
+from edgefleet.server.config import ServerConfig
+from edgefleet.server.crud import counters
+from edgefleet.server.crud.deltas import deltas_between
+from edgefleet.server.crud.devices import hash_token, runnable_formats
+from edgefleet.server.crud.registry import list_variants, version_by_id
+from edgefleet.server.db.models import Counter, Device, Rollout
+from edgefleet.server.transfers import DeltaOffer, Transfer, choose_transfer
+from edgefleet.server.trust import Material, ServerTrust
 
 log = logging.getLogger("edgefleet.server.manifests")
 K = TypeVar("K", bound=Hashable)

@@ -26,10 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.api.deps import is_admin
-from server.api.errors import problems
-from server.crud import NotFound, fleet, registry
-from server.state import ServerState
+from edgefleet.server.api.deps import is_admin
+from edgefleet.server.api.errors import problems
+from edgefleet.server.crud import NotFound, fleet, registry
+from edgefleet.server.state import ServerState
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

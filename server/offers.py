@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from agent.wire import Manifest, SignedManifest
-from server.db.models import Device
-from server.manifests import ManifestService
+from edgefleet.agent.wire import Manifest, SignedManifest
+from edgefleet.server.db.models import Device
+from edgefleet.server.manifests import ManifestService
 
 
 def offer_of(body: bytes | None) -> dict[str, Any] | None:

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.errors import EdgefleetError
-from agent.version import version_line
-from server.opcli_client import ApiError, ExitCode, ServerClient
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.version import version_line
+from edgefleet.server.opcli_client import ApiError, ExitCode, ServerClient
 
 SPARK = "▁▂▃▄▅▆▇█"
 JOB_DONE = ("succeeded", "failed")

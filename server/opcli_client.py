@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from agent.errors import EdgefleetError
+from edgefleet.agent.errors import EdgefleetError
 
 
 class ExitCode(enum.IntEnum):

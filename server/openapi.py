@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from server.api.errors import add_problem_schema
+from edgefleet.server.api.errors import add_problem_schema
 
 REGENERATE = "python -m server.openapi docs/openapi.json"
 DESCRIPTION = ("The update server of edgefleet: device enrollment, signed desired-state manifests, artifact and "
@@ -47,9 +47,9 @@ def render(schema: dict[str, Any]) -> str:
 
 def build() -> dict[str, Any]:
     """The document of an app made from a throw-away ``edgefleet-server init`` (no server is started)."""
-    from server.app import create_app
-    from server.cli import init
-    from server.config import load_server_config
+    from edgefleet.server.app import create_app
+    from edgefleet.server.cli import init
+    from edgefleet.server.config import load_server_config
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-openapi-") as scratch:
         config = load_server_config(init(Path(scratch), force=True))

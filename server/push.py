@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.wire import Command
+from edgefleet.agent.wire import Command
 
 log = logging.getLogger("edgefleet.server.push")
 NOTES = "edgefleet.push"  # key of the pending pushes in Session.info

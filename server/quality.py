@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.quality import profile_from_samples, summarize_fleet
-from agent.wire import PreprocessSpec
+from edgefleet.agent.quality import profile_from_samples, summarize_fleet
+from edgefleet.agent.wire import PreprocessSpec
 
 log = logging.getLogger("edgefleet.server.quality")
 MAX_PROFILE_ROWS = 256
@@ -58,7 +58,7 @@ def compute_profile(model_path: Path, *, task: str, inputs: list[dict[str, Any]]
                     preprocess: dict[str, Any] | None, calibration: Mapping[str, np.ndarray] | None,
                     name: str) -> tuple[dict[str, Any] | None, str, str | None]:
     """(profile JSON or None, source, note). Never raises: a version without a profile is still a version."""
-    from server.optimize._runner import open_model
+    from edgefleet.server.optimize._runner import open_model
 
     image = image_input(inputs, preprocess)
     source = "calibration" if calibration else "synthetic"

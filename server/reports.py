@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
-from agent.wire import UpdateReport
-from server.api.auth import device_refusal
-from server.crud import devices as device_crud
-from server.crud import rollouts as rollout_crud
-from server.db import Database
-from server.rollouts import rollout_writes
+from edgefleet.agent.wire import UpdateReport
+from edgefleet.server.api.auth import device_refusal
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.crud import rollouts as rollout_crud
+from edgefleet.server.db import Database
+from edgefleet.server.rollouts import rollout_writes
 
 log = logging.getLogger("edgefleet.server.reports")
 

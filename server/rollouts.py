@@ -26,12 +26,12 @@ from typing import Any, Literal
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from server.crud import rollouts as crud
-from server.crud.gate_data import latency_data
-from server.db import Database
-from server.db.models import Rollout, RolloutDevice
-from server.db.session import ROLLOUT_LOCK
-from server.latency_gate import LatencyData, LatencySettings, evaluate_latency
+from edgefleet.server.crud import rollouts as crud
+from edgefleet.server.crud.gate_data import latency_data
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Rollout, RolloutDevice
+from edgefleet.server.db.session import ROLLOUT_LOCK
+from edgefleet.server.latency_gate import LatencyData, LatencySettings, evaluate_latency
 
 log = logging.getLogger("edgefleet.server.rollouts")
 

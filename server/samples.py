@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from server.config import SamplesSection
-from server.db.models import Device, Sample
-from server.storage import ArtifactStore
+from edgefleet.server.config import SamplesSection
+from edgefleet.server.db.models import Device, Sample
+from edgefleet.server.storage import ArtifactStore
 
 MAX_SAMPLES_PER_POST = 50
 MAX_JPEG_BYTES = 512 * 1024

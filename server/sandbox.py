@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EdgefleetError
+from edgefleet.agent.errors import EdgefleetError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STDERR_TAIL = 2000
@@ -90,7 +90,7 @@ def run(task: str, args: dict[str, Any], limits: Limits,
     """Run ``task`` in a bounded child; its result, or SandboxError with a one-line reason."""
     if _closing.is_set():
         raise SandboxError("the server is shutting down", "shutdown")
-    command = [sys.executable, "-m", "server.sandbox_child", task, "--cpu-s", str(limits.cpu_s),
+    command = [sys.executable, "-m", "edgefleet.server.sandbox_child", task, "--cpu-s", str(limits.cpu_s),
                "--memory-mb", str(limits.memory_mb)]
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,

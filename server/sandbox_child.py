@@ -37,9 +37,9 @@ def _calibration(path: str | None) -> dict[str, Any] | None:
 
 def inspect(args: dict[str, Any], _emit: Emit) -> dict[str, Any]:
     """Format and signature (``server.formats.inspect_model``), then the drift profile on the model."""
-    from server.calibration import CalibrationError, check_calibration, signature
-    from server.formats import NotAModel, inspect_model
-    from server.quality import compute_profile
+    from edgefleet.server.calibration import CalibrationError, check_calibration, signature
+    from edgefleet.server.formats import NotAModel, inspect_model
+    from edgefleet.server.quality import compute_profile
 
     path = Path(args["path"])
     try:
@@ -68,8 +68,8 @@ def bsdiff(args: dict[str, Any], _emit: Emit) -> dict[str, Any]:
 
 def tensor_delta(args: dict[str, Any], _emit: Emit) -> dict[str, Any]:
     """A tensor delta old→new (server/tensordelta.py) into ``patch``; its summary."""
-    from server.tensordelta import build_tensor_delta
-    from server.tensors import NotParsable, read_layout
+    from edgefleet.server.tensordelta import build_tensor_delta
+    from edgefleet.server.tensors import NotParsable, read_layout
 
     try:
         old, new = read_layout(Path(args["old"]), external=False), read_layout(Path(args["new"]), external=False)
@@ -79,7 +79,7 @@ def tensor_delta(args: dict[str, Any], _emit: Emit) -> dict[str, Any]:
 
 
 def variants(args: dict[str, Any], emit: Emit) -> dict[str, Any]:
-    from server.optimize import OptimizeError, build_variants
+    from edgefleet.server.optimize import OptimizeError, build_variants
 
     try:
         results = build_variants(Path(args["reference"]), str(args["format"]), str(args["target"]),

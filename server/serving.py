@@ -20,9 +20,9 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server import sandbox
-from server.config import HttpSection
-from server.problems import MEDIA_TYPE, problem_bytes
+from edgefleet.server import sandbox
+from edgefleet.server.config import HttpSection
+from edgefleet.server.problems import MEDIA_TYPE, problem_bytes
 
 log = logging.getLogger("edgefleet.server.http")
 

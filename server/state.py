@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.config import ServerConfig
-from server.db import Database
-from server.ingest import Ingestor
-from server.jobs import JobRunner
-from server.leases import Leases
-from server.manifests import ManifestService, Signer
-from server.push import Pusher
-from server.reports import ReportWriter
-from server.storage import ArtifactStore
+from edgefleet.server.config import ServerConfig
+from edgefleet.server.db import Database
+from edgefleet.server.ingest import Ingestor
+from edgefleet.server.jobs import JobRunner
+from edgefleet.server.leases import Leases
+from edgefleet.server.manifests import ManifestService, Signer
+from edgefleet.server.push import Pusher
+from edgefleet.server.reports import ReportWriter
+from edgefleet.server.storage import ArtifactStore
 
 
 def public_url_of(config: ServerConfig) -> str:

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from agent.errors import ConfigError, EdgefleetError
-from server.config import StorageSection
+from edgefleet.agent.errors import ConfigError, EdgefleetError
+from edgefleet.server.config import StorageSection
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20

@@ -28,7 +28,7 @@ import bsdiff4
 import numpy as np
 import zstandard
 
-from agent.ota.tensordelta import (
+from edgefleet.agent.ota.tensordelta import (
     FORMAT_VERSION,
     MAGIC,
     MAX_SKELETON_BYTES,
@@ -37,7 +37,7 @@ from agent.ota.tensordelta import (
     q8_apply,
     shuffle,
 )
-from server.tensors import ModelLayout, NotParsable, TensorSpan
+from edgefleet.server.tensors import ModelLayout, NotParsable, TensorSpan
 
 CHUNK_BYTES = 1 << 20
 ZSTD_LEVEL = 19

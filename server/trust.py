@@ -23,9 +23,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.errors import ConfigError, SignatureError
-from agent.ota.fsutil import atomic_write
-from agent.signing import (
+from edgefleet.agent.errors import ConfigError, SignatureError
+from edgefleet.agent.ota.fsutil import atomic_write
+from edgefleet.agent.signing import (
     generate_private_key,
     key_id,
     load_private_key,
@@ -35,8 +35,8 @@ from agent.signing import (
     sign_canonical,
     strict_json,
 )
-from agent.trust import TrustedRoot
-from agent.wire import SignedRoot
+from edgefleet.agent.trust import TrustedRoot
+from edgefleet.agent.wire import SignedRoot
 
 log = logging.getLogger("edgefleet.server.trust")
 PENDING = ".next"  # suffix of a new online key written before its root; renamed over the old key after

@@ -13,13 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from server import sandbox
-from server.config import ServerConfig
-from server.crud import jobs as job_crud
-from server.crud import registry
-from server.db import Database
-from server.jobs import JobKind, JobRunner, Progress
-from server.storage import ArtifactStore
+from edgefleet.server import sandbox
+from edgefleet.server.config import ServerConfig
+from edgefleet.server.crud import jobs as job_crud
+from edgefleet.server.crud import registry
+from edgefleet.server.db import Database
+from edgefleet.server.jobs import JobKind, JobRunner, Progress
+from edgefleet.server.storage import ArtifactStore
 
 KIND = "variants"
 
@@ -66,7 +66,7 @@ def variants_job(db: Database, store: ArtifactStore, config: ServerConfig) -> Jo
                                                 "calibration": str(calibration) if calibration else None},
                                    limits, progress)
             except sandbox.SandboxError as exc:
-                from server.optimize import OptimizeError
+                from edgefleet.server.optimize import OptimizeError
 
                 raise OptimizeError(str(exc) if exc.kind == "refused" else f"variant pipeline {exc}") from exc
             published: list[dict[str, Any]] = []

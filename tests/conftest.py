@@ -32,7 +32,7 @@ REQUIRES: dict[str, tuple[Callable[[], bool], str]] = {
 
 def first_tflite_runtime() -> str:
     """The TFLite runtime ``auto`` takes here: LiteRT, else tflite-runtime (32-bit Arm)."""
-    from agent.runtime.inventory import TFLITE_RUNTIMES, runtime_status
+    from edgefleet.agent.runtime.inventory import TFLITE_RUNTIMES, runtime_status
 
     return next(name for name in TFLITE_RUNTIMES if runtime_status(name)[0])
 

@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.daemon.apiguard import ApiGuard
-from agent.daemon.host import ModelHost, NoModelError
-from agent.daemon.loop import Pipelines, model_ref
-from agent.daemon.preprocess import Postprocessor
-from agent.errors import InvalidInputError, ListenError
-from agent.opencv import OpenCVMissing, load_cv2
-from agent.runtime.base import Model
-from agent.wire import ModelMeta, TensorSpec
+from edgefleet.agent.daemon.apiguard import ApiGuard
+from edgefleet.agent.daemon.host import ModelHost, NoModelError
+from edgefleet.agent.daemon.loop import Pipelines, model_ref
+from edgefleet.agent.daemon.preprocess import Postprocessor
+from edgefleet.agent.errors import InvalidInputError, ListenError
+from edgefleet.agent.opencv import OpenCVMissing, load_cv2
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import ModelMeta, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from agent.config import ApiSection
-from agent.errors import ConfigError
+from edgefleet.agent.config import ApiSection
+from edgefleet.agent.errors import ConfigError
 
 LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
 WILDCARDS = {"", "0.0.0.0", "::", "*"}

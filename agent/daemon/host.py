@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.runtime.base import Model
-from agent.wire import ModelMeta
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import ModelMeta
 
 # Called after every inference with (meta of the model that served, latency in s, ok).
 InferenceObserver = Callable[[ModelMeta, float, bool], None]

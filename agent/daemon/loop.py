@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.daemon.host import ModelHost, NoModelError
-from agent.daemon.preprocess import Postprocessor, Preprocessor
-from agent.daemon.results import ResultsSink
-from agent.daemon.sources import Frame, Mailbox
-from agent.runtime.base import Model
-from agent.wire import ModelMeta
+from edgefleet.agent.daemon.host import ModelHost, NoModelError
+from edgefleet.agent.daemon.preprocess import Postprocessor, Preprocessor
+from edgefleet.agent.daemon.results import ResultsSink
+from edgefleet.agent.daemon.sources import Frame, Mailbox
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import ModelMeta
 
 log = logging.getLogger(__name__)
 MAX_LISTED_VALUES = 4096  # results carry full outputs only when they are this small

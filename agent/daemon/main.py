@@ -22,21 +22,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.config import AgentConfig, load_agent_config
-from agent.daemon.api import ApiContext, ApiServer
-from agent.daemon.apiguard import api_guard
-from agent.daemon.host import ModelHost
-from agent.daemon.loop import InferenceLoop, Pipelines
-from agent.daemon.modelload import load_model, meta_from_config, startup_model
-from agent.daemon.quality import QualityMonitor, upload_samples
-from agent.daemon.results import ResultsSink
-from agent.daemon.sources import Mailbox, SourceRunner, make_source
-from agent.daemon.systemd import Notifier
-from agent.errors import ConfigError, EdgefleetError
-from agent.logsetup import configure_logging
-from agent.runtime.base import Model
-from agent.version import package_version
-from agent.wire import ModelMeta
+from edgefleet.agent.config import AgentConfig, load_agent_config
+from edgefleet.agent.daemon.api import ApiContext, ApiServer
+from edgefleet.agent.daemon.apiguard import api_guard
+from edgefleet.agent.daemon.host import ModelHost
+from edgefleet.agent.daemon.loop import InferenceLoop, Pipelines
+from edgefleet.agent.daemon.modelload import load_model, meta_from_config, startup_model
+from edgefleet.agent.daemon.quality import QualityMonitor, upload_samples
+from edgefleet.agent.daemon.results import ResultsSink
+from edgefleet.agent.daemon.sources import Mailbox, SourceRunner, make_source
+from edgefleet.agent.daemon.systemd import Notifier
+from edgefleet.agent.errors import ConfigError, EdgefleetError
+from edgefleet.agent.logsetup import configure_logging
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.version import package_version
+from edgefleet.agent.wire import ModelMeta
 
 log = logging.getLogger("agent.daemon")
 STOP_BUDGET_S = 4.0  # SIGTERM to exit; systemd's default TimeoutStopSec is far above, the brief says 5 s
@@ -120,7 +120,7 @@ class Agent:
         if not self.config.mqtt.enabled:
             return
         try:
-            from agent.telemetry import Telemetry
+            from edgefleet.agent.telemetry import Telemetry
         except ImportError as exc:
             log.warning("telemetry is not available: %s", exc)
             return
@@ -129,7 +129,7 @@ class Agent:
         telemetry.add_provider("daemon", self.stats)
         if self.config.server.url:
             try:
-                from agent.ota.enrollment import enrolled
+                from edgefleet.agent.ota.enrollment import enrolled
             except ImportError:
                 pass
             else:  # the server stores nothing of an id that is not enrolled: spool until it is
@@ -158,7 +158,7 @@ class Agent:
     @staticmethod
     def _hardware() -> dict[str, Any]:
         try:
-            from agent.runtime import probe_hardware
+            from edgefleet.agent.runtime import probe_hardware
 
             # without the runtime inventory: it imports every runtime (torch takes seconds on a Pi), and a
             # restarted device must serve again first; `edgefleet-agent probe` shows the inventory
@@ -171,7 +171,7 @@ class Agent:
         if not self.config.server.url:
             return
         try:
-            from agent.ota.client import UpdateClient
+            from edgefleet.agent.ota.client import UpdateClient
         except ImportError as exc:
             log.warning("OTA updates are not available: %s", exc)
             return

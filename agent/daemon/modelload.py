@@ -11,11 +11,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-from agent.config import AgentConfig, ModelSection, RuntimeSection
-from agent.errors import ConfigError, ModelLoadError
-from agent.runtime import load_model_for_config
-from agent.runtime.base import Model
-from agent.wire import ModelMeta
+from edgefleet.agent.config import AgentConfig, ModelSection, RuntimeSection
+from edgefleet.agent.errors import ConfigError, ModelLoadError
+from edgefleet.agent.runtime import load_model_for_config
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def load_model(path: Path, runtime: RuntimeSection, cache_dir: Path | None) -> M
 def startup_model(config: AgentConfig) -> tuple[Path, ModelMeta] | None:
     """The active slot's model, else ``model.path`` with meta from the config, else None."""
     try:
-        from agent.ota.slots import SlotStore
+        from edgefleet.agent.ota.slots import SlotStore
     except ImportError:
         SlotStore = None  # type: ignore[assignment,misc]
     if SlotStore is not None and config.state_dir.is_dir():

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import InvalidInputError
-from agent.opencv import load_cv2
-from agent.wire import ModelMeta, PreprocessSpec, TensorSpec
+from edgefleet.agent.errors import InvalidInputError
+from edgefleet.agent.opencv import load_cv2
+from edgefleet.agent.wire import ModelMeta, PreprocessSpec, TensorSpec
 
 LETTERBOX_FILL = 114
 _INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767), "uint16": (0, 65535)}

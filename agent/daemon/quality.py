@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import QualitySection
-from agent.quality import DriftMonitor, ReferenceProfile, SampleStore
-from agent.runtime.base import Model
-from agent.wire import ModelMeta
+from edgefleet.agent.config import QualitySection
+from edgefleet.agent.quality import DriftMonitor, ReferenceProfile, SampleStore
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import ModelMeta
 
 log = logging.getLogger(__name__)
 UPLOAD_BATCH = 20  # samples per POST
@@ -33,7 +33,7 @@ def profiles_dir(state_dir: Path) -> Path:
 
 def save_profile(state_dir: Path, sha256: str, profile: dict[str, Any]) -> Path:
     """Validate and keep a manifest's drift profile for the model with ``sha256`` (atomic write)."""
-    from agent.ota.fsutil import atomic_write_json  # here: agent.ota imports this module
+    from edgefleet.agent.ota.fsutil import atomic_write_json  # here: agent.ota imports this module
 
     ReferenceProfile.from_dict(profile)  # a bad document raises ValueError here, not at swap time
     path = profiles_dir(state_dir) / f"{sha256}.json"

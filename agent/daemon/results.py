@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.config import ResultsSection
+from edgefleet.agent.config import ResultsSection
 
 log = logging.getLogger(__name__)
 

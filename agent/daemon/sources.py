@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import SourceSection
-from agent.opencv import OpenCVMissing, load_cv2
+from edgefleet.agent.config import SourceSection
+from edgefleet.agent.opencv import OpenCVMissing, load_cv2
 
 log = logging.getLogger(__name__)
 

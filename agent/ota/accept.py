@@ -7,13 +7,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from agent.errors import SignatureError, UpdateRejected
-from agent.ota.context import UpdateContext
-from agent.ota.handlers import Transition, go
-from agent.ota.handlers.report import report_metrics
-from agent.ota.state import IN_PROGRESS, State, StateRecord, Trigger, target_key
-from agent.ota.verify import Running
-from agent.wire import Manifest, SignedManifest
+from edgefleet.agent.errors import SignatureError, UpdateRejected
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.handlers import Transition, go
+from edgefleet.agent.ota.handlers.report import report_metrics
+from edgefleet.agent.ota.state import IN_PROGRESS, State, StateRecord, Trigger, target_key
+from edgefleet.agent.ota.verify import Running
+from edgefleet.agent.wire import Manifest, SignedManifest
 
 log = logging.getLogger("agent.ota.client")
 

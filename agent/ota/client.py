@@ -29,24 +29,24 @@ from typing import Any
 
 import requests
 
-from agent.config import AgentConfig
-from agent.daemon.host import ModelHost
-from agent.errors import ConfigError, EdgefleetError, Refused, SignatureError, TransportError
-from agent.ota import accept
-from agent.ota.clock import Clock, SystemClock
-from agent.ota.context import Loader, UpdateContext
-from agent.ota.enroll import hardware
-from agent.ota.enrollment import Enrollment
-from agent.ota.handlers import Transition, handlers
-from agent.ota.handlers.report import Reporter, report_metrics
-from agent.ota.handlers.rollback import restore_previous, serve_active
-from agent.ota.roots import RootStore
-from agent.ota.serverapi import ReportQueue, ServerApi
-from agent.ota.slots import SlotStore
-from agent.ota.state import EVENTS, IN_PROGRESS, TERMINAL, State, StateRecord, StateStore, Trigger, next_state
-from agent.ota.trial import LatencyWindow
-from agent.ota.verify import Running, Seen, authenticate, check_policy
-from agent.wire import Command, Manifest, SignedManifest
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon.host import ModelHost
+from edgefleet.agent.errors import ConfigError, EdgefleetError, Refused, SignatureError, TransportError
+from edgefleet.agent.ota import accept
+from edgefleet.agent.ota.clock import Clock, SystemClock
+from edgefleet.agent.ota.context import Loader, UpdateContext
+from edgefleet.agent.ota.enroll import hardware
+from edgefleet.agent.ota.enrollment import Enrollment
+from edgefleet.agent.ota.handlers import Transition, handlers
+from edgefleet.agent.ota.handlers.report import Reporter, report_metrics
+from edgefleet.agent.ota.handlers.rollback import restore_previous, serve_active
+from edgefleet.agent.ota.roots import RootStore
+from edgefleet.agent.ota.serverapi import ReportQueue, ServerApi
+from edgefleet.agent.ota.slots import SlotStore
+from edgefleet.agent.ota.state import EVENTS, IN_PROGRESS, TERMINAL, State, StateRecord, StateStore, Trigger, next_state
+from edgefleet.agent.ota.trial import LatencyWindow
+from edgefleet.agent.ota.verify import Running, Seen, authenticate, check_policy
+from edgefleet.agent.wire import Command, Manifest, SignedManifest
 
 __all__ = ["Loader", "UpdateClient"]
 

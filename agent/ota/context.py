@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 
-from agent.config import AgentConfig
-from agent.daemon.host import ModelHost
-from agent.ota.slots import SlotStore
-from agent.ota.trial import LatencyWindow
-from agent.runtime.base import Model
-from agent.wire import ModelMeta
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon.host import ModelHost
+from edgefleet.agent.ota.slots import SlotStore
+from edgefleet.agent.ota.trial import LatencyWindow
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import ModelMeta
 
 if TYPE_CHECKING:
-    from agent.ota.handlers.report import Reporter
-    from agent.ota.serverapi import ServerApi
-    from agent.quality import ShadowRunner
+    from edgefleet.agent.ota.handlers.report import Reporter
+    from edgefleet.agent.ota.serverapi import ServerApi
+    from edgefleet.agent.quality import ShadowRunner
 
 
 class Loader(Protocol):

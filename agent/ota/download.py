@@ -16,8 +16,8 @@ from pathlib import Path
 
 import requests
 
-from agent.errors import EdgefleetError, TransportError, UpdateRejected
-from agent.ota.fsutil import free_mb, fsync_dir
+from edgefleet.agent.errors import EdgefleetError, TransportError, UpdateRejected
+from edgefleet.agent.ota.fsutil import free_mb, fsync_dir
 
 
 class DiskFull(EdgefleetError):

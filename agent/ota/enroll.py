@@ -12,7 +12,7 @@ RUNTIME_MODULES = {"litert": "ai_edge_litert", "tflite_runtime": "tflite_runtime
 def hardware() -> tuple[str | None, dict[str, Any]]:
     """(device class, hw) from the runtime layer's probe, else the installed runtimes alone."""
     try:
-        from agent import runtime
+        from edgefleet.agent import runtime
 
         hw = runtime.probe_hardware()  # type: ignore[attr-defined]
         device_class = runtime.device_class(hw)  # type: ignore[attr-defined]

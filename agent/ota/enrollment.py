@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig
-from agent.errors import ConfigError, Refused
-from agent.ota.serverapi import ManifestReply, ServerApi, load_token, save_token
-from agent.wire import EnrollRequest
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.errors import ConfigError, Refused
+from edgefleet.agent.ota.serverapi import ManifestReply, ServerApi, load_token, save_token
+from edgefleet.agent.wire import EnrollRequest
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from agent.ota.synthetic import synthetic_feeds
-from agent.runtime.base import Model
-from agent.wire import ModelMeta
+from edgefleet.agent.ota.synthetic import synthetic_feeds
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import ModelMeta
 
 WARMUP_ROUNDS = 2
 Paired = tuple[list[float], list[float]]  # (candidate latencies, previous model's latencies), seconds

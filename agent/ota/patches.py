@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.errors import UpdateRejected
-from agent.ota.download import apply_delta
-from agent.ota.tensordelta import apply_tensor_delta
+from edgefleet.agent.errors import UpdateRejected
+from edgefleet.agent.ota.download import apply_delta
+from edgefleet.agent.ota.tensordelta import apply_tensor_delta
 
 ALGORITHMS = ("bsdiff4", "tensor")
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.ota.synthetic import synthetic_feeds
-from agent.wire import TensorSpec
+from edgefleet.agent.ota.synthetic import synthetic_feeds
+from edgefleet.agent.wire import TensorSpec
 
 
 def _runtime_loader() -> Any | None:
     """The runtime layer's loader (agent/runtime), when it offers one."""
     try:
-        import agent.runtime as runtime
+        import edgefleet.agent.runtime as runtime
     except ImportError:
         return None
     for name in ("load_model", "load", "open_model"):

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.config import ServerSection
-from agent.errors import ConfigError, SignatureError
-from agent.ota.fsutil import atomic_write
-from agent.signing import canonical_json, load_public_key, strict_json
-from agent.trust import TrustedRoot, walk
-from agent.wire import SignedRoot
+from edgefleet.agent.config import ServerSection
+from edgefleet.agent.errors import ConfigError, SignatureError
+from edgefleet.agent.ota.fsutil import atomic_write
+from edgefleet.agent.signing import canonical_json, load_public_key, strict_json
+from edgefleet.agent.trust import TrustedRoot, walk
+from edgefleet.agent.wire import SignedRoot
 
 log = logging.getLogger("agent.ota.client")
 

@@ -16,10 +16,17 @@ from typing import Any
 import requests
 from pydantic import ValidationError
 
-from agent.errors import Refused, TransportError
-from agent.ota.fsutil import atomic_write, read_json
-from agent.signing import strict_json
-from agent.wire import MANIFEST_MEDIA_TYPE, EnrollRequest, EnrollResponse, SignedManifest, SignedRoot, UpdateReport
+from edgefleet.agent.errors import Refused, TransportError
+from edgefleet.agent.ota.fsutil import atomic_write, read_json
+from edgefleet.agent.signing import strict_json
+from edgefleet.agent.wire import (
+    MANIFEST_MEDIA_TYPE,
+    EnrollRequest,
+    EnrollResponse,
+    SignedManifest,
+    SignedRoot,
+    UpdateReport,
+)
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_ROOTS = 100  # one answer of the chain; the agent asks again from where it got to

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.ota.fsutil import atomic_write_json, fsync_dir, read_json, sha256_file
-from agent.wire import ModelMeta
+from edgefleet.agent.ota.fsutil import atomic_write_json, fsync_dir, read_json, sha256_file
+from edgefleet.agent.wire import ModelMeta
 
 SLOTS = ("slot-a", "slot-b")
 

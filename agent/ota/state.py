@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.errors import EdgefleetError
-from agent.ota.fsutil import atomic_write_json, read_json
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.ota.fsutil import atomic_write_json, read_json
 
 CRASH_ENV = "EDGEFLEET_TEST_CRASH_AT"
 

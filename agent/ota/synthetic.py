@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.wire import TensorSpec
+from edgefleet.agent.wire import TensorSpec
 
 
 def synthetic_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:

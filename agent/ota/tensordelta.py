@@ -36,8 +36,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from agent.errors import UpdateRejected
-from agent.ota.fsutil import fsync_dir
+from edgefleet.agent.errors import UpdateRejected
+from edgefleet.agent.ota.fsutil import fsync_dir
 
 MAGIC = b"EFTD"
 FORMAT_VERSION = 1

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.ota.latency_ratio import RatioEstimate, ratio_ci
-from agent.ota.paired import Paired
-from agent.wire import ModelMeta, TrialPolicy
+from edgefleet.agent.ota.latency_ratio import RatioEstimate, ratio_ci
+from edgefleet.agent.ota.paired import Paired
+from edgefleet.agent.wire import ModelMeta, TrialPolicy
 
 # A latency ratio breach also needs p95 or the median to be this much above the baseline: on
 # sub-millisecond models the ratio of two p95s is mostly scheduler jitter.

@@ -14,11 +14,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from agent.errors import SignatureError, UpdateRejected
-from agent.ota.clock import Clock, SystemClock
-from agent.ota.fsutil import sha256_file
-from agent.trust import TrustedRoot
-from agent.wire import Manifest, SignedManifest
+from edgefleet.agent.errors import SignatureError, UpdateRejected
+from edgefleet.agent.ota.clock import Clock, SystemClock
+from edgefleet.agent.ota.fsutil import sha256_file
+from edgefleet.agent.trust import TrustedRoot
+from edgefleet.agent.wire import Manifest, SignedManifest
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ numpy only (OpenCV just to store and read JPEG samples; no server dependencies),
 server share it.
 """
 
-from agent.quality.agreement import (
+from edgefleet.agent.quality.agreement import (
     AgreementTracker,
     BoxLayout,
     LatencyBuckets,
@@ -16,7 +16,7 @@ from agent.quality.agreement import (
     match_boxes,
     top1_agreement,
 )
-from agent.quality.drift import (
+from edgefleet.agent.quality.drift import (
     DEFAULT_THRESHOLD,
     DriftMonitor,
     ReferenceProfile,
@@ -26,9 +26,9 @@ from agent.quality.drift import (
     psi,
     summarize_fleet,
 )
-from agent.quality.samples import SampleStore, accuracy_by
-from agent.quality.shadow import ShadowRunner
-from agent.quality.stats import SIZE_STATS, WindowedHistogram, input_stats, tensor_to_frames
+from edgefleet.agent.quality.samples import SampleStore, accuracy_by
+from edgefleet.agent.quality.shadow import ShadowRunner
+from edgefleet.agent.quality.stats import SIZE_STATS, WindowedHistogram, input_stats, tensor_to_frames
 
 __all__ = [
     "DEFAULT_THRESHOLD",

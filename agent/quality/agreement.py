@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.quality.stats import classifier_row
+from edgefleet.agent.quality.stats import classifier_row
 
 
 @dataclass(frozen=True)

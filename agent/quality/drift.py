@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.quality.stats import (
+from edgefleet.agent.quality.stats import (
     INPUT_STATS,
     SIZE_STATS,
     WindowedHistogram,
@@ -39,7 +39,7 @@ from agent.quality.stats import (
     psi_critical,
     tensor_to_frames,
 )
-from agent.wire import PreprocessSpec
+from edgefleet.agent.wire import PreprocessSpec
 
 EPSILON = 1e-4
 DEFAULT_THRESHOLD = 0.25

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.opencv import load_cv2
-from agent.quality.stats import classifier_stats, to_builtin
+from edgefleet.agent.opencv import load_cv2
+from edgefleet.agent.quality.stats import classifier_stats, to_builtin
 
 
 class SampleStore:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.quality.agreement import AgreementTracker, BoxLayout, agreement
-from agent.wire import ShadowSpec
+from edgefleet.agent.quality.agreement import AgreementTracker, BoxLayout, agreement
+from edgefleet.agent.wire import ShadowSpec
 
 log = logging.getLogger(__name__)
 CandidateInfer = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.quality.smallgray import luma_stats
+from edgefleet.agent.quality.smallgray import luma_stats
 
 MAX_VALUES_PER_OUTPUT = 256  # values of one output that go into its histogram per frame
 INPUT_STATS = ("brightness", "contrast", "blur", "aspect", "pixels")

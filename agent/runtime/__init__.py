@@ -15,16 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.runtime.base import LoadOptions, Model
-from agent.runtime.formats import Format, detect_format
-from agent.runtime.image import image_to_tensor, read_image
-from agent.runtime.inventory import available_runtimes, runtime_inventory
-from agent.runtime.probe import device_class, hardware_fingerprint, probe_hardware
-from agent.runtime.select import Candidate, load_model
-from agent.runtime.synthetic import example_feeds
+from edgefleet.agent.runtime.base import LoadOptions, Model
+from edgefleet.agent.runtime.formats import Format, detect_format
+from edgefleet.agent.runtime.image import image_to_tensor, read_image
+from edgefleet.agent.runtime.inventory import available_runtimes, runtime_inventory
+from edgefleet.agent.runtime.probe import device_class, hardware_fingerprint, probe_hardware
+from edgefleet.agent.runtime.select import Candidate, load_model
+from edgefleet.agent.runtime.synthetic import example_feeds
 
 if TYPE_CHECKING:
-    from agent.config import RuntimeSection
+    from edgefleet.agent.config import RuntimeSection
 
 __all__ = [
     "Candidate", "Format", "LoadOptions", "Model", "available_runtimes", "detect_format", "device_class",

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from agent.errors import InvalidInputError
-from agent.wire import TensorSpec
+from edgefleet.agent.errors import InvalidInputError
+from edgefleet.agent.wire import TensorSpec
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767), "uint16": (0, 65535),

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from agent.wire import TensorSpec
+from edgefleet.agent.wire import TensorSpec
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Literal
 
-from agent.errors import ModelLoadError
+from edgefleet.agent.errors import ModelLoadError
 
 Format = Literal["tflite", "onnx", "torchscript", "pte"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import InvalidInputError
-from agent.opencv import load_cv2
-from agent.wire import TensorSpec
+from edgefleet.agent.errors import InvalidInputError
+from edgefleet.agent.opencv import load_cv2
+from edgefleet.agent.wire import TensorSpec
 
 
 def _layout(spec: TensorSpec) -> tuple[str, int | None, int | None, int]:

@@ -9,7 +9,7 @@ import importlib.util
 from importlib import metadata
 from typing import Any
 
-from agent.runtime._common import first_line
+from edgefleet.agent.runtime._common import first_line
 
 # runtime name -> (module imported to prove it works, distribution for its version)
 RUNTIMES: dict[str, tuple[str, str]] = {
@@ -74,7 +74,7 @@ def tflite_delegates(hw: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 def ort_providers() -> dict[str, dict[str, Any]]:
     import onnxruntime as ort
 
-    from agent.runtime.onnx import RANKED_PROVIDERS
+    from edgefleet.agent.runtime.onnx import RANKED_PROVIDERS
 
     available = ort.get_available_providers()
     return {p: {"usable": p in available,
@@ -84,7 +84,7 @@ def ort_providers() -> dict[str, dict[str, Any]]:
 
 
 def torch_delegates() -> dict[str, dict[str, Any]]:
-    from agent.runtime.torch import cuda_status
+    from edgefleet.agent.runtime.torch import cuda_status
 
     usable, why = cuda_status()
     return {"cuda": {"usable": usable, "reason": why},

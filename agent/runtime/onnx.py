@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
-from agent.runtime._common import InputBinder, default_threads, first_line
-from agent.runtime.base import LoadOptions, Signature
-from agent.wire import TensorSpec
+from edgefleet.agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
+from edgefleet.agent.runtime._common import InputBinder, default_threads, first_line
+from edgefleet.agent.runtime.base import LoadOptions, Signature
+from edgefleet.agent.wire import TensorSpec
 
 # Preference order (DESIGN.md "Runtime layer").
 RANKED_PROVIDERS = (

@@ -191,7 +191,7 @@ def probe_hardware(root: str | Path = "/", *, runtimes: bool = True) -> dict[str
         "thermal": _thermal(root),
     }
     if runtimes:
-        from agent.runtime.inventory import runtime_inventory
+        from edgefleet.agent.runtime.inventory import runtime_inventory
 
         hw["runtimes"] = runtime_inventory(hw)
     return hw

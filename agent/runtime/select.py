@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ModelLoadError, RuntimeUnavailable
-from agent.runtime._common import default_threads, first_line
-from agent.runtime.base import LoadOptions, Model
-from agent.runtime.formats import Format, detect_format
-from agent.runtime.inventory import TFLITE_RUNTIMES, runtime_status
-from agent.runtime.synthetic import example_feeds
+from edgefleet.agent.errors import ModelLoadError, RuntimeUnavailable
+from edgefleet.agent.runtime._common import default_threads, first_line
+from edgefleet.agent.runtime.base import LoadOptions, Model
+from edgefleet.agent.runtime.formats import Format, detect_format
+from edgefleet.agent.runtime.inventory import TFLITE_RUNTIMES, runtime_status
+from edgefleet.agent.runtime.synthetic import example_feeds
 
 log = logging.getLogger("agent.runtime")
 
@@ -142,7 +142,7 @@ def _tflite_candidates(runtime: str, delegate: str, n: int, externals: list[_Ext
 def _onnx_candidates(delegate: str, n: int) -> list[Candidate]:
     import onnxruntime as ort
 
-    from agent.runtime.onnx import RANKED_PROVIDERS, provider_name
+    from edgefleet.agent.runtime.onnx import RANKED_PROVIDERS, provider_name
 
     available = ort.get_available_providers()
     out: list[Candidate] = []
@@ -168,7 +168,7 @@ def _onnx_candidates(delegate: str, n: int) -> list[Candidate]:
 
 def _torch_candidates(delegate: str, n: int) -> list[Candidate]:
     """cuda (when this torch has a GPU it can use), then cpu; a named delegate first, cpu as its fallback."""
-    from agent.runtime.torch import DELEGATES, cuda_status
+    from edgefleet.agent.runtime.torch import DELEGATES, cuda_status
 
     if delegate in ("none", "cpu"):
         return [Candidate("torch", "cpu", n)]
@@ -192,14 +192,14 @@ def open_candidate(path: Path, fmt: Format, cand: Candidate, *, provider_options
                           delegate_library=cand.library, delegate_options=cand.delegate_options,
                           providers=cand.providers, provider_options=provider_options, dequantize=dequantize)
     if fmt == "tflite":
-        from agent.runtime import tflite
+        from edgefleet.agent.runtime import tflite
 
         return tflite.load(path, options, runtime=cand.runtime)
     if fmt == "onnx":
-        from agent.runtime import onnx
+        from edgefleet.agent.runtime import onnx
 
         return onnx.load(path, options)
-    from agent.runtime import torch as torch_backend
+    from edgefleet.agent.runtime import torch as torch_backend
 
     if fmt == "pte":
         return torch_backend.load_pte(path, options)
@@ -242,7 +242,7 @@ def load_model(path: str | Path, *, prefer: str = "auto", delegate: str = "auto"
     fmt = detect_format(path)
     hw: dict[str, Any] = {}
     if fmt == "tflite" and delegate == "auto":
-        from agent.runtime.probe import probe_hardware
+        from edgefleet.agent.runtime.probe import probe_hardware
 
         hw = probe_hardware(runtimes=False)
     cands = plan(fmt, prefer=prefer, delegate=delegate, threads=threads,
@@ -302,7 +302,7 @@ def _cache_file(cache_dir: Path, sha: str, fingerprint: str) -> Path:
 
 def _autotuned(path: Path, cands: list[Candidate], opener: Callable[[Candidate], Model], threads: int,
                cache_dir: Path | None) -> Model:
-    from agent.runtime.probe import hardware_fingerprint, probe_hardware
+    from edgefleet.agent.runtime.probe import hardware_fingerprint, probe_hardware
 
     cache: Path | None = None
     if cache_dir is not None:

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from agent.errors import InvalidInputError
-from agent.wire import TensorSpec
+from edgefleet.agent.errors import InvalidInputError
+from edgefleet.agent.wire import TensorSpec
 
 
 def resolve_shape(spec: TensorSpec, override: Sequence[int] | None = None) -> tuple[int, ...]:

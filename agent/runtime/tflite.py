@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
-from agent.runtime._common import InputBinder, default_threads, dequantize, first_line
-from agent.runtime.base import LoadOptions, Signature
-from agent.wire import TensorSpec
+from edgefleet.agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
+from edgefleet.agent.runtime._common import InputBinder, default_threads, dequantize, first_line
+from edgefleet.agent.runtime.base import LoadOptions, Signature
+from edgefleet.agent.wire import TensorSpec
 
 # runtime name -> module that holds Interpreter and load_delegate
 MODULES: dict[str, str] = {

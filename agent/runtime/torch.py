@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
-from agent.runtime._common import InputBinder, default_threads, first_line
-from agent.runtime.base import LoadOptions, Signature
-from agent.wire import TensorSpec
+from edgefleet.agent.errors import ModelError, ModelLoadError, RuntimeUnavailable
+from edgefleet.agent.runtime._common import InputBinder, default_threads, first_line
+from edgefleet.agent.runtime.base import LoadOptions, Signature
+from edgefleet.agent.wire import TensorSpec
 
 SIGNATURE_FILE = "edgefleet.json"
 _SCHEMA_DTYPES = {"Tensor": "float32", "int": "int64", "float": "float64", "bool": "bool"}
@@ -114,7 +114,7 @@ class TorchScriptModel(Signature):
         """A few inferences on example inputs, so CUDA's lazy set-up happens at load, not on a request."""
         if not checked:
             return  # no shapes to make inputs from: the first real inference warms it up
-        from agent.runtime.synthetic import example_feeds
+        from edgefleet.agent.runtime.synthetic import example_feeds
 
         feeds = example_feeds(self._inputs)
         for _ in range(WARMUP_RUNS):

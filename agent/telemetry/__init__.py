@@ -7,13 +7,13 @@
     MqttLink           one broker connection at a time, MQTT 5 -> 3.1.1 fallback (link.py)
 """
 
-from agent.telemetry.backoff import Backoff
-from agent.telemetry.commands import CommandDispatcher
-from agent.telemetry.histogram import LatencyHistogram, Summary
-from agent.telemetry.link import MqttLink
-from agent.telemetry.service import Telemetry
-from agent.telemetry.spool import Spool
-from agent.telemetry.system import SystemSampler, read_temperature_c
+from edgefleet.agent.telemetry.backoff import Backoff
+from edgefleet.agent.telemetry.commands import CommandDispatcher
+from edgefleet.agent.telemetry.histogram import LatencyHistogram, Summary
+from edgefleet.agent.telemetry.link import MqttLink
+from edgefleet.agent.telemetry.service import Telemetry
+from edgefleet.agent.telemetry.spool import Spool
+from edgefleet.agent.telemetry.system import SystemSampler, read_temperature_c
 
 __all__ = [
     "Backoff",

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.wire import Command
+from edgefleet.agent.wire import Command
 
 log = logging.getLogger(__name__)
 

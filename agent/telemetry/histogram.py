@@ -14,7 +14,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
-from agent import latency
+from edgefleet.agent import latency
 
 _BUCKETS = latency.BUCKETS
 _LAST = latency.BUCKETS - 1

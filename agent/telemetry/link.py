@@ -21,8 +21,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttSection
-from agent.telemetry.backoff import Backoff
+from edgefleet.agent.config import MqttSection
+from edgefleet.agent.telemetry.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.config import AgentConfig
-from agent.telemetry.backoff import Backoff
-from agent.telemetry.commands import CommandDispatcher
-from agent.telemetry.histogram import LatencyHistogram
-from agent.telemetry.link import LinkHandlers, MqttLink
-from agent.telemetry.spool import Spool
-from agent.telemetry.system import SystemSampler
-from agent.wire import (
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.telemetry.backoff import Backoff
+from edgefleet.agent.telemetry.commands import CommandDispatcher
+from edgefleet.agent.telemetry.histogram import LatencyHistogram
+from edgefleet.agent.telemetry.link import LinkHandlers, MqttLink
+from edgefleet.agent.telemetry.spool import Spool
+from edgefleet.agent.telemetry.system import SystemSampler
+from edgefleet.agent.wire import (
     Birth,
     Command,
     Event,
@@ -35,7 +35,7 @@ from agent.wire import (
     Will,
     device_topic,
 )
-from agent.wire import Telemetry as TelemetryDoc
+from edgefleet.agent.wire import Telemetry as TelemetryDoc
 
 log = logging.getLogger(__name__)
 

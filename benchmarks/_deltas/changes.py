@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.tensors import TensorSpan, read_layout
+from edgefleet.server.tensors import TensorSpan, read_layout
 
 FLOATS = ("float32", "float16")
 
@@ -107,7 +107,7 @@ def _last_layer_tflite(path: Path) -> set[str]:
 
 def int8(src: Path, dst: Path, samples: dict[str, np.ndarray]) -> Path:
     if read_layout(src).format == "onnx":
-        from server.optimize._onnx_recipes import int8_static
+        from edgefleet.server.optimize._onnx_recipes import int8_static
 
         int8_static(src, dst, samples)
         return dst

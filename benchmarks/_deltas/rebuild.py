@@ -15,8 +15,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from agent.ota.fsutil import sha256_file
-from agent.ota.tensordelta import apply_tensor_delta
+from edgefleet.agent.ota.fsutil import sha256_file
+from edgefleet.agent.ota.tensordelta import apply_tensor_delta
 
 
 def _high_water_mb() -> float:

@@ -18,9 +18,9 @@ import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from agent.errors import SignatureError
-from agent.signing import verify_document
-from agent.wire import (
+from edgefleet.agent.errors import SignatureError
+from edgefleet.agent.signing import verify_document
+from edgefleet.agent.wire import (
     Birth,
     Command,
     Event,

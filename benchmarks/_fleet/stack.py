@@ -42,7 +42,7 @@ class Stack:
 def start_local(*, broker: str = "auto", log_level: str = "WARNING", rollout_tick_s: float = 0.5,
                 overrides: dict[str, Any] | None = None) -> Stack:
     """A broker (Mosquitto, else amqtt) and ``edgefleet-server run`` on free 127.0.0.1 ports."""
-    from server.demo.broker import start_broker
+    from edgefleet.server.demo.broker import start_broker
     from tests.support.net import free_port
     from tests.support.server import start_server
 

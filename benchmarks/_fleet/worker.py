@@ -15,7 +15,7 @@ import traceback
 from multiprocessing.queues import Queue
 from typing import Any
 
-from agent.signing import parse_public_key
+from edgefleet.agent.signing import parse_public_key
 
 from .device import FleetSpec, VirtualDevice
 from .http import HttpPool

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
-from server.crud import devices as device_crud
-from server.crud import enrollment
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.crud import enrollment
 
 
 def device_refusal(session: Session, device_id: str, token: str) -> HTTPException:

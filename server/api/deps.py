@@ -10,10 +10,10 @@ from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from server.api.auth import device_refusal
-from server.crud import devices as device_crud
-from server.db.models import Device
-from server.state import ServerState
+from edgefleet.server.api.auth import device_refusal
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.db.models import Device
+from edgefleet.server.state import ServerState
 
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"

@@ -18,8 +18,8 @@ from fastapi.responses import Response
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.crud import Conflict, Invalid, NotFound
-from server.problems import MEDIA_TYPE, Problem, problem_bytes
+from edgefleet.server.crud import Conflict, Invalid, NotFound
+from edgefleet.server.problems import MEDIA_TYPE, Problem, problem_bytes
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 BODY_ERRORS = (400, 413, 422)  # every route that reads a body: unreadable or too deep, over its limit, invalid

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.wire import ShadowSpec, TrialPolicy
+from edgefleet.agent.wire import ShadowSpec, TrialPolicy
 
 
 class Body(BaseModel):

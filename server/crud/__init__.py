@@ -4,7 +4,7 @@ The operator CLI, dashboard and /metrics read through these; routes call them an
 translate ``NotFound``/``Conflict``/``Invalid`` into 404/409/422.
 """
 
-from agent.errors import EdgefleetError
+from edgefleet.agent.errors import EdgefleetError
 
 
 class NotFound(EdgefleetError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.db.models import Counter
+from edgefleet.server.db.models import Counter
 
 
 def bump(session: Session, *, name: str = "registry") -> None:

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.crud.counters import bump
-from server.db.models import Delta, Variant
+from edgefleet.server.crud.counters import bump
+from edgefleet.server.db.models import Delta, Variant
 
 ALGORITHMS = ("bsdiff4", "tensor")
 

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.crud import NotFound
-from server.db.models import Device
+from edgefleet.server.crud import NotFound
+from edgefleet.server.db.models import Device
 
 RUNTIME_FORMATS = {
     "litert": "tflite", "tflite_runtime": "tflite", "tensorflow": "tflite",

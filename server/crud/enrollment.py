@@ -17,10 +17,10 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from agent.errors import EdgefleetError
-from server.crud import Conflict, NotFound
-from server.crud.devices import hash_token, new_token
-from server.db.models import Device, EnrollmentToken
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.server.crud import Conflict, NotFound
+from edgefleet.server.crud.devices import hash_token, new_token
+from edgefleet.server.db.models import Device, EnrollmentToken
 
 EnrollStatus = Literal["enrolled", "pending"]
 

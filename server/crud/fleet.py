@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from server.db.models import Device, Rollout, RolloutDevice, Telemetry
+from edgefleet.server.db.models import Device, Rollout, RolloutDevice, Telemetry
 
 
 def online_counts(session: Session) -> tuple[int, int]:

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from server.crud.rollouts import IN_FLIGHT
-from server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice, Telemetry
-from server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, split_classes
+from edgefleet.server.crud.rollouts import IN_FLIGHT
+from edgefleet.server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice, Telemetry
+from edgefleet.server.latency_gate import DeviceWindow, LatencyData, LatencySettings, PairedDevice, split_classes
 
 PAIRED_MAX_DEVICES = 50  # the most recently committed; a sample is enough and keeps the fetch small
 PAIRED_MAX_MESSAGES = 200  # per device and window, the newest

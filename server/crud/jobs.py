@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from server.crud import NotFound
-from server.db.models import Job
+from edgefleet.server.crud import NotFound
+from edgefleet.server.db.models import Job
 
 
 def create_job(session: Session, *, kind: str, params: dict[str, Any]) -> Job:

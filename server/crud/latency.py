@@ -13,8 +13,8 @@ from sqlalchemy import Table, delete, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from agent.latency import BUCKETS
-from server.db.models import Device, LatencyMinute
+from edgefleet.agent.latency import BUCKETS
+from edgefleet.server.db.models import Device, LatencyMinute
 
 MINUTE_UPSERT = "INSERT INTO latency_minute (minute, model_name, model_version, device_class, k, n)"
 MINUTE_CONFLICT = ("ON CONFLICT (minute, model_name, model_version, device_class, k) "

@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.crud import NotFound
-from server.crud.counters import bump
-from server.db.models import Model, ModelVersion, Variant
-from server.quality import profile_summary
+from edgefleet.server.crud import NotFound
+from edgefleet.server.crud.counters import bump
+from edgefleet.server.db.models import Model, ModelVersion, Variant
+from edgefleet.server.quality import profile_summary
 
 
 def get_model(session: Session, *, name: str) -> Model:

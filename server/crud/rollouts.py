@@ -11,11 +11,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from agent.wire import UpdateReport
-from server.crud import Conflict, Invalid, NotFound
-from server.crud.devices import set_desired
-from server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice, Telemetry
-from server.push import note_push
+from edgefleet.agent.wire import UpdateReport
+from edgefleet.server.crud import Conflict, Invalid, NotFound
+from edgefleet.server.crud.devices import set_desired
+from edgefleet.server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice, Telemetry
+from edgefleet.server.push import note_push
 
 ACTIVE = ("running", "paused")
 FAILED_STATES = ("rolled_back", "rejected", "failed")

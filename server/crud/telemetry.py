@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
-from agent.wire import Birth, Will
-from server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry, TelemetryRollup
+from edgefleet.agent.wire import Birth, Will
+from edgefleet.server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry, TelemetryRollup
 
 TELEMETRY_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "received_at", "model_name", "model_version",
                      "runtime", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb",

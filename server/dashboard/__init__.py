@@ -1,7 +1,7 @@
 """The operator dashboard: server-rendered HTML with inline SVG charts (``router``)."""
 
-from server.dashboard.actions import router as actions_router
-from server.dashboard.routes import router
+from edgefleet.server.dashboard.actions import router as actions_router
+from edgefleet.server.dashboard.routes import router
 
 router.include_router(actions_router)
 

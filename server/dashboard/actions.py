@@ -17,13 +17,13 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from server.api.deps import DEVICE_ID, StateDep, is_admin
-from server.crud import Conflict, NotFound, enrollment
-from server.crud.rollouts import join_rollouts
-from server.dashboard import auth
-from server.dashboard.render import device_href, e
-from server.rollouts import rollout_writes
-from server.state import ServerState
+from edgefleet.server.api.deps import DEVICE_ID, StateDep, is_admin
+from edgefleet.server.crud import Conflict, NotFound, enrollment
+from edgefleet.server.crud.rollouts import join_rollouts
+from edgefleet.server.dashboard import auth
+from edgefleet.server.dashboard.render import device_href, e
+from edgefleet.server.rollouts import rollout_writes
+from edgefleet.server.state import ServerState
 
 router = APIRouter(include_in_schema=False)
 FORM_MAX = 4096

@@ -13,8 +13,8 @@ import time
 
 from fastapi import Request
 
-from server.api.deps import is_admin
-from server.state import ServerState
+from edgefleet.server.api.deps import is_admin
+from edgefleet.server.state import ServerState
 
 COOKIE = "edgefleet_dashboard"
 SESSION_TTL_S = 12 * 3600.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from server.dashboard.render import clock, device_href, e, pill
+from edgefleet.server.dashboard.render import clock, device_href, e, pill
 
 
 def _button(device_id: str, action: str, label: str, csrf: str) -> str:

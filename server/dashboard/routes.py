@@ -10,18 +10,18 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from server import latency
-from server.api.deps import StateDep, is_admin
-from server.crud import NotFound, fleet, registry
-from server.crud import devices as device_crud
-from server.crud import rollouts as rollout_crud
-from server.crud import telemetry as telemetry_crud
-from server.dashboard import auth
-from server.dashboard.actions import csrf_token
-from server.dashboard.device_data import render_device_data, render_pending
-from server.dashboard.render import csp, e, page
-from server.dashboard.views import DevicePage, Overview, render_device, render_login, render_overview
-from server.state import ServerState
+from edgefleet.server import latency
+from edgefleet.server.api.deps import StateDep, is_admin
+from edgefleet.server.crud import NotFound, fleet, registry
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.crud import rollouts as rollout_crud
+from edgefleet.server.crud import telemetry as telemetry_crud
+from edgefleet.server.dashboard import auth
+from edgefleet.server.dashboard.actions import csrf_token
+from edgefleet.server.dashboard.device_data import render_device_data, render_pending
+from edgefleet.server.dashboard.render import csp, e, page
+from edgefleet.server.dashboard.views import DevicePage, Overview, render_device, render_login, render_overview
+from edgefleet.server.state import ServerState
 
 router = APIRouter(include_in_schema=False)
 DEVICE_LIMIT = 500

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.dashboard.charts import Series, bar, line_chart
-from server.dashboard.render import ago, clock, device_href, drift_flag, e, num, pill
+from edgefleet.server.dashboard.charts import Series, bar, line_chart
+from edgefleet.server.dashboard.render import ago, clock, device_href, drift_flag, e, num, pill
 
 
 @dataclass

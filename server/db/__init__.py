@@ -1,6 +1,6 @@
 """The server's database: SQLAlchemy 2 models, engine set-up and Alembic migrations."""
 
-from server.db.models import Base
-from server.db.session import Database, head_revision, migrate, normalize_url, schema_revision
+from edgefleet.server.db.models import Base
+from edgefleet.server.db.session import Database, head_revision, migrate, normalize_url, schema_revision
 
 __all__ = ["Base", "Database", "head_revision", "migrate", "normalize_url", "schema_revision"]

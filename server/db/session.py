@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.errors import ConfigError
+from edgefleet.agent.errors import ConfigError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

@@ -28,11 +28,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from agent.errors import EdgefleetError
-from agent.version import version_line
-from server.demo.broker import RunningBroker, start_broker
-from server.demo.models import INPUT_SIZE, LABELS, make_classifier
-from server.opcli_client import ServerClient
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.version import version_line
+from edgefleet.server.demo.broker import RunningBroker, start_broker
+from edgefleet.server.demo.models import INPUT_SIZE, LABELS, make_classifier
+from edgefleet.server.opcli_client import ServerClient
 
 PREPROCESS: dict[str, Any] = {"resize": "stretch", "color": "RGB", "scale": 1 / 255}
 DRIFT_GAIN = 0.5  # --drift DEVICE: that camera's frames at half the brightness
@@ -69,7 +69,7 @@ class Demo:
         self.step(f"broker: {self.broker.kind} on 127.0.0.1:{self.broker.port}")
 
     def start_server(self) -> None:
-        from server.cli import init
+        from edgefleet.server.cli import init
 
         assert self.broker is not None
         port = self.args.port or free_port()
@@ -83,7 +83,8 @@ class Demo:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.server_conf = config
         log = (self.workdir / "server" / "server.log").open("ab")
-        self.server_proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "--config", str(config_path)],
+        self.server_proc = subprocess.Popen([sys.executable, "-m", "edgefleet.server.cli",
+                                             "run", "--config", str(config_path)],
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -130,7 +131,7 @@ class Demo:
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             log = (state / "agent.log").open("ab")
             agent_bin = Path(sys.executable).with_name("edgefleet-agent")
-            command = [str(agent_bin)] if agent_bin.exists() else [sys.executable, "-m", "agent.cli"]
+            command = [str(agent_bin)] if agent_bin.exists() else [sys.executable, "-m", "edgefleet.agent.cli"]
             self.agents[device_id] = subprocess.Popen([*command, "run", "--config", str(config_path)],
                                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.agent_api[device_id] = f"http://127.0.0.1:{api_port}"
@@ -354,9 +355,9 @@ def write_calibration(path: Path) -> Path:
     """The drift reference's inputs: the agents' own synthetic frames, pre-processed as the agents do."""
     import numpy as np
 
-    from agent.daemon.preprocess import Preprocessor
-    from agent.daemon.sources import synthetic_frames
-    from agent.wire import PreprocessSpec, TensorSpec
+    from edgefleet.agent.daemon.preprocess import Preprocessor
+    from edgefleet.agent.daemon.sources import synthetic_frames
+    from edgefleet.agent.wire import PreprocessSpec, TensorSpec
 
     pre = Preprocessor([TensorSpec(name="image", shape=[None, 3, INPUT_SIZE, INPUT_SIZE], dtype="float32")],
                        PreprocessSpec.model_validate(PREPROCESS))

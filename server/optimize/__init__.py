@@ -6,10 +6,10 @@ returns one :class:`VariantResult` per recipe, each ``ready`` or ``rejected`` wi
 judges a ready-made upload (e.g. Edge TPU-compiled TFLite).
 """
 
-from server.optimize._pipeline import RECIPES, TARGETS, build_variants
-from server.optimize._types import EXACT, FP16, LOSSY, OptimizeError, Thresholds, VariantResult
-from server.optimize._uploaded import validate_uploaded_variant
-from server.optimize._validate import validate_variant
+from edgefleet.server.optimize._pipeline import RECIPES, TARGETS, build_variants
+from edgefleet.server.optimize._types import EXACT, FP16, LOSSY, OptimizeError, Thresholds, VariantResult
+from edgefleet.server.optimize._uploaded import validate_uploaded_variant
+from edgefleet.server.optimize._validate import validate_variant
 
 __all__ = [
     "EXACT",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from server.optimize._ortlog import route_onnxruntime_logs
+from edgefleet.server.optimize._ortlog import route_onnxruntime_logs
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ModelLoadError
-from server.optimize import _onnx_recipes as onnx_r
-from server.optimize import _tflite
-from server.optimize._runner import Runner, detect_format, open_model
-from server.optimize._torch_export import export_torchscript
-from server.optimize._types import EXACT, FP16, LOSSY, OptimizeError, Thresholds, VariantResult
-from server.optimize._validate import check_samples, synthetic_samples, validate_variant
+from edgefleet.agent.errors import ModelLoadError
+from edgefleet.server.optimize import _onnx_recipes as onnx_r
+from edgefleet.server.optimize import _tflite
+from edgefleet.server.optimize._runner import Runner, detect_format, open_model
+from edgefleet.server.optimize._torch_export import export_torchscript
+from edgefleet.server.optimize._types import EXACT, FP16, LOSSY, OptimizeError, Thresholds, VariantResult
+from edgefleet.server.optimize._validate import check_samples, synthetic_samples, validate_variant
 
 Progress = Callable[[float, str], None]
 FORMATS = ("onnx", "tflite", "torchscript")

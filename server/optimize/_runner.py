@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.errors import ModelLoadError
+from edgefleet.agent.errors import ModelLoadError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EdgefleetError
+from edgefleet.agent.errors import EdgefleetError
 
 
 class OptimizeError(EdgefleetError):

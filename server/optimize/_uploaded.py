@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ModelLoadError
-from server.optimize._runner import detect_format, open_model
-from server.optimize._tflite import NEEDS_DELEGATE, is_edgetpu_compiled
-from server.optimize._types import LOSSY, OptimizeError, Thresholds, VariantResult
-from server.optimize._validate import check_samples, synthetic_samples, validate_variant
+from edgefleet.agent.errors import ModelLoadError
+from edgefleet.server.optimize._runner import detect_format, open_model
+from edgefleet.server.optimize._tflite import NEEDS_DELEGATE, is_edgetpu_compiled
+from edgefleet.server.optimize._types import LOSSY, OptimizeError, Thresholds, VariantResult
+from edgefleet.server.optimize._validate import check_samples, synthetic_samples, validate_variant
 
 POLICIES = ("reject", "accept")
 

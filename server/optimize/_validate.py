@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ModelLoadError
-from server.calibration import CalibrationError, check_calibration
-from server.optimize._runner import InputSpec, Runner, open_model, p50_ms, run_rows
-from server.optimize._sizes import compressed, sizes
-from server.optimize._types import LOSSY, OptimizeError, Thresholds
+from edgefleet.agent.errors import ModelLoadError
+from edgefleet.server.calibration import CalibrationError, check_calibration
+from edgefleet.server.optimize._runner import InputSpec, Runner, open_model, p50_ms, run_rows
+from edgefleet.server.optimize._sizes import compressed, sizes
+from edgefleet.server.optimize._types import LOSSY, OptimizeError, Thresholds
 
 TASKS = ("classifier", "other")
 

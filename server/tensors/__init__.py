@@ -9,6 +9,6 @@ the spans of two versions; everything outside the spans is the model's "skeleton
 
 from __future__ import annotations
 
-from server.tensors._layout import ModelLayout, NotParsable, TensorSpan, read_layout
+from edgefleet.server.tensors._layout import ModelLayout, NotParsable, TensorSpan, read_layout
 
 __all__ = ["ModelLayout", "NotParsable", "TensorSpan", "read_layout"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import EdgefleetError
+from edgefleet.agent.errors import EdgefleetError
 
 MIN_SPAN_BYTES = 64  # smaller tensors stay in the skeleton: a segment of their own costs more than it saves
 
@@ -53,11 +53,11 @@ def read_layout(path: Path, *, external: bool = True) -> ModelLayout:
     with path.open("rb") as handle:
         head = handle.read(8)
     if len(head) >= 8 and head[4:8] == b"TFL3":
-        from server.tensors._tflite import tflite_layout
+        from edgefleet.server.tensors._tflite import tflite_layout
 
         return tflite_layout(path)
     if head[:1] == b"\x08":  # ModelProto field 1 (ir_version), varint
-        from server.tensors._onnx import onnx_layout
+        from edgefleet.server.tensors._onnx import onnx_layout
 
         return onnx_layout(path, external=external)
     raise NotParsable(f"{path.name}: neither ONNX nor TFLite")

@@ -12,7 +12,7 @@ import mmap
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from server.tensors._layout import ModelLayout, NotParsable, TensorSpan, drop_overlaps, unique_key
+from edgefleet.server.tensors._layout import ModelLayout, NotParsable, TensorSpan, drop_overlaps, unique_key
 
 # TensorProto.DataType -> numpy dtype name ("bytes": no fixed width the shuffle could use)
 DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",

@@ -14,7 +14,7 @@ from pathlib import Path
 from flatbuffers import number_types as N
 from flatbuffers.table import Table
 
-from server.tensors._layout import ModelLayout, NotParsable, TensorSpan, drop_overlaps, unique_key
+from edgefleet.server.tensors._layout import ModelLayout, NotParsable, TensorSpan, drop_overlaps, unique_key
 
 # TensorType -> numpy dtype name
 DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16",

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks._fleet.stack import Operator
 from benchmarks.fleet_sim import Options, main, run_sim
-from server.demo.broker import find_mosquitto
+from edgefleet.server.demo.broker import find_mosquitto
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="Mosquitto is not installed")
 

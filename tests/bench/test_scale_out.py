@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.fleet_sim import Options, run_sim
-from server.demo.broker import find_mosquitto
+from edgefleet.server.demo.broker import find_mosquitto
 from tests.support.databases import postgres_reason
 from tests.support.haproxy import haproxy_reason
 from tests.support.s3 import weed_reason

@@ -28,7 +28,7 @@ def agent_command(config: Path) -> list[str]:
     script = Path(sys.executable).parent / "edgefleet-agent"
     if (ROOT / "agent" / "cli.py").exists() and script.exists():
         return [str(script), "run", "--config", str(config)]
-    return [sys.executable, "-m", "agent.daemon.main", "--config", str(config)]
+    return [sys.executable, "-m", "edgefleet.agent.daemon.main", "--config", str(config)]
 
 
 def base_config(tmp: Path, model: Path | None, **sections: Any) -> dict[str, Any]:

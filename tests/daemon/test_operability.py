@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from agent.version import package_version
+from edgefleet.agent.version import package_version
 from tests.daemon.support import AgentProc, base_config
 from tests.support.net import free_port, wait_until
 
@@ -85,7 +85,7 @@ def test_agent_on_a_taken_port_names_the_address(tmp_path: Path, taken_port: int
 
 
 def server_config(tmp_path: Path, port: int, **extra: object) -> Path:
-    from server.cli import init
+    from edgefleet.server.cli import init
 
     path = init(tmp_path / "server", listen=f"127.0.0.1:{port}", force=True)
     config = yaml.safe_load(path.read_text())

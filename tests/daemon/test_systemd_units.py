@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from server.cli import CONFIG_DIR, DATA_DIR, SERVICE_USER, init
-from server.config import ServerConfig
+from edgefleet.agent.config import AgentConfig
+from edgefleet.server.cli import CONFIG_DIR, DATA_DIR, SERVICE_USER, init
+from edgefleet.server.config import ServerConfig
 from tests.daemon.support import ROOT
 
 UNITS = ROOT / "systemd"

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.config import ResultsSection
-from agent.daemon.preprocess import Postprocessor, Preprocessor, detect_layout
-from agent.daemon.results import ResultsSink
-from agent.daemon.sources import Frame, Mailbox, Source, SourceEnded, SourceRunner
-from agent.daemon.systemd import Notifier
-from agent.errors import InvalidInputError
-from agent.wire import ModelMeta, PreprocessSpec, TensorSpec
+from edgefleet.agent.config import ResultsSection
+from edgefleet.agent.daemon.preprocess import Postprocessor, Preprocessor, detect_layout
+from edgefleet.agent.daemon.results import ResultsSink
+from edgefleet.agent.daemon.sources import Frame, Mailbox, Source, SourceEnded, SourceRunner
+from edgefleet.agent.daemon.systemd import Notifier
+from edgefleet.agent.errors import InvalidInputError
+from edgefleet.agent.wire import ModelMeta, PreprocessSpec, TensorSpec
 from tests.daemon.notify import NotifySocket
 
 

@@ -22,8 +22,8 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import latency
-from agent.wire import TOPIC_ROOT, Birth, Event, LatencyHist, LatencySummary, ModelRef, Telemetry, Will
+from edgefleet.agent import latency
+from edgefleet.agent.wire import TOPIC_ROOT, Birth, Event, LatencyHist, LatencySummary, ModelRef, Telemetry, Will
 from tests.support.models import make_onnx_image_classifier
 from tests.support.net import wait_until
 from tests.support.server import RunningServer
@@ -97,9 +97,9 @@ def push(server: RunningServer, name: str, path: Path) -> dict[str, Any]:
 
 
 def enroll_in_database(server: RunningServer, device_id: str) -> None:
-    from server.config import load_server_config
-    from server.crud import devices
-    from server.db import Database
+    from edgefleet.server.config import load_server_config
+    from edgefleet.server.crud import devices
+    from edgefleet.server.db import Database
 
     db = Database(load_server_config(server.config_path).database_url)
     try:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from agent import latency
+from edgefleet.agent import latency
 from tests.dashboard.fleet import TELEMETRY_N, V1_TIMED_MS, V2_TIMED_MS, XSS_EVENT, XSS_ID, Fleet
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -24,6 +24,8 @@ def lint(tree: Path) -> subprocess.CompletedProcess[str]:
 def copy_tree(tmp_path: Path) -> Path:
     tree = tmp_path / "tree"
     tree.mkdir()
+    shutil.copytree(ROOT / "edgefleet", tree / "edgefleet", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     for package in ("agent", "server"):
         shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / ".importlinter", tree / ".importlinter")
@@ -42,13 +44,13 @@ def test_a_contract_module_importing_opencv_is_caught(tmp_path: Path) -> None:
     wire.write_text(wire.read_text() + "\nimport cv2  # noqa\n")
     got = lint(tree)
     assert got.returncode != 0
-    assert "agent.wire -> cv2" in got.stdout
+    assert "edgefleet.agent.wire -> cv2" in got.stdout
 
 
 def test_the_server_reaching_into_the_daemon_is_caught(tmp_path: Path) -> None:
     tree = copy_tree(tmp_path)
     metrics = tree / "server" / "metrics.py"
-    metrics.write_text(metrics.read_text() + "\nimport agent.daemon  # noqa\n")
+    metrics.write_text(metrics.read_text() + "\nimport edgefleet.agent.daemon  # noqa\n")
     got = lint(tree)
     assert got.returncode != 0
-    assert "server.metrics -> agent.daemon" in got.stdout
+    assert "edgefleet.server.metrics -> edgefleet.agent.daemon" in got.stdout

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import requests
 
-from server.opcli import SPARK
+from edgefleet.server.opcli import SPARK
 from tests.dashboard.fleet import birth, connect, telemetry
 from tests.support.broker import Mosquitto
 from tests.support.models import make_onnx_image_classifier

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.optimize._ortlog import LOGGER, route_onnxruntime_logs
+from edgefleet.server.optimize._ortlog import LOGGER, route_onnxruntime_logs
 from tests.support.models import make_onnx_image_classifier
 
 

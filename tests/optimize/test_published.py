@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.optimize import build_variants
+from edgefleet.server.optimize import build_variants
 from tests.support.published import published_model
 
 

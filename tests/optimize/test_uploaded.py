@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.optimize import OptimizeError, build_variants, validate_uploaded_variant
+from edgefleet.server.optimize import OptimizeError, build_variants, validate_uploaded_variant
 from tests.support.models import make_tflite_single_op
 
 

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-import server.optimize as opt
-from server.optimize import OptimizeError, Thresholds, build_variants, validate_variant
+import edgefleet.server.optimize as opt
+from edgefleet.server.optimize import OptimizeError, Thresholds, build_variants, validate_variant
 from tests.optimize.makers import make_convnet, make_foldable, make_mlp, make_scripted, mlp_reference
 
 SMALL = {"features": 128, "hidden": 256, "classes": 10}

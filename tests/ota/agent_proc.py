@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from agent.config import AgentConfig
-from agent.daemon.host import ModelHost
-from agent.ota.client import UpdateClient
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon.host import ModelHost
+from edgefleet.agent.ota.client import UpdateClient
 from tests.ota.helpers import ort_loader
 from tests.ota.rig import EventLog, Traffic
 

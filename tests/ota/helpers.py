@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from agent.wire import ModelMeta, TensorSpec
+from edgefleet.agent.wire import ModelMeta, TensorSpec
 from tests.support.models import _save_onnx, make_onnx_image_classifier
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64"}
@@ -26,7 +26,7 @@ class OrtModel:
     def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        from agent.errors import ModelLoadError
+        from edgefleet.agent.errors import ModelLoadError
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import AgentConfig
-from agent.daemon.host import ModelHost
-from agent.ota.client import UpdateClient
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon.host import ModelHost
+from edgefleet.agent.ota.client import UpdateClient
 from tests.ota.helpers import image, ort_loader
 from tests.support.server import RunningServer
 

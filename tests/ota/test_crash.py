@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.ota.state import StateStore
+from edgefleet.agent.ota.state import StateStore
 from tests.ota.helpers import push, roll_out
 from tests.ota.rig import Device, Traffic
 from tests.support.server import RunningServer

@@ -9,9 +9,9 @@ import bsdiff4
 import pytest
 import requests
 
-from agent.errors import UpdateRejected
-from agent.ota.client import UpdateClient
-from agent.ota.download import apply_delta
+from edgefleet.agent.errors import UpdateRejected
+from edgefleet.agent.ota.client import UpdateClient
+from edgefleet.agent.ota.download import apply_delta
 from tests.ota.helpers import make_big_classifier, ort_loader, push, roll_out
 from tests.ota.rig import Device, Traffic
 from tests.support.server import RunningServer

@@ -12,10 +12,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.daemon.host import ModelHost
-from agent.ota.client import UpdateClient
-from agent.telemetry.service import Telemetry
-from agent.wire import Command, device_topic
+from edgefleet.agent.daemon.host import ModelHost
+from edgefleet.agent.ota.client import UpdateClient
+from edgefleet.agent.telemetry.service import Telemetry
+from edgefleet.agent.wire import Command, device_topic
 from tests.ota.helpers import device_reports, ort_loader, push, roll_out
 from tests.ota.rig import Traffic, agent_config
 from tests.support.broker import Mosquitto

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.ota.slots import SlotInfo, SlotStore
-from agent.wire import ModelMeta
+from edgefleet.agent.ota.slots import SlotInfo, SlotStore
+from edgefleet.agent.wire import ModelMeta
 
 
 def info_for(data: bytes, version: int) -> SlotInfo:

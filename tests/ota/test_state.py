@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.ota.state import (
+from edgefleet.agent.ota.state import (
     EVENTS,
     IN_PROGRESS,
     RECOVERY,
@@ -22,7 +22,7 @@ from agent.ota.state import (
     Trigger,
     next_state,
 )
-from agent.wire import UpdateReport
+from edgefleet.agent.wire import UpdateReport
 
 EXPECTED = {
     **{(s, Trigger.ACCEPTED): State.DOWNLOADING for s in TERMINAL | {State.DOWNLOADING}},
@@ -94,7 +94,7 @@ def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_crash_hook_exits_right_after_saving_that_state(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from agent.ota.state import *; "
+    code = ("import sys; from pathlib import Path; from edgefleet.agent.ota.state import *; "
             "s = StateStore(Path(sys.argv[1])); s.save(StateRecord(state=State.DOWNLOADING)); "
             "s.save(StateRecord(state=State.VERIFYING)); print('not reached')")
     path = tmp_path / "state.json"
@@ -106,8 +106,8 @@ def test_crash_hook_exits_right_after_saving_that_state(tmp_path: Path) -> None:
 
 
 def test_every_in_progress_state_has_one_handler_and_its_triggers_are_rows_of_the_table() -> None:
-    from agent.ota.handlers import handlers
-    from agent.ota.state import IN_PROGRESS, TRANSITIONS
+    from edgefleet.agent.ota.handlers import handlers
+    from edgefleet.agent.ota.state import IN_PROGRESS, TRANSITIONS
 
     table = handlers()
     assert set(table) == set(IN_PROGRESS)

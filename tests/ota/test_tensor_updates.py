@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from agent.ota.client import UpdateClient
+from edgefleet.agent.ota.client import UpdateClient
 from tests.ota.helpers import image, ort_loader, push, roll_out
 from tests.ota.rig import Device, Traffic
 from tests.ota.tensormodels import fine_tuned, image_mlp_reference, image_mlp_weights, make_image_mlp

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import UpdateRejected
-from agent.ota.tensordelta import PREAMBLE, UnsupportedDelta, apply_files, apply_tensor_delta
-from server.tensordelta import build_tensor_delta
-from server.tensors import NotParsable, read_layout
+from edgefleet.agent.errors import UpdateRejected
+from edgefleet.agent.ota.tensordelta import PREAMBLE, UnsupportedDelta, apply_files, apply_tensor_delta
+from edgefleet.server.tensordelta import build_tensor_delta
+from edgefleet.server.tensors import NotParsable, read_layout
 from tests.ota.tensormodels import fine_tuned, make_onnx_mlp, make_tflite_mlp, mlp_reference, mlp_weights
 
 X = np.random.default_rng(7).standard_normal((16, 32)).astype(np.float32)
@@ -216,11 +216,11 @@ def test_rebuild_memory_is_bounded_by_chunks_not_by_the_model(tmp_path: Path) ->
 
 def test_a_payload_asking_for_a_larger_zstd_window_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The decoder's memory is bounded too: a frame declaring a 32 MiB window is refused, not allocated."""
-    import server.tensordelta
+    import edgefleet.server.tensordelta as server_tensordelta
 
     weights = mlp_weights(51)
     base = make_onnx_mlp(tmp_path / "v1.onnx", weights)
     target = make_onnx_mlp(tmp_path / "v2.onnx", fine_tuned(weights, 52))
-    monkeypatch.setattr(server.tensordelta, "WINDOW_LOG", 25)
+    monkeypatch.setattr(server_tensordelta, "WINDOW_LOG", 25)
     build_tensor_delta(read_layout(base), read_layout(target), tmp_path / "wide.eftd")
     _refused(base, tmp_path / "wide.eftd", tmp_path / "out", "does not decompress")

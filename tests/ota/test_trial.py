@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.ota.latency_ratio import ratio_ci
-from agent.ota.trial import TrialWatcher
-from agent.wire import ModelMeta, TrialPolicy
+from edgefleet.agent.ota.latency_ratio import ratio_ci
+from edgefleet.agent.ota.trial import TrialWatcher
+from edgefleet.agent.wire import ModelMeta, TrialPolicy
 
 NEW = ModelMeta(name="m", version=2, sha256="b" * 64)
 OLD = ModelMeta(name="m", version=1, sha256="a" * 64)

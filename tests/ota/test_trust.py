@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, SignatureError
-from agent.signing import generate_private_key, key_id, load_private_key, private_key_pem, public_key_pem
-from agent.trust import TrustedRoot, walk
-from server.trust import ServerTrust, make_root, rotate, sign_root, verify_chain
+from edgefleet.agent.errors import ConfigError, SignatureError
+from edgefleet.agent.signing import generate_private_key, key_id, load_private_key, private_key_pem, public_key_pem
+from edgefleet.agent.trust import TrustedRoot, walk
+from edgefleet.server.trust import ServerTrust, make_root, rotate, sign_root, verify_chain
 
 
 def test_next_root_needs_the_old_keys_and_its_own() -> None:

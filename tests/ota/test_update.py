@@ -114,7 +114,7 @@ def test_bad_signature_wrong_key_older_version_rejected(server: RunningServer, t
     v2 = push(server.url, server.admin(), "sig", models["v2"])
     roll_out(server.url, server.admin(), "sig", v2["version"], ["ota-sig"])
     # 1. the manifest altered in transit: its signature no longer verifies
-    from agent.ota.client import UpdateClient
+    from edgefleet.agent.ota.client import UpdateClient
     from tests.ota.helpers import ort_loader
 
     device.client = UpdateClient(device.config, device.host, device.log, ort_loader, session=Rewriter("version"))
@@ -123,7 +123,7 @@ def test_bad_signature_wrong_key_older_version_rejected(server: RunningServer, t
                                "1 needed)"
     # 2. a device that pins another key
     other = tmp_path / "other.pub"
-    from agent.signing import generate_private_key, public_key_pem
+    from edgefleet.agent.signing import generate_private_key, public_key_pem
 
     other.write_bytes(public_key_pem(generate_private_key().public_key()))
     config = device.config.model_copy(update={"server": device.config.server.model_copy(
@@ -200,8 +200,8 @@ def test_full_disk_is_a_clean_failure(server: RunningServer, tmp_path: Path, mod
 
 def test_worker_thread_check_update_command_and_queued_reports(server: RunningServer, tmp_path: Path,
                                                                models: dict[str, Path]) -> None:
-    from agent.ota.serverapi import ReportQueue, ServerApi
-    from agent.wire import Command, UpdateReport
+    from edgefleet.agent.ota.serverapi import ReportQueue, ServerApi
+    from edgefleet.agent.wire import Command, UpdateReport
     from tests.support.net import free_port, wait_until
 
     device = Device(server, tmp_path, "ota-cmd")

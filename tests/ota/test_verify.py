@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from agent.errors import SignatureError, UpdateRejected
-from agent.ota.clock import FixedClock
-from agent.ota.verify import Running, Seen, TrustedTime, check_artifact, verify_manifest
-from agent.signing import generate_private_key, sign_canonical, sign_document
-from agent.wire import SignedManifest
+from edgefleet.agent.errors import SignatureError, UpdateRejected
+from edgefleet.agent.ota.clock import FixedClock
+from edgefleet.agent.ota.verify import Running, Seen, TrustedTime, check_artifact, verify_manifest
+from edgefleet.agent.signing import generate_private_key, sign_canonical, sign_document
+from edgefleet.agent.wire import SignedManifest
 
 KEY = generate_private_key()
 OTHER = generate_private_key()
@@ -133,7 +133,7 @@ def test_check_artifact(tmp_path: Path) -> None:
 def test_system_clock_reads_timesyncds_flag(tmp_path: Path) -> None:
     import time
 
-    from agent.ota.clock import SystemClock
+    from edgefleet.agent.ota.clock import SystemClock
 
     flag = tmp_path / "synchronized"
     flag.touch()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.quality import (
+from edgefleet.agent.quality import (
     AgreementTracker,
     BoxLayout,
     LatencyBuckets,

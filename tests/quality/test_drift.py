@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from agent.quality import (
+from edgefleet.agent.quality import (
     SIZE_STATS,
     DriftMonitor,
     ReferenceProfile,
@@ -14,9 +14,9 @@ from agent.quality import (
     psi,
     summarize_fleet,
 )
-from agent.quality.smallgray import luma_stats, small_gray
-from agent.quality.stats import WindowedHistogram, input_stats
-from agent.wire import Telemetry
+from edgefleet.agent.quality.smallgray import luma_stats, small_gray
+from edgefleet.agent.quality.stats import WindowedHistogram, input_stats
+from edgefleet.agent.wire import Telemetry
 from tests.quality.conftest import Infer
 from tests.quality.support import scenes, to_tensor
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.quality.drift import DriftMonitor, ReferenceProfile, build_reference_profile, summarize_fleet
-from agent.quality.stats import chi2_quantile, psi_critical
+from edgefleet.agent.quality.drift import DriftMonitor, ReferenceProfile, build_reference_profile, summarize_fleet
+from edgefleet.agent.quality.stats import chi2_quantile, psi_critical
 
 SCORES = {"scores": np.array([[0.1, 0.7, 0.2]], np.float32)}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.db.models import Rollout
-from server.rollouts import DeviceOutcome, Gates, evaluate_rollout, gates_of
+from edgefleet.server.db.models import Rollout
+from edgefleet.server.rollouts import DeviceOutcome, Gates, evaluate_rollout, gates_of
 
 FAILING = {"samples": 40, "agreement": 0.375, "latency_ms": {"p95": 1.5}, "passed": False,
            "reason": "agreement 0.375 < 0.900 over 40 inputs"}

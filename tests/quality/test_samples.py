@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.quality import SampleStore, accuracy_by
+from edgefleet.agent.quality import SampleStore, accuracy_by
 from tests.quality.conftest import Infer
 from tests.quality.support import scenes, to_tensor
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.daemon.host import ModelHost
-from agent.daemon.preprocess import Preprocessor
-from agent.quality import DriftMonitor, ShadowRunner, build_reference_profile
-from agent.runtime.base import LoadOptions
-from agent.runtime.onnx import load
-from agent.wire import ModelMeta, PreprocessSpec, ShadowSpec
+from edgefleet.agent.daemon.host import ModelHost
+from edgefleet.agent.daemon.preprocess import Preprocessor
+from edgefleet.agent.quality import DriftMonitor, ShadowRunner, build_reference_profile
+from edgefleet.agent.runtime.base import LoadOptions
+from edgefleet.agent.runtime.onnx import load
+from edgefleet.agent.wire import ModelMeta, PreprocessSpec, ShadowSpec
 from tests.quality.support import SIZE, scenes
 from tests.support.models import make_onnx_image_classifier
 

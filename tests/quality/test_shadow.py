@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from agent.quality import ShadowRunner
-from agent.wire import ShadowSpec, Telemetry
+from edgefleet.agent.quality import ShadowRunner
+from edgefleet.agent.wire import ShadowSpec, Telemetry
 from tests.quality.conftest import Infer
 from tests.quality.support import scenes, to_tensor
 

@@ -21,9 +21,9 @@ import onnx
 import pytest
 import requests
 
-from agent.config import AgentConfig
-from agent.daemon.main import Agent
-from server.dashboard.render import drift_flag
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon.main import Agent
+from edgefleet.server.dashboard.render import drift_flag
 from tests.quality.support import scene
 from tests.support.broker import Mosquitto
 from tests.support.models import make_onnx_image_classifier
@@ -265,9 +265,9 @@ def test_darker_inputs_are_flagged_unchanged_are_not(rig: tuple[RunningServer, M
 
 def test_local_api_requests_feed_drift(tmp_path: Path) -> None:
     """Images sent to the local API are watched for drift like a source's frames (no server, no broker)."""
-    from agent.quality import build_reference_profile
-    from agent.runtime.base import LoadOptions
-    from agent.runtime.onnx import load
+    from edgefleet.agent.quality import build_reference_profile
+    from edgefleet.agent.runtime.base import LoadOptions
+    from edgefleet.agent.runtime.onnx import load
     from tests.support.net import free_port
 
     images = frames(120, seed=7)

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from agent.errors import EdgefleetError
-from agent.runtime import example_feeds, load_model
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.runtime import example_feeds, load_model
 
 
 def main() -> int:

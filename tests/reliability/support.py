@@ -362,7 +362,7 @@ def restart_server(server: RunningServer, timeout: float = 30.0) -> None:
     server.stop()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with server.log_path.open("ab") as log:
-        server.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "--config",
+        server.proc = subprocess.Popen([sys.executable, "-m", "edgefleet.server.cli", "run", "--config",
                                         str(server.config_path)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                        env=env)
 

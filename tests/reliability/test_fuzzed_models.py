@@ -1,7 +1,7 @@
 """Fuzzed model files: valid ONNX and TFLite containers with random bytes flipped (seeded).
 
 Each variant goes to the runtime layer's loader in a child process (what the agent does after the
-test-load) and to the OTA test-load itself (``python -m agent.ota.probe_load``); a few that the server
+test-load) and to the OTA test-load itself (``python -m edgefleet.agent.ota.probe_load``); a few that the server
 accepts are rolled out to a running agent, which must refuse them and keep serving the model it has.
 """
 
@@ -97,7 +97,8 @@ def test_runtime_loader_refuses_fuzzed_models_with_its_own_errors(fuzzed: dict[s
     crashes = [name for name, r in results.items() if r["outcome"] == "crash"]
     # a crash is contained by the test-load: probe_load must die or fail on exactly those files
     for name in crashes:
-        probe = subprocess.run([sys.executable, "-m", "agent.ota.probe_load", str(fuzzed[fmt][0].parent / name),
+        probe = subprocess.run([sys.executable, "-m", "edgefleet.agent.ota.probe_load",
+                                str(fuzzed[fmt][0].parent / name),
                                 "--format", fmt], cwd=REPO, capture_output=True, text=True, timeout=120,
                                env=dict(os.environ, PYTHONPATH=str(REPO)))
         assert probe.returncode != 0, name
@@ -106,8 +107,8 @@ def test_runtime_loader_refuses_fuzzed_models_with_its_own_errors(fuzzed: dict[s
 def test_regression_tflite_resize_failure_is_a_model_error(tmp_path: Path) -> None:
     """Finding: variant 47 of seed 9 (a dynamic input whose re-allocation fails in XNNPACK) leaked a raw
     RuntimeError from TFLiteModel.infer, outside the project's error hierarchy."""
-    from agent.errors import ModelError
-    from agent.runtime import example_feeds, load_model
+    from edgefleet.agent.errors import ModelError
+    from edgefleet.agent.runtime import example_feeds, load_model
 
     path = fuzz(make_tflite_float(tmp_path / "base.tflite"), tmp_path / "v", 48, 9)[47]
     model = load_model(path, prefer="litert", autotune=False, threads=1)

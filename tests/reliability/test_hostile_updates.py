@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import requests
 
-from agent.ota.client import UpdateClient
-from agent.wire import MANIFEST_MEDIA_TYPE
+from edgefleet.agent.ota.client import UpdateClient
+from edgefleet.agent.wire import MANIFEST_MEDIA_TYPE
 from tests.ota.helpers import image, ort_loader
 from tests.ota.rig import Device, Traffic
 from tests.reliability.support import FAST_TRIAL, Versions, check_state_files
@@ -136,7 +136,7 @@ def test_manifest_without_a_usable_signature(server: RunningServer, tmp_path: Pa
         assert device.update() == "rejected"
         assert _reasons(device, "update.rejected")[-1] == "manifest carries no signature"
     else:  # not a SignedManifest at all: the answer is refused like a broken transfer, and nothing moves
-        from agent.errors import TransportError
+        from edgefleet.agent.errors import TransportError
 
         with pytest.raises(TransportError, match="manifest is not a SignedManifest") as caught:
             device.client.run_once()

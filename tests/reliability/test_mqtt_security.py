@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.telemetry import Telemetry
+from edgefleet.agent.telemetry import Telemetry
 from tests.support.broker import Mosquitto
 from tests.support.net import wait_until
 from tests.support.pki import issue

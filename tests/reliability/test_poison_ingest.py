@@ -19,9 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from server.config import load_server_config
-from server.db import Database
-from server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry
+from edgefleet.server.config import load_server_config
+from edgefleet.server.db import Database
+from edgefleet.server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry
 from tests.reliability.support import restart_server
 from tests.support.broker import Mosquitto
 from tests.support.databases import database_url, postgres_reason

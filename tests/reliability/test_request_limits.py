@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from server.limits import BODY_LIMITS, UPLOAD_ROUTE
+from edgefleet.server.limits import BODY_LIMITS, UPLOAD_ROUTE
 from tests.support.server import RunningServer, start_server
 
 MB = 1024 * 1024

@@ -27,11 +27,11 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.errors import TransportError
-from agent.ota.client import UpdateClient
-from agent.ota.clock import FixedClock
-from agent.signing import load_private_key, sign_canonical
-from agent.wire import MANIFEST_MEDIA_TYPE
+from edgefleet.agent.errors import TransportError
+from edgefleet.agent.ota.client import UpdateClient
+from edgefleet.agent.ota.clock import FixedClock
+from edgefleet.agent.signing import load_private_key, sign_canonical
+from edgefleet.agent.wire import MANIFEST_MEDIA_TYPE
 from tests.ota.helpers import ort_loader
 from tests.ota.rig import Device, Traffic
 from tests.reliability.support import FAST_TRIAL, REPO, DaemonAgent, Versions, agent_yaml, api_port
@@ -88,7 +88,8 @@ def served(proxy: MitmProxy, version: int | None = None) -> Exchange:
 def rotate_key(server: RunningServer) -> str:
     """``edgefleet-server rotate-key`` on the running server's config; returns once the server serves it."""
     before = requests.get(f"{server.url}/v1/trust/roots", timeout=5).json()["latest"]
-    done = subprocess.run([sys.executable, "-m", "server.cli", "rotate-key", "--config", str(server.config_path)],
+    done = subprocess.run([sys.executable, "-m", "edgefleet.server.cli",
+                           "rotate-key", "--config", str(server.config_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     wait_until(lambda: requests.get(f"{server.url}/v1/trust/roots", timeout=5).json()["latest"] == before + 1,

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.config import RuntimeSection
-from agent.runtime import load_model, load_model_for_config
+from edgefleet.agent.config import RuntimeSection
+from edgefleet.agent.runtime import load_model, load_model_for_config
 from tests.support.models import reference_tflite_float
 
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "edgefleet.agent.cli",
+                           *args], capture_output=True, text=True, timeout=60,
                           env=env, cwd=ROOT)
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ModelLoadError
-from agent.runtime import detect_format, load_model
+from edgefleet.agent.errors import ModelLoadError
+from edgefleet.agent.runtime import detect_format, load_model
 from tests.support.models import write_jpeg, write_truncated
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import InvalidInputError
-from agent.runtime import load_model
+from edgefleet.agent.errors import InvalidInputError
+from edgefleet.agent.runtime import load_model
 from tests.support.models import reference_onnx_multi_input
 
 pytestmark = pytest.mark.onnx

@@ -4,9 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-from agent.runtime import available_runtimes, device_class, hardware_fingerprint, probe_hardware
-from agent.runtime.inventory import RUNTIMES, TFLITE_RUNTIMES
-from agent.runtime.probe import accelerators
+from edgefleet.agent.runtime import available_runtimes, device_class, hardware_fingerprint, probe_hardware
+from edgefleet.agent.runtime.inventory import RUNTIMES, TFLITE_RUNTIMES
+from edgefleet.agent.runtime.probe import accelerators
 
 PI_CPUINFO = """processor\t: 0
 BogoMIPS\t: 108.00

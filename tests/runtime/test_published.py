@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.runtime import load_model
+from edgefleet.agent.runtime import load_model
 from tests.support.published import published_model
 
 

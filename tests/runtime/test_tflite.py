@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import InvalidInputError, RuntimeUnavailable
-from agent.runtime import load_model
+from edgefleet.agent.errors import InvalidInputError, RuntimeUnavailable
+from edgefleet.agent.runtime import load_model
 from tests.conftest import first_tflite_runtime
 from tests.support.models import reference_tflite_float, reference_tflite_uint8
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import InvalidInputError, RuntimeUnavailable
-from agent.runtime import load_model
+from edgefleet.agent.errors import InvalidInputError, RuntimeUnavailable
+from edgefleet.agent.runtime import load_model
 from tests.support.models import reference_torchscript
 
 pytestmark = pytest.mark.torch
@@ -75,7 +75,7 @@ def _cuda() -> bool:
 
 
 def test_cuda_delegate_falls_back_to_the_cpu_without_a_gpu(models: dict[str, Path]) -> None:
-    from agent.runtime.torch import cuda_status
+    from edgefleet.agent.runtime.torch import cuda_status
 
     if _cuda():
         pytest.skip("a GPU is present: test_cuda_delegate_on_the_gpu covers it")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import requests
 
-from agent.signing import load_public_key, verify_document
-from agent.wire import Manifest, SignedManifest
+from edgefleet.agent.signing import load_public_key, verify_document
+from edgefleet.agent.wire import Manifest, SignedManifest
 from tests.support.server import RunningServer
 
 

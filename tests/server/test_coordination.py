@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from server.crud import jobs as job_crud
-from server.db import Database, head_revision, migrate, schema_revision
-from server.db.models import Lease
-from server.jobs import JobKind, JobRunner
-from server.leases import ROLLOUTS, Leases
+from edgefleet.server.crud import jobs as job_crud
+from edgefleet.server.db import Database, head_revision, migrate, schema_revision
+from edgefleet.server.db.models import Lease
+from edgefleet.server.jobs import JobKind, JobRunner
+from edgefleet.server.leases import ROLLOUTS, Leases
 from tests.support.databases import database_url, postgres_reason
 from tests.support.net import wait_until
 
@@ -170,7 +170,7 @@ def test_a_running_job_keeps_its_claim_past_the_ttl(pg: Database) -> None:
 
 
 def test_rollout_writes_take_turns_across_connections(pg: Database, pg_url: str) -> None:
-    from server.rollouts import rollout_writes
+    from edgefleet.server.rollouts import rollout_writes
 
     other = Database(pg_url)
     order: list[str] = []

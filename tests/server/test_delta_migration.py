@@ -11,8 +11,8 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from server.db import Database
-from server.db.session import MIGRATIONS
+from edgefleet.server.db import Database
+from edgefleet.server.db.session import MIGRATIONS
 from tests.support.databases import database_url, postgres_reason
 
 PG_SKIP = postgres_reason()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.wire import UpdateReport
-from server.crud import devices as device_crud
-from server.crud import registry, rollouts, telemetry
-from server.crud.gate_data import latency_data
-from server.db import Database, migrate
-from server.latency_gate import LatencySettings
+from edgefleet.agent.wire import UpdateReport
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.crud import registry, rollouts, telemetry
+from edgefleet.server.crud.gate_data import latency_data
+from edgefleet.server.db import Database, migrate
+from edgefleet.server.latency_gate import LatencySettings
 from tests.support.databases import database_url, postgres_reason
 
 PG_SKIP = postgres_reason()

@@ -9,7 +9,7 @@ from statistics import NormalDist
 
 import pytest
 
-from server.stats import mann_whitney_greater, median, min_p_value, ranks, stouffer
+from edgefleet.server.stats import mann_whitney_greater, median, min_p_value, ranks, stouffer
 
 
 def brute_force_p(x: list[float], y: list[float]) -> float:

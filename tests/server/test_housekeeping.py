@@ -7,14 +7,14 @@ import os
 import time
 from pathlib import Path
 
-from server.config import SamplesSection
-from server.crud import registry
-from server.crud.deltas import record_delta
-from server.crud.devices import enroll_device
-from server.db import Database, migrate
-from server.db.models import Delta, Device, Rollout, RolloutDevice, Sample
-from server.housekeeping import PATCH_GRACE_S, collect
-from server.storage import LocalStore
+from edgefleet.server.config import SamplesSection
+from edgefleet.server.crud import registry
+from edgefleet.server.crud.deltas import record_delta
+from edgefleet.server.crud.devices import enroll_device
+from edgefleet.server.db import Database, migrate
+from edgefleet.server.db.models import Delta, Device, Rollout, RolloutDevice, Sample
+from edgefleet.server.housekeeping import PATCH_GRACE_S, collect
+from edgefleet.server.storage import LocalStore
 
 DAY = 86400.0
 

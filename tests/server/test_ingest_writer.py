@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from server.config import TelemetrySection
-from server.crud import devices as device_crud
-from server.db import Database, migrate
-from server.db.models import Device, Telemetry
-from server.ingest import BatchWriter, IngestStats
-from server.ingest_rejections import Rejections
-from server.ingest_validation import Rejected
+from edgefleet.server.config import TelemetrySection
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.db import Database, migrate
+from edgefleet.server.db.models import Device, Telemetry
+from edgefleet.server.ingest import BatchWriter, IngestStats
+from edgefleet.server.ingest_rejections import Rejections
+from edgefleet.server.ingest_validation import Rejected
 from tests.support.databases import database_url, postgres_reason
 
 PG_SKIP = postgres_reason()

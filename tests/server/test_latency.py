@@ -19,15 +19,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from agent import latency as buckets
-from server import latency
-from server.config import TelemetrySection
-from server.crud import devices as device_crud
-from server.db import Database, migrate
-from server.db.models import LatencyHistHourly, LatencyHistRow
-from server.ingest import BatchWriter, IngestStats
-from server.latency_metrics import LE_SECONDS, METRIC
-from server.latency_rollup import fold_and_expire
+from edgefleet.agent import latency as buckets
+from edgefleet.server import latency
+from edgefleet.server.config import TelemetrySection
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.db import Database, migrate
+from edgefleet.server.db.models import LatencyHistHourly, LatencyHistRow
+from edgefleet.server.ingest import BatchWriter, IngestStats
+from edgefleet.server.latency_metrics import LE_SECONDS, METRIC
+from edgefleet.server.latency_rollup import fold_and_expire
 from tests.support.broker import Mosquitto
 from tests.support.databases import database_url, postgres_reason
 from tests.support.net import wait_until

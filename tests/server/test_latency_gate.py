@@ -6,7 +6,7 @@ import math
 import random
 import re
 
-from server.latency_gate import (
+from edgefleet.server.latency_gate import (
     DeviceWindow,
     LatencyData,
     LatencySettings,
@@ -14,7 +14,7 @@ from server.latency_gate import (
     evaluate_latency,
     split_classes,
 )
-from server.rollouts import DeviceOutcome, Gates, evaluate_rollout
+from edgefleet.server.rollouts import DeviceOutcome, Gates, evaluate_rollout
 
 SETTINGS = LatencySettings(max_ratio=1.5, alpha=0.01, min_devices=3, min_samples=3)
 

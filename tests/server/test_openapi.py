@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
-from server.openapi import REGENERATE
-from server.problems import MEDIA_TYPE, Problem, title_of
+from edgefleet.server.openapi import REGENERATE
+from edgefleet.server.problems import MEDIA_TYPE, Problem, title_of
 from tests.support.server import RunningServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,8 +174,8 @@ def test_docs_load_from_the_server_itself(server: RunningServer, page: str) -> N
 def test_a_drift_section_of_the_wrong_types_is_nulls_in_the_typed_flag() -> None:
     """``drift`` is free-form on the wire: one device's odd values become nulls in its DriftFlag instead of a
     response the model refuses (a 500 for the operator's whole device list)."""
-    from server.api.public.devices import DriftFlag
-    from server.quality import device_drift
+    from edgefleet.server.api.public.devices import DriftFlag
+    from edgefleet.server.quality import device_drift
 
     odd = device_drift({"model": 7, "version": "2", "drifted": "yes", "ready": 1, "max_psi": True,
                         "max_stat": ["x"], "samples": 3.5, "threshold": "0.2"})

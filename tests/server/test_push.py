@@ -16,7 +16,7 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.wire import TOPIC_ROOT
+from edgefleet.agent.wire import TOPIC_ROOT
 from tests.server.test_rollouts import desired, push, report, rollout
 from tests.support.broker import Mosquitto
 from tests.support.cluster import start_cluster

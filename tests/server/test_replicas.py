@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import requests
 
-from server.demo.models import make_classifier
+from edgefleet.server.demo.models import make_classifier
 from tests.support.cluster import Cluster, start_cluster
 from tests.support.databases import database_url, postgres_reason
 from tests.support.haproxy import haproxy_reason

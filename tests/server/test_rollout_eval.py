@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.rollouts import DeviceOutcome, Gates, evaluate_rollout
+from edgefleet.server.rollouts import DeviceOutcome, Gates, evaluate_rollout
 
 GATES = Gates(min_committed_ratio=0.5, max_failure_ratio=0.25, max_p95_regression=1.5, soak_s=10.0)
 

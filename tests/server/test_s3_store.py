@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import requests
 
-from server.artifact_gc import collect
-from server.db import Database, migrate
-from server.db.models import Delta
-from server.storage import ArtifactStore, LocalStore, S3Store, TooLarge
+from edgefleet.server.artifact_gc import collect
+from edgefleet.server.db import Database, migrate
+from edgefleet.server.db.models import Delta
+from edgefleet.server.storage import ArtifactStore, LocalStore, S3Store, TooLarge
 from tests.support.net import free_port, wait_until
 from tests.support.s3 import SeaweedS3, weed_reason
 
@@ -117,8 +117,8 @@ def test_garbage_collection_deletes_only_old_unreferenced_artifacts(kind: str, s
 
 
 def test_the_server_serves_uploads_ranges_and_deltas_from_s3(seaweed: SeaweedS3, tmp_path: Path) -> None:
-    from agent.ota.download import Downloader
-    from server.demo.models import make_classifier
+    from edgefleet.agent.ota.download import Downloader
+    from edgefleet.server.demo.models import make_classifier
     from tests.support.server import start_server
 
     storage = {**seaweed.storage_section(tmp_path / "scratch"), "prefix": "server/"}

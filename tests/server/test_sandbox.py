@@ -11,8 +11,8 @@ import bsdiff4
 import numpy as np
 import pytest
 
-from server import sandbox
-from server.sandbox import Limits, SandboxError
+from edgefleet.server import sandbox
+from edgefleet.server.sandbox import Limits, SandboxError
 from tests.support.models import make_onnx_endless_loop, make_onnx_image_classifier
 
 ROOMY = Limits(timeout_s=60, cpu_s=60, memory_mb=4096)
@@ -98,8 +98,8 @@ def test_kill_all_ends_running_children_at_once(tmp_path: Path) -> None:
 
 def test_a_calibrated_profile_carries_no_key_an_older_agent_would_refuse(tmp_path: Path) -> None:
     """Agents before issue 18 validate the profile with extra keys forbidden: a real reference stays in their shape."""
-    from agent.quality.drift import ReferenceProfile
-    from server.quality import compute_profile
+    from edgefleet.agent.quality.drift import ReferenceProfile
+    from edgefleet.server.quality import compute_profile
 
     model = make_onnx_image_classifier(tmp_path / "m.onnx")
     inputs = [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.wire import Birth, UpdateReport, Will
-from server.crud import Invalid, registry, rollouts, telemetry
-from server.crud import devices as device_crud
-from server.db import Database, migrate
-from server.storage import LocalStore, TooLarge
+from edgefleet.agent.wire import Birth, UpdateReport, Will
+from edgefleet.server.crud import Invalid, registry, rollouts, telemetry
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.db import Database, migrate
+from edgefleet.server.storage import LocalStore, TooLarge
 from tests.support.databases import database_url, postgres_reason
 
 PG_SKIP = postgres_reason()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.manifests import VariantInfo
-from server.transfers import DeltaOffer, choose_transfer
+from edgefleet.server.manifests import VariantInfo
+from edgefleet.server.transfers import DeltaOffer, choose_transfer
 
 V1, V2, Q8, OTHER_BASE_Q8 = "1" * 64, "2" * 64, "3" * 64, "4" * 64
 REF = VariantInfo("reference", "ready", V2, "onnx", 1000)

@@ -60,8 +60,8 @@ def test_variants_job_publishes_and_manifests_pick_by_class(server: RunningServe
 
 
 def test_select_variant_follows_class_preferences_and_runtimes() -> None:
-    from server.db.models import Variant
-    from server.manifests import select_variant
+    from edgefleet.server.db.models import Variant
+    from edgefleet.server.manifests import select_variant
 
     def v(name: str, fmt: str, status: str = "ready") -> Variant:
         return Variant(name=name, format=fmt, status=status, sha256=name[0] * 64, size=1)

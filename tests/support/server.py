@@ -79,7 +79,7 @@ def start_server(tmp_path: Path, mqtt_port: int | None = None, *, database_url: 
 def write_config(workdir: Path, mqtt_port: int | None = None, *, database_url: str | None = None,
                  overrides: dict[str, Any] | None = None) -> Path:
     """``edgefleet-server init`` into ``workdir`` (listening on a free port), then the test's settings."""
-    from server.cli import init
+    from edgefleet.server.cli import init
 
     config_path = init(workdir, listen=f"127.0.0.1:{free_port()}", mqtt_port=mqtt_port or 1883, force=True)
     config = yaml.safe_load(config_path.read_text())
@@ -102,7 +102,7 @@ def launch(config_path: Path, *, timeout: float = 30.0, env: dict[str, str] | No
     log_path = workdir / log_name
     environ = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "--config", str(config_path)],
+        proc = subprocess.Popen([sys.executable, "-m", "edgefleet.server.cli", "run", "--config", str(config_path)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=environ)
     server = RunningServer(url=url, admin_token=config["admin_token"], enrollment_token=config["enrollment_token"],
                            public_key_path=Path(config["signing_key"]).with_name("server.pub"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from agent.telemetry import Telemetry
+from edgefleet.agent.telemetry import Telemetry
 from tests.telemetry.support import agent_config
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import AgentConfig
+from edgefleet.agent.config import AgentConfig
 from tests.support.net import wait_until
 
 ROOT = "edgefleet/v1/devices"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from agent import latency
-from agent.telemetry import Telemetry
-from agent.wire import Command, ModelMeta
+from edgefleet.agent import latency
+from edgefleet.agent.telemetry import Telemetry
+from edgefleet.agent.wire import Command, ModelMeta
 from tests.support.broker import Mosquitto
 from tests.support.net import free_port, wait_until
 from tests.telemetry.support import ROOT, Collector, agent_config, events_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.telemetry import Telemetry
+from edgefleet.agent.telemetry import Telemetry
 from tests.support.broker import Mosquitto
 from tests.support.net import wait_until
 from tests.support.pki import issue

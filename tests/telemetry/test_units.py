@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-import agent.telemetry as telemetry_pkg
-from agent import latency
-from agent.telemetry import Backoff, CommandDispatcher, LatencyHistogram, Spool, read_temperature_c
-from agent.wire import Command
+import edgefleet.agent.telemetry as telemetry_pkg
+from edgefleet.agent import latency
+from edgefleet.agent.telemetry import Backoff, CommandDispatcher, LatencyHistogram, Spool, read_temperature_c
+from edgefleet.agent.wire import Command
 
 
 def test_public_names() -> None:

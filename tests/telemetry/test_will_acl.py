@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.telemetry import Telemetry
+from edgefleet.agent.telemetry import Telemetry
 from tests.support.broker import Mosquitto
 from tests.support.net import free_port, wait_for_port, wait_until
 from tests.telemetry.support import ROOT, Collector, agent_config

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser as agent_parser
-from server.cli import build_parser as server_parser
-from server.demo import build_parser as demo_parser
-from server.opcli import build_parser as operator_parser
+from edgefleet.agent.cli import build_parser as agent_parser
+from edgefleet.server.cli import build_parser as server_parser
+from edgefleet.server.demo import build_parser as demo_parser
+from edgefleet.server.opcli import build_parser as operator_parser
 
 BIN = Path(sys.executable).parent
 PARSERS = {"edgefleet-agent": agent_parser, "edgefleet-server": server_parser, "edgefleet": operator_parser,

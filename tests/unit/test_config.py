@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config
-from agent.errors import ConfigError
-from server.config import load_server_config
+from edgefleet.agent.config import load_agent_config
+from edgefleet.agent.errors import ConfigError
+from edgefleet.server.config import load_server_config
 
 REPO = Path(__file__).resolve().parents[2]
 

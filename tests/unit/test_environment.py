@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config
-from agent.errors import ConfigError
-from server.config import load_server_config
+from edgefleet.agent.config import load_agent_config
+from edgefleet.agent.errors import ConfigError
+from edgefleet.server.config import load_server_config
 
 OPERATOR = {"EDGEFLEET_URL": "http://updates.lan:8080", "EDGEFLEET_ADMIN_TOKEN": "s3cret",
             "EDGEFLEET_ADMIN_TOKEN_FILE": "/root/token", "EDGEFLEET_TOKEN": "x", "EDGEFLEET_TOKEN_FILE": "/t"}

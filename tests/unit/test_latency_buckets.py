@@ -9,9 +9,9 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from agent import latency
-from agent.wire import InferenceStats, LatencyHist
-from server import latency as server_latency
+from edgefleet.agent import latency
+from edgefleet.agent.wire import InferenceStats, LatencyHist
+from edgefleet.server import latency as server_latency
 
 
 def _log_uniform(rng: random.Random, lo: float, hi: float) -> float:
@@ -121,7 +121,7 @@ def test_the_contract_module_imports_only_the_standard_library() -> None:
     import ast
     from pathlib import Path
 
-    import agent.latency as module
+    import edgefleet.agent.latency as module
 
     tree = ast.parse(Path(module.__file__).read_text())
     names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)

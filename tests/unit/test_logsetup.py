@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from agent.logsetup import JournalFormatter, JsonFormatter, is_journal_stream, priority, resolve_format
+from edgefleet.agent.logsetup import JournalFormatter, JsonFormatter, is_journal_stream, priority, resolve_format
 
 
 def record(level: int, message: str, exc: bool = False) -> logging.LogRecord:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import SignatureError
-from agent.signing import (
+from edgefleet.agent.errors import SignatureError
+from edgefleet.agent.signing import (
     canonical_json,
     generate_private_key,
     parse_public_key,
@@ -38,7 +38,7 @@ def test_sign_and_verify_roundtrip_and_tamper() -> None:
 def test_rfc8785_form_and_a_member_encoded_once() -> None:
     import math
 
-    from agent.signing import canonical_object, legacy_json, sign_canonical, strict_json, valid_signers
+    from edgefleet.agent.signing import canonical_object, legacy_json, sign_canonical, strict_json, valid_signers
 
     doc = {"b": [1.0, 1e21, 1e-7, "é\u2028"], "a": {"z": None, "y": True}, "drift_profile": {"x": [0.1, 2.5]}}
     assert canonical_json(doc) == ('{"a":{"y":true,"z":null},"b":[1,1e+21,1e-7,"é\u2028"],'

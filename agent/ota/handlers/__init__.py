@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.ota.context import UpdateContext
-from agent.ota.state import State, StateRecord, Trigger
-from agent.wire import Manifest
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.state import State, StateRecord, Trigger
+from edgefleet.agent.wire import Manifest
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ Handler = Callable[[UpdateContext, StateRecord, Manifest], Transition | None]
 
 
 def handlers() -> dict[State, Handler]:
-    from agent.ota.handlers import downloading, installing, trial, verifying
+    from edgefleet.agent.ota.handlers import downloading, installing, trial, verifying
 
     return {State.DOWNLOADING: downloading.handle, State.VERIFYING: verifying.handle,
             State.INSTALLING: installing.handle, State.TRIAL: trial.handle}

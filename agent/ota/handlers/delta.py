@@ -6,12 +6,12 @@ import logging
 import os
 from pathlib import Path
 
-from agent.errors import UpdateRejected
-from agent.ota.context import UpdateContext
-from agent.ota.download import Downloader
-from agent.ota.patches import apply_patch, patch_supported
-from agent.ota.verify import check_artifact
-from agent.wire import Manifest
+from edgefleet.agent.errors import UpdateRejected
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.download import Downloader
+from edgefleet.agent.ota.patches import apply_patch, patch_supported
+from edgefleet.agent.ota.verify import check_artifact
+from edgefleet.agent.wire import Manifest
 
 log = logging.getLogger("agent.ota.client")
 

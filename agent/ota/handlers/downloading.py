@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 
-from agent.errors import TransportError, UpdateRejected
-from agent.ota.context import UpdateContext
-from agent.ota.download import DiskFull, Downloader
-from agent.ota.handlers import Transition, go
-from agent.ota.handlers.delta import try_delta
-from agent.ota.state import StateRecord, Trigger
-from agent.wire import Manifest
+from edgefleet.agent.errors import TransportError, UpdateRejected
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.download import DiskFull, Downloader
+from edgefleet.agent.ota.handlers import Transition, go
+from edgefleet.agent.ota.handlers.delta import try_delta
+from edgefleet.agent.ota.state import StateRecord, Trigger
+from edgefleet.agent.wire import Manifest
 
 log = logging.getLogger("agent.ota.client")
 

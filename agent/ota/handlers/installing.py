@@ -6,17 +6,17 @@ from __future__ import annotations
 import logging
 import time
 
-from agent.daemon.quality import save_profile
-from agent.errors import EdgefleetError
-from agent.ota.context import UpdateContext
-from agent.ota.handlers import Transition, go
-from agent.ota.handlers.shadow import shadow_candidate
-from agent.ota.slots import SlotInfo
-from agent.ota.state import StateRecord, Trigger
-from agent.ota.synthetic import synthetic_feeds
-from agent.ota.trial import MIN_BASELINE, p95_ms
-from agent.ota.verify import check_artifact
-from agent.wire import Manifest
+from edgefleet.agent.daemon.quality import save_profile
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.handlers import Transition, go
+from edgefleet.agent.ota.handlers.shadow import shadow_candidate
+from edgefleet.agent.ota.slots import SlotInfo
+from edgefleet.agent.ota.state import StateRecord, Trigger
+from edgefleet.agent.ota.synthetic import synthetic_feeds
+from edgefleet.agent.ota.trial import MIN_BASELINE, p95_ms
+from edgefleet.agent.ota.verify import check_artifact
+from edgefleet.agent.wire import Manifest
 
 log = logging.getLogger("agent.ota.client")
 

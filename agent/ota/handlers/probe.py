@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.ota.state import CRASH_ENV
+from edgefleet.agent.ota.state import CRASH_ENV
 
 
 def test_load(path: Path, fmt: str, timeout_s: float) -> str | None:
@@ -17,7 +17,7 @@ def test_load(path: Path, fmt: str, timeout_s: float) -> str | None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.pop(CRASH_ENV, None)
     try:
-        done = subprocess.run([sys.executable, "-m", "agent.ota.probe_load", str(path), "--format", fmt],
+        done = subprocess.run([sys.executable, "-m", "edgefleet.agent.ota.probe_load", str(path), "--format", fmt],
                               capture_output=True, text=True, env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return f"test-load did not finish within {timeout_s:.0f}s"

@@ -7,14 +7,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError, TransportError
-from agent.ota.serverapi import ReportQueue
-from agent.ota.state import State
-from agent.wire import UpdateReport
+from edgefleet.agent.errors import ConfigError, TransportError
+from edgefleet.agent.ota.serverapi import ReportQueue
+from edgefleet.agent.ota.state import State
+from edgefleet.agent.wire import UpdateReport
 
 if TYPE_CHECKING:
-    from agent.ota.context import UpdateContext
-    from agent.ota.serverapi import ServerApi
+    from edgefleet.agent.ota.context import UpdateContext
+    from edgefleet.agent.ota.serverapi import ServerApi
 
 log = logging.getLogger("agent.ota.client")
 

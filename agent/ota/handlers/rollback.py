@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from agent.errors import EdgefleetError
-from agent.ota.context import UpdateContext
-from agent.ota.state import StateRecord
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.state import StateRecord
 
 log = logging.getLogger("agent.ota.client")
 

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EdgefleetError
-from agent.ota.context import UpdateContext
-from agent.quality import BoxLayout, ShadowRunner
-from agent.runtime.base import Model
-from agent.wire import Manifest, ModelMeta
+from edgefleet.agent.errors import EdgefleetError
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.quality import BoxLayout, ShadowRunner
+from edgefleet.agent.runtime.base import Model
+from edgefleet.agent.wire import Manifest, ModelMeta
 
 log = logging.getLogger("agent.ota.client")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from agent.ota.context import UpdateContext
-from agent.ota.handlers import Transition, go
-from agent.ota.handlers.rollback import restore_previous
-from agent.ota.paired import LatestFeeds, Paired, measure_beside
-from agent.ota.state import StateRecord, Trigger
-from agent.ota.trial import MIN_BASELINE, TrialWatcher
-from agent.wire import Manifest, TrialPolicy
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.handlers import Transition, go
+from edgefleet.agent.ota.handlers.rollback import restore_previous
+from edgefleet.agent.ota.paired import LatestFeeds, Paired, measure_beside
+from edgefleet.agent.ota.state import StateRecord, Trigger
+from edgefleet.agent.ota.trial import MIN_BASELINE, TrialWatcher
+from edgefleet.agent.wire import Manifest, TrialPolicy
 
 PAIRED_BUDGET_S = 3.0  # the most timing the previous model again may take
 

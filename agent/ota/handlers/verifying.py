@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from agent.errors import UpdateRejected
-from agent.ota.context import UpdateContext
-from agent.ota.handlers import Transition, go
-from agent.ota.handlers.probe import test_load
-from agent.ota.state import StateRecord, Trigger
-from agent.ota.verify import check_artifact
-from agent.wire import Manifest
+from edgefleet.agent.errors import UpdateRejected
+from edgefleet.agent.ota.context import UpdateContext
+from edgefleet.agent.ota.handlers import Transition, go
+from edgefleet.agent.ota.handlers.probe import test_load
+from edgefleet.agent.ota.state import StateRecord, Trigger
+from edgefleet.agent.ota.verify import check_artifact
+from edgefleet.agent.wire import Manifest
 
 
 def handle(ctx: UpdateContext, _record: StateRecord, manifest: Manifest) -> Transition:

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from agent.wire import Manifest
-from agent.wire import SignedManifest as WireSignedManifest
-from server.api.public import Public, Timestamp
+from edgefleet.agent.wire import Manifest
+from edgefleet.agent.wire import SignedManifest as WireSignedManifest
+from edgefleet.server.api.public import Public, Timestamp
 
 
 class IngestCounts(Public):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from server.api.public import Public, Timestamp
+from edgefleet.server.api.public import Public, Timestamp
 
 
 class LatencyBuckets(Public):

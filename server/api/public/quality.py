@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import Field
 
-from server.api.public import Public, Reported, Timestamp
-from server.api.public.devices import DriftFlag
-from server.api.public.registry import ProfileSummary
+from edgefleet.server.api.public import Public, Reported, Timestamp
+from edgefleet.server.api.public.devices import DriftFlag
+from edgefleet.server.api.public.registry import ProfileSummary
 
 
 class DriftedDevice(Public):

@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field
 
-from agent.wire import PreprocessSpec, RuntimeHints, TensorSpec
-from server.api.public import Public, Sha256, Timestamp
+from edgefleet.agent.wire import PreprocessSpec, RuntimeHints, TensorSpec
+from edgefleet.server.api.public import Public, Sha256, Timestamp
 
 
 class ProfileSummary(Public):

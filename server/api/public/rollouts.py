@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from agent.wire import ShadowSpec, TrialPolicy
-from server.api.public import Public, Reported, Sha256, Timestamp
-from server.api.schemas import GatesBody, Target, WaveCounts
+from edgefleet.agent.wire import ShadowSpec, TrialPolicy
+from edgefleet.server.api.public import Public, Reported, Sha256, Timestamp
+from edgefleet.server.api.schemas import GatesBody, Target, WaveCounts
 
 
 class WaveRow(Public):

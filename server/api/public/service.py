@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from agent.wire import Root, SignedRoot
-from server.api.public import Public, Timestamp
+from edgefleet.agent.wire import Root, SignedRoot
+from edgefleet.server.api.public import Public, Timestamp
 
 
 class MqttHealth(Public):

@@ -12,18 +12,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from server.api.deps import SHA256, AdminDep, Credentials, SessionDep, StateDep, bearer_token, is_admin
-from server.api.errors import problems
-from server.api.public.service import JobPublic
-from server.api.routes.devices import etag_matches
-from server.api.routing import ContractRoute
-from server.crud import devices as device_crud
-from server.crud import jobs as job_crud
-from server.crud.deltas import get_delta
-from server.db.models import Device
-from server.deltas import PAIR_KIND, delta_fits, delta_limits
-from server.offers import artifact_refusal, delta_refusal, refusal
-from server.storage import ArtifactStore
+from edgefleet.server.api.deps import SHA256, AdminDep, Credentials, SessionDep, StateDep, bearer_token, is_admin
+from edgefleet.server.api.errors import problems
+from edgefleet.server.api.public.service import JobPublic
+from edgefleet.server.api.routes.devices import etag_matches
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.crud import jobs as job_crud
+from edgefleet.server.crud.deltas import get_delta
+from edgefleet.server.db.models import Device
+from edgefleet.server.deltas import PAIR_KIND, delta_fits, delta_limits
+from edgefleet.server.offers import artifact_refusal, delta_refusal, refusal
+from edgefleet.server.storage import ArtifactStore
 
 router = APIRouter(tags=["artifacts"], route_class=ContractRoute)
 BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -11,20 +11,28 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
-from agent.wire import MANIFEST_MEDIA_TYPE, Command, UpdateReport
-from server.api.deps import AdminDep, Credentials, DeviceIdPath, SessionDep, StateDep, bearer_token, require_device
-from server.api.errors import BODY_ERRORS, problems
-from server.api.public.devices import DeviceList, DeviceView, EventPage, SignedManifest, TelemetryPage
-from server.api.routing import ContractRoute
-from server.api.schemas import CommandBody
-from server.crud import devices as crud
-from server.crud import fleet
-from server.crud import telemetry as telemetry_crud
-from server.manifests import SignedBody
-from server.offers import record_offer
-from server.quality import device_drift
-from server.samples import grant
-from server.state import ServerState
+from edgefleet.agent.wire import MANIFEST_MEDIA_TYPE, Command, UpdateReport
+from edgefleet.server.api.deps import (
+    AdminDep,
+    Credentials,
+    DeviceIdPath,
+    SessionDep,
+    StateDep,
+    bearer_token,
+    require_device,
+)
+from edgefleet.server.api.errors import BODY_ERRORS, problems
+from edgefleet.server.api.public.devices import DeviceList, DeviceView, EventPage, SignedManifest, TelemetryPage
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.api.schemas import CommandBody
+from edgefleet.server.crud import devices as crud
+from edgefleet.server.crud import fleet
+from edgefleet.server.crud import telemetry as telemetry_crud
+from edgefleet.server.manifests import SignedBody
+from edgefleet.server.offers import record_offer
+from edgefleet.server.quality import device_drift
+from edgefleet.server.samples import grant
+from edgefleet.server.state import ServerState
 
 router = APIRouter(tags=["devices"], route_class=ContractRoute)
 MANIFEST_SCHEMA = {"$ref": "#/components/schemas/SignedManifest"}

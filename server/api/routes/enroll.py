@@ -7,16 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from agent.wire import EnrollRequest, EnrollResponse
-from server.api.deps import AdminDep, Credentials, DeviceIdPath, StateDep
-from server.api.errors import BODY_ERRORS, problems
-from server.api.public.devices import DevicePublic, EnrollmentToken
-from server.api.routing import ContractRoute
-from server.api.schemas import EnrollmentTokenBody
-from server.crud import devices as device_crud
-from server.crud import enrollment
-from server.crud.rollouts import join_rollouts
-from server.rollouts import rollout_writes
+from edgefleet.agent.wire import EnrollRequest, EnrollResponse
+from edgefleet.server.api.deps import AdminDep, Credentials, DeviceIdPath, StateDep
+from edgefleet.server.api.errors import BODY_ERRORS, problems
+from edgefleet.server.api.public.devices import DevicePublic, EnrollmentToken
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.api.schemas import EnrollmentTokenBody
+from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.crud import enrollment
+from edgefleet.server.crud.rollouts import join_rollouts
+from edgefleet.server.rollouts import rollout_writes
 
 router = APIRouter(tags=["devices"], route_class=ContractRoute)
 ADMIN_ERRORS = (401, 403, 404, 422)

@@ -8,13 +8,13 @@ import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from server.api.deps import StateDep
-from server.api.errors import problems
-from server.api.public.service import Health, Ready
-from server.api.routing import ContractRoute
-from server.db import head_revision, schema_revision
-from server.problems import MEDIA_TYPE, problem
-from server.state import ServerState
+from edgefleet.server.api.deps import StateDep
+from edgefleet.server.api.errors import problems
+from edgefleet.server.api.public.service import Health, Ready
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.db import head_revision, schema_revision
+from edgefleet.server.problems import MEDIA_TYPE, problem
+from edgefleet.server.state import ServerState
 
 router = APIRouter(tags=["health"], route_class=ContractRoute)
 HEAD = head_revision()

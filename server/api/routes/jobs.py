@@ -4,11 +4,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from server.api.deps import DB_ID_MAX, AdminDep, SessionDep
-from server.api.errors import problems
-from server.api.public.service import JobPublic
-from server.api.routing import ContractRoute
-from server.crud import jobs as crud
+from edgefleet.server.api.deps import DB_ID_MAX, AdminDep, SessionDep
+from edgefleet.server.api.errors import problems
+from edgefleet.server.api.public.service import JobPublic
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.crud import jobs as crud
 
 router = APIRouter(tags=["jobs"], dependencies=[AdminDep], route_class=ContractRoute)
 

@@ -9,13 +9,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
 
-from agent import latency as buckets
-from server import latency
-from server.api.deps import AdminDep, SessionDep
-from server.api.errors import problems
-from server.api.public.latency import LatencyReport
-from server.api.routing import ContractRoute
-from server.db.models import Device
+from edgefleet.agent import latency as buckets
+from edgefleet.server import latency
+from edgefleet.server.api.deps import AdminDep, SessionDep
+from edgefleet.server.api.errors import problems
+from edgefleet.server.api.public.latency import LatencyReport
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.db.models import Device
 
 router = APIRouter(tags=["telemetry"], route_class=ContractRoute)
 DEFAULT_WINDOW_S = 3600.0

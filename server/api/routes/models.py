@@ -17,21 +17,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from agent.wire import PreprocessSpec, RuntimeHints
-from server import sandbox
-from server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
-from server.api.errors import BODY_ERRORS, problems
-from server.api.public.registry import ModelList, ModelPublic, VariantList, VersionDetail, VersionUploaded
-from server.api.public.service import JobPublic
-from server.api.routing import ContractRoute
-from server.api.schemas import UploadMeta, VariantsRequest
-from server.crud import jobs as job_crud
-from server.crud import registry as crud
-from server.deltas import version_deltas
-from server.sandbox import Limits, SandboxError
-from server.state import ServerState
-from server.storage import TooLarge, copy_limited, hash_file
-from server.variants import start_variants_job
+from edgefleet.agent.wire import PreprocessSpec, RuntimeHints
+from edgefleet.server import sandbox
+from edgefleet.server.api.deps import MODEL_NAME, AdminDep, SessionDep, StateDep
+from edgefleet.server.api.errors import BODY_ERRORS, problems
+from edgefleet.server.api.public.registry import ModelList, ModelPublic, VariantList, VersionDetail, VersionUploaded
+from edgefleet.server.api.public.service import JobPublic
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.api.schemas import UploadMeta, VariantsRequest
+from edgefleet.server.crud import jobs as job_crud
+from edgefleet.server.crud import registry as crud
+from edgefleet.server.deltas import version_deltas
+from edgefleet.server.sandbox import Limits, SandboxError
+from edgefleet.server.state import ServerState
+from edgefleet.server.storage import TooLarge, copy_limited, hash_file
+from edgefleet.server.variants import start_variants_job
 
 router = APIRouter(tags=["models"], dependencies=[AdminDep], route_class=ContractRoute)
 READ_ERRORS = (401, 403, 404, 422)

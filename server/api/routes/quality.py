@@ -10,11 +10,11 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from agent.quality import accuracy_by, summarize_fleet
-from server import samples
-from server.api.deps import DB_ID_MAX, AdminDep, DeviceDep, DeviceIdPath, SessionDep, StateDep
-from server.api.errors import BODY_ERRORS, problems
-from server.api.public.quality import (
+from edgefleet.agent.quality import accuracy_by, summarize_fleet
+from edgefleet.server import samples
+from edgefleet.server.api.deps import DB_ID_MAX, AdminDep, DeviceDep, DeviceIdPath, SessionDep, StateDep
+from edgefleet.server.api.errors import BODY_ERRORS, problems
+from edgefleet.server.api.public.quality import (
     Accuracy,
     FleetDrift,
     Labelled,
@@ -23,14 +23,14 @@ from server.api.public.quality import (
     SamplesStored,
     VersionDrift,
 )
-from server.api.routes.models import ModelName, VersionNo
-from server.api.routing import ContractRoute
-from server.crud import fleet
-from server.crud import registry as registry_crud
-from server.db.models import Device, Sample
-from server.housekeeping import unreferenced
-from server.quality import device_drift, profile_summary, version_drift
-from server.samples import SAMPLE_ID, SamplesUpload
+from edgefleet.server.api.routes.models import ModelName, VersionNo
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.crud import fleet
+from edgefleet.server.crud import registry as registry_crud
+from edgefleet.server.db.models import Device, Sample
+from edgefleet.server.housekeeping import unreferenced
+from edgefleet.server.quality import device_drift, profile_summary, version_drift
+from edgefleet.server.samples import SAMPLE_ID, SamplesUpload
 
 router = APIRouter(tags=["quality"], route_class=ContractRoute)
 READ_ERRORS = (401, 403, 404, 422)

@@ -5,17 +5,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from server import rollouts as engine
-from server.api.deps import DB_ID_MAX, AdminDep, SessionDep, StateDep
-from server.api.errors import BODY_ERRORS, problems
-from server.api.public.rollouts import RolloutDetail, RolloutList, RolloutView
-from server.api.routing import ContractRoute
-from server.api.schemas import AbortBody, RolloutCreate
-from server.crud import registry
-from server.crud import rollouts as crud
-from server.deltas import INLINE_DELTA_BYTES, prepare_rollout_deltas, rollout_artifact_bytes, rollout_transfers
-from server.deltas import KIND as DELTAS_JOB
-from server.state import ServerState
+from edgefleet.server import rollouts as engine
+from edgefleet.server.api.deps import DB_ID_MAX, AdminDep, SessionDep, StateDep
+from edgefleet.server.api.errors import BODY_ERRORS, problems
+from edgefleet.server.api.public.rollouts import RolloutDetail, RolloutList, RolloutView
+from edgefleet.server.api.routing import ContractRoute
+from edgefleet.server.api.schemas import AbortBody, RolloutCreate
+from edgefleet.server.crud import registry
+from edgefleet.server.crud import rollouts as crud
+from edgefleet.server.deltas import (
+    INLINE_DELTA_BYTES,
+    prepare_rollout_deltas,
+    rollout_artifact_bytes,
+    rollout_transfers,
+)
+from edgefleet.server.deltas import KIND as DELTAS_JOB
+from edgefleet.server.state import ServerState
 
 router = APIRouter(tags=["rollouts"], dependencies=[AdminDep], route_class=ContractRoute)
 CONTROL_ERRORS = problems(401, 403, 404, 409, *BODY_ERRORS, s409="the rollout is not in a state this action applies to")

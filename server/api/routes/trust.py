@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from server.api.deps import StateDep
-from server.api.errors import problems
-from server.api.public.service import TrustRoots
-from server.api.routing import ContractRoute
+from edgefleet.server.api.deps import StateDep
+from edgefleet.server.api.errors import problems
+from edgefleet.server.api.public.service import TrustRoots
+from edgefleet.server.api.routing import ContractRoute
 
 router = APIRouter(tags=["trust"], route_class=ContractRoute)
 MAX_ROOTS = 100
