@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,31 @@ def tensors(images: list[np.ndarray]) -> np.ndarray:
     """The daemon's pre-processing for PREPROCESS (the frames are already SIZE x SIZE)."""
     rgb = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in images]).astype(np.float32) / 255.0
     return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
+
+
+class Feeder:
+    """New frames into the folder source every 0.3 s until stopped: the shadow needs live traffic while it runs,
+    whenever the device gets to it (a fixed batch can be served in full before the candidate is loaded)."""
+
+    def __init__(self, folder: Path, seed: int, prefix: str, batch: int = 40) -> None:
+        self.folder, self.seed, self.prefix, self.batch = folder, seed, prefix, batch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        round_ = 0
+        while not self._stop.is_set():
+            write_images(self.folder, frames(self.batch, seed=self.seed + round_), f"{self.prefix}{round_:03d}")
+            round_ += 1
+            self._stop.wait(0.3)
+
+    def __enter__(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def write_images(folder: Path, images: list[np.ndarray], prefix: str) -> None:
@@ -165,8 +191,8 @@ def test_disagreeing_candidate_is_held_back_and_agreeing_one_commits(
     try:
         shadow = {"sample_fraction": 1.0, "cpu_budget_pct": 100, "min_samples": 30, "min_agreement": 0.9}
         first = rollout(server, "shadowed", 2, ["shadow-dev"], shadow=shadow)
-        write_images(folder, frames(400, seed=3), "a")
-        wait_until(lambda: get(server, f"/v1/rollouts/{first}")["state"] != "running", timeout=30)
+        with Feeder(folder, 3000, "a"):
+            wait_until(lambda: get(server, f"/v1/rollouts/{first}")["state"] != "running", timeout=60)
         held = get(server, f"/v1/rollouts/{first}")
         assert held["state"] == "paused", held
         assert held["reason"].startswith("wave 1: shadow agreement ") and "on shadow-dev below 0.900" in held["reason"]
@@ -180,10 +206,10 @@ def test_disagreeing_candidate_is_held_back_and_agreeing_one_commits(
 
         requests.post(f"{server.url}/v1/rollouts/{first}/abort", headers=server.admin(), json={}, timeout=10)
         second = rollout(server, "shadowed", 3, ["shadow-dev"], shadow=shadow)
-        write_images(folder, frames(400, seed=4), "b")
-        wait_until(lambda: get(server, f"/v1/rollouts/{second}")["state"] != "running", timeout=40)
+        with Feeder(folder, 4000, "b"):
+            wait_until(lambda: get(server, f"/v1/rollouts/{second}")["state"] != "running", timeout=60)
         passed = get(server, f"/v1/rollouts/{second}")
-        assert passed["state"] == "completed", passed
+        assert passed["state"] == "completed", (passed.get("reason"), passed["devices"])
         row = passed["devices"][0]
         assert row["state"] == "committed" and row["shadow"]["passed"] is True
         assert row["shadow"]["agreement"] == 1.0
