@@ -110,6 +110,8 @@ class Agent:
         requests, urllib3 and cryptography) on its own thread at its first connection, so the way to READY
         holds only the model and what serves it."""
         if self.telemetry is not None:
+            self.telemetry.hw = self._hardware()
+            self.telemetry.agent_version = agent_version()
             self.telemetry.start()
         if self.updater is not None:
             self.updater.start()
@@ -133,7 +135,8 @@ class Agent:
         except ImportError as exc:
             log.warning("telemetry is not available: %s", exc)
             return
-        telemetry = Telemetry(self.config, hw=self._hardware(), agent_version=agent_version())
+        # hw and agent_version are only in the birth message, sent after READY: _start_network fills them in
+        telemetry = Telemetry(self.config, hw={}, agent_version="")
         self.host.add_observer(lambda _meta, latency, ok: telemetry.record_inference(latency, ok))
         telemetry.add_provider("daemon", self.stats)
         if self.config.server.url:
