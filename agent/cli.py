@@ -361,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _complete(parser: argparse.ArgumentParser) -> None:
     """Shell completion (argcomplete): answers and exits only when the shell asks (_ARGCOMPLETE set)."""
+    if "_ARGCOMPLETE" not in os.environ:  # every other start (the daemon's too) skips its import
+        return
     try:
         import argcomplete
     except ImportError:

@@ -16,14 +16,14 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rfc8785
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.agent.errors import ConfigError, SignatureError
+
+if TYPE_CHECKING:  # cryptography (~8 MB) is imported by the first key or signature, not by strict_json's users
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
 def canonical_json(document: Any) -> bytes:
@@ -69,20 +69,29 @@ def strict_json(data: bytes) -> Any:
 
 
 def generate_private_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
 def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
 def public_key_pem(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -94,6 +103,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 def parse_public_key(data: bytes, source: str = "public key") -> Ed25519PublicKey:
     """Accept a PEM SubjectPublicKeyInfo or the raw 32 bytes in base64."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         if b"BEGIN" in data:
             key = serialization.load_pem_public_key(data)
@@ -115,6 +127,8 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 
 
 def raw_public(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -138,6 +152,8 @@ def sign_canonical(key: Ed25519PrivateKey, document: dict[str, Any],
 def valid_signers(keys: dict[str, Ed25519PublicKey], document: dict[str, Any],
                   signatures: Iterable[tuple[str, str]]) -> set[str]:
     """The ids among ``keys`` whose (keyid, base64 sig) pair signs ``document``; each key counts once."""
+    from cryptography.exceptions import InvalidSignature
+
     data = canonical_json(document)
     valid: set[str] = set()
     for keyid, sig in signatures:
@@ -159,6 +175,8 @@ def sign_document(key: Ed25519PrivateKey, document: dict[str, Any]) -> str:
 
 def verify_document(key: Ed25519PublicKey, document: dict[str, Any], signature_b64: str) -> None:
     """The legacy form: raise SignatureError unless ``signature_b64`` signs ``legacy_json(document)``."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
         signature = base64.b64decode(signature_b64, validate=True)
     except (ValueError, TypeError) as exc:

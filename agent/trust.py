@@ -10,9 +10,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from edgefleet.agent.errors import SignatureError
@@ -20,6 +19,9 @@ from edgefleet.agent.signing import key_id, public_b64, valid_signers
 from edgefleet.agent.wire import Root, RootKey, RootRole, Signature, SignedRoot
 
 RoleName = Literal["root", "manifest"]
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class TrustedRoot:
     @classmethod
     def from_signed(cls, signed: SignedRoot, *, self_signed: bool = True) -> TrustedRoot:
         """Parse ``signed``; with ``self_signed``, also require a threshold of its own root keys."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             root = Root.model_validate(signed.signed)
         except ValidationError as exc:

@@ -3,7 +3,7 @@
 - bare: ``python`` that imports numpy and onnxruntime, creates the session on the same model with the
   same threads and runs it a few times; start-up is ``Popen`` to its "loaded" line.
 - daemon: ``edgefleet-agent run`` with the config a device has (local API on, MQTT to a real broker
-  when Mosquitto is installed, an update server URL), ``source: none`` or a video file; start-up
+  when Mosquitto is installed, an update server URL and a device token), ``source: none`` or a video file; start-up
   is ``Popen`` to ``READY=1`` on its NOTIFY_SOCKET. RSS is VmRSS once it has settled.
 """
 
@@ -116,7 +116,9 @@ def daemon_process(model: Path, work: Path, threads: int, source: dict[str, Any]
         "runtime": {"prefer": "onnxruntime", "threads": threads, "autotune": False},
         "source": source, "api": {"listen": f"127.0.0.1:{free_port()}"},
         "mqtt": {"enabled": mqtt_port is not None, "host": "127.0.0.1", "port": mqtt_port or 1883},
-        "server": {"url": f"http://127.0.0.1:{free_port()}", "poll_interval_s": 60},
+        # a device token, as an enrolled device holds: MQTT connects (paho, ssl) and the update client polls
+        # (requests, urllib3); without one neither would ever reach the network in this run
+        "server": {"url": f"http://127.0.0.1:{free_port()}", "poll_interval_s": 60, "token": "bench-device-token"},
         "log_level": "WARNING",
     }
     config_path = state / "agent.yaml"

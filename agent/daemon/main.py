@@ -83,7 +83,7 @@ class Agent:
         self._prepare_state_dir()
         self.quality = QualityMonitor(config.quality, self.config.state_dir if self.cache_dir else None,
                                       device_class=config.server.device_class)
-        self._start_telemetry()
+        self._make_telemetry()
         self._start_updater_recovery()
         self._wire_quality_telemetry()
         self._load_initial_model()
@@ -98,13 +98,23 @@ class Agent:
                                  guard=api_guard(config.api))
             self.api = ApiServer(config.api.listen, context).start()
             log.info("local API on http://%s:%d", *self.api.server_address[:2])
-        if self.updater is not None:
-            self.updater.start()
         meta = self.host.meta
         status = (f"serving {meta.name} v{meta.version}" if meta is not None
                   else f"no model ({self.model_error or 'none configured'}); waiting for the update server")
         log.info("agent %s ready: %s", config.device_id, status)
         self.notifier.ready(status)
+        self._start_network()
+
+    def _start_network(self) -> None:
+        """After READY: the telemetry and update threads. Each imports its network stack (paho and ssl;
+        requests, urllib3 and cryptography) on its own thread at its first connection, so the way to READY
+        holds only the model and what serves it."""
+        if self.telemetry is not None:
+            self.telemetry.hw = self._hardware()
+            self.telemetry.agent_version = agent_version()
+            self.telemetry.start()
+        if self.updater is not None:
+            self.updater.start()
 
     def _prepare_state_dir(self) -> None:
         try:
@@ -116,7 +126,8 @@ class Agent:
                         exc.strerror or exc)
             self.cache_dir = None
 
-    def _start_telemetry(self) -> None:
+    def _make_telemetry(self) -> None:
+        """The telemetry service, not started: recovery's events go to its spool before READY."""
         if not self.config.mqtt.enabled:
             return
         try:
@@ -124,7 +135,8 @@ class Agent:
         except ImportError as exc:
             log.warning("telemetry is not available: %s", exc)
             return
-        telemetry = Telemetry(self.config, hw=self._hardware(), agent_version=agent_version())
+        # hw and agent_version are only in the birth message, sent after READY: _start_network fills them in
+        telemetry = Telemetry(self.config, hw={}, agent_version="")
         self.host.add_observer(lambda _meta, latency, ok: telemetry.record_inference(latency, ok))
         telemetry.add_provider("daemon", self.stats)
         if self.config.server.url:
@@ -135,7 +147,6 @@ class Agent:
             else:  # the server stores nothing of an id that is not enrolled: spool until it is
                 config = self.config
                 telemetry.connect_when(lambda: enrolled(config))
-        telemetry.start()
         self.telemetry = telemetry
 
     def _wire_quality_telemetry(self) -> None:

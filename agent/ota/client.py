@@ -25,9 +25,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.daemon.host import ModelHost
@@ -37,7 +35,7 @@ from edgefleet.agent.ota.clock import Clock, SystemClock
 from edgefleet.agent.ota.context import Loader, UpdateContext
 from edgefleet.agent.ota.enroll import hardware
 from edgefleet.agent.ota.enrollment import Enrollment
-from edgefleet.agent.ota.handlers import Transition, handlers
+from edgefleet.agent.ota.handlers import Handler, Transition, handlers
 from edgefleet.agent.ota.handlers.report import Reporter, report_metrics
 from edgefleet.agent.ota.handlers.rollback import restore_previous, serve_active
 from edgefleet.agent.ota.roots import RootStore
@@ -47,6 +45,9 @@ from edgefleet.agent.ota.state import EVENTS, IN_PROGRESS, TERMINAL, State, Stat
 from edgefleet.agent.ota.trial import LatencyWindow
 from edgefleet.agent.ota.verify import Running, Seen, authenticate, check_policy
 from edgefleet.agent.wire import Command, Manifest, SignedManifest
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["Loader", "UpdateClient"]
 
@@ -68,19 +69,19 @@ class UpdateClient:
         self.store = StateStore(update_dir / "state.json")
         self.reports = ReportQueue(update_dir / "reports")
         self.record = self.store.load()
-        self.session = session or requests.Session()
+        self._session = session
         self.rng = rng or random.Random()
         self.clock: Clock = clock or SystemClock()
         self.roots = RootStore(self.state_dir, config.server)
         self._stop = threading.Event()
         self.ctx = UpdateContext(
-            config=config, host=host, loader=loader, session=self.session, slots=self.slots,
+            config=config, host=host, loader=loader, http=self.http, slots=self.slots,
             partial_dir=update_dir / "partial", api=self.api,
             reporter=Reporter(telemetry, self.reports, self.api, config.device_id),
             stop=self._stop, baseline=LatencyWindow())
         host.add_observer(self.ctx.baseline)
         self.cycles = 0  # poll cycles the worker finished
-        self._handlers = handlers()
+        self._handlers: dict[State, Handler] | None = None  # imported at the first update: requests, the probe
         self._api: ServerApi | None = None
         self._enrollment = Enrollment(config, self.state_dir, hardware,
                                       on_enrolled=getattr(telemetry, "announce", None))
@@ -94,6 +95,16 @@ class UpdateClient:
             telemetry.on_command("check_update", self._on_check_update)
 
     # --- public --------------------------------------------------------------------------------
+
+    def http(self) -> requests.Session:
+        """The HTTP session, made at the first network use: requests and ssl are imported on the update thread,
+        after the daemon is serving, not on its way to READY."""
+        with self._lock:
+            if self._session is None:
+                import requests
+
+                self._session = requests.Session()
+            return self._session
 
     @property
     def state(self) -> State:
@@ -143,8 +154,11 @@ class UpdateClient:
         return {"state": self.record.state.value}
 
     def recover(self) -> State:
-        """Start-up: map the saved state to its recovery action (see agent/ota/state.py)."""
-        with self._lock:
+        """Start-up: map the saved state to its recovery action (see agent/ota/state.py).
+
+        Local only (state record, slot pointer, report queue, telemetry spool): the daemon runs it before it
+        loads a model and says READY; the reports it queues are sent by the worker's first cycle."""
+        with self._lock, self.ctx.reporter.queue_only():
             record = self.record = self.store.load()
             if record.state in IN_PROGRESS:
                 record.attempts += 1
@@ -182,7 +196,7 @@ class UpdateClient:
             server = self.config.server
             if not server.url:
                 raise ConfigError("server.url is not set: no update server to poll")
-            api = ServerApi(server.url, None, timeout_s=server.timeout_s, session=self.session)
+            api = ServerApi(server.url, None, timeout_s=server.timeout_s, session=self.http())
             api.token = self._enrollment.token(api)
             self._api = api
         return self._api
@@ -306,6 +320,8 @@ class UpdateClient:
     def _drive(self) -> None:
         while self.record.state in IN_PROGRESS and not self._stop.is_set():
             record = self.record
+            if self._handlers is None:
+                self._handlers = handlers()
             transition = self._handlers[record.state](self.ctx, record, self._manifest(record))
             if transition is None:
                 return  # waiting: a transient download error or a stop

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import requests
-
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.daemon.host import ModelHost
 from edgefleet.agent.ota.slots import SlotStore
@@ -21,6 +19,8 @@ from edgefleet.agent.runtime.base import Model
 from edgefleet.agent.wire import ModelMeta
 
 if TYPE_CHECKING:
+    import requests
+
     from edgefleet.agent.ota.handlers.report import Reporter
     from edgefleet.agent.ota.serverapi import ServerApi
     from edgefleet.agent.quality import ShadowRunner
@@ -37,7 +37,7 @@ class UpdateContext:
     config: AgentConfig
     host: ModelHost
     loader: Loader
-    session: requests.Session
+    http: Callable[[], requests.Session]  # the update client's session, made at its first use
     slots: SlotStore
     partial_dir: Path
     api: Callable[[], ServerApi]

@@ -11,9 +11,8 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
 from pydantic import ValidationError
 
 from edgefleet.agent.errors import Refused, TransportError
@@ -27,6 +26,9 @@ from edgefleet.agent.wire import (
     SignedRoot,
     UpdateReport,
 )
+
+if TYPE_CHECKING:  # requests (and ssl, ~14 MB) is imported by the first call, on the update thread
+    import requests
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_ROOTS = 100  # one answer of the chain; the agent asks again from where it got to
@@ -45,13 +47,19 @@ class ServerApi:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
-        self.session = session or requests.Session()
+        if session is None:
+            import requests
+
+            session = requests.Session()
+        self.session = session
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _call(self, method: str, path: str, **kwargs: object) -> requests.Response:
+        import requests
+
         try:
             return self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout_s,
                                         **kwargs)  # type: ignore[arg-type]
@@ -137,6 +145,8 @@ def _capped(response: requests.Response, what: str, cap: int = MAX_MANIFEST_BYTE
     length = response.headers.get("Content-Length")
     if length is not None and length.isdigit() and int(length) > cap:
         raise TransportError(f"{what} is larger than {cap} bytes")
+    import requests
+
     chunks: list[bytes] = []
     total = 0
     try:

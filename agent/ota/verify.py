@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from edgefleet.agent.errors import SignatureError, UpdateRejected
@@ -19,6 +19,9 @@ from edgefleet.agent.ota.clock import Clock, SystemClock
 from edgefleet.agent.ota.fsutil import sha256_file
 from edgefleet.agent.trust import TrustedRoot
 from edgefleet.agent.wire import Manifest, SignedManifest
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 @dataclass(frozen=True)

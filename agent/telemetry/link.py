@@ -10,24 +10,27 @@ each attempt.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.config import MqttSection
 from edgefleet.agent.telemetry.backoff import Backoff
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
 UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 "unacceptable protocol version" / MQTT 5 0x84
 SLICE_S = 0.1  # the longest the worker sleeps or waits on the socket without checking its stop flag
+# paho's values (mqtt.MQTTv311, mqtt.MQTTv5, MQTTErrorCode.MQTT_ERR_SUCCESS): paho and ssl (~9 MB, a tenth of a
+# second) are imported by the first connection attempt, on the worker thread, after the daemon is serving
+MQTT_V311, MQTT_V5 = 4, 5
+ERR_SUCCESS = 0
 
 
 @dataclass
@@ -47,7 +50,7 @@ class MqttLink:
         self.client_id = client_id
         self.h = handlers
         self.backoff = backoff or Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
+        self.protocol = MQTT_V311 if cfg.protocol == "3.1.1" else MQTT_V5
         self.session = 0
         self.connects = 0
         self.last_error: str | None = None
@@ -63,7 +66,7 @@ class MqttLink:
 
     @property
     def protocol_name(self) -> str:
-        return "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
+        return "5" if self.protocol == MQTT_V5 else "3.1.1"
 
     # --- driving ---------------------------------------------------------------------------------
 
@@ -80,15 +83,23 @@ class MqttLink:
         rc = self._client.loop(timeout=SLICE_S)
         if self._client is None:  # a callback dropped the connection
             return
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._fail(f"connection lost ({mqtt.error_string(rc)})")
+        if rc != ERR_SUCCESS:
+            from paho.mqtt.client import error_string
+
+            self._fail(f"connection lost ({error_string(rc)})")
         elif self._state == "connecting" and time.monotonic() > self._deadline:
             self._fail("no CONNACK within the connect timeout")
 
     def _attempt(self) -> None:
+        import ssl
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
         self.session = self.h.next_session()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=self.protocol,
-                             clean_session=True if self.protocol != mqtt.MQTTv5 else None)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=MQTTProtocolVersion(self.protocol),
+                             clean_session=True if self.protocol != MQTT_V5 else None)
         client.connect_timeout = self.cfg.connect_timeout_s
         client.max_inflight_messages_set(self.cfg.max_inflight)
         client.max_queued_messages_set(0)
@@ -104,9 +115,9 @@ class MqttLink:
             if self.cfg.tls:
                 client.tls_set(ca_certs=_path(self.cfg.ca_certs), certfile=_path(self.cfg.certfile),
                                keyfile=_path(self.cfg.keyfile), cert_reqs=ssl.CERT_REQUIRED)
-            kwargs: dict[str, Any] = {"clean_start": True} if self.protocol == mqtt.MQTTv5 else {}
+            kwargs: dict[str, Any] = {"clean_start": True} if self.protocol == MQTT_V5 else {}
             client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             self._client = client
             self._fail(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {exc}")
             return
@@ -118,7 +129,7 @@ class MqttLink:
         was_connected = self._state == "connected"
         if self._state == "connecting" and self.cfg.protocol == "auto" and not self._v5_proven:
             # TCP was up but no CONNACK came: some 3.1.1 brokers hang or hang up on a v5 CONNECT
-            self.protocol = mqtt.MQTTv311 if self.protocol == mqtt.MQTTv5 else mqtt.MQTTv5
+            self.protocol = MQTT_V311 if self.protocol == MQTT_V5 else MQTT_V5
         if reason != self.last_error or was_connected:
             log.warning("MQTT: %s", reason)
         self.last_error = reason
@@ -152,16 +163,16 @@ class MqttLink:
             return
         if reason.is_failure:
             self._state = "idle"  # a CONNACK came: not a case for the missing-CONNACK fallback
-            if (self.cfg.protocol == "auto" and self.protocol == mqtt.MQTTv5
+            if (self.cfg.protocol == "auto" and self.protocol == MQTT_V5
                     and reason.value in UNSUPPORTED_PROTOCOL):
                 log.info("MQTT: broker does not speak MQTT 5; falling back to 3.1.1")
-                self.protocol = mqtt.MQTTv311
+                self.protocol = MQTT_V311
                 self._fail("broker refused MQTT 5", retry_now=True)
             else:
                 self._fail(f"broker refused the connection: {reason}")
             return
         self._state = "connected"
-        self._v5_proven = self._v5_proven or self.protocol == mqtt.MQTTv5
+        self._v5_proven = self._v5_proven or self.protocol == MQTT_V5
         self.connects += 1
         self.last_error = None
         self.backoff.reset()
@@ -190,7 +201,7 @@ class MqttLink:
         if self._state != "connected" or self._client is None:
             return None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if info.rc != ERR_SUCCESS:
             return None
         return int(info.mid)
 
@@ -204,7 +215,7 @@ class MqttLink:
         while self._client is not None and self._state == "connected" and not flush():
             if time.monotonic() > deadline:
                 break
-            if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if self._client.loop(timeout=0.05) != ERR_SUCCESS:
                 break
         self._drop_client()
         self._state = "idle"

@@ -22,7 +22,7 @@ def handle(ctx: UpdateContext, _record: StateRecord, manifest: Manifest) -> Tran
     if done.exists() and done.stat().st_size == art.size:
         return go(Trigger.DOWNLOADED)
     upd = ctx.config.update
-    downloader = Downloader(ctx.session, headers=ctx.api().auth, stall_timeout_s=upd.stall_timeout_s,
+    downloader = Downloader(ctx.http(), headers=ctx.api().auth, stall_timeout_s=upd.stall_timeout_s,
                             attempt_timeout_s=upd.download_timeout_s, connect_timeout_s=ctx.config.server.timeout_s)
     try:
         Downloader.ensure_space(ctx.partial_dir, art.size + (manifest.delta.size if manifest.delta else 0),

@@ -3,8 +3,9 @@ disk, POSTed in order)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.errors import ConfigError, TransportError
@@ -29,6 +30,16 @@ class Reporter:
         self.queue = queue
         self.api = api
         self.device_id = device_id
+        self._queue_only = False
+
+    @contextlib.contextmanager
+    def queue_only(self) -> Iterator[None]:
+        """Reports made inside are queued on disk, not sent (start-up recovery: no network before READY)."""
+        self._queue_only = True
+        try:
+            yield
+        finally:
+            self._queue_only = False
 
     def event(self, type_: str, manifest: dict[str, Any], **fields: Any) -> None:
         model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
@@ -56,7 +67,8 @@ class Reporter:
         except (ValueError, TypeError):
             return
         self.queue.put(report)
-        self.flush()
+        if not self._queue_only:
+            self.flush()
 
     def flush(self) -> None:
         if not self.queue.pending():
