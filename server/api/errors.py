@@ -31,6 +31,7 @@ DESCRIPTIONS = {
     406: "the manifest form the Accept header asks for is not served",
     409: "conflicts with the current state",
     413: "the request body is larger than this route's limit",
+    431: "the request line and headers are larger than http.max_header_kb (e.g. too many query values)",
     415: "the body is not of the media type this route takes",
     416: "the Range cannot be satisfied",
     422: "the request is not valid: one line says which part and why",

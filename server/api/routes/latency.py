@@ -39,13 +39,13 @@ def _figures(hist: dict[int, int], devices: int | None, with_buckets: bool, **ke
 
 
 @router.get("/v1/latency", dependencies=[AdminDep], operation_id="latency.get", response_model=LatencyReport,
-            responses=problems(401, 403, 422))
+            responses=problems(401, 403, 422, 431))
 def get_latency(session: SessionDep,
                 model: Annotated[str | None, Query(max_length=128)] = None,
                 version: Annotated[int | None, Query(ge=0)] = None,
                 device_class: Annotated[str | None, Query(max_length=64)] = None,
                 tag: Annotated[str | None, Query(max_length=64)] = None,
-                device_id: Annotated[list[str] | None, Query(max_length=10_000)] = None,
+                device_id: Annotated[list[str] | None, Query(max_length=1_000)] = None,
                 since: Annotated[float | None, Query(description="UNIX seconds; default: an hour before until")] = None,
                 until: Annotated[float | None, Query(description="UNIX seconds; default: now")] = None,
                 group_by: Annotated[Literal["version", "device_class"] | None, Query()] = None,
