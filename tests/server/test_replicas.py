@@ -144,7 +144,7 @@ def test_readyz_takes_a_replica_out_of_haproxy_until_its_schema_is_at_head(tmp_p
         cluster.wait_proxy_sees({"replica-0": "DOWN", "replica-1": "DOWN"}, timeout=10)
         assert requests.get(cluster.url + "/healthz", timeout=5).status_code == 503  # HAProxy: no server
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
-            conn.execute(f"UPDATE {schema}.alembic_version SET version_num = '0006'")
+            conn.execute(f"UPDATE {schema}.alembic_version SET version_num = '0010'")
         cluster.wait_proxy_sees({"replica-0": "UP", "replica-1": "UP"}, timeout=10)
         cluster.kill(0)  # a dead replica: checks fail, and requests in the meantime go to the other one
         assert all(requests.get(cluster.url + "/healthz", timeout=5).status_code == 200 for _ in range(10))
