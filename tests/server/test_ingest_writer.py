@@ -20,7 +20,7 @@ from edgefleet.server.db.models import Device, Telemetry
 from edgefleet.server.ingest import BatchWriter, IngestStats
 from edgefleet.server.ingest_rejections import Rejections
 from edgefleet.server.ingest_validation import Rejected
-from tests.support.databases import database_url, postgres_reason
+from tests.support.databases import database_url, migrated_database, postgres_reason
 
 PG_SKIP = postgres_reason()
 ROOT = "edgefleet/v1/devices"
@@ -29,16 +29,8 @@ ROOT = "edgefleet/v1/devices"
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=[
     pytest.mark.postgres, pytest.mark.skipif(PG_SKIP is not None, reason=PG_SKIP or "")])])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_url(request.param, tmp_path) as url:
-        database = Database(url)
-        migrate(database.engine)
-        with database.session() as session:
-            for device_id in ("d1", "d2"):
-                device_crud.enroll_device(session, device_id=device_id, device_class=None, tags=[], hw={})
-        try:
-            yield database
-        finally:
-            database.dispose()
+    with migrated_database(request.param, tmp_path, ("d1", "d2")) as database:
+        yield database
 
 
 def message(device: str, seq: int, **extra: object) -> tuple[str, bytes, float]:

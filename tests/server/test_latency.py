@@ -22,14 +22,13 @@ from sqlalchemy import func, select
 from edgefleet.agent import latency as buckets
 from edgefleet.server import latency
 from edgefleet.server.config import TelemetrySection
-from edgefleet.server.crud import devices as device_crud
-from edgefleet.server.db import Database, migrate
+from edgefleet.server.db import Database
 from edgefleet.server.db.models import LatencyHistHourly, LatencyHistRow
 from edgefleet.server.ingest import BatchWriter, IngestStats
 from edgefleet.server.latency_metrics import LE_SECONDS, METRIC
 from edgefleet.server.latency_rollup import fold_and_expire
 from tests.support.broker import Mosquitto
-from tests.support.databases import database_url, postgres_reason
+from tests.support.databases import database_url, migrated_database, postgres_reason
 from tests.support.net import wait_until
 from tests.support.server import RunningServer, start_server
 
@@ -172,16 +171,8 @@ def test_fleet_percentiles_merge_every_devices_latencies(stack: tuple[Mosquitto,
 
 @pytest.fixture(params=DATABASES)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_url(request.param, tmp_path) as url:
-        database = Database(url)
-        migrate(database.engine)
-        with database.session() as session:
-            for device_id in ("d1", "d2"):
-                device_crud.enroll_device(session, device_id=device_id, device_class=None, tags=[], hw={})
-        try:
-            yield database
-        finally:
-            database.dispose()
+    with migrated_database(request.param, tmp_path, ("d1", "d2")) as database:
+        yield database
 
 
 def test_retention_folds_old_histograms_into_exact_hourly_merges(db: Database) -> None:

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -37,3 +38,21 @@ def database_url(kind: str, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def migrated_database(kind: str, tmp_path: Path, devices: tuple[str, ...] = ()) -> Iterator[Any]:
+    """An empty database of ``kind`` at the head revision, with ``devices`` enrolled (no class, no tags)."""
+    from edgefleet.server.crud import devices as device_crud
+    from edgefleet.server.db.session import Database, migrate
+
+    with database_url(kind, tmp_path) as url:
+        database = Database(url)
+        migrate(database.engine)
+        with database.session() as session:
+            for device_id in devices:
+                device_crud.enroll_device(session, device_id=device_id, device_class=None, tags=[], hw={})
+        try:
+            yield database
+        finally:
+            database.dispose()
