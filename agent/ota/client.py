@@ -47,7 +47,7 @@ from edgefleet.agent.ota.verify import Running, Seen, authenticate, check_policy
 from edgefleet.agent.wire import Command, Manifest, SignedManifest
 
 if TYPE_CHECKING:
-    import requests
+    from edgefleet.agent.ota.http import Session
 
 __all__ = ["Loader", "UpdateClient"]
 
@@ -58,7 +58,7 @@ ENDS = TERMINAL - {State.IDLE}  # entering one of these clears the partial downl
 
 class UpdateClient:
     def __init__(self, config: AgentConfig, host: ModelHost, telemetry: Any | None, loader: Loader, *,
-                 session: requests.Session | None = None, rng: random.Random | None = None,
+                 session: Session | None = None, rng: random.Random | None = None,
                  clock: Clock | None = None) -> None:
         self.config = config
         self.host = host
@@ -81,7 +81,7 @@ class UpdateClient:
             stop=self._stop, baseline=LatencyWindow())
         host.add_observer(self.ctx.baseline)
         self.cycles = 0  # poll cycles the worker finished
-        self._handlers: dict[State, Handler] | None = None  # imported at the first update: requests, the probe
+        self._handlers: dict[State, Handler] | None = None  # imported at the first update: the probe
         self._api: ServerApi | None = None
         self._enrollment = Enrollment(config, self.state_dir, hardware,
                                       on_enrolled=getattr(telemetry, "announce", None))
@@ -96,14 +96,14 @@ class UpdateClient:
 
     # --- public --------------------------------------------------------------------------------
 
-    def http(self) -> requests.Session:
-        """The HTTP session, made at the first network use: requests and ssl are imported on the update thread,
-        after the daemon is serving, not on its way to READY."""
+    def http(self) -> Session:
+        """The HTTP session, made at the first network use: ssl is imported on the update thread at the first
+        HTTPS connection, after the daemon is serving, not on its way to READY."""
         with self._lock:
             if self._session is None:
-                import requests
+                from edgefleet.agent.ota.http import Session
 
-                self._session = requests.Session()
+                self._session = Session()
             return self._session
 
     @property

@@ -19,9 +19,8 @@ from edgefleet.agent.runtime.base import Model
 from edgefleet.agent.wire import ModelMeta
 
 if TYPE_CHECKING:
-    import requests
-
     from edgefleet.agent.ota.handlers.report import Reporter
+    from edgefleet.agent.ota.http import Session
     from edgefleet.agent.ota.serverapi import ServerApi
     from edgefleet.agent.quality import ShadowRunner
 
@@ -37,7 +36,7 @@ class UpdateContext:
     config: AgentConfig
     host: ModelHost
     loader: Loader
-    http: Callable[[], requests.Session]  # the update client's session, made at its first use
+    http: Callable[[], Session]  # the update client's session, made at its first use
     slots: SlotStore
     partial_dir: Path
     api: Callable[[], ServerApi]

@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from edgefleet.agent.errors import EdgefleetError, TransportError, UpdateRejected
 from edgefleet.agent.ota.fsutil import free_mb, fsync_dir
+from edgefleet.agent.ota.http import HttpError, Response, Session
 
 
 class DiskFull(EdgefleetError):
@@ -32,7 +31,7 @@ class Fetched:
 
 
 class Downloader:
-    def __init__(self, session: requests.Session, *, headers: dict[str, str] | None = None,
+    def __init__(self, session: Session, *, headers: dict[str, str] | None = None,
                  connect_timeout_s: float = 10.0, stall_timeout_s: float = 30.0,
                  attempt_timeout_s: float = 600.0, chunk: int = 64 * 1024) -> None:
         self.session = session
@@ -70,7 +69,7 @@ class Downloader:
         try:
             response = self.session.get(url, headers=headers, stream=True,
                                         timeout=(self.connect_timeout_s, self.stall_timeout_s))
-        except requests.RequestException as exc:
+        except HttpError as exc:
             raise TransportError(f"download of {url} failed: {exc}") from exc
         with response:
             if response.status_code == 206:
@@ -97,7 +96,7 @@ class Downloader:
             transferred = self._copy(response, part, mode, have, size)
         return Fetched(part, transferred, have)
 
-    def _copy(self, response: requests.Response, part: Path, mode: str, have: int, size: int) -> int:
+    def _copy(self, response: Response, part: Path, mode: str, have: int, size: int) -> int:
         deadline = time.monotonic() + self.attempt_timeout_s
         transferred = 0
         try:
@@ -112,7 +111,7 @@ class Downloader:
                         if time.monotonic() > deadline:
                             raise TransportError(f"download too slow: {have + transferred}/{size} bytes after "
                                                  f"{self.attempt_timeout_s:.0f}s; resuming later")
-                except requests.RequestException as exc:
+                except HttpError as exc:  # the link; a full disk (ENOSPC) is a DiskFull below
                     raise TransportError(f"download interrupted at {have + transferred}/{size} bytes: {exc}") \
                         from exc
                 finally:

@@ -27,8 +27,8 @@ from edgefleet.agent.wire import (
     UpdateReport,
 )
 
-if TYPE_CHECKING:  # requests (and ssl, ~14 MB) is imported by the first call, on the update thread
-    import requests
+if TYPE_CHECKING:  # http.client (and ssl) is imported by the first call, on the update thread
+    from edgefleet.agent.ota.http import Response, Session
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_ROOTS = 100  # one answer of the chain; the agent asks again from where it got to
@@ -43,31 +43,28 @@ class ManifestReply:
 
 class ServerApi:
     def __init__(self, base_url: str, token: str | None, *, timeout_s: float = 30.0,
-                 session: requests.Session | None = None) -> None:
+                 session: Session | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
         if session is None:
-            import requests
+            from edgefleet.agent.ota.http import Session
 
-            session = requests.Session()
+            session = Session()
         self.session = session
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def _call(self, method: str, path: str, **kwargs: object) -> requests.Response:
-        import requests
-
+    def _call(self, method: str, path: str, **kwargs: Any) -> Response:
         try:
-            return self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout_s,
-                                        **kwargs)  # type: ignore[arg-type]
-        except requests.RequestException as exc:
+            return self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout_s, **kwargs)
+        except OSError as exc:
             raise TransportError(f"{method} {path}: {exc}") from exc
 
     @staticmethod
-    def _fail(response: requests.Response, what: str) -> TransportError:
+    def _fail(response: Response, what: str) -> TransportError:
         try:
             body = response.json()
             detail = body.get("detail") if isinstance(body, dict) else body
@@ -140,13 +137,11 @@ def _root_version(root: SignedRoot) -> int:
     return version if isinstance(version, int) else 0
 
 
-def _capped(response: requests.Response, what: str, cap: int = MAX_MANIFEST_BYTES) -> bytes:
+def _capped(response: Response, what: str, cap: int = MAX_MANIFEST_BYTES) -> bytes:
     """The body of a streamed response, refused past ``cap`` bytes (a man in the middle may send gigabytes)."""
     length = response.headers.get("Content-Length")
     if length is not None and length.isdigit() and int(length) > cap:
         raise TransportError(f"{what} is larger than {cap} bytes")
-    import requests
-
     chunks: list[bytes] = []
     total = 0
     try:
@@ -155,7 +150,7 @@ def _capped(response: requests.Response, what: str, cap: int = MAX_MANIFEST_BYTE
             if total > cap:
                 raise TransportError(f"{what} is larger than {cap} bytes")
             chunks.append(chunk)
-    except requests.RequestException as exc:
+    except OSError as exc:
         raise TransportError(f"{what}: {exc}") from exc
     finally:
         response.close()

@@ -2,7 +2,8 @@
 
 A fresh interpreter (pytest's own has requests loaded) runs the daemon with MQTT on and an update server URL
 with a device token, both pointing at ports nothing listens on; its notifier writes down which of paho,
-requests and cryptography were loaded when READY was sent, and which were once the two threads had run.
+the update client's HTTP, cryptography and requests were loaded when READY was sent, and which were once
+the two threads had run (ssl is not among them: the local API's http.server imports it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.daemon.main import Agent
 from edgefleet.agent.daemon.systemd import Notifier
 
-STACKS = ("paho.mqtt.client", "requests", "cryptography")
+STACKS = ("paho.mqtt.client", "edgefleet.agent.ota.http", "cryptography", "requests")
 
 class Recording(Notifier):
     at_ready = None
@@ -37,7 +38,7 @@ class Recording(Notifier):
 agent = Agent(AgentConfig.model_validate(json.loads(sys.argv[1])), notifier=Recording({}))
 agent.start()
 deadline = time.monotonic() + 30
-while time.monotonic() < deadline and not {"paho.mqtt.client", "requests"} <= sys.modules.keys():
+while time.monotonic() < deadline and not {"paho.mqtt.client", "edgefleet.agent.ota.http"} <= sys.modules.keys():
     time.sleep(0.05)
 later = [name for name in STACKS if name in sys.modules]
 agent.stop()
@@ -60,5 +61,6 @@ def test_ready_is_sent_before_the_network_stacks_are_imported(tmp_path: Path) ->
     assert report["status"].startswith("serving m v3"), report  # READY still means serving
     assert report["at_ready"] == [], report
     # the threads did start and reach for the network: MQTT's first attempt, the first poll
-    assert {"paho.mqtt.client", "requests"} <= set(report["later"]), report
+    assert {"paho.mqtt.client", "edgefleet.agent.ota.http"} <= set(report["later"]), report
     assert "cryptography" not in report["later"], report  # no manifest came: no signature to check
+    assert "requests" not in report["later"], report  # the update client speaks http.client (agent/ota/http.py)

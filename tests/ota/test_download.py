@@ -12,12 +12,13 @@ import requests
 from edgefleet.agent.errors import UpdateRejected
 from edgefleet.agent.ota.client import UpdateClient
 from edgefleet.agent.ota.download import apply_delta
+from edgefleet.agent.ota.http import HttpError, Session
 from tests.ota.helpers import make_big_classifier, ort_loader, push, roll_out
 from tests.ota.rig import Device, Traffic
 from tests.support.server import RunningServer
 
 
-class Link(requests.Session):
+class Link(Session):
     """The device's link: can drop the first artifact transfer after ``cut_after`` bytes, or flip a byte of
     delta patches in transit; logs each artifact/delta request's Range header and status."""
 
@@ -37,19 +38,19 @@ class Link(requests.Session):
         if kind == "artifact" and self.cut_after is not None:
             limit, self.cut_after = self.cut_after, None
 
-            def cut(chunk_size: int = 1, decode_unicode: bool = False) -> Any:
+            def cut(chunk_size: int = 64 * 1024) -> Any:
                 sent = 0
-                for block in inner(chunk_size, decode_unicode):
+                for block in inner(chunk_size):
                     if sent + len(block) > limit:
                         yield block[: limit - sent]
-                        raise requests.ConnectionError("connection reset by peer (test)")
+                        raise HttpError("connection reset by peer (test)")
                     sent += len(block)
                     yield block
 
             response.iter_content = cut  # type: ignore[method-assign,assignment]
         if kind == "delta" and self.corrupt_deltas:
-            def flip(chunk_size: int = 1, decode_unicode: bool = False) -> Any:
-                for block in inner(chunk_size, decode_unicode):
+            def flip(chunk_size: int = 64 * 1024) -> Any:
+                for block in inner(chunk_size):
                     yield bytes([block[0] ^ 0xFF]) + block[1:]
 
             response.iter_content = flip  # type: ignore[method-assign,assignment]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from edgefleet.agent.ota.http import Session
 from tests.ota.helpers import (
     device_reports,
     image,
@@ -91,7 +92,7 @@ def test_tampered_artifact_rejected_old_model_serves(server: RunningServer, tmp_
     assert device_reports(server.url, server.admin(), rollout["id"]) == {"ota-tamper": "rejected"}
 
 
-class Rewriter(requests.Session):
+class Rewriter(Session):
     """A man in the middle on the device's link: rewrites the manifest body the real server sent."""
 
     def __init__(self, change: str) -> None:

@@ -1,6 +1,6 @@
 """Hostile update traffic for a device that serves v1: what tests/ota does not already cover.
 
-A man in the middle (a ``requests.Session`` on the device's link) or a tampered server store supplies:
+A man in the middle (an ``agent.ota.http.Session`` on the device's link) or a tampered server store supplies:
 an artifact larger or smaller than the manifest says, a manifest without its signature (or with an
 empty one), a genuine manifest signed for another device, and a replay of an older genuine manifest.
 Each is refused with a one-line reason, the state machine stays consistent, and v1 keeps serving with
@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from edgefleet.agent.ota.client import UpdateClient
+from edgefleet.agent.ota.http import Response, Session
 from edgefleet.agent.wire import MANIFEST_MEDIA_TYPE
 from tests.ota.helpers import image, ort_loader
 from tests.ota.rig import Device, Traffic
@@ -29,7 +30,7 @@ from tests.support.server import RunningServer
 Rewrite = Callable[[str, requests.Response], None]
 
 
-class Middle(requests.Session):
+class Middle(Session):
     """Rewrites the real server's answers on their way to the device."""
 
     def __init__(self, rewrite: Rewrite) -> None:
@@ -99,12 +100,12 @@ def test_artifact_bytes_changed_in_transit(server: RunningServer, tmp_path: Path
     device, versions = _v1_device(server, tmp_path, "transit")
     v2 = versions.push(seed=13)
 
-    def flip(url: str, response: requests.Response) -> None:
+    def flip(url: str, response: Response) -> None:
         if "/v1/artifacts/" in url or "/v1/deltas/" in url:  # the patch too: deltas are on offer
             inner = response.iter_content
 
-            def flipped(chunk_size: int = 1, decode_unicode: bool = False) -> Any:
-                for i, block in enumerate(inner(chunk_size, decode_unicode)):
+            def flipped(chunk_size: int = 64 * 1024) -> Any:
+                for i, block in enumerate(inner(chunk_size)):
                     yield (bytes([block[0] ^ 0x01]) + block[1:]) if i == 0 else block
 
             response.iter_content = flipped  # type: ignore[method-assign,assignment]
@@ -121,7 +122,7 @@ def test_manifest_without_a_usable_signature(server: RunningServer, tmp_path: Pa
     device, versions = _v1_device(server, tmp_path, f"nosig-{type(signatures).__name__}-{len(str(signatures))}")
     v2 = versions.push(seed=1)
 
-    def strip(url: str, response: requests.Response) -> None:
+    def strip(url: str, response: Response) -> None:
         if url.endswith("/manifest") and response.status_code == 200:
             body = response.json()
             if signatures is None:
@@ -156,7 +157,7 @@ def test_genuine_manifest_of_another_device_is_refused(server: RunningServer, tm
                                    "Accept": MANIFEST_MEDIA_TYPE})
     assert stolen.status_code == 200
 
-    def swap(url: str, response: requests.Response) -> None:
+    def swap(url: str, response: Response) -> None:
         if url.endswith("/victim/manifest"):
             response.status_code = 200
             response._content = stolen.content
@@ -184,7 +185,7 @@ def test_replayed_older_manifest_is_refused(server: RunningServer, tmp_path: Pat
         assert device.update() == "committed"
     assert device.host.meta is not None and device.host.meta.version == 3
 
-    def replay(url: str, response: requests.Response) -> None:
+    def replay(url: str, response: Response) -> None:
         if url.endswith("/manifest"):
             response.status_code = 200
             response._content = captured
