@@ -2,6 +2,9 @@
 
 - bare: ``python`` that imports numpy and onnxruntime, creates the session on the same model with the
   same threads and runs it a few times; start-up is ``Popen`` to its "loaded" line.
+- bare video: the same, and it also decodes the daemon's video file with OpenCV and runs the model on every
+  frame (resized to the input): what a video source costs by itself, OpenCV's libraries and decoder included,
+  so the daemon on a video is compared with both.
 - daemon: ``edgefleet-agent run`` with the config a device has (local API on, MQTT to a real broker
   when Mosquitto is installed, an update server URL and a device token), ``source: none`` or a video file; start-up
   is ``Popen`` to ``READY=1`` on its NOTIFY_SOCKET. RSS is VmRSS once it has settled.
@@ -45,6 +48,23 @@ for _ in range(20):
 print("loaded", flush=True)
 sys.stdin.read()
 """
+BARE_VIDEO = BARE.replace('print("loaded", flush=True)', """
+import threading
+import cv2
+def decode():
+    name = session.get_inputs()[0].name
+    shape = session.get_inputs()[0].shape
+    while True:
+        capture = cv2.VideoCapture(sys.argv[3])
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(cv2.resize(frame, (shape[3], shape[2])), cv2.COLOR_BGR2RGB)
+            session.run(None, {name: np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)})
+        capture.release()
+threading.Thread(target=decode, daemon=True).start()
+print("loaded", flush=True)""")
 
 
 def vm_rss_mb(pid: int) -> float:
@@ -64,11 +84,12 @@ def settled_rss(pid: int, settle_s: float) -> float:
     return statistics.median(samples)
 
 
-def bare_process(model: Path, threads: int, settle_s: float) -> tuple[float, float]:
-    """(start-up s, RSS MB) of the bare runtime holding ``model``."""
+def bare_process(model: Path, threads: int, settle_s: float, video: Path | None = None) -> tuple[float, float]:
+    """(start-up s, RSS MB) of the bare runtime holding ``model`` (and running it on ``video``'s frames)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", BARE, str(model), str(threads)], stdin=subprocess.PIPE,
+    script, extra = (BARE, []) if video is None else (BARE_VIDEO, [str(video)])
+    proc = subprocess.Popen([sys.executable, "-c", script, str(model), str(threads), *extra], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None
@@ -151,10 +172,11 @@ def measure(model: Path, size: int, threads: int, *, runs: int = 3, settle_s: fl
     """Bare, daemon with ``source: none`` and daemon on a video file: median start-up and RSS of ``runs``."""
     work = Path(tempfile.mkdtemp(prefix="edgefleet-procs-"))
     video = write_video(work / "clip.avi", size)
-    figures: dict[str, list[tuple[float, float]]] = {"bare": [], "none": [], "video": []}
+    figures: dict[str, list[tuple[float, float]]] = {"bare": [], "bare_video": [], "none": [], "video": []}
     with broker(work) as mqtt_port:
-        for _ in range(runs):  # interleaved, so all three see the same load on the machine
+        for _ in range(runs):  # interleaved, so all four see the same load on the machine
             figures["bare"].append(bare_process(model, threads, settle_s))
+            figures["bare_video"].append(bare_process(model, threads, settle_s, video))
             figures["none"].append(daemon_process(model, work, threads, {"kind": "none"}, mqtt_port, settle_s))
             figures["video"].append(daemon_process(model, work, threads, {"kind": "video", "uri": str(video),
                                                                           "fps": 30}, mqtt_port, settle_s))
@@ -169,5 +191,7 @@ def measure(model: Path, size: int, threads: int, *, runs: int = 3, settle_s: fl
         "daemon_rss_mb": round(median["none"][1], 1), "rss_ratio_none": round(median["none"][1] / bare_mb, 3),
         "daemon_video_rss_mb": round(median["video"][1], 1),
         "rss_ratio_video": round(median["video"][1] / bare_mb, 3),
+        "bare_video_rss_mb": round(median["bare_video"][1], 1),
+        "rss_ratio_video_to_bare_video": round(median["video"][1] / median["bare_video"][1], 3),
         "runs": runs,
     }
