@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,14 @@ import pytest
 
 import edgefleet.agent.telemetry as telemetry_pkg
 from edgefleet.agent import latency
-from edgefleet.agent.telemetry import Backoff, CommandDispatcher, LatencyHistogram, Spool, read_temperature_c
+from edgefleet.agent.telemetry import (
+    Backoff,
+    CommandDispatcher,
+    LatencyHistogram,
+    Spool,
+    SystemSampler,
+    read_temperature_c,
+)
 from edgefleet.agent.wire import Command
 
 
@@ -221,6 +231,33 @@ def test_temperature_reads_the_hottest_zone(tmp_path: Path) -> None:
         (tmp_path / name / "temp").write_text(value)
     assert read_temperature_c(tmp_path) == 57.25
     assert read_temperature_c(tmp_path / "none") is None
+
+
+def test_system_figures_match_what_linux_says(tmp_path: Path) -> None:
+    sampler = SystemSampler(tmp_path)
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # busy for a moment, so the CPU figure has something to show
+        pass
+    figures = sampler.sample()
+    assert 0.0 < figures["cpu_pct"] <= 100.0
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    assert abs(figures["rss_mb"] - int(status["VmRSS"].split()[0]) / 1024) < 5.0
+    assert 0.0 < figures["mem_mb"] < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    assert abs(figures["disk_free_mb"] - shutil.disk_usage(tmp_path).free / 2**20) < 64.0
+
+
+def test_system_figures_from_a_proc_tree_and_without_one(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "stat").write_text("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 100 0 100 700 100 0 0 0 0 0\n")
+    (proc / "meminfo").write_text("MemTotal:        8000000 kB\nMemFree: 1 kB\nMemAvailable:    6976000 kB\n")
+    (proc / "self" / "statm").write_text(f"9999 {25 * 2**20 // os.sysconf('SC_PAGE_SIZE')} 10 1 0 100 0\n")
+    sampler = SystemSampler(tmp_path, proc=proc)
+    (proc / "stat").write_text("cpu  250 0 150 800 100 0 0 0 0 0\n")  # 200 busy of 300 jiffies since
+    figures = sampler.sample()
+    assert figures["cpu_pct"] == 66.7 and figures["mem_mb"] == 1000.0 and figures["rss_mb"] == 25.0
+    gone = SystemSampler(tmp_path / "nowhere", proc=tmp_path / "noproc").sample()
+    assert not {"cpu_pct", "mem_mb", "rss_mb"} & gone.keys() and gone["disk_free_mb"] is None
 
 
 def test_dispatcher_acks_and_errors() -> None:
