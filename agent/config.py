@@ -15,7 +15,7 @@ ENV_PREFIX = "EDGEFLEET_"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), defer_build=True)
 
 
 class ModelSection(Section):

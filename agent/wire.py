@@ -32,7 +32,7 @@ def now() -> float:
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), defer_build=True)
 
 
 # --- model description -------------------------------------------------------------------------
