@@ -170,11 +170,8 @@ class Demo:
 
     def rollout(self, version: int, waves: dict[str, Any] | list[float], soak_s: float) -> int:
         assert self.client is not None
-        gates: dict[str, Any] = {"min_committed_ratio": 1.0, "max_failure_ratio": 0.34, "soak_s": soak_s}
-        if self.args.latency_warmup is not None:
-            gates["latency_warmup_s"] = self.args.latency_warmup
         body = {"model": "classifier", "version": version, "target": {"tags": ["demo"]}, "waves": waves,
-                "gates": gates}
+                "gates": {"min_committed_ratio": 1.0, "max_failure_ratio": 0.34, "soak_s": soak_s}}
         rollout = self.client.create_rollout(body)
         self.step(f"rollout {rollout['id']}: classifier v{version} in {waves_text(waves)}")
         return int(rollout["id"])
@@ -384,8 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agents", type=int, default=3, help="agents to start (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second of each agent's synthetic video")
     parser.add_argument("--soak", type=float, default=5.0, help="seconds each wave must stay healthy")
-    parser.add_argument("--latency-warmup", type=float, default=None, metavar="SECONDS",
-                        help="seconds after a device commits that the p95 gate leaves out (default: the server's 10)")
     parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto",
                         help="MQTT broker (auto: Mosquitto when installed, else amqtt)")
