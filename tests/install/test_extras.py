@@ -165,8 +165,8 @@ def test_demo_runs_its_loop_on_amqtt(wheel: Path, venv: Venv, tmp_path: Path) ->
     assert venv.has("amqtt") and venv.has("cv2") and venv.has("fastapi")
     log = tmp_path / "demo.log"
     started = time.monotonic()
-    proc = venv.start([venv.bin("edgefleet-demo"), "--agents", "2", "--soak", "2", "--latency-warmup", "1",
-                       "--broker", "amqtt", "--workdir", str(tmp_path / "demo"), "--exit-when-done"], log)
+    proc = venv.start([venv.bin("edgefleet-demo"), "--agents", "2", "--soak", "2", "--broker", "amqtt",
+                       "--workdir", str(tmp_path / "demo"), "--exit-when-done"], log)
     try:
         assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
