@@ -56,6 +56,7 @@ class Options:
     min_committed_ratio: float = 1.0
     max_failure_ratio: float = 0.1
     max_p95_regression: float | None = 1.5
+    latency_warmup_s: float | None = None  # the p95 gate's warm-up after a device commits (None: the server's 10 s)
     fail_fraction: float = 0.0
     regression: float = 1.0
     max_seconds: float = 900.0
@@ -334,7 +335,8 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
             "model": model, "version": int(v2["version"]), "target": {"tags": [tag]}, "waves": o.waves,
             "push": o.push,
             "gates": {"min_committed_ratio": o.min_committed_ratio, "max_failure_ratio": o.max_failure_ratio,
-                      "max_p95_regression": o.max_p95_regression, "soak_s": o.soak_s}})
+                      "max_p95_regression": o.max_p95_regression, "soak_s": o.soak_s,
+                      **({} if o.latency_warmup_s is None else {"latency_warmup_s": o.latency_warmup_s})}})
         rollout_id = int(rollout["id"])
         if killer is not None:
             killer.arm()
@@ -572,6 +574,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--max-failure", type=float, default=0.1)
     p.add_argument("--fail-fraction", type=float, default=0.0, help="share of devices whose trial rolls back")
     p.add_argument("--regression", type=float, default=1.0, help="latency factor of v2 (the p95 gate is x1.5)")
+    p.add_argument("--latency-warmup", type=float, metavar="S",
+                   help="seconds after a commit the p95 gate ignores (default: the server's 10 s)")
     p.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on one run")
     p.add_argument("--http-connections", type=int, default=16, help="keep-alive connections per worker")
     p.add_argument("--broker-kind", default="auto", choices=("auto", "mosquitto", "amqtt"))
@@ -618,6 +622,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
                       trial_s=args.trial, steady_s=args.steady, waves=waves, soak_s=args.soak,
                       min_committed_ratio=args.min_committed, max_failure_ratio=args.max_failure,
                       fail_fraction=args.fail_fraction, regression=args.regression, max_seconds=args.max_seconds,
+                      latency_warmup_s=args.latency_warmup,
                       http_connections=args.http_connections, broker=args.broker_kind, server=args.server,
                       admin_token=args.admin_token, enrollment_token=args.enrollment_token,
                       public_key=args.public_key, broker_address=args.broker, mqtt_v5=args.mqtt == "5",

@@ -53,3 +53,13 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One Mosquitto for a test module; persistent, so ``restart()`` keeps retained messages and sessions."""
+    running = Mosquitto(tmp_path_factory.mktemp("broker"), persistence=True).start()
+    try:
+        yield running
+    finally:
+        running.stop()

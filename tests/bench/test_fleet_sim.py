@@ -12,7 +12,9 @@ from edgefleet.server.demo.broker import find_mosquitto
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="Mosquitto is not installed")
 
-FAST = dict(poll_s=1.0, telemetry_s=1.0, trial_s=0.2, soak_s=0.5, steady_s=2.0, max_seconds=90.0, quiet=True)
+# the p95 gate still judges every wave, after a 1 s warm-up instead of the server's 10 s (4 waves: 36 s less)
+FAST = dict(poll_s=1.0, telemetry_s=1.0, trial_s=0.2, soak_s=0.5, steady_s=2.0, max_seconds=90.0, quiet=True,
+            latency_warmup_s=1.0)
 
 
 def test_twenty_devices_enroll_report_and_take_a_gated_rollout() -> None:

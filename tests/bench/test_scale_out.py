@@ -22,7 +22,7 @@ def test_a_replica_killed_mid_rollout_loses_nothing() -> None:
     result = run_sim(Options(
         devices=50, replicas=2, database="postgresql", storage="s3", kill_replica_at=3.0, restart_after_s=3.0,
         lease_ttl_s=LEASE_TTL_S, poll_s=1.0, telemetry_s=1.0, trial_s=0.5, soak_s=1.0, steady_s=2.0,
-        waves=[10.0, 50.0, 100.0], max_seconds=150.0, quiet=True))
+        waves=[10.0, 50.0, 100.0], latency_warmup_s=1.0, max_seconds=150.0, quiet=True))
 
     rollout = result["rollout"]
     assert rollout["state"] == "completed", rollout

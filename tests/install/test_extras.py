@@ -1,8 +1,8 @@
 """Every install a user is told to make works in a fresh virtual environment, and its program starts.
 
-The wheel is built from this checkout once; each test makes a new venv, installs one set of
-extras from the package registry (pip's cache makes it quick) and runs the installed console
-script, never this checkout's code:
+The wheel is built from this checkout once a session (tests/install/conftest.py); each test makes a
+new venv, installs one set of extras from the package registry (pip's cache makes it quick) and runs
+the installed console script, never this checkout's code:
 
 - the device set with one runtime (``[device,onnx]``, ``[device,litert]``): no OpenCV; the daemon
   serves JSON requests, answers an image request with a one-line 415 that names ``[camera]``;
@@ -30,16 +30,6 @@ from tests.support.models import make_onnx_image_classifier, make_tflite_float
 from tests.support.net import free_port, wait_until
 
 pytestmark = [pytest.mark.install, pytest.mark.slow, pytest.mark.timeout(900)]
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
-                   check=True, cwd=out)
-    (found,) = out.glob("edgefleet-*.whl")
-    return found
 
 
 class Venv:
@@ -54,7 +44,9 @@ class Venv:
 
     def install(self, wheel: Path, extras: str) -> None:
         requirement = f"edgefleet[{extras}] @ {wheel.as_uri()}"
-        done = subprocess.run([self.bin("python"), "-m", "pip", "install", "-q", requirement],
+        # --no-compile: no .pyc for every file of every dependency up front (CPU time, nothing the test checks);
+        # the programs compile what they import when they run
+        done = subprocess.run([self.bin("python"), "-m", "pip", "install", "-q", "--no-compile", requirement],
                               capture_output=True, text=True, env=self.env, timeout=900)
         assert done.returncode == 0, done.stdout + done.stderr
 

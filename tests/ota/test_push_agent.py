@@ -26,15 +26,6 @@ POLL_S = 600.0
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    running = Mosquitto(tmp_path_factory.mktemp("mq")).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
 def mqtt_server(tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("srv"), broker.port,
                            overrides={"rollouts": {"push_spread_s": 1.0}})

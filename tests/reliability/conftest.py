@@ -9,15 +9,6 @@ from tests.support.server import RunningServer, start_server
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    running = Mosquitto(tmp_path_factory.mktemp("broker"), persistence=True).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("srv"), mqtt_port=broker.port)
     try:

@@ -12,6 +12,10 @@ Every version carries two padding tensors besides its classifier (tests/support/
 ``make_onnx_padded_classifier``); on even cycles the second one is fine-tuned (every value moved by 1e-3),
 so the server offers an exact tensor delta and the kills land in its download and rebuild too; on odd
 cycles only the classifier's few bytes change (a bsdiff4 delta).
+
+Instants are random (the benchmark's long runs), or aimed (``aim=PHASES``, the test): each cycle picks a
+phase of the update this device has not been cut in yet, waits until state.json enters it and cuts at a
+random instant of it (bounded by how long that phase has lasted so far), until every phase is covered.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ from tests.support.models import make_onnx_padded_classifier
 from tests.support.net import wait_until
 from tests.support.server import RunningServer
 
+BEFORE = "before"  # the agent has not saved the new target yet (killed around the poll that sees it)
+PHASES = (BEFORE, "downloading", "verifying", "installing", "trial")
+
+
+def phase_of(state: str) -> str:
+    """The phase a cut landed in, from the state saved at the kill (a terminal state: before the update)."""
+    return state if state in PHASES else BEFORE
+
 
 @dataclass
 class PowerCutReport:
@@ -54,14 +66,18 @@ class PowerCutReport:
     restart_to_serving_s: list[float] = field(default_factory=list)
     offered: collections.Counter[str] = field(default_factory=collections.Counter)  # per cycle: the manifest's option
     tensor_installs: int = 0  # committed through a tensor delta (not the full artifact)
+    cuts: list[tuple[str, str]] = field(default_factory=list)  # per cycle: (state saved at the kill, outcome)
     seconds: float = 0.0
+
+    def phases_cut(self) -> collections.Counter[str]:
+        return collections.Counter(phase_of(state) for state, _ in self.cuts)
 
     def summary(self) -> dict[str, Any]:
         restarts = sorted(self.restart_to_serving_s)
         return {"seed": self.seed, "cycles": self.cycles, "committed": self.committed,
                 "rolled_back": self.rolled_back, "corrupt": self.corrupt, "killed_in": dict(self.killed_in),
                 "outcomes": dict(self.outcomes), "offered": dict(self.offered),
-                "tensor_installs": self.tensor_installs,
+                "tensor_installs": self.tensor_installs, "phases_cut": dict(self.phases_cut()),
                 "restart_to_serving_s_p50": round(restarts[len(restarts) // 2], 2) if restarts else None,
                 "restart_to_serving_s_max": round(restarts[-1], 2) if restarts else None,
                 "seconds": round(self.seconds, 1)}
@@ -77,6 +93,71 @@ def _target_done(agent: DaemonAgent, version: int) -> str | None:
     if target.get("version") == version and record.get("state") in TERMINAL:
         return str(record["state"])
     return None
+
+
+def _saved(agent: DaemonAgent, version: int) -> str | None:
+    """The state state.json saves for ``version`` (None: it names another target or cannot be read)."""
+    try:
+        record = json.loads((agent.state_dir / "update" / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if (((record.get("target") or {}).get("manifest") or {}).get("model") or {}).get("version") != version:
+        return None
+    return str(record.get("state"))
+
+
+class PhaseAim:
+    """Where one device's cuts go: the next phase not cut yet, at a random instant inside it."""
+
+    def __init__(self, rng: random.Random, rotate: int) -> None:
+        self.rng = rng
+        self.order = PHASES[rotate % len(PHASES):] + PHASES[:rotate % len(PHASES)]  # devices differ in order
+        self.lasted: dict[str, float] = {}  # phase -> the longest it was seen to last
+        self.hit: set[str] = set()
+
+    def pending(self) -> bool:
+        return not self.hit.issuperset(PHASES)
+
+    def next_phase(self, cycle: int) -> str:
+        missing = [phase for phase in self.order if phase not in self.hit]
+        return missing[0] if missing else self.order[cycle % len(self.order)]
+
+    def wait_and_pick_instant(self, agent: DaemonAgent, version: int, phase: str, timeout: float = 20.0) -> None:
+        """Return at the instant to cut: a random one inside ``phase`` of the update to ``version``."""
+        if phase == BEFORE:
+            time.sleep(self.rng.uniform(0.0, 0.15))  # the agent polls every 0.2 s
+            return
+        deadline = time.monotonic() + timeout
+        while (saved := _saved(agent, version)) != phase:
+            if time.monotonic() > deadline or saved in TERMINAL or (saved in PHASES and
+                                                                   PHASES.index(saved) > PHASES.index(phase)):
+                return  # passed it (or never came): the cut lands where the update is now
+            time.sleep(0.001)
+        entered = time.monotonic()
+        cut_at = entered + self.rng.uniform(0.0, self.lasted.get(phase, 0.05))
+        while time.monotonic() < cut_at:
+            if _saved(agent, version) != phase:  # it ended before the instant drawn: it lasts at least this
+                self.lasted[phase] = max(self.lasted.get(phase, 0.0), time.monotonic() - entered)
+                return
+            time.sleep(0.001)
+
+    def watch(self, agent: DaemonAgent, version: int, timeout: float = 60.0) -> str:
+        """Follow an uncut update to its end, learning how long each phase lasts; its terminal state."""
+        deadline = time.monotonic() + timeout
+        phase, entered = None, time.monotonic()
+        while time.monotonic() < deadline:
+            saved = _saved(agent, version)
+            if saved != phase:
+                if phase in PHASES:
+                    self.lasted[phase] = time.monotonic() - entered
+                phase, entered = saved, time.monotonic()
+            if saved in TERMINAL:
+                return saved
+            time.sleep(0.001)
+        raise AssertionError(f"the update to v{version} did not end within {timeout:.0f} s (at {phase})")
+
+    def record(self, state: str) -> None:
+        self.hit.add(phase_of(state))
 
 
 def _serving(agent: DaemonAgent, sha256: str) -> bool:
@@ -127,8 +208,12 @@ def _via(agent: DaemonAgent) -> str | None:
 
 
 def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, *, cycles: int, seed: int,
-                   kill_window_s: float = 1.6, device_id: str = "pc-01") -> PowerCutReport:
+                   kill_window_s: float = 1.6, device_id: str = "pc-01", aim: bool = False,
+                   max_cycles: int | None = None, rotate: int = 0) -> PowerCutReport:
+    """``cycles`` cuts; aimed, more (up to ``max_cycles``) until every phase has been cut once."""
     rng = random.Random(seed)
+    aimer = PhaseAim(rng, rotate) if aim else None
+    limit = max(cycles, max_cycles or cycles)
     report = PowerCutReport(seed=seed)
     started = time.monotonic()
     versions = Versions(server, workdir / "models", f"pc-{device_id}")
@@ -140,22 +225,31 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
         first = versions.push(seed=base_seed, path=models.make(base_seed, fine_tune=False))
         agent.wait_enrolled()
         versions.roll_out(first["version"], [device_id])
-        wait_until(lambda: _target_done(agent, first["version"]) == "committed", timeout=60)
+        if aimer is not None:
+            assert aimer.watch(agent, int(first["version"])) == "committed"
+        else:
+            wait_until(lambda: _target_done(agent, first["version"]) == "committed", timeout=60)
         body = agent.wait_serving()
         assert body["model"]["sha256"] == first["sha256"]
         current = first
-        for cycle in range(cycles):
+        cycle = 0
+        while cycle < cycles or (aimer is not None and aimer.pending() and cycle < limit):
             seed_now = base_seed + 1 + cycle
             target = versions.push(seed=seed_now, path=models.make(seed_now, fine_tune=cycle % 2 == 0))
             offer = _offered(server, versions.roll_out(target["version"], [device_id]))
             report.offered[offer] += 1
-            if rng.random() < 0.2:  # any instant around the poll that sees the new desired state
+            if aimer is not None:
+                aimer.wait_and_pick_instant(agent, int(target["version"]), aimer.next_phase(cycle))
+            elif rng.random() < 0.2:  # any instant around the poll that sees the new desired state
                 time.sleep(rng.uniform(0.0, 0.5))
             else:  # an instant of the update itself, once the agent has saved its first step
                 _wait_started(agent, target["version"])
                 time.sleep(rng.uniform(0.0, kill_window_s))
             agent.kill9()
-            report.killed_in[agent.update_state() or "none"] += 1
+            killed_in = agent.update_state() or "none"
+            report.killed_in[killed_in] += 1
+            if aimer is not None:
+                aimer.record(killed_in)
             found = check_state_files(agent.state_dir)
             assert found["sha256"] in (current["sha256"], target["sha256"]), (cycle, found)
             restarted = time.monotonic()
@@ -180,15 +274,22 @@ def run_power_cuts(server: RunningServer, mqtt_port: int | None, workdir: Path, 
             else:
                 assert outcome in ("rolled_back", "failed"), (cycle, outcome)
                 report.rolled_back += 1
+            report.cuts.append((killed_in, outcome))
             current = expected
             report.cycles += 1
+            cycle += 1
     report.seconds = time.monotonic() - started
     return report
 
 
 def run_parallel(server: RunningServer, mqtt_port: int | None, workdir: Path, *, cycles: int, seed: int,
-                 agents: int = 2, kill_window_s: float = 1.6) -> PowerCutReport:
-    """``cycles`` power cuts split over ``agents`` devices cut independently at the same time."""
+                 agents: int = 2, kill_window_s: float = 1.6, aim: bool = False,
+                 max_cycles: int | None = None) -> PowerCutReport:
+    """``cycles`` power cuts split over ``agents`` devices cut independently at the same time.
+
+    Aimed (``aim``), each device goes on past its share until it has been cut in every phase, up to its
+    share of ``max_cycles``.
+    """
     import threading
 
     share = [cycles // agents + (1 if i < cycles % agents else 0) for i in range(agents)]
@@ -197,7 +298,8 @@ def run_parallel(server: RunningServer, mqtt_port: int | None, workdir: Path, *,
     def one(i: int) -> None:
         try:
             reports[i] = run_power_cuts(server, mqtt_port, workdir / f"dev{i}", cycles=share[i], seed=seed + i,
-                                        kill_window_s=kill_window_s, device_id=f"pc-{i:02d}")
+                                        kill_window_s=kill_window_s, device_id=f"pc-{i:02d}", aim=aim,
+                                        max_cycles=(max_cycles or cycles) // agents, rotate=i)
         except BaseException as exc:  # surfaced below
             reports[i] = exc
 
@@ -222,5 +324,6 @@ def run_parallel(server: RunningServer, mqtt_port: int | None, workdir: Path, *,
         total.restart_to_serving_s += item.restart_to_serving_s
         total.offered.update(item.offered)
         total.tensor_installs += item.tensor_installs
+        total.cuts += item.cuts
     total.seconds = time.monotonic() - started
     return total

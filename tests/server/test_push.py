@@ -57,15 +57,6 @@ class Commands:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    running = Mosquitto(tmp_path_factory.mktemp("mq")).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
 def pushing(tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("srv"), broker.port, overrides={
         "rollouts": {"push_spread_s": SPREAD_S, "push_rate_per_s": 100.0}})
