@@ -34,7 +34,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -43,7 +42,6 @@ from edgefleet.server.config import MqttSection, TelemetrySection
 from edgefleet.server.crud import latency as latency_crud
 from edgefleet.server.crud import telemetry as crud
 from edgefleet.server.db import Database
-from edgefleet.server.db.models import Device as DeviceRow
 from edgefleet.server.ingest_rejections import Rejections
 from edgefleet.server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
 from edgefleet.server.latency_metrics import FleetLatency
@@ -247,15 +245,15 @@ class BatchWriter:
                 if row["ts_replaced"]:
                     live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
         with self.db.session() as session:
+            crud.lock_devices(session, device_ids={m.device_id for m in messages if m.status is not None} | set(live))
             crud.insert_telemetry(session, rows=telemetry)
             stored_latency = store_latency(session, latency, classes)
             crud.insert_events(session, rows=events)
-            _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
             for message in messages:
                 if message.status is not None:
                     crud.apply_status(session, device_id=message.device_id, status=message.status,
                                       now=message.received_at)
-            crud.apply_live(session, updates=live)
+            crud.apply_live(session, updates=live, locked=True)
         self.stats.ts_replaced += sum(int(v["ts_replaced"]) for v in live.values())
         return stored_latency
 
@@ -276,15 +274,6 @@ def store_latency(session: Session, rows: list[dict[str, Any]],
             classes = latency_crud.device_classes(session, device_ids={row["device_id"] for row in new})
         latency_crud.add_minutes(session, sums=latency_crud.minute_sums(new, classes))
     return new
-
-
-def _lock_devices(session: Session, device_ids: set[str]) -> None:
-    """Lock the batch's device rows at once in id order (PostgreSQL): two replicas' batches touching the same
-    devices then wait for each other instead of deadlocking (each flush would otherwise lock them in whatever
-    order it meets them)."""
-    if device_ids and session.get_bind().dialect.name == "postgresql":
-        session.execute(select(DeviceRow.id).where(DeviceRow.id.in_(sorted(device_ids))).order_by(DeviceRow.id)
-                        .with_for_update())
 
 
 class Ingestor:
