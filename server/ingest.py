@@ -219,22 +219,18 @@ class BatchWriter:
             return
         for message in messages:
             self.stats.by_kind[message.leaf] = self.stats.by_kind.get(message.leaf, 0) + 1
-        for hist in stored_latency:
-            self.stats.latency.add(hist["model_name"], hist["model_version"], hist["i0"], hist["counts"])
+        self.stats.latency.add_rows(stored_latency)
         self.stats.written += len(messages)
 
     def _commit(self, messages: list[Accepted], classes: dict[str, str | None]) -> list[dict[str, Any]]:
         """Write ``messages`` in one transaction; the latency rows stored now (for /metrics)."""
-        telemetry: list[dict[str, Any]] = []
-        latency: list[dict[str, Any]] = []
+        telemetry: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         events: list[dict[str, Any]] = []
         live: dict[str, dict[str, Any]] = {}
         for message in messages:
             row = message.row
             if message.leaf == "telemetry" and row is not None:
-                telemetry.append(row)
-                if message.latency is not None:
-                    latency.append(message.latency)
+                telemetry.append((row, message.latency))
                 current = live.setdefault(message.device_id, {"ts_replaced": 0})
                 current.update(last_seen=message.received_at, p95_ms=row["p95_ms"], cpu_pct=row["cpu_pct"],
                                model_name=row["model_name"], model_version=row["model_version"],
@@ -246,8 +242,9 @@ class BatchWriter:
                     live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
         with self.db.session() as session:
             crud.lock_devices(session, device_ids={m.device_id for m in messages if m.status is not None} | set(live))
-            crud.insert_telemetry(session, rows=telemetry)
-            stored_latency = store_latency(session, latency, classes)
+            stored = crud.insert_telemetry_and_latency(session, rows=telemetry)
+            stored_latency = add_to_minutes(session, [hist for _, hist in telemetry if hist is not None], stored,
+                                            classes)
             crud.insert_events(session, rows=events)
             for message in messages:
                 if message.status is not None:
@@ -262,7 +259,13 @@ def store_latency(session: Session, rows: list[dict[str, Any]],
                   classes: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
     """Store the batch's latency histograms and add the new ones (not duplicates) to the fleet's minutes, by the
     devices' ``classes`` (looked up when not given)."""
-    stored = crud.insert_latency(session, rows=rows)
+    return add_to_minutes(session, rows, crud.insert_latency(session, rows=rows), classes)
+
+
+def add_to_minutes(session: Session, rows: list[dict[str, Any]], stored: set[tuple[str, int, int]],
+                   classes: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """Add the latency ``rows`` whose (device, epoch, seq) was ``stored`` now (not duplicates) to the fleet's
+    minutes, by the devices' ``classes`` (looked up when not given); returns them."""
     new: list[dict[str, Any]] = []
     for row in rows:
         key = (row["device_id"], row["epoch"], row["seq"])

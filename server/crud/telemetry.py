@@ -21,9 +21,14 @@ from edgefleet.server.db.models import Device, DeviceEvent, LatencyHistRow, Tele
 TELEMETRY_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "received_at", "model_name", "model_version",
                      "runtime", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb",
                      "temp_c", "payload")
+BEFORE_PAYLOAD = TELEMETRY_COLUMNS[:TELEMETRY_COLUMNS.index("payload")]  # payload is the last column
 EVENT_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "type", "payload")
 LATENCY_COLUMNS = ("device_id", "epoch", "seq", "ts", "model_name", "model_version", "count", "i0", "counts")
+HIST_SOURCE = {"count": "hist_count", "i0": "hist_i0", "counts": "hist_counts"}  # the staging table's names
 LIVE_COLUMNS = ("last_seen", "p95_ms", "cpu_pct", "model_name", "model_version", "runtime", "delegate")
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class JsonText(TypeDecorator[Any]):
@@ -78,11 +83,57 @@ def insert_events(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
                  [{"epoch": 0, "ts_replaced": False, **row} for row in _serialized(rows)])
 
 
+def insert_telemetry_and_latency(session: Session, *, rows: Sequence[tuple[dict[str, Any], dict[str, Any] | None]],
+                                 ) -> set[tuple[str, int, int]]:
+    """Telemetry rows, each with its latency histogram row or None: ``insert_telemetry`` and ``insert_latency``
+    (what it returns) in one. On PostgreSQL one COPY carries both (a histogram row repeats its telemetry row's
+    key, time and model): one staging table, two INSERT … SELECT."""
+    if session.get_bind().dialect.name != "postgresql":
+        insert_telemetry(session, rows=[row for row, _ in rows])
+        return insert_latency(session, rows=[hist for _, hist in rows if hist is not None])
+    if not rows:
+        return set()
+    return {(str(d), int(e), int(q)) for d, e, q in _copy_telemetry_and_latency(session, rows)}
+
+
+def _copy_telemetry_and_latency(session: Session, rows: Sequence[tuple[dict[str, Any], dict[str, Any] | None]],
+                                ) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    names = ", ".join(TELEMETRY_COLUMNS)
+    hist_source = ", ".join(HIST_SOURCE.get(name, name) for name in LATENCY_COLUMNS)
+    statements = (f"CREATE TEMP TABLE IF NOT EXISTS ingest_telemetry_hist ON COMMIT DELETE ROWS AS SELECT {names}, "
+                  "NULL::int AS hist_count, NULL::int AS hist_i0, NULL::json AS hist_counts FROM telemetry "
+                  "WITH NO DATA",
+                  f"COPY ingest_telemetry_hist ({names}, hist_count, hist_i0, hist_counts) FROM STDIN",
+                  f"INSERT INTO telemetry ({names}) SELECT {names} FROM ingest_telemetry_hist ON CONFLICT DO NOTHING",
+                  f"INSERT INTO latency_hist ({', '.join(LATENCY_COLUMNS)}) SELECT {hist_source} "
+                  "FROM ingest_telemetry_hist WHERE hist_counts IS NOT NULL ON CONFLICT DO NOTHING "
+                  "RETURNING device_id, epoch, seq")
+    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
+    no_hist = (None, None, None)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statements[0])
+            with cursor.copy(statements[1]) as copy:
+                for row, hist in rows:
+                    payload = row["payload"]
+                    copy.write_row([*(row[name] for name in BEFORE_PAYLOAD),
+                                    payload if isinstance(payload, str) else json.dumps(payload),
+                                    *(no_hist if hist is None else
+                                      (hist["count"], hist["i0"], _compact_json(hist["counts"])))])
+            cursor.execute(statements[2])
+            cursor.execute(statements[3])
+            return list(cursor.fetchall())
+    except psycopg.Error as exc:  # the same exception classes as every other statement (busy vs refused)
+        raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
+
+
 def insert_latency(session: Session, *, rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, int]]:
     """Latency histogram rows (``LATENCY_COLUMNS``, ``counts`` a list); a (device_id, epoch, seq) already stored
     is skipped, like its telemetry row. Returns the (device_id, epoch, seq) of the rows stored now, so that
     what is counted from them (fleet aggregates, /metrics) counts a redelivered message once."""
-    serialized = [{**row, "counts": json.dumps(row["counts"], separators=(",", ":"))} for row in rows]
+    serialized = [{**row, "counts": _compact_json(row["counts"])} for row in rows]
     table = cast(Table, LatencyHistRow.__table__)
     if not serialized:
         return set()
