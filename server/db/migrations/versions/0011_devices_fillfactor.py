@@ -3,8 +3,9 @@
 
 Every telemetry batch updates one row per device that reported. With pages packed full (fillfactor 100) a new
 row version lands on another page and every index of ``devices`` (four) gets an entry; with half of each page
-free it stays on its page and no index is touched (benchmarks/ingest_rate.py: ~12 µs of PostgreSQL CPU less per
-message). Rows stored before this revision move to roomier pages as they are updated and vacuumed; SQLite has
+free it stays on its page and no index is touched (the writer on 10,000 messages from 1,000 devices, batches of
+500, same run: the PostgreSQL backends' CPU 72 -> 60 µs per message with latency histograms, 46 -> 34 without).
+Rows stored before this revision move to roomier pages as they are updated and vacuumed; SQLite has
 no such setting.
 
 Revision ID: 0011
