@@ -14,7 +14,8 @@
   database through the ingest writer's path (``server.ingest.store_latency``: rows, dedup, per-minute sums) in
   batches of 500, then the merge per version read from the per-minute sums and from the messages, and the
   merge per device, timed; and the ingest writer (``BatchWriter.write``, batches of 500) on whole telemetry
-  messages with and without ``latency_hist``, alternating: what the histogram costs ingestion.
+  messages with and without ``latency_hist``, alternating: what the histogram costs ingestion (msg/s, and the
+  writer thread's own CPU per message: the steadier figure on a loaded machine; PostgreSQL's is in its processes).
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def _writer_rates(db: Any, devices: int, rng: random.Random, messages: int = 10_
     writer = BatchWriter(db, TelemetrySection(), IngestStats())
     hists = [buckets.encode(_device_hist(rng, 100, 2.0 + d % 7, 0.35)[0]) for d in range(devices)]
     rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}  # the writer thread's own CPU per message, µs
     seq = 10_000
     for _ in range(rounds):
         for with_hist in (True, False):
@@ -195,13 +197,16 @@ def _writer_rates(db: Any, devices: int, rng: random.Random, messages: int = 10_
                 body = {"seq": seq, "epoch": 1, "ts": now - 30, "model": {"name": "det", "version": 1 + d % 2},
                         "runtime": "onnxruntime", "inference": inference, "system": {"cpu_pct": 20.0}}
                 batch.append((f"edgefleet/v1/devices/dev-{d:05d}/telemetry", json.dumps(body).encode(), now))
-            started = time.perf_counter()
+            started, thread_cpu = time.perf_counter(), time.thread_time()
             for start in range(0, len(batch), 500):
                 writer.write(batch[start:start + 500])
             rates[with_hist].append(messages / (time.perf_counter() - started))
+            cpu[with_hist].append((time.thread_time() - thread_cpu) / messages * 1e6)
     with_rate, without_rate = statistics.median(rates[True]), statistics.median(rates[False])
     return {"writer_msgs_per_s_with_hist": round(with_rate), "writer_msgs_per_s_without_hist": round(without_rate),
-            "writer_cost_of_hist": round(1 - with_rate / without_rate, 3)}
+            "writer_cost_of_hist": round(1 - with_rate / without_rate, 3),
+            "writer_cpu_us_per_msg_with_hist": round(statistics.median(cpu[True]), 1),
+            "writer_cpu_us_per_msg_without_hist": round(statistics.median(cpu[False]), 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
           f"max relative error of p50/p90/p95/p99 {m['max_relative_error']} (bound {m['bound']})")
     for kind, fig in report.get("db", {}).items():
         print(f"{kind}: ingest writer {fig['writer_msgs_per_s_with_hist']} msg/s with latency_hist, "
-              f"{fig['writer_msgs_per_s_without_hist']} without (cost {fig['writer_cost_of_hist']:.1%})")
+              f"{fig['writer_msgs_per_s_without_hist']} without (cost {fig['writer_cost_of_hist']:.1%}); writer "
+              f"thread CPU {fig['writer_cpu_us_per_msg_with_hist']} vs {fig['writer_cpu_us_per_msg_without_hist']} "
+              "µs/msg")
         print(f"{kind}: {fig['messages']} messages stored at {fig['store_messages_per_s']}/s "
               f"({fig['minute_rows']} minute rows); by version from the minutes "
               f"{fig['by_version_from_minutes_ms']} ms, "

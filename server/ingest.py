@@ -34,7 +34,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -43,7 +42,6 @@ from edgefleet.server.config import MqttSection, TelemetrySection
 from edgefleet.server.crud import latency as latency_crud
 from edgefleet.server.crud import telemetry as crud
 from edgefleet.server.db import Database
-from edgefleet.server.db.models import Device as DeviceRow
 from edgefleet.server.ingest_rejections import Rejections
 from edgefleet.server.ingest_validation import Accepted, Limits, Rejected, check, unchecked
 from edgefleet.server.latency_metrics import FleetLatency
@@ -221,22 +219,18 @@ class BatchWriter:
             return
         for message in messages:
             self.stats.by_kind[message.leaf] = self.stats.by_kind.get(message.leaf, 0) + 1
-        for hist in stored_latency:
-            self.stats.latency.add(hist["model_name"], hist["model_version"], hist["i0"], hist["counts"])
+        self.stats.latency.add_rows(stored_latency)
         self.stats.written += len(messages)
 
     def _commit(self, messages: list[Accepted], classes: dict[str, str | None]) -> list[dict[str, Any]]:
         """Write ``messages`` in one transaction; the latency rows stored now (for /metrics)."""
-        telemetry: list[dict[str, Any]] = []
-        latency: list[dict[str, Any]] = []
+        telemetry: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         events: list[dict[str, Any]] = []
         live: dict[str, dict[str, Any]] = {}
         for message in messages:
             row = message.row
             if message.leaf == "telemetry" and row is not None:
-                telemetry.append(row)
-                if message.latency is not None:
-                    latency.append(message.latency)
+                telemetry.append((row, message.latency))
                 current = live.setdefault(message.device_id, {"ts_replaced": 0})
                 current.update(last_seen=message.received_at, p95_ms=row["p95_ms"], cpu_pct=row["cpu_pct"],
                                model_name=row["model_name"], model_version=row["model_version"],
@@ -247,15 +241,16 @@ class BatchWriter:
                 if row["ts_replaced"]:
                     live.setdefault(message.device_id, {"ts_replaced": 0})["ts_replaced"] += 1
         with self.db.session() as session:
-            crud.insert_telemetry(session, rows=telemetry)
-            stored_latency = store_latency(session, latency, classes)
+            crud.lock_devices(session, device_ids={m.device_id for m in messages if m.status is not None} | set(live))
+            stored = crud.insert_telemetry_and_latency(session, rows=telemetry)
+            stored_latency = add_to_minutes(session, [hist for _, hist in telemetry if hist is not None], stored,
+                                            classes)
             crud.insert_events(session, rows=events)
-            _lock_devices(session, {m.device_id for m in messages if m.status is not None} | set(live))
             for message in messages:
                 if message.status is not None:
                     crud.apply_status(session, device_id=message.device_id, status=message.status,
                                       now=message.received_at)
-            crud.apply_live(session, updates=live)
+            crud.apply_live(session, updates=live, locked=True)
         self.stats.ts_replaced += sum(int(v["ts_replaced"]) for v in live.values())
         return stored_latency
 
@@ -264,7 +259,13 @@ def store_latency(session: Session, rows: list[dict[str, Any]],
                   classes: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
     """Store the batch's latency histograms and add the new ones (not duplicates) to the fleet's minutes, by the
     devices' ``classes`` (looked up when not given)."""
-    stored = crud.insert_latency(session, rows=rows)
+    return add_to_minutes(session, rows, crud.insert_latency(session, rows=rows), classes)
+
+
+def add_to_minutes(session: Session, rows: list[dict[str, Any]], stored: set[tuple[str, int, int]],
+                   classes: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """Add the latency ``rows`` whose (device, epoch, seq) was ``stored`` now (not duplicates) to the fleet's
+    minutes, by the devices' ``classes`` (looked up when not given); returns them."""
     new: list[dict[str, Any]] = []
     for row in rows:
         key = (row["device_id"], row["epoch"], row["seq"])
@@ -276,15 +277,6 @@ def store_latency(session: Session, rows: list[dict[str, Any]],
             classes = latency_crud.device_classes(session, device_ids={row["device_id"] for row in new})
         latency_crud.add_minutes(session, sums=latency_crud.minute_sums(new, classes))
     return new
-
-
-def _lock_devices(session: Session, device_ids: set[str]) -> None:
-    """Lock the batch's device rows at once in id order (PostgreSQL): two replicas' batches touching the same
-    devices then wait for each other instead of deadlocking (each flush would otherwise lock them in whatever
-    order it meets them)."""
-    if device_ids and session.get_bind().dialect.name == "postgresql":
-        session.execute(select(DeviceRow.id).where(DeviceRow.id.in_(sorted(device_ids))).order_by(DeviceRow.id)
-                        .with_for_update())
 
 
 class Ingestor:

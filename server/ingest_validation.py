@@ -121,13 +121,17 @@ def telemetry_row(device_id: str, doc: Telemetry, received_at: float, limits: Li
 def latency_row(doc: Telemetry, row: dict[str, Any]) -> dict[str, Any] | None:
     """The ``latency_hist`` row of a validated message (zeros trimmed), or None when it timed nothing."""
     hist = doc.inference.latency_hist
-    if hist is None or not any(hist.counts):
+    if hist is None:
         return None
-    lead, run = latency.trimmed(hist.counts)
-    i0 = hist.offset + lead
+    counts, i0 = hist.counts, hist.offset
+    if not (counts and counts[0] and counts[-1]):  # what the agent sends is trimmed already
+        if not any(counts):
+            return None
+        lead, counts = latency.trimmed(counts)
+        i0 += lead
     return {"device_id": row["device_id"], "epoch": row["epoch"], "seq": row["seq"], "ts": row["ts"],
-            "model_name": row["model_name"], "model_version": row["model_version"], "count": sum(run), "i0": i0,
-            "counts": run}
+            "model_name": row["model_name"], "model_version": row["model_version"], "count": sum(counts), "i0": i0,
+            "counts": counts}
 
 
 def unchecked(device_id: str, leaf: str, payload: bytes, received_at: float) -> Accepted | Rejected:

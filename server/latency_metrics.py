@@ -15,7 +15,8 @@ from __future__ import annotations
 import bisect
 import operator
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
@@ -38,17 +39,29 @@ class FleetLatency:
         self._series: dict[tuple[str, str], list[int]] = {}  # counts on the contract's buckets
 
     def add(self, model: str | None, version: int | None, i0: int, counts: list[int]) -> None:
-        key = (model or "", "" if version is None else str(version))
+        self.add_rows([{"model_name": model, "model_version": version, "i0": i0, "counts": counts}])
+
+    def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Latency rows (``model_name``, ``model_version``, ``i0``, ``counts``), under one lock."""
         with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                if len(self._series) >= MAX_SERIES:
-                    key = OTHER
-                    series = self._series.get(key)
+            for row in rows:
+                version = row["model_version"]
+                key = (row["model_name"] or "", "" if version is None else str(version))
+                series = self._series.get(key)
                 if series is None:
-                    series = self._series[key] = [0] * buckets.BUCKETS
-            end = i0 + len(counts)
-            series[i0:end] = map(operator.add, series[i0:end], counts)  # the loop in C; le slots at scrape time
+                    series = self._new_series(key)
+                i0, counts = row["i0"], row["counts"]
+                end = i0 + len(counts)
+                series[i0:end] = map(operator.add, series[i0:end], counts)  # the loop in C; le slots at scrape time
+
+    def _new_series(self, key: tuple[str, str]) -> list[int]:
+        if len(self._series) >= MAX_SERIES:
+            key = OTHER
+            series = self._series.get(key)
+            if series is not None:
+                return series
+        series = self._series[key] = [0] * buckets.BUCKETS
+        return series
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(METRIC, "Inference latency reported by devices (their latency histograms), "

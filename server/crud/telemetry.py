@@ -15,14 +15,20 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from edgefleet.agent.wire import Birth, Will
+from edgefleet.server.crud import pg
 from edgefleet.server.db.models import Device, DeviceEvent, LatencyHistRow, Telemetry, TelemetryRollup
 
 TELEMETRY_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "received_at", "model_name", "model_version",
                      "runtime", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "fps", "cpu_pct", "mem_mb", "rss_mb",
                      "temp_c", "payload")
+BEFORE_PAYLOAD = TELEMETRY_COLUMNS[:TELEMETRY_COLUMNS.index("payload")]  # payload is the last column
 EVENT_COLUMNS = ("device_id", "epoch", "seq", "ts", "ts_replaced", "type", "payload")
 LATENCY_COLUMNS = ("device_id", "epoch", "seq", "ts", "model_name", "model_version", "count", "i0", "counts")
+HIST_SOURCE = {"count": "hist_count", "i0": "hist_i0", "counts": "hist_counts"}  # the staging table's names
 LIVE_COLUMNS = ("last_seen", "p95_ms", "cpu_pct", "model_name", "model_version", "runtime", "delegate")
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class JsonText(TypeDecorator[Any]):
@@ -77,11 +83,57 @@ def insert_events(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
                  [{"epoch": 0, "ts_replaced": False, **row} for row in _serialized(rows)])
 
 
+def insert_telemetry_and_latency(session: Session, *, rows: Sequence[tuple[dict[str, Any], dict[str, Any] | None]],
+                                 ) -> set[tuple[str, int, int]]:
+    """Telemetry rows, each with its latency histogram row or None: ``insert_telemetry`` and ``insert_latency``
+    (what it returns) in one. On PostgreSQL one COPY carries both (a histogram row repeats its telemetry row's
+    key, time and model): one staging table, two INSERT … SELECT."""
+    if session.get_bind().dialect.name != "postgresql":
+        insert_telemetry(session, rows=[row for row, _ in rows])
+        return insert_latency(session, rows=[hist for _, hist in rows if hist is not None])
+    if not rows:
+        return set()
+    return {(str(d), int(e), int(q)) for d, e, q in _copy_telemetry_and_latency(session, rows)}
+
+
+def _copy_telemetry_and_latency(session: Session, rows: Sequence[tuple[dict[str, Any], dict[str, Any] | None]],
+                                ) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    names = ", ".join(TELEMETRY_COLUMNS)
+    hist_source = ", ".join(HIST_SOURCE.get(name, name) for name in LATENCY_COLUMNS)
+    statements = (f"CREATE TEMP TABLE IF NOT EXISTS ingest_telemetry_hist ON COMMIT DELETE ROWS AS SELECT {names}, "
+                  "NULL::int AS hist_count, NULL::int AS hist_i0, NULL::json AS hist_counts FROM telemetry "
+                  "WITH NO DATA",
+                  f"COPY ingest_telemetry_hist ({names}, hist_count, hist_i0, hist_counts) FROM STDIN",
+                  f"INSERT INTO telemetry ({names}) SELECT {names} FROM ingest_telemetry_hist ON CONFLICT DO NOTHING",
+                  f"INSERT INTO latency_hist ({', '.join(LATENCY_COLUMNS)}) SELECT {hist_source} "
+                  "FROM ingest_telemetry_hist WHERE hist_counts IS NOT NULL ON CONFLICT DO NOTHING "
+                  "RETURNING device_id, epoch, seq")
+    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
+    no_hist = (None, None, None)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statements[0])
+            with cursor.copy(statements[1]) as copy:
+                for row, hist in rows:
+                    payload = row["payload"]
+                    copy.write_row([*(row[name] for name in BEFORE_PAYLOAD),
+                                    payload if isinstance(payload, str) else json.dumps(payload),
+                                    *(no_hist if hist is None else
+                                      (hist["count"], hist["i0"], _compact_json(hist["counts"])))])
+            cursor.execute(statements[2])
+            cursor.execute(statements[3])
+            return list(cursor.fetchall())
+    except psycopg.Error as exc:  # the same exception classes as every other statement (busy vs refused)
+        raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
+
+
 def insert_latency(session: Session, *, rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, int]]:
     """Latency histogram rows (``LATENCY_COLUMNS``, ``counts`` a list); a (device_id, epoch, seq) already stored
     is skipped, like its telemetry row. Returns the (device_id, epoch, seq) of the rows stored now, so that
     what is counted from them (fleet aggregates, /metrics) counts a redelivered message once."""
-    serialized = [{**row, "counts": json.dumps(row["counts"], separators=(",", ":"))} for row in rows]
+    serialized = [{**row, "counts": _compact_json(row["counts"])} for row in rows]
     table = cast(Table, LatencyHistRow.__table__)
     if not serialized:
         return set()
@@ -141,6 +193,11 @@ def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[
         raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
 
 
+ENROLLED_PG = ("SELECT id, device_class FROM devices WHERE id IN (SELECT json_array_elements_text(%s::json)) "
+               "AND token_hash IS NOT NULL")
+LOCK_PG = "SELECT 1 FROM devices WHERE id IN (SELECT json_array_elements_text(%s::json)) ORDER BY id FOR UPDATE"
+
+
 def enrolled_ids(session: Session, *, device_ids: Iterable[str]) -> set[str]:
     """Which of ``device_ids`` are enrolled (hold an approved token): only their messages are stored."""
     return set(enrolled_classes(session, device_ids=device_ids))
@@ -149,6 +206,10 @@ def enrolled_ids(session: Session, *, device_ids: Iterable[str]) -> set[str]:
 def enrolled_classes(session: Session, *, device_ids: Iterable[str]) -> dict[str, str | None]:
     """The enrolled ones of ``device_ids`` with their device class (the fleet's latency sums are by class)."""
     wanted = sorted(set(device_ids))
+    if not wanted:
+        return {}
+    if session.get_bind().dialect.name == "postgresql":  # one array parameter, not a bind per id
+        return {str(i): c for i, c in pg.execute(session, ENROLLED_PG, [pg.json_param(wanted)], fetch=True)}
     found: dict[str, str | None] = {}
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start:start + 1000]
@@ -192,12 +253,24 @@ def apply_status(session: Session, *, device_id: str, status: Birth | Will, now:
     return True
 
 
-def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
+def lock_devices(session: Session, *, device_ids: Iterable[str]) -> None:
+    """Lock these device rows at once in id order (PostgreSQL; elsewhere a no-op): two replicas' batches touching
+    the same devices then wait for each other instead of deadlocking (each statement would otherwise lock them
+    in whatever order it meets them)."""
+    wanted = sorted(set(device_ids))
+    if wanted and session.get_bind().dialect.name == "postgresql":
+        pg.execute(session, LOCK_PG, [pg.json_param(wanted)])
+
+
+def apply_live(session: Session, *, updates: dict[str, dict[str, Any]], locked: bool = False) -> None:
     """Per device, the newest figures from telemetry (``LIVE_COLUMNS``; a None keeps the stored value) and
-    ``ts_replaced``, how many of its timestamps were replaced: one UPDATE executed for all devices."""
+    ``ts_replaced``, how many of its timestamps were replaced: one UPDATE executed for all devices.
+    ``locked``: the caller already holds the rows (``lock_devices``)."""
     if not updates:
         return
     if session.get_bind().dialect.name == "postgresql":
+        if not locked:
+            lock_devices(session, device_ids=updates)
         _apply_live_pg(session, updates)
         return
     table = cast(Table, Device.__table__)
@@ -212,28 +285,17 @@ def apply_live(session: Session, *, updates: dict[str, dict[str, Any]]) -> None:
 
 LIVE_TYPES = {"last_seen": "float8", "p95_ms": "float8", "cpu_pct": "float8", "model_name": "text",
               "model_version": "int4", "runtime": "text", "delegate": "text"}
+LIVE_PG = ("UPDATE devices AS d SET " + ", ".join(f"{name} = COALESCE(v.{name}, d.{name})" for name in LIVE_COLUMNS)
+           + ", ts_replaced = d.ts_replaced + v.ts_replaced FROM json_to_recordset(%s::json) AS v(id text, "
+           + "ts_replaced int8, " + ", ".join(f"{name} {LIVE_TYPES[name]}" for name in LIVE_COLUMNS)
+           + ") WHERE d.id = v.id")
 
 
 def _apply_live_pg(session: Session, updates: dict[str, dict[str, Any]]) -> None:
-    """The same in two set-based statements: lock the rows in id order (two replicas updating the same
-    devices wait for each other instead of deadlocking), then one UPDATE … FROM unnest(arrays)."""
-    import psycopg
-
-    ids = sorted(updates)
-    columns = ", ".join(f"{name} = COALESCE(v.{name}, d.{name})" for name in LIVE_COLUMNS)
-    arrays = ", ".join(f"%s::{LIVE_TYPES[name]}[]" for name in LIVE_COLUMNS)
-    statement = (f"UPDATE devices AS d SET {columns}, ts_replaced = d.ts_replaced + v.ts_replaced "
-                 f"FROM unnest(%s::text[], %s::bigint[], {arrays}) AS v(id, ts_replaced, {', '.join(LIVE_COLUMNS)}) "
-                 "WHERE d.id = v.id")
-    params = [ids, [int(updates[i].get("ts_replaced", 0)) for i in ids],
-              *([updates[i].get(name) for i in ids] for name in LIVE_COLUMNS)]
-    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM devices WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
-            cursor.execute(statement, params)
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+    """The same as one UPDATE … FROM json_to_recordset: the batch's devices in one parameter."""
+    records = [{"id": device_id, "ts_replaced": int(live.get("ts_replaced", 0)),
+                **{name: live.get(name) for name in LIVE_COLUMNS}} for device_id, live in sorted(updates.items())]
+    pg.execute(session, LIVE_PG, [pg.json_param(records)])
 
 
 def record_rejections(session: Session, *, rejected: dict[str, tuple[int, str, float]]) -> None:

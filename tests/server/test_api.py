@@ -269,6 +269,6 @@ def test_readyz_on_sqlite_reports_the_schema_and_every_loop_here(server: Running
     ready = requests.get(server.url + "/readyz", timeout=5)
     assert ready.status_code == 200
     doc = ready.json()
-    assert doc["ready"] is True and doc["schema"] == "0010" and doc["leads"] == ["gc", "retention", "rollouts"]
+    assert doc["ready"] is True and doc["schema"] == "0011" and doc["leads"] == ["gc", "retention", "rollouts"]
     metrics = requests.get(server.url + "/metrics", headers=server.admin(), timeout=5).text
     assert 'edgefleet_lease_held{lease="rollouts"} 1.0' in metrics

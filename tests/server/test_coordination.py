@@ -56,7 +56,7 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     for thread in threads:
         thread.join(60)
     assert errors == []
-    assert schema_revision(engines[0].engine) == head_revision() == "0010"
+    assert schema_revision(engines[0].engine) == head_revision() == "0011"
     for db in engines:
         db.dispose()
 

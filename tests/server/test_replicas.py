@@ -135,16 +135,16 @@ def test_readyz_takes_a_replica_out_of_haproxy_until_its_schema_is_at_head(tmp_p
     schema = pg_url.rsplit("%3D", 1)[1]
     try:
         ready = requests.get(cluster.replicas[0].url + "/readyz", timeout=5)
-        assert ready.status_code == 200 and ready.json()["schema"] == "0010"
+        assert ready.status_code == 200 and ready.json()["schema"] == "0011"
         assert requests.get(cluster.url + "/healthz", timeout=5).status_code == 200
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f"UPDATE {schema}.alembic_version SET version_num = '0001'")
         behind = requests.get(cluster.replicas[1].url + "/readyz", timeout=5)
-        assert behind.status_code == 503 and behind.json()["reason"] == "schema at 0001, this server needs 0010"
+        assert behind.status_code == 503 and behind.json()["reason"] == "schema at 0001, this server needs 0011"
         cluster.wait_proxy_sees({"replica-0": "DOWN", "replica-1": "DOWN"}, timeout=10)
         assert requests.get(cluster.url + "/healthz", timeout=5).status_code == 503  # HAProxy: no server
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
-            conn.execute(f"UPDATE {schema}.alembic_version SET version_num = '0010'")
+            conn.execute(f"UPDATE {schema}.alembic_version SET version_num = '0011'")
         cluster.wait_proxy_sees({"replica-0": "UP", "replica-1": "UP"}, timeout=10)
         cluster.kill(0)  # a dead replica: checks fail, and requests in the meantime go to the other one
         assert all(requests.get(cluster.url + "/healthz", timeout=5).status_code == 200 for _ in range(10))
