@@ -40,6 +40,7 @@ def download_responses(what: str, s403: str, s404: str) -> dict[int | str, dict[
         304: {"description": "unchanged: If-None-Match names the current ETag"},
         **problems(401, 403, 404, 416, 422, s403=s403, s404=s404)}
 
+INLINE_BYTES = 1 << 20  # whole artifacts up to this size are answered from memory, larger ones streamed
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 ShaPath = Annotated[str, Path(pattern=SHA256)]
 
@@ -89,6 +90,9 @@ def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str 
             return StreamingResponse(store.read_range(sha256, start, end - start + 1), status_code=206,
                                      media_type="application/octet-stream", headers=headers)
     headers["Content-Length"] = str(size)
+    if size <= INLINE_BYTES:  # read here, in the endpoint's thread: no thread hop per chunk of a stream
+        return Response(b"".join(store.read_range(sha256, 0, size)), media_type="application/octet-stream",
+                        headers=headers)
     return StreamingResponse(store.read_range(sha256, 0, size), media_type="application/octet-stream",
                              headers=headers)
 
