@@ -114,13 +114,17 @@ Downloader = Annotated[Device | None, Depends(downloader)]
 @router.get("/v1/artifacts/{sha256}", response_class=Response, operation_id="artifacts.download",
             responses=download_responses("the artifact", "not offered to this device by its manifest (also for "
                                          "an unknown sha256)", "no such artifact is stored (admin token)"))
-def artifact(sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
+def artifact(sha256: ShaPath, state: StateDep, credentials: Credentials,
              range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None,
              if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """A stored artifact by sha256: a device token gets only what its manifest offers."""
-    if who is not None and (refused := refusal(state.manifests, session, who,
-                                               lambda device: artifact_refusal(device, sha256))) is not None:
-        raise HTTPException(403, refused)
+    # the wave's hot download: its own transaction, closed here, not a request-scoped session whose connection
+    # stays checked out until the event loop tears it down (a wave of downloads then held the whole pool)
+    with state.db.session() as session:
+        who = downloader(state, session, credentials)
+        if who is not None and (refused := refusal(state.manifests, session, who,
+                                                   lambda device: artifact_refusal(device, sha256))) is not None:
+            raise HTTPException(403, refused)
     return serve(state.store, sha256, sha256, range, if_range, if_none_match)
 
 
