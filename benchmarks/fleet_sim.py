@@ -609,6 +609,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--max-failure", type=float, default=0.1)
     p.add_argument("--fail-fraction", type=float, default=0.0, help="share of devices whose trial rolls back")
     p.add_argument("--regression", type=float, default=1.0, help="latency factor of v2 (the p95 gate is x1.5)")
+    p.add_argument("--max-p95-regression", default="1.5", metavar="RATIO|none",
+                   help="the rollout's p95 latency gate (none: off, e.g. to measure the update path alone)")
     p.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on one run")
     p.add_argument("--http-connections", type=int, default=0,
                    help="0 (default): every device its own HTTP connection, opened for a check-in and the update "
@@ -648,6 +650,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         waves = [float(w) for w in args.waves.split(",")]
     except ValueError:
         p.error(f"--waves must be numbers separated by commas, not {args.waves!r}")
+    try:
+        max_p95 = None if args.max_p95_regression.lower() == "none" else float(args.max_p95_regression)
+    except ValueError:
+        p.error(f"--max-p95-regression must be a ratio or none, not {args.max_p95_regression!r}")
     if args.devices < 1 or not 0 <= args.fail_fraction <= 1 or args.poll <= 0 or args.telemetry <= 0:
         p.error("--devices must be ≥ 1, --fail-fraction in 0..1, --poll and --telemetry > 0")
     if args.replicas > 1 and args.database != "postgresql":
@@ -657,7 +663,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     options = Options(devices=args.devices, workers=args.workers, poll_s=args.poll, telemetry_s=args.telemetry,
                       trial_s=args.trial, steady_s=args.steady, waves=waves, soak_s=args.soak,
                       min_committed_ratio=args.min_committed, max_failure_ratio=args.max_failure,
-                      fail_fraction=args.fail_fraction, regression=args.regression, max_seconds=args.max_seconds,
+                      fail_fraction=args.fail_fraction, regression=args.regression, max_p95_regression=max_p95,
+                      max_seconds=args.max_seconds,
                       http_connections=args.http_connections, broker=args.broker_kind, server=args.server,
                       admin_token=args.admin_token, enrollment_token=args.enrollment_token,
                       public_key=args.public_key, broker_address=args.broker, mqtt_v5=args.mqtt == "5",
