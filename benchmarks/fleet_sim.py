@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import signal
 import sys
@@ -34,13 +35,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._fleet.device import FleetSpec
+from benchmarks._fleet.device import CHECK_MIN_INTERVAL_S, FleetSpec
 from benchmarks._fleet.scaleout import ReplicaKiller, capacity, losses, start_scaled
 from benchmarks._fleet.stack import Operator, TelemetryCounter, existing, start_local
 from benchmarks._fleet.stats import percentile, summary
 from benchmarks._fleet.worker import raise_nofile, worker_main
+from edgefleet.server.config import RolloutsSection
+from edgefleet.server.rollouts import Gates
 
 MODEL = "fleet-sim"
+ROLLOUT_POLL_S = 1.0  # how often the run asks the server how its rollout stands
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Options:
     devices: int = 100
     workers: int = 0  # 0: one per 2,000 devices, at most the CPU count
     poll_s: float = 15.0
-    telemetry_s: float = 15.0
+    telemetry_s: float = 10.0  # the agent's telemetry.interval_s default
     trial_s: float = 1.0
     steady_s: float = 0.0  # 0: two poll intervals
     waves: list[float] = field(default_factory=lambda: [1.0, 10.0, 50.0, 100.0])
@@ -60,7 +64,7 @@ class Options:
     fail_fraction: float = 0.0
     regression: float = 1.0
     max_seconds: float = 900.0
-    http_connections: int = 16
+    http_connections: int = 0  # 0: one per device, as real devices; N: N shared per worker
     broker: str = "auto"
     server: str | None = None
     admin_token: str | None = None
@@ -199,6 +203,27 @@ class CpuMeter:
         return doc
 
 
+def settings_doc(o: Options) -> dict[str, Any]:
+    """The fleet's and the rollout's settings the figures depend on, as the run used them."""
+    server = RolloutsSection()
+    return {"device_telemetry_interval_s": o.telemetry_s, "device_poll_s": o.poll_s,
+            "device_check_min_interval_s": CHECK_MIN_INTERVAL_S, "trial_s": o.trial_s,
+            "gates": {"max_p95_regression": o.max_p95_regression, "soak_s": o.soak_s,
+                      "min_committed_ratio": o.min_committed_ratio, "max_failure_ratio": o.max_failure_ratio,
+                      **{f"latency_{k}": v for k, v in asdict(Gates().latency()).items() if k != "max_ratio"}},
+            "push": o.push, "push_spread_s": server.push_spread_s if o.push_spread_s is None else o.push_spread_s,
+            "push_rate_per_s": server.push_rate_per_s if o.push_rate_per_s is None else o.push_rate_per_s}
+
+
+def update_cost_ms(steady: dict[str, float], rollout: dict[str, float], seconds: float, updated: int) -> float | None:
+    """Server CPU per device updated (check-in, download, reports, events, gate work), in ms of one core: its
+    CPU during the rollout less what the steady load (telemetry, polls) costs in as long; what sizes
+    ``rollouts.push_rate_per_s`` (docs/rollouts.md)."""
+    if not updated or "server" not in steady or "server" not in rollout:
+        return None
+    return round(max(0.0, rollout["server"] - steady["server"]) / 100 * seconds / updated * 1000, 2)
+
+
 def verdict(cpu: dict[str, float], lag_p99_ms: float | None) -> str:
     cores = psutil.cpu_count() or 1
     sim = sum(v for k, v in cpu.items() if k.startswith("worker"))
@@ -251,7 +276,8 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
     options_doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()
                    if k not in ("admin_token", "enrollment_token")}
     result: dict[str, Any] = {"devices": o.devices, "replicas": len(stack.cluster.replicas) if stack.cluster else 1,
-                              "database": o.database, "storage": o.storage, "options": options_doc}
+                              "database": o.database, "storage": o.storage, "options": options_doc,
+                              "settings": settings_doc(o)}
     try:
         stamp = time.strftime("%H%M%S")
         tag = f"fleet-sim-{stamp}"
@@ -344,10 +370,18 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
         state: dict[str, Any] = {"doc": rollout, "all_committed": None}
         target_v2 = o.devices
 
+        polled = {"at": -math.inf}
+
         def rollout_done() -> bool:
             if killer is not None:
                 killer.poll()
             now = time.monotonic() - created
+            if state["all_committed"] is None and run.running(int(v2["version"])) >= target_v2:
+                state["all_committed"] = round(now, 2)
+            # the server's view at most once a second: GET /v1/rollouts costs the server what devices need
+            if time.monotonic() - polled["at"] < ROLLOUT_POLL_S:
+                return False
+            polled["at"] = time.monotonic()
             doc = operator.rollout_summary(rollout_id)
             state["doc"] = doc
             for wave in doc["waves"]:
@@ -358,8 +392,6 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
                     entry["all_committed_s"] = round(now, 2)
                 if wave["state"] == "done" and "done_s" not in entry:
                     entry["done_s"] = round(now, 2)
-            if state["all_committed"] is None and run.running(int(v2["version"])) >= target_v2:
-                state["all_committed"] = round(now, 2)
             if doc["state"] in ("paused", "aborted"):
                 return True
             return doc["state"] == "completed" and state["all_committed"] is not None
@@ -386,8 +418,11 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
             "devices_on_v2": run.running(int(v2["version"])), "rolled_back": run.outcome("rolled_back"),
             "waves": [{"index": w["index"], "size": w["size"], "devices": w["devices"], "committed": w["committed"],
                        "failed": w["failed"], **wave_log.get(w["index"], {})} for w in doc["waves"]]}
+        result["rollout"]["server_cpu_ms_per_update"] = update_cost_ms(
+            steady_cpu, rollout_cpu, rollout_to - rollout_from, run.running(int(v2["version"])))
         run.log(f"rollout {rollout_id}: {doc['state']} {doc.get('reason') or ''}; all devices on v2 after "
-                f"{state['all_committed']}s")
+                f"{state['all_committed']}s; server CPU {result['rollout']['server_cpu_ms_per_update']} ms per "
+                f"device updated (above the steady load)")
         result["push"] = {"enabled": o.push, **_server_push_counters(operator)}
         if inspect is not None:
             inspect(operator, device_ids)
@@ -565,7 +600,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--sweep", help="fleet sizes, e.g. 100,1000,10000 (one run each; a plot with --plot)")
     p.add_argument("--workers", type=int, default=0, help="device processes (0: one per 2,000 devices)")
     p.add_argument("--poll", type=float, default=15.0, help="manifest check-in interval, s (±10%% jitter)")
-    p.add_argument("--telemetry", type=float, default=15.0, help="telemetry interval, s")
+    p.add_argument("--telemetry", type=float, default=10.0,
+                   help="telemetry interval, s (default: the agent's telemetry.interval_s, 10 s; the p95 gate needs "
+                        "3 messages a device after commit + a 10 s warm-up)")
     p.add_argument("--trial", type=float, default=1.0, help="seconds each device spends in trial")
     p.add_argument("--steady", type=float, default=0.0, help="steady window before the rollout, s (0: 2 intervals)")
     p.add_argument("--waves", default="1,10,50,100", help="cumulative percents")
@@ -576,8 +613,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--regression", type=float, default=1.0, help="latency factor of v2 (the p95 gate is x1.5)")
     p.add_argument("--latency-warmup", type=float, metavar="S",
                    help="seconds after a commit the p95 gate ignores (default: the server's 10 s)")
+    p.add_argument("--max-p95-regression", default="1.5", metavar="RATIO|none",
+                   help="the rollout's p95 latency gate (none: off, e.g. to measure the update path alone)")
     p.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on one run")
-    p.add_argument("--http-connections", type=int, default=16, help="keep-alive connections per worker")
+    p.add_argument("--http-connections", type=int, default=0,
+                   help="0 (default): every device its own HTTP connection, opened for a check-in and the update "
+                        "it brings, closed after, as a real device; N: N keep-alive connections shared by each "
+                        "worker's devices (requests then queue in the simulator: see checkin_*.on_connection)")
     p.add_argument("--broker-kind", default="auto", choices=("auto", "mosquitto", "amqtt"))
     p.add_argument("--server", help="use this server instead of starting one (needs the next four)")
     p.add_argument("--admin-token")
@@ -612,6 +654,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         waves = [float(w) for w in args.waves.split(",")]
     except ValueError:
         p.error(f"--waves must be numbers separated by commas, not {args.waves!r}")
+    try:
+        max_p95 = None if args.max_p95_regression.lower() == "none" else float(args.max_p95_regression)
+    except ValueError:
+        p.error(f"--max-p95-regression must be a ratio or none, not {args.max_p95_regression!r}")
     if args.devices < 1 or not 0 <= args.fail_fraction <= 1 or args.poll <= 0 or args.telemetry <= 0:
         p.error("--devices must be ≥ 1, --fail-fraction in 0..1, --poll and --telemetry > 0")
     if args.replicas > 1 and args.database != "postgresql":
@@ -621,8 +667,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     options = Options(devices=args.devices, workers=args.workers, poll_s=args.poll, telemetry_s=args.telemetry,
                       trial_s=args.trial, steady_s=args.steady, waves=waves, soak_s=args.soak,
                       min_committed_ratio=args.min_committed, max_failure_ratio=args.max_failure,
-                      fail_fraction=args.fail_fraction, regression=args.regression, max_seconds=args.max_seconds,
-                      latency_warmup_s=args.latency_warmup,
+                      fail_fraction=args.fail_fraction, regression=args.regression, max_p95_regression=max_p95,
+                      max_seconds=args.max_seconds, latency_warmup_s=args.latency_warmup,
                       http_connections=args.http_connections, broker=args.broker_kind, server=args.server,
                       admin_token=args.admin_token, enrollment_token=args.enrollment_token,
                       public_key=args.public_key, broker_address=args.broker, mqtt_v5=args.mqtt == "5",

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.agent.wire import UpdateReport
@@ -24,9 +25,11 @@ from edgefleet.server.api.auth import device_refusal
 from edgefleet.server.crud import devices as device_crud
 from edgefleet.server.crud import rollouts as rollout_crud
 from edgefleet.server.db import Database
+from edgefleet.server.db.models import Device, Model, ModelVersion, Rollout, RolloutDevice
 from edgefleet.server.rollouts import rollout_writes
 
 log = logging.getLogger("edgefleet.server.reports")
+CHUNK = 500  # ids per IN (...) of the batch's look-ups
 
 
 @dataclass
@@ -90,10 +93,12 @@ class ReportWriter:
     def _write(self, batch: list[_Pending]) -> None:
         try:
             with rollout_writes(self.db) as session:
+                loaded = _load(session, batch)  # held: the session keeps only weak references to clean rows
                 # devices in id order, as the ingest writers lock them: no deadlock with another replica
                 order = sorted(range(len(batch)), key=lambda i: batch[i].device_id)
                 applied = {i: _apply(session, batch[i]) for i in order}
                 outcomes = [applied[i] for i in range(len(batch))]
+                del loaded
         except Exception as exc:
             if len(batch) > 1:  # one bad report must not fail the others: write them one by one
                 log.warning("a batch of %d reports failed (%s); writing them one by one", len(batch), exc)
@@ -109,9 +114,36 @@ class ReportWriter:
             item.done.set_result(outcome)
 
 
+def _load(session: Session, batch: list[_Pending]) -> list[object]:
+    """The batch's devices, their rollouts (with version and model) and rollout rows in a few queries (locked:
+    devices in id order, then rollouts), so applying a report finds them in the session instead of querying
+    five times."""
+    device_ids = sorted({item.device_id for item in batch})
+    devices: list[Device] = []
+    for start in range(0, len(device_ids), CHUNK):
+        devices += session.scalars(select(Device).where(Device.id.in_(device_ids[start:start + CHUNK]))
+                                   .order_by(Device.id).with_for_update())
+    known = {device.id: device for device in devices}
+    rollout_ids = sorted({rollout_id for item in batch if item.device_id in known
+                          for rollout_id in (item.report.rollout_id, known[item.device_id].desired_rollout_id)
+                          if rollout_id is not None})
+    loaded: list[object] = list(devices)
+    if not rollout_ids:
+        return loaded
+    rollouts = list(session.scalars(select(Rollout).where(Rollout.id.in_(rollout_ids)).order_by(Rollout.id)
+                                    .with_for_update()))
+    versions = list(session.scalars(select(ModelVersion).where(ModelVersion.id.in_({r.version_id for r in rollouts}))))
+    loaded += [*rollouts, *versions]
+    loaded += session.scalars(select(Model).where(Model.id.in_({v.model_id for v in versions})))
+    for start in range(0, len(device_ids), CHUNK):
+        loaded += session.scalars(select(RolloutDevice).where(
+            RolloutDevice.rollout_id.in_(rollout_ids), RolloutDevice.device_id.in_(device_ids[start:start + CHUNK])))
+    return loaded
+
+
 def _apply(session: Session, item: _Pending) -> HTTPException | None:
     device = device_crud.device_for_token(session, device_id=item.device_id, token=item.token)
     if device is None:
         return device_refusal(session, item.device_id, item.token)
-    rollout_crud.record_report(session, device=device, report=item.report)
+    rollout_crud.record_report(session, device=device, report=item.report, lock=False)
     return None

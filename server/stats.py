@@ -45,23 +45,23 @@ def ranks(values: Sequence[float]) -> list[float]:
 
 @lru_cache(maxsize=256)
 def _u_counts(n1: int, n2: int) -> tuple[int, ...]:
-    """How many of the C(n1 + n2, n1) arrangements give each U = 0 .. n1 * n2 (no ties)."""
-    # f[i][j][u]: arrangements of i x's and j y's with U = u; the largest element is an x (adds j) or a y
-    prev_row: list[list[int]] = [[1] for _ in range(n2 + 1)]  # i = 0: U is 0 whatever j
-    for i in range(1, n1 + 1):
-        row: list[list[int]] = [[1]]  # j = 0: U is 0
-        for j in range(1, n2 + 1):
-            with_x = [0] * j + prev_row[j]  # f[i-1][j] shifted by j
-            with_y = row[j - 1]  # f[i][j-1]
-            size = i * j + 1
-            counts = [0] * size
-            for u, c in enumerate(with_x):
-                counts[u] += c
-            for u, c in enumerate(with_y):
-                counts[u] += c
-            row.append(counts)
-        prev_row = row
-    return tuple(prev_row[n2])
+    """How many of the C(n1 + n2, n1) arrangements give each U = 0 .. n1 * n2 (no ties).
+
+    They are the coefficients of the Gaussian binomial [n1 + n2 choose n1]_q = prod_{k=1..m} (1 - q^(n+k)) /
+    (1 - q^k) with m, n the smaller and the larger size: one multiplication and one division of a
+    polynomial per k, O(m^2 n) steps (the table recurrence over (i, j, u) took O(n1^2 n2^2): 0.6 s for 10
+    against 250 values, recomputed for each new pair of sizes while a gate holds the rollout lock)."""
+    m, n = min(n1, n2), max(n1, n2)
+    size = m * n + 1
+    coefficients = [0] * size
+    coefficients[0] = 1
+    for k in range(1, m + 1):
+        # every coefficient depends only on lower ones, so working modulo q^size is exact
+        for u in range(size - 1, n + k - 1, -1):  # times (1 - q^(n+k))
+            coefficients[u] -= coefficients[u - n - k]
+        for u in range(k, size):  # divided by (1 - q^k)
+            coefficients[u] += coefficients[u - k]
+    return tuple(coefficients)
 
 
 def mann_whitney_greater(x: Sequence[float], y: Sequence[float], *, method: str = "auto") -> RankTest:

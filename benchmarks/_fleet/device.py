@@ -72,8 +72,9 @@ class FleetSpec:
 
 class VirtualDevice:
     def __init__(self, device_id: str, spec: FleetSpec, http: HttpPool, key: Ed25519PublicKey,
-                 stats: WorkerStats) -> None:
+                 stats: WorkerStats, own_http: bool = False) -> None:
         self.id, self.spec, self.http, self.key, self.stats = device_id, spec, http, key, stats
+        self.own_http = own_http  # its own connection: closed after each check-in and the update it brought
         self.rng = random.Random(f"{spec.seed}/{device_id}")
         self.token = ""
         self.etag: str | None = None
@@ -304,6 +305,8 @@ class VirtualDevice:
         while True:
             self.last_checkin = time.monotonic()
             await self.checkin()
+            if self.own_http:
+                await self.http.close()
             await self._until_next_checkin(self.spec.poll_s * self.rng.uniform(0.9, 1.1))
 
     async def _until_next_checkin(self, seconds: float) -> None:
@@ -339,6 +342,8 @@ class VirtualDevice:
         """Enroll, then keep an MQTT session (reconnecting with jittered backoff) until ``stop``."""
         async with enroll_slots:
             await self.enroll()
+            if self.own_http:
+                await self.http.close()
         self.stats.running[self.model.version or 0] += 1
         checkins = asyncio.create_task(self._checkin_loop())
         backoff = 0.5

@@ -41,11 +41,14 @@ async def _lag_probe(stats: WorkerStats, period: float = 0.1) -> None:
 async def _run(index: int, spec: FleetSpec, device_ids: list[str], stop_flag: Any, out: Queue[Any],
                http_connections: int, connect_concurrency: int) -> None:
     stats = WorkerStats()
-    http = HttpPool(spec.server_url, size=http_connections)
+    # 0: every device its own connection, as a real device has (opened for a check-in and what follows it,
+    # closed after); N: N keep-alive connections shared by the worker's devices
+    shared = HttpPool(spec.server_url, size=http_connections) if http_connections > 0 else None
     key = parse_public_key(spec.public_key_pem, "server public key")
     stop = asyncio.Event()
     slots = asyncio.Semaphore(connect_concurrency)
-    devices = [VirtualDevice(d, spec, http, key, stats) for d in device_ids]
+    devices = [VirtualDevice(d, spec, shared or HttpPool(spec.server_url, size=1), key, stats, own_http=shared is None)
+               for d in device_ids]
     lag = asyncio.create_task(_lag_probe(stats))
     # the server stalls under more than about 20 concurrent enrollments (see docs/fleet-sim.md)
     enroll_slots = asyncio.Semaphore(8)
@@ -63,12 +66,13 @@ async def _run(index: int, spec: FleetSpec, device_ids: list[str], stop_flag: An
     for task in pending:
         task.cancel()
     lag.cancel()
-    await http.close()
+    for pool in {id(d.http): d.http for d in devices}.values():
+        await pool.close()
     out.put(("final", index, stats.final()))
 
 
 def worker_main(index: int, spec: FleetSpec, device_ids: list[str], stop_flag: multiprocessing.synchronize.Event,
-                out: Queue[Any], http_connections: int = 16, connect_concurrency: int = 100) -> None:
+                out: Queue[Any], http_connections: int = 0, connect_concurrency: int = 100) -> None:
     raise_nofile()
     logging.basicConfig(level=logging.WARNING)
     try:

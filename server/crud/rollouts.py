@@ -242,7 +242,9 @@ def revert_devices(session: Session, *, rollout: Rollout, now: float) -> int:
     return len(reverted)
 
 
-def record_report(session: Session, *, device: Device, report: UpdateReport, now: float | None = None) -> None:
+def record_report(session: Session, *, device: Device, report: UpdateReport, now: float | None = None,
+                  lock: bool = True) -> None:
+    """``lock``: read the rollout row FOR UPDATE (false when the caller locked it already: server/reports.py)."""
     now = now if now is not None else time.time()
     device.update_state, device.update_reason = report.state, report.reason
     device.last_seen = max(device.last_seen or 0.0, now)
@@ -253,7 +255,7 @@ def record_report(session: Session, *, device: Device, report: UpdateReport, now
     rollout_id = report.rollout_id if report.rollout_id is not None else device.desired_rollout_id
     if rollout_id is None:
         return
-    rollout = session.get(Rollout, rollout_id, with_for_update=True)
+    rollout = session.get(Rollout, rollout_id, with_for_update=True) if lock else session.get(Rollout, rollout_id)
     row = session.get(RolloutDevice, (rollout_id, device.id))
     if row is None or rollout is None or row.state in ("pending", "superseded", "reverted"):
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -111,5 +112,14 @@ class Database:
             return float(session.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
         return time.time()
 
+    @cached_property
+    def loop_engine(self) -> Engine:
+        """One connection for the event loop's own short reads (the check-in's hot path): the loop never waits
+        for the shared pool, whose connections the sessions of request threads hold until the loop itself
+        closes them (waiting there deadlocked the server once every connection was held)."""
+        return make_engine(self.url, 1)
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if "loop_engine" in self.__dict__:
+            self.loop_engine.dispose()

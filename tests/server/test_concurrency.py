@@ -8,10 +8,11 @@ fleet simulator: 64 concurrent enrollments all timed out).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, start_server
 
 
 def test_enrollment_burst_beyond_pool_and_thread_limits(server: RunningServer) -> None:
@@ -64,3 +65,31 @@ def test_report_burst_is_group_committed_and_each_answer_is_its_own(server: Runn
     assert written == 200 and 1 <= batches < written  # refused tokens are answered from the same transactions
     device = httpx.get(server.url + "/v1/devices/rep-7", headers=server.admin(), timeout=10).json()
     assert device["update_state"] == "downloading" and device["last_seen"] is not None
+
+
+def test_download_and_checkin_burst_with_every_pool_connection_taken(tmp_path: Path) -> None:
+    """Downloads (each with a database transaction) and check-ins from many devices at once, more than the
+    server has threads and connections: every one is answered. The check-in's hot path used to wait for a pool
+    connection on the event loop, while the connections were held by request sessions only the event loop could
+    close (found by the fleet simulator with one connection per device: the server stopped answering)."""
+    server = start_server(tmp_path, overrides={"http_threads": 2})
+    try:
+        tokens = {f"dl-{i}": server.enroll(f"dl-{i}") for i in range(30)}
+
+        async def burst() -> list[int | str]:
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=300), timeout=60) as client:
+                async def get(path: str, token: str) -> int | str:
+                    try:
+                        response = await client.get(server.url + path, headers={"Authorization": f"Bearer {token}"})
+                        return response.status_code
+                    except httpx.HTTPError as exc:
+                        return type(exc).__name__
+                calls = [get(f"/v1/artifacts/{'ab' * 32}" if k % 2 else f"/v1/devices/{device}/manifest", token)
+                         for k in range(10) for device, token in tokens.items()]
+                return await asyncio.gather(*calls)
+
+        results = asyncio.run(burst())
+        # nothing offered yet: each download is refused after its transaction, each check-in has no desired state
+        assert sorted(results, key=str) == sorted([403] * 150 + [204] * 150, key=str)
+    finally:
+        server.stop()

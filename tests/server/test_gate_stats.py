@@ -9,7 +9,7 @@ from statistics import NormalDist
 
 import pytest
 
-from edgefleet.server.stats import mann_whitney_greater, median, min_p_value, ranks, stouffer
+from edgefleet.server.stats import _u_counts, mann_whitney_greater, median, min_p_value, ranks, stouffer
 
 
 def brute_force_p(x: list[float], y: list[float]) -> float:
@@ -116,3 +116,12 @@ def test_min_p_value_is_the_exact_tail_of_the_most_extreme_split() -> None:
     assert min_p_value(3, 5) == pytest.approx(mann_whitney_greater([6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0]).p)
     assert min_p_value(0, 5) == 1.0
     assert min_p_value(5000, 5000) == 0.0  # C(10000, 5000) does not fit a float: no overflow
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(3, 800), (800, 3), (50, 50), (10, 250)])
+def test_exact_distribution_of_gate_sized_samples(n1: int, n2: int) -> None:
+    # what a wave's gate meets: a few updated devices against hundreds of controls; every arrangement is
+    # counted once and U is symmetric about n1 * n2 / 2
+    counts = _u_counts(n1, n2)
+    assert len(counts) == n1 * n2 + 1 and sum(counts) == math.comb(n1 + n2, n1)
+    assert counts == counts[::-1] and counts == _u_counts(n2, n1)

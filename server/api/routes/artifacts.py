@@ -40,6 +40,7 @@ def download_responses(what: str, s403: str, s404: str) -> dict[int | str, dict[
         304: {"description": "unchanged: If-None-Match names the current ETag"},
         **problems(401, 403, 404, 416, 422, s403=s403, s404=s404)}
 
+INLINE_BYTES = 1 << 20  # whole artifacts up to this size are answered from memory, larger ones streamed
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 ShaPath = Annotated[str, Path(pattern=SHA256)]
 
@@ -89,6 +90,9 @@ def serve(store: ArtifactStore, sha256: str, etag_value: str, range_header: str 
             return StreamingResponse(store.read_range(sha256, start, end - start + 1), status_code=206,
                                      media_type="application/octet-stream", headers=headers)
     headers["Content-Length"] = str(size)
+    if size <= INLINE_BYTES:  # read here, in the endpoint's thread: no thread hop per chunk of a stream
+        return Response(b"".join(store.read_range(sha256, 0, size)), media_type="application/octet-stream",
+                        headers=headers)
     return StreamingResponse(store.read_range(sha256, 0, size), media_type="application/octet-stream",
                              headers=headers)
 
@@ -110,13 +114,17 @@ Downloader = Annotated[Device | None, Depends(downloader)]
 @router.get("/v1/artifacts/{sha256}", response_class=Response, operation_id="artifacts.download",
             responses=download_responses("the artifact", "not offered to this device by its manifest (also for "
                                          "an unknown sha256)", "no such artifact is stored (admin token)"))
-def artifact(sha256: ShaPath, state: StateDep, session: SessionDep, who: Downloader,
+def artifact(sha256: ShaPath, state: StateDep, credentials: Credentials,
              range: Annotated[str | None, Header()] = None, if_range: Annotated[str | None, Header()] = None,
              if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """A stored artifact by sha256: a device token gets only what its manifest offers."""
-    if who is not None and (refused := refusal(state.manifests, session, who,
-                                               lambda device: artifact_refusal(device, sha256))) is not None:
-        raise HTTPException(403, refused)
+    # the wave's hot download: its own transaction, closed here, not a request-scoped session whose connection
+    # stays checked out until the event loop tears it down (a wave of downloads then held the whole pool)
+    with state.db.session() as session:
+        who = downloader(state, session, credentials)
+        if who is not None and (refused := refusal(state.manifests, session, who,
+                                                   lambda device: artifact_refusal(device, sha256))) is not None:
+            raise HTTPException(403, refused)
     return serve(state.store, sha256, sha256, range, if_range, if_none_match)
 
 

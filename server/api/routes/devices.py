@@ -65,7 +65,7 @@ async def manifest(device_id: DeviceIdPath, state: StateDep, credentials: Creden
     # the hot path: one hop to a worker thread, one short transaction (auth + desired state + signature)
     legacy = MANIFEST_MEDIA_TYPE not in (accept or "")
     token = credentials.credentials if credentials is not None else ""
-    signed = state.manifests.cached(state.db.engine, device_id=device_id, token=token, now=time.time(),
+    signed = state.manifests.cached(state.db.loop_engine, device_id=device_id, token=token, now=time.time(),
                                     legacy=legacy) if token else None
     if signed is None:
         found, signed = await run_in_threadpool(_checkin, state, device_id, token, legacy)
