@@ -210,7 +210,8 @@ def settings_doc(o: Options) -> dict[str, Any]:
             "device_check_min_interval_s": CHECK_MIN_INTERVAL_S, "trial_s": o.trial_s,
             "gates": {"max_p95_regression": o.max_p95_regression, "soak_s": o.soak_s,
                       "min_committed_ratio": o.min_committed_ratio, "max_failure_ratio": o.max_failure_ratio,
-                      **{f"latency_{k}": v for k, v in asdict(Gates().latency()).items() if k != "max_ratio"}},
+                      **{f"latency_{k}": v for k, v in asdict(Gates().latency()).items() if k != "max_ratio"},
+                      **({} if o.latency_warmup_s is None else {"latency_warmup_s": o.latency_warmup_s})},
             "push": o.push, "push_spread_s": server.push_spread_s if o.push_spread_s is None else o.push_spread_s,
             "push_rate_per_s": server.push_rate_per_s if o.push_rate_per_s is None else o.push_rate_per_s}
 
