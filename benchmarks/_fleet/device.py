@@ -109,6 +109,10 @@ class VirtualDevice:
                 self.token = json.loads(reply.body)["token"]
                 self.stats.enrolled += 1
                 return
+            if reply.status in (408, 429) or reply.status >= 500:  # as the agent: try again later
+                self.stats.error(f"enroll_{reply.status}", reply.body[:200].decode(errors="replace"))
+                await asyncio.sleep(0.5 * 2 ** attempt * self.rng.random())
+                continue
             raise RuntimeError(f"{self.id}: enrollment answered {reply.status}: {reply.body[:200]!r}")
         raise RuntimeError(f"{self.id}: enrollment failed 5 times")
 
