@@ -47,6 +47,8 @@ DRIFT_MIN_SAMPLES = 30
 V2_KINDS = ("same", "slower")
 SLOWDOWN = 2.0  # --v2 slower: v2's median latency over v1's
 EXIT_CODES = {"completed": 0, "paused": 2, "rolled_back": 3}
+# an upload is inspected in a sandbox process and profiled: on a loaded 2-core box over 30 s
+HTTP_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -111,7 +113,7 @@ class Demo:
                 time.sleep(0.2)
         else:
             raise EdgefleetError("the server did not answer /healthz within 60 s")
-        self.client = ServerClient(self.url, config["admin_token"])
+        self.client = ServerClient(self.url, config["admin_token"], timeout=HTTP_TIMEOUT_S)
         self.step(f"update server on {self.url} (SQLite, artifacts in {self.workdir / 'server' / 'artifacts'})")
 
     def start_agents(self) -> None:
