@@ -146,6 +146,8 @@ def report(result: dict[str, Any]) -> None:
               + f" (median {counts['median_run_s']:.0f} s a run)")
     print("drift alarms: " + ", ".join(f"{device} {c['alarms']} of {c['ready']} ready runs ({c['runs']} runs)"
                                        for device, c in result["tally"]["drift"].items()))
+    if "stopped_early" in result:
+        print(f"stopped early: {result['stopped_early']}")
     print(f"load: {result['load']}; uptime before: {result['uptime_before']}; after: {result['uptime_after']}")
 
 
@@ -161,6 +163,8 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=10.0, help="demo --fps (default: %(default)s)")
     parser.add_argument("--drift", metavar="DEVICE", default=None, help="demo --drift DEVICE in every run")
     parser.add_argument("--run-timeout", type=float, default=900.0, help="seconds one demo run may take")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no run after this many minutes (the runs that finished are reported)")
     parser.add_argument("--keep", action="store_true", help="keep the demo workdirs (their logs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -180,6 +184,9 @@ def main() -> int:
     try:
         for index in range(args.runs):
             for kind in kinds:  # alternately, so both kinds see the same spells of load
+                if args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60:
+                    result["stopped_early"] = f"no run started after {args.max_minutes:g} minutes"
+                    break
                 run = one_run(demo, kind, work / f"{kind}-{index}", args)
                 result["runs"].append(run)
                 print(f"run {len(result['runs'])}: {kind} {run['outcome']} in {run['seconds']:.0f} s"
@@ -188,6 +195,8 @@ def main() -> int:
                 if stress is not None and stress.poll() is not None:
                     result["load"] += f" (it exited with {stress.returncode} after run {len(result['runs'])})"
                     stress = None
+            if "stopped_early" in result:
+                break
     except KeyboardInterrupt:
         result["interrupted"] = True
     finally:
