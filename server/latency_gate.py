@@ -159,12 +159,12 @@ def evaluate_latency(settings: LatencySettings, data: LatencyData, *, wave: int)
                if relative else "")
         detail = (f"p95 latency x{ratio:.2f}{where(device_class)} (updated {_ms(up_ms)}, n={len(up)} devices; "
                   f"control {_ms(ctl_ms)}, n={len(ctl)}{how}; Mann-Whitney p={_p(test.p)}")
-        verdict = _judged(settings, test.p, ratio, detail, wave)
-        if verdict.status == "breach":
-            return verdict
-        details.append(verdict.reason or "")
-        if verdict.status == "wait":
-            waits.append(verdict.reason or "")
+        judged = _judged(settings, test.p, ratio, detail, wave)
+        if judged.status == "breach":
+            return judged
+        details.append(judged.reason or "")
+        if judged.status == "wait":
+            waits.append(judged.reason or "")
     paired_members = [w.device_id for w in data.updated if w.device_class in split.paired]
     for device_class in sorted(split.relative, key=str):
         members = [w.device_id for w in data.updated if w.device_class == device_class]
