@@ -17,7 +17,9 @@ time window. Three ways, by how many devices each side has:
   before, a Mann-Whitney test per device combined by Stouffer's method, the effect the median over devices
   of (median after / median before). A load change between the two windows looks like a regression here.
 
-A breach needs both: p < ``alpha`` and the ratio above ``max_ratio``.
+A breach needs both: p < ``alpha`` and the ratio above ``max_ratio``. A ratio above ``max_ratio`` with
+p not yet below ``alpha`` is inconclusive: the gate waits for more messages (at most ``max_wait_s``), so
+a slower model does not pass a wave on the few messages it was first judged by.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ def _p(value: float) -> str:
     return f"{value:.2g}" if value >= 0.0001 else f"{value:.1e}"
 
 
+def _judged(settings: LatencySettings, p: float, ratio: float, detail: str, wave: int) -> Verdict:
+    """breach: significant and above the threshold; wait: above it, not (yet) significant; else pass."""
+    if ratio > settings.max_ratio:
+        if p < settings.alpha:
+            return Verdict("breach", f"wave {wave + 1}: {detail} < {settings.alpha:g}) above x{settings.max_ratio:.2f}")
+        return Verdict("wait", f"inconclusive: {detail} ≥ {settings.alpha:g}) above x{settings.max_ratio:.2f}, "
+                               f"waiting for more messages")
+    return Verdict("pass", f"{detail})")
+
+
 @dataclass
 class Split:
     concurrent: dict[str | None, tuple[list[DeviceWindow], list[DeviceWindow]]] = field(default_factory=dict)
@@ -147,9 +159,12 @@ def evaluate_latency(settings: LatencySettings, data: LatencyData, *, wave: int)
                if relative else "")
         detail = (f"p95 latency x{ratio:.2f}{where(device_class)} (updated {_ms(up_ms)}, n={len(up)} devices; "
                   f"control {_ms(ctl_ms)}, n={len(ctl)}{how}; Mann-Whitney p={_p(test.p)}")
-        if test.p < settings.alpha and ratio > settings.max_ratio:
-            return Verdict("breach", f"wave {wave + 1}: {detail} < {settings.alpha:g}) above x{settings.max_ratio:.2f}")
-        details.append(f"{detail})")
+        judged = _judged(settings, test.p, ratio, detail, wave)
+        if judged.status == "breach":
+            return judged
+        details.append(judged.reason or "")
+        if judged.status == "wait":
+            waits.append(judged.reason or "")
     paired_members = [w.device_id for w in data.updated if w.device_class in split.paired]
     for device_class in sorted(split.relative, key=str):
         members = [w.device_id for w in data.updated if w.device_class == device_class]
@@ -214,9 +229,7 @@ def _relative(settings: LatencySettings, data: LatencyData, members: Sequence[st
     detail = (f"p95 latency x{ratio:.2f}{where} relative to each device's pre-update window (updated {_ms(up_ms)}, "
               f"x{median(x):.2f} of before, n={len(up_ready)} devices, {len(x)} messages; control {_ms(ctl_ms)}, "
               f"x{median(y):.2f} of before, n={len(ctl_ready)}, {len(y)} messages; Mann-Whitney p={_p(test.p)}")
-    if test.p < settings.alpha and ratio > settings.max_ratio:
-        return Verdict("breach", f"wave {wave + 1}: {detail} < {settings.alpha:g}) above x{settings.max_ratio:.2f}")
-    return Verdict("pass", f"{detail})")
+    return _judged(settings, test.p, ratio, detail, wave)
 
 
 def _paired(settings: LatencySettings, data: LatencyData, members: Sequence[str], wave: int) -> Verdict:
@@ -241,9 +254,7 @@ def _paired(settings: LatencySettings, data: LatencyData, members: Sequence[str]
     detail = (f"p95 latency x{ratio:.2f} against the same devices before the update (after {_ms(after_med)}, "
               f"before {_ms(before_med)}, n={len(ready)} devices, {messages}; Mann-Whitney per device, "
               f"Stouffer p={_p(p)}")
-    if p < settings.alpha and ratio > settings.max_ratio:
-        return Verdict("breach", f"wave {wave + 1}: {detail} < {settings.alpha:g}) above x{settings.max_ratio:.2f}")
-    return Verdict("pass", f"{detail})")
+    return _judged(settings, p, ratio, detail, wave)
 
 
 __all__ = ["DeviceWindow", "LatencyData", "LatencySettings", "PairedDevice", "Split", "Verdict", "evaluate_latency",

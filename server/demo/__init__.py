@@ -5,6 +5,12 @@ Starts a broker (Mosquitto when installed, else the pure-Python amqtt), the upda
 rolls v1 out, pushes v2, optimizes it and rolls it out in gated waves while the agents
 keep serving and hot-swap; shows the fleet live, prints a summary and the dashboard URL,
 and stops everything on Ctrl-C.
+
+``--v2 slower`` makes v2 the same model computed as many times as it takes to be twice as slow
+as v1 here (same scores; timed at start, server/demo/slowdown.py), so the latency gate's pause
+can be seen. The exit status says how the v2 rollout ended: 0 completed (every agent serving v2),
+2 paused by a gate, 3 rolled back by a device's trial, 1 anything else; summary.json holds the
+same under ``outcome``, with the reason line.
 """
 
 from __future__ import annotations
@@ -32,11 +38,17 @@ from edgefleet.agent.errors import EdgefleetError
 from edgefleet.agent.version import version_line
 from edgefleet.server.demo.broker import RunningBroker, start_broker
 from edgefleet.server.demo.models import INPUT_SIZE, LABELS, make_classifier
+from edgefleet.server.demo.slowdown import Slowdown, slower_model
 from edgefleet.server.opcli_client import ServerClient
 
 PREPROCESS: dict[str, Any] = {"resize": "stretch", "color": "RGB", "scale": 1 / 255}
 DRIFT_GAIN = 0.5  # --drift DEVICE: that camera's frames at half the brightness
 DRIFT_MIN_SAMPLES = 30
+V2_KINDS = ("same", "slower")
+SLOWDOWN = 2.0  # --v2 slower: v2's median latency over v1's
+EXIT_CODES = {"completed": 0, "paused": 2, "rolled_back": 3}
+# an upload is inspected in a sandbox process and profiled: on a loaded 2-core box over 30 s
+HTTP_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -59,6 +71,7 @@ class Demo:
         self.url = ""
         self.client: ServerClient | None = None
         self.server_conf: dict[str, Any] = {}
+        self.slowdown: Slowdown | None = None
 
     # --- start --------------------------------------------------------------------------------
     def step(self, message: str) -> None:
@@ -80,6 +93,8 @@ class Demo:
         config["device_classes"] = {cls: ["onnx-opt", "cpu-int8-static", "cpu-int8-dynamic"]
                                     for cls in ("x86_64", "aarch64", "rpi4", "rpi5", "jetson", "demo")}
         config["rollout_tick_s"] = 0.5
+        # a handful of devices: no stampede to spread a wave's pushes over
+        config.setdefault("rollouts", {})["push_spread_s"] = 1
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.server_conf = config
         log = (self.workdir / "server" / "server.log").open("ab")
@@ -98,7 +113,7 @@ class Demo:
                 time.sleep(0.2)
         else:
             raise EdgefleetError("the server did not answer /healthz within 60 s")
-        self.client = ServerClient(self.url, config["admin_token"])
+        self.client = ServerClient(self.url, config["admin_token"], timeout=HTTP_TIMEOUT_S)
         self.step(f"update server on {self.url} (SQLite, artifacts in {self.workdir / 'server' / 'artifacts'})")
 
     def start_agents(self) -> None:
@@ -141,16 +156,22 @@ class Demo:
             self.step(f"scripted drift: {self.args.drift}'s frames are {DRIFT_GAIN:g}x as bright as the others'")
 
     # --- the loop -----------------------------------------------------------------------------
-    def push(self, version: int) -> dict[str, Any]:
+    def push(self, version: int, slower: bool = False) -> dict[str, Any]:
         assert self.client is not None
-        path = make_classifier(self.workdir / "models" / f"classifier-v{version}.onnx", version)
+        path = self.workdir / "models" / f"classifier-v{version}.onnx"
+        how = ""
+        if slower:
+            self.slowdown = slower_model(path, version, SLOWDOWN)
+            how = f", {self.slowdown.text()}"
+        else:
+            make_classifier(path, version)
         labels = self.workdir / "models" / "labels.txt"
         labels.write_text("\n".join(LABELS) + "\n")
         meta = {"task": "classification", "preprocess": PREPROCESS}
         calibration = write_calibration(self.workdir / "models" / "calibration.npz")
         record = self.client.push_model("classifier", path, labels=labels, meta=meta, calibration=calibration)
         self.step(f"pushed classifier v{record['version']} ({path.stat().st_size} bytes, sha256 "
-                  f"{str(record.get('sha256', ''))[:12]})")
+                  f"{str(record.get('sha256', ''))[:12]}{how})")
         return dict(record)
 
     def optimize(self, version: int) -> None:
@@ -290,7 +311,7 @@ class Demo:
         result = self.watch(first, 120)
         if result.get("state") != "completed":
             raise EdgefleetError(f"rollout of v1 ended {result.get('state')}: {result.get('reason')}")
-        self.push(2)
+        self.push(2, slower=self.args.v2 == "slower")
         self.optimize(2)
         counts = sorted({1, max(1, len(self.agents) // 2), len(self.agents)})
         second = self.rollout(2, {"counts": counts}, soak_s=self.args.soak)
@@ -298,7 +319,12 @@ class Demo:
         answers = self.probe_agents()
         drift = self.drift_flags(60)
         flow = self.telemetry_flow()
+        ended = outcome(result)
         summary = {"rollout": {"id": second, "state": result.get("state"), "reason": result.get("reason")},
+                   "v2": {"kind": self.args.v2, **({"compute": self.slowdown.compute,
+                                                     "latency_ratio": round(self.slowdown.ratio, 3)}
+                                                    if self.slowdown else {})},
+                   "outcome": ended,
                    "served_by_version": answers, "telemetry": flow, "drift": drift, "dashboard": self.url + "/",
                    "seconds": round(time.monotonic() - started, 1)}
         (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -309,6 +335,9 @@ class Demo:
                                f"installed {installed}, events: {', '.join(counts['events']) or '-'}", highlight=False)
         reason = f" ({result['reason']})" if result.get("reason") else ""
         self.console.print(f"[bold]rollout {second}: {result.get('state')}[/]{reason}")
+        if ended["outcome"] == "rolled_back":
+            self.console.print("rolled back by the device trial: " + "; ".join(
+                f"{device}: {why}" for device, why in ended["rolled_back"].items()), highlight=False)
         alarms = [device for device, flag in drift.items() if flag["drifted"]]
         self.console.print("drift: " + ", ".join(
             f"{device} {'DRIFTED' if flag['drifted'] else 'ok' if flag['ready'] else 'not ready'}"
@@ -320,7 +349,9 @@ class Demo:
             for device, version in answers.items()), highlight=False)
         self.console.print(f"whole loop in {time.monotonic() - started:.0f} s; summary in "
                            f"{self.workdir / 'summary.json'}", highlight=False)
-        ok = result.get("state") == "completed" and all(v == 2 for v in answers.values())
+        code = EXIT_CODES.get(ended["outcome"], 1)
+        if code == 0 and not all(v == 2 for v in answers.values()):
+            code = 1
         if not self.args.exit_when_done:  # the URL and the CLI line only while there is something to look at
             self.console.print(f"dashboard: [bold]{self.url}/[/]   operator CLI: EDGEFLEET_URL={self.url} "
                                f"EDGEFLEET_ADMIN_TOKEN={self.server_conf['admin_token']} edgefleet devices")
@@ -328,7 +359,7 @@ class Demo:
             while True:
                 self.check_processes()
                 time.sleep(1)
-        return 0 if ok else 1
+        return code
 
     def stop(self) -> None:
         for proc in self.agents.values():
@@ -367,6 +398,16 @@ def write_calibration(path: Path) -> Path:
     return path
 
 
+def outcome(rollout: dict[str, Any]) -> dict[str, Any]:
+    """How a rollout ended, for a script: completed, paused (by a gate), rolled_back (by a device's trial:
+    the devices and their trial's reason), or the state it was left in (a timeout leaves it running)."""
+    rolled_back = {str(d.get("device_id")): d.get("reason") for d in rollout.get("devices") or []
+                   if d.get("state") == "rolled_back"}
+    state = str(rollout.get("state"))
+    kind = "rolled_back" if rolled_back else state if state in ("completed", "paused") else f"unfinished: {state}"
+    return {"outcome": kind, "reason": rollout.get("reason"), "rolled_back": rolled_back}
+
+
 def waves_text(waves: dict[str, Any] | list[float]) -> str:
     """``waves 1 %, 100 %`` or ``waves of 1, 2, 3 devices`` (cumulative), not the request's JSON."""
     if isinstance(waves, dict):
@@ -387,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=Path("demo-state"),
                         help="where state, logs and summary.json go (emptied first; default: %(default)s)")
     parser.add_argument("--exit-when-done", action="store_true", help="stop after the rollout instead of waiting")
+    parser.add_argument("--v2", choices=V2_KINDS, default="same",
+                        help="v2 is the same kind of model (same), or the same model computed as many times as "
+                             f"it takes to be x{SLOWDOWN:g} as slow as v1 here, timed at start (slower): same scores, "
+                             "for the latency gate to pause (default: %(default)s)")
     parser.add_argument("--drift", metavar="DEVICE", default=None,
                         help="scripted drift: DEVICE (e.g. cam-02) sees darker frames and raises a drift alarm")
     return parser

@@ -2,13 +2,20 @@
 
 ``make_classifier(path, version)`` writes version 1, or a "fine-tuned" later version whose
 weights differ slightly, so a delta between versions is small, as it is in the field.
+``compute=2`` writes the same model computed twice: a second copy of its layers (weights scaled by
+a different factor, so no optimizer can merge the two) whose logits are added times zero. The
+scores are the same; the arithmetic is ``compute`` times the model's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import NodeProto
 
 LABELS = ["background", "person", "bicycle", "car", "dog"]
 INPUT_SIZE = 64
@@ -31,26 +38,51 @@ def _weights(version: int) -> dict[str, np.ndarray]:
     return weights
 
 
-def make_classifier(path: Path, version: int = 1) -> Path:
+def _layers(prefix: str, weights: str) -> list[NodeProto]:
+    """The model's layers on ``image``, naming tensors with ``prefix`` and weights with ``weights``."""
+    from onnx import helper
+
+    def t(name: str) -> str:
+        return prefix + name
+
+    def w(name: str) -> str:
+        return weights + name
+
+    return [
+        helper.make_node("Conv", ["image", w("c1_w"), w("c1_b")], [t("c1")], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", [t("c1")], [t("r1")]),
+        helper.make_node("Conv", [t("r1"), w("c2_w"), w("c2_b")], [t("c2")], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", [t("c2")], [t("r2")]),
+        helper.make_node("GlobalAveragePool", [t("r2")], [t("pooled")]),
+        helper.make_node("Flatten", [t("pooled")], [t("flat")]),
+        helper.make_node("MatMul", [t("flat"), w("fc_w")], [t("logits0")]),
+        helper.make_node("Add", [t("logits0"), w("fc_b")], [t("logits")]),
+    ]
+
+
+def make_classifier(path: Path, version: int = 1, *, compute: int = 1) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [
-        helper.make_node("Conv", ["image", "c1_w", "c1_b"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "c2_w", "c2_b"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "fc_w"], ["logits0"]),
-        helper.make_node("Add", ["logits0", "fc_b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
-    ]
+    if compute < 1:
+        raise ValueError(f"compute must be 1 or more, not {compute}")
+    weights = _weights(version)
+    nodes = _layers("", "")
+    total = "logits"
+    for copy in range(1, compute):  # the same layers again, their logits added times zero
+        weights |= {f"x{copy}_{name}": value * (1.0 + copy / 8) for name, value in _weights(version).items()}
+        nodes += _layers(f"x{copy}_", f"x{copy}_")
+        nodes += [helper.make_node("Mul", [f"x{copy}_logits", "zero"], [f"x{copy}_nothing"]),
+                  helper.make_node("Add", [total, f"x{copy}_nothing"], [f"total{copy}"])]
+        total = f"total{copy}"
+    if compute > 1:
+        weights["zero"] = np.zeros(1, np.float32)
+    nodes.append(helper.make_node("Softmax", [total], ["scores"], axis=1))
     graph = helper.make_graph(
         nodes, "edgefleet_demo_classifier",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, INPUT_SIZE, INPUT_SIZE])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(LABELS)])],
-        [numpy_helper.from_array(value, name) for name, value in _weights(version).items()],
+        [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edgefleet-demo")
     model.ir_version = 8

@@ -24,6 +24,8 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, broker: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["rollout"]["state"] == "completed"
+    assert summary["v2"] == {"kind": "same"}
+    assert summary["outcome"] == {"outcome": "completed", "reason": summary["rollout"]["reason"], "rolled_back": {}}
     # every agent's local API answers from the rolled-out version
     assert summary["served_by_version"] == {"cam-01": 2, "cam-02": 2}
     for device_id, flow in summary["telemetry"].items():

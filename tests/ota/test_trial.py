@@ -94,6 +94,26 @@ def test_a_breach_the_previous_model_timed_now_does_not_confirm_is_no_breach() -
         "x3.00-x3.00; median x3.00, CI x3.00-x3.00")
 
 
+def test_the_second_timing_is_judged_by_its_median_not_its_preempted_tail() -> None:
+    """The demo's x3.8 model under stress-ng, trial limit x5: live x2.2; timed again beside it, its burst's p95
+    was x52 (its preempted inferences) while its median was x3.8: no breach."""
+    policy = POLICY.model_copy(update={"max_latency_ratio": 5.0, "max_p95_latency_ms": None})
+    previous = [0.0002] * 60
+    candidate = [0.00075] * 50 + [0.010] * 10  # median x3.75; p95 x50, its interval's low end above x5 too
+
+    watcher = TrialWatcher(policy, NEW, None, baseline=[0.00045] * 256, paired=lambda: (candidate, previous))
+    feed(watcher, 40, 0.00097)
+    verdict = watcher.evaluate(watcher.started + 10)
+    assert verdict.decided and verdict.passed, verdict.reason
+    paired = verdict.metrics["paired"]
+    assert paired["ratio"] > 5.0 and paired["median_ratio"] == pytest.approx(3.75)
+    # a median that is over the limit (and more than 1 ms over) still rolls back
+    slow = TrialWatcher(policy, NEW, None, baseline=[0.00045] * 256,
+                        paired=lambda: ([0.0065] * 57 + [0.010] * 3, [0.001] * 60))
+    feed(slow, 40, 0.00097)
+    assert not slow.evaluate(slow.started + 10).passed
+
+
 def heavy_tailed(rng: np.random.Generator, n: int, scale_ms: float = 0.3) -> np.ndarray:
     """Scheduler-like noise: lognormal body, 3 % of inferences hit by a 2-20x stall."""
     body = rng.lognormal(np.log(scale_ms), 0.35, n)

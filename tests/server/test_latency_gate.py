@@ -270,3 +270,41 @@ def test_an_underpowered_comparison_waits_instead_of_passing() -> None:
     # 3 devices a side cannot reach p < 0.01 by devices (1/20): the messages decide
     three = fleet(random.Random(0), updated=3, control=3)
     assert split_classes(SETTINGS, three).relative == {"rpi4"}
+
+
+def test_a_large_ratio_not_yet_significant_waits_for_more_messages() -> None:
+    # the demo's 1-device wave of a 2x model under load: x2.02 but p=0.013 on its first 6 messages; it used to
+    # pass (and the wave advance) on that; it waits, and the next messages decide
+    before = (2.0,) * 10
+    control = [(2.0, 2.1, 1.9, 2.05, 1.95), (2.02, 1.98, 2.2, 1.8, 2.0)]
+
+    def canary(after: tuple[float, ...]) -> LatencyData:
+        return LatencyData(updated=[DeviceWindow("u", None, sum(after) / len(after), len(after))],
+                           control=[DeviceWindow(f"c{i}", None, 2.0, len(a)) for i, a in enumerate(control)],
+                           paired=[PairedDevice("u", before, after)],
+                           control_paired=[PairedDevice(f"c{i}", before, a) for i, a in enumerate(control)],
+                           reporting=True)
+
+    first = evaluate_latency(SETTINGS, canary((4.0, 4.2, 1.85, 4.1, 3.9, 4.3)), wave=0)
+    assert first.status == "wait"
+    assert "inconclusive: p95 latency x2.02" in (first.reason or "") and "p=0.013 ≥ 0.01) above x1.50" in (
+        first.reason or "")
+    assert evaluate_latency(SETTINGS, canary((4.0, 4.2, 1.85, 4.1, 3.9, 4.3, 4.1, 4.0)), wave=0).status == "breach"
+    # under the threshold, not significant: passes as before
+    assert evaluate_latency(SETTINGS, canary((2.4, 2.6, 1.85, 2.5, 2.3, 2.2)), wave=0).status == "pass"
+    # and a rollout waits on it at most latency_max_wait_s, as for too little data
+    assert decide(canary((4.0, 4.2, 1.85, 4.1, 3.9, 4.3)), now=30.0).action == "wait"
+    assert decide(canary((4.0, 4.2, 1.85, 4.1, 3.9, 4.3)), now=61.0).action == "advance"
+
+
+def test_an_inconclusive_cohort_or_paired_comparison_waits_too() -> None:
+    # 3 updated devices x2 against 7 control by devices: p = 1/120 only when all 3 rank above all 7
+    up = [DeviceWindow(f"u{i}", "rpi4", v, 6, 2.0) for i, v in enumerate((4.0, 4.1, 1.9))]
+    ctl = [DeviceWindow(f"c{i}", "rpi4", v, 6, 2.0) for i, v in enumerate((2.0, 1.95, 2.05, 2.1, 1.9, 2.02, 2.0))]
+    cohorts = evaluate_latency(SETTINGS, LatencyData(updated=up, control=ctl, reporting=True), wave=1)
+    assert cohorts.status == "wait" and "inconclusive: p95 latency x" in (cohorts.reason or "")
+    noisy = LatencyData(updated=[DeviceWindow("d0", "rpi4", 4.0, 5)], control=[], reporting=True,
+                        paired=[PairedDevice("d0", (2.0, 2.1, 1.9, 2.2, 4.5, 2.0, 1.95, 2.05, 2.1, 4.4),
+                                             (4.0, 4.2, 1.95, 4.1, 2.0))])
+    paired_verdict = evaluate_latency(SETTINGS, noisy, wave=3)
+    assert paired_verdict.status == "wait" and "inconclusive" in (paired_verdict.reason or "")
