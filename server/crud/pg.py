@@ -9,11 +9,15 @@ other statement, so the writer tells a busy database from one that refuses what 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def json_param(values: Any) -> str:
@@ -21,18 +25,26 @@ def json_param(values: Any) -> str:
     return json.dumps(values, separators=(",", ":"), allow_nan=False)
 
 
-def execute(session: Session, statement: str, params: Sequence[Any] = (), *,
-            fetch: bool = False) -> list[tuple[Any, ...]]:
-    """Run one statement in the session's transaction; its rows when ``fetch``."""
+@contextmanager
+def cursor(session: Session, what: str) -> Iterator[psycopg.Cursor[Any]]:
+    """A psycopg cursor in the session's transaction; an error in the block is raised as ``DBAPIError`` of
+    ``what`` (the statement to name)."""
     import psycopg
 
     connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return list(cursor.fetchall()) if fetch else []
+        with connection.cursor() as raw:
+            yield raw
     except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+        raise DBAPIError.instance(what, None, exc, psycopg.Error) from exc
 
 
-__all__ = ["execute", "json_param"]
+def execute(session: Session, statement: str, params: Sequence[Any] = (), *,
+            fetch: bool = False) -> list[tuple[Any, ...]]:
+    """Run one statement in the session's transaction; its rows when ``fetch``."""
+    with cursor(session, statement) as raw:
+        raw.execute(statement, params)
+        return list(raw.fetchall()) if fetch else []
+
+
+__all__ = ["cursor", "execute", "json_param"]

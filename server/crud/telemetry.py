@@ -98,8 +98,6 @@ def insert_telemetry_and_latency(session: Session, *, rows: Sequence[tuple[dict[
 
 def _copy_telemetry_and_latency(session: Session, rows: Sequence[tuple[dict[str, Any], dict[str, Any] | None]],
                                 ) -> list[tuple[Any, ...]]:
-    import psycopg
-
     names = ", ".join(TELEMETRY_COLUMNS)
     hist_source = ", ".join(HIST_SOURCE.get(name, name) for name in LATENCY_COLUMNS)
     statements = (f"CREATE TEMP TABLE IF NOT EXISTS ingest_telemetry_hist ON COMMIT DELETE ROWS AS SELECT {names}, "
@@ -110,23 +108,19 @@ def _copy_telemetry_and_latency(session: Session, rows: Sequence[tuple[dict[str,
                   f"INSERT INTO latency_hist ({', '.join(LATENCY_COLUMNS)}) SELECT {hist_source} "
                   "FROM ingest_telemetry_hist WHERE hist_counts IS NOT NULL ON CONFLICT DO NOTHING "
                   "RETURNING device_id, epoch, seq")
-    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
     no_hist = (None, None, None)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statements[0])
-            with cursor.copy(statements[1]) as copy:
-                for row, hist in rows:
-                    payload = row["payload"]
-                    copy.write_row([*(row[name] for name in BEFORE_PAYLOAD),
-                                    payload if isinstance(payload, str) else json.dumps(payload),
-                                    *(no_hist if hist is None else
-                                      (hist["count"], hist["i0"], _compact_json(hist["counts"])))])
-            cursor.execute(statements[2])
-            cursor.execute(statements[3])
-            return list(cursor.fetchall())
-    except psycopg.Error as exc:  # the same exception classes as every other statement (busy vs refused)
-        raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
+    with pg.cursor(session, statements[1]) as cursor:
+        cursor.execute(statements[0])
+        with cursor.copy(statements[1]) as copy:
+            for row, hist in rows:
+                payload = row["payload"]
+                copy.write_row([*(row[name] for name in BEFORE_PAYLOAD),
+                                payload if isinstance(payload, str) else json.dumps(payload),
+                                *(no_hist if hist is None else
+                                  (hist["count"], hist["i0"], _compact_json(hist["counts"])))])
+        cursor.execute(statements[2])
+        cursor.execute(statements[3])
+        return list(cursor.fetchall())
 
 
 def insert_latency(session: Session, *, rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, int]]:
@@ -171,8 +165,6 @@ def _insert_rows(session: Session, table: Any, columns: Sequence[str], rows: lis
 def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[dict[str, Any]], *,
                returning: str | None = None) -> list[tuple[Any, ...]]:
     """``returning``: columns of the rows inserted (not those skipped as duplicates) to return."""
-    import psycopg
-
     names = ", ".join(columns)
     staging = f"ingest_{table}"
     statements = (f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
@@ -180,17 +172,13 @@ def _copy_rows(session: Session, table: str, columns: Sequence[str], rows: list[
                   f"COPY {staging} ({names}) FROM STDIN",
                   f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING"
                   + (f" RETURNING {returning}" if returning else ""))
-    connection = cast("psycopg.Connection[Any]", session.connection().connection.dbapi_connection)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statements[0])
-            with cursor.copy(statements[1]) as copy:
-                for row in rows:
-                    copy.write_row([row[name] for name in columns])
-            cursor.execute(statements[2])
-            return list(cursor.fetchall()) if returning else []
-    except psycopg.Error as exc:  # the same exception classes as every other statement (busy vs refused)
-        raise DBAPIError.instance(statements[1], None, exc, psycopg.Error) from exc
+    with pg.cursor(session, statements[1]) as cursor:
+        cursor.execute(statements[0])
+        with cursor.copy(statements[1]) as copy:
+            for row in rows:
+                copy.write_row([row[name] for name in columns])
+        cursor.execute(statements[2])
+        return list(cursor.fetchall()) if returning else []
 
 
 ENROLLED_PG = ("SELECT id, device_class FROM devices WHERE id IN (SELECT json_array_elements_text(%s::json)) "
