@@ -38,9 +38,6 @@ class FleetLatency:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], list[int]] = {}  # counts on the contract's buckets
 
-    def add(self, model: str | None, version: int | None, i0: int, counts: list[int]) -> None:
-        self.add_rows([{"model_name": model, "model_version": version, "i0": i0, "counts": counts}])
-
     def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Latency rows (``model_name``, ``model_version``, ``i0``, ``counts``), under one lock."""
         with self._lock:

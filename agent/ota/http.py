@@ -17,12 +17,13 @@ Errors are ``HttpError`` (a ``ConnectionError``), so callers catch ``OSError`` f
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json as jsonlib
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
@@ -61,22 +62,18 @@ class Response:
     """One answer. Read it with ``iter_content``, ``content``, ``json()`` or ``text``; ``close()`` (or ``with``)
     hands a fully read connection back for the next request."""
 
-    def __init__(self, url: str, raw: http.client.HTTPResponse | None, release: Any = None, *,
-                 status_code: int = 0, headers: Headers | None = None, content: bytes | None = None) -> None:
+    def __init__(self, url: str, raw: http.client.HTTPResponse, release: Callable[[bool], None]) -> None:
         self.url = url
         self.raw = raw
-        self.status_code = raw.status if raw is not None else status_code
-        self.reason = raw.reason if raw is not None else ""
-        self.headers = Headers(raw.getheaders()) if raw is not None else (headers or Headers())
-        self._content = content
-        self._release = release
+        self.status_code = raw.status
+        self.headers = Headers(raw.getheaders())
+        self._content: bytes | None = None  # the body once read whole (a test's man in the middle may replace it)
+        self._release: Callable[[bool], None] | None = release
 
     def iter_content(self, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
         if self._content is not None:
             for start in range(0, len(self._content), chunk_size):
                 yield self._content[start:start + chunk_size]
-            return
-        if self.raw is None:
             return
         try:
             while True:
@@ -107,7 +104,7 @@ class Response:
 
     def close(self) -> None:
         release, self._release = self._release, None
-        if release is None or self.raw is None:
+        if release is None:
             return
         if not self.raw.isclosed() and self.raw.length == 0:
             self.raw.read()  # a 204, 304 or HEAD answer: nothing to read, and then the connection is free
@@ -209,7 +206,7 @@ class Session:
                 if attempt == 0 and stale:
                     continue  # the server closed a kept connection meanwhile: once more on a fresh one
                 raise HttpError(f"{method} {url}: {_describe(exc)}") from exc
-            return Response(url, raw, lambda reusable, c=connection: self._release(key, c, reusable))
+            return Response(url, raw, functools.partial(self._release, key, connection))
         raise AssertionError("unreachable")
 
     def _connection(self, key: Key, proxy: SplitResult | None,
@@ -233,6 +230,7 @@ class Session:
         return http.client.HTTPConnection(host, port, timeout=connect_s), False
 
     def _release(self, key: Key, connection: http.client.HTTPConnection, reusable: bool) -> None:
+        """Back to the idle pool when ``reusable`` (its answer read whole, keep-alive), else closed."""
         if not reusable:
             connection.close()
             return
