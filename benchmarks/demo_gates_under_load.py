@@ -31,6 +31,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._stress import start_stress, stop_stress
+
 KINDS = ("same", "slower")
 GATE_LINE = re.compile(r"rollout 2: (advance|complete|pause) (.*)$")
 
@@ -97,31 +101,6 @@ def tally(runs: list[dict[str, Any]]) -> dict[str, Any]:
             alarms[device]["ready"] += bool(flag["ready"])
             alarms[device]["alarms"] += bool(flag["drifted"])
     return {"kinds": per_kind, "drift": dict(sorted(alarms.items()))}
-
-
-def start_stress(cpus: int) -> subprocess.Popen[bytes] | None:
-    """stress-ng --cpu ``cpus``, or None (with a line on stderr saying why the runs go unloaded)."""
-    if not cpus:
-        print("load: none (--stress 0)", file=sys.stderr)
-        return None
-    if shutil.which("stress-ng") is None:
-        print(f"load: NONE: stress-ng is not installed, the runs go unloaded (wanted stress-ng --cpu {cpus})",
-              file=sys.stderr)
-        return None
-    print(f"load: stress-ng --cpu {cpus} for the whole run", file=sys.stderr)
-    return subprocess.Popen(["stress-ng", "--cpu", str(cpus), "--quiet"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop_stress(stress: subprocess.Popen[bytes] | None) -> None:
-    if stress is None or stress.poll() is not None:
-        return
-    stress.terminate()
-    try:
-        stress.wait(10)
-    except subprocess.TimeoutExpired:
-        stress.kill()
-        stress.wait(10)
 
 
 def report(result: dict[str, Any]) -> None:

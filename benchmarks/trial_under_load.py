@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import onnx
 
+from benchmarks._stress import start_stress, stop_stress
 from tests.ota.helpers import make_slow_classifier, push, roll_out
 from tests.ota.rig import Device, Traffic
 from tests.support.server import start_server
@@ -48,10 +48,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="trial-load-"))
-    stress = None
-    if args.stress and shutil.which("stress-ng"):
-        stress = subprocess.Popen(["stress-ng", "--cpu", str(args.stress), "--quiet"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+    stress = start_stress(args.stress)
     server = start_server(work / "server")
     outcomes: dict[str, list[dict[str, Any]]] = {"same": [], "slower": []}
     started = time.monotonic()
@@ -75,9 +72,7 @@ def main() -> int:
                                    "paired": (metrics.get("paired") or {}).get("ratio")})
     finally:
         server.stop()
-        if stress is not None:
-            stress.terminate()
-            stress.wait(10)
+        stop_stress(stress)
         shutil.rmtree(work, ignore_errors=True)
     result = {"stress_ng_cpu": args.stress if stress is not None else 0,
               "identical": {"trials": len(outcomes["same"]),
