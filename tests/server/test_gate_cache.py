@@ -3,41 +3,31 @@ before a decision that ends the wait, so that decision sees every committed devi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgefleet.agent.wire import UpdateReport
 from edgefleet.server import rollouts as engine
 from edgefleet.server.crud import devices as device_crud
 from edgefleet.server.crud import registry, rollouts, telemetry
-from edgefleet.server.db import Database, migrate
+from edgefleet.server.db import Database
+from tests.support.databases import migrated_database
+from tests.support.gates import latency_sample, report_committed
 
 DEVICES = [f"gc{i:02d}" for i in range(20)]
 
 
+sample = functools.partial(latency_sample, model="gc")
+commit = functools.partial(report_committed, model="gc")
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'gate.db'}")
-    migrate(database.engine)
-    try:
+    with migrated_database("sqlite", tmp_path) as database:
         yield database
-    finally:
-        database.dispose()
-
-
-def sample(device_id: str, seq: int, ts: float, version: int, p95: float) -> dict[str, Any]:
-    return telemetry.telemetry_row(device_id, {"seq": seq, "ts": ts, "model": {"name": "gc", "version": version},
-                                               "inference": {"latency_ms": {"p95": p95}}}, ts)
-
-
-def commit(db: Database, device_id: str, version: int, now: float) -> None:
-    with db.session() as s:
-        device = device_crud.get_device(s, device_id=device_id)
-        rollouts.record_report(s, device=device, report=UpdateReport(state="committed", model="gc", version=version),
-                               now=now)
 
 
 def test_a_wave_is_judged_on_fresh_data_though_ticks_reuse_it(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,45 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.wire import UpdateReport
 from edgefleet.server.crud import devices as device_crud
 from edgefleet.server.crud import registry, rollouts, telemetry
 from edgefleet.server.crud.gate_data import latency_data
-from edgefleet.server.db import Database, migrate
+from edgefleet.server.db import Database
 from edgefleet.server.latency_gate import LatencySettings
-from tests.support.databases import database_url, postgres_reason
+from tests.support.databases import migrated_database, postgres_reason
+from tests.support.gates import latency_sample, report_committed
 
 PG_SKIP = postgres_reason()
 SETTINGS = LatencySettings(warmup_s=10.0, baseline_s=100.0, min_samples=3)
 
 
+sample = functools.partial(latency_sample, model="gd")
+commit = functools.partial(report_committed, model="gd")
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=[
     pytest.mark.postgres, pytest.mark.skipif(PG_SKIP is not None, reason=PG_SKIP or "")])])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_url(request.param, tmp_path) as url:
-        database = Database(url)
-        migrate(database.engine)
-        try:
-            yield database
-        finally:
-            database.dispose()
-
-
-def sample(device_id: str, seq: int, ts: float, version: int, p95: float, name: str = "gd") -> dict[str, object]:
-    return telemetry.telemetry_row(device_id, {"seq": seq, "ts": ts, "model": {"name": name, "version": version},
-                                               "inference": {"latency_ms": {"p95": p95}}}, ts)
-
-
-def commit(db: Database, device_id: str, version: int, now: float) -> None:
-    with db.session() as s:
-        device = device_crud.get_device(s, device_id=device_id)
-        rollouts.record_report(s, device=device, report=UpdateReport(state="committed", model="gd", version=version),
-                               now=now)
+    with migrated_database(request.param, tmp_path) as database:
+        yield database
 
 
 def test_windows_baselines_and_raw_values(db: Database) -> None:
@@ -81,7 +69,7 @@ def test_windows_baselines_and_raw_values(db: Database) -> None:
     for device_id in controls:
         rows.append(sample(device_id, 9, 1012.0, 1, 77.0))  # before the window opens (1010 + 10)
         rows += [sample(device_id, 10 + k, 1021.0 + k, 1, 3.0) for k in range(2)]
-        rows.append(sample(device_id, 20, 1030.0, 1, 3.0, name="other-model"))  # another model: not counted
+        rows.append(sample(device_id, 20, 1030.0, 1, 3.0, model="other-model"))  # another model: not counted
     with db.session() as s:
         telemetry.insert_telemetry(s, rows=rows)
     with db.session() as s:

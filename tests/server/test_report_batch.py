@@ -12,20 +12,17 @@ from sqlalchemy import event
 from edgefleet.agent.wire import UpdateReport
 from edgefleet.server.crud import devices as device_crud
 from edgefleet.server.crud import registry, rollouts
-from edgefleet.server.db import Database, migrate
+from edgefleet.server.db import Database
 from edgefleet.server.reports import ReportWriter, _Pending
+from tests.support.databases import migrated_database
 
 DEVICES = 60
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'reports.db'}")
-    migrate(database.engine)
-    try:
+    with migrated_database("sqlite", tmp_path) as database:
         yield database
-    finally:
-        database.dispose()
 
 
 def fleet_in_a_rollout(db: Database) -> tuple[dict[str, str], int]:
