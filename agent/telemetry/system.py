@@ -83,12 +83,19 @@ class SystemSampler:
         self._cpu = cpu_times(proc)  # the next sample's CPU figure covers the interval since
 
     def cpu_pct(self) -> float | None:
-        """Busy share of all CPUs since the previous call, in percent (as ``top`` shows it, over all cores)."""
-        now, before = cpu_times(self.proc), self._cpu
-        self._cpu = now
-        if now is None or before is None or now[1] <= before[1]:
+        """Busy share of all CPUs since the previous call, in percent (as ``top`` shows it, over all cores).
+
+        A call less than a clock tick after the previous one has no interval of its own: it measures from boot
+        instead, so the figure is never missing while ``/proc/stat`` can be read.
+        """
+        now = cpu_times(self.proc)
+        if now is None:
             return None
-        return round(100.0 * (now[0] - before[0]) / (now[1] - before[1]), 1)
+        before = self._cpu if self._cpu is not None and now[1] > self._cpu[1] else (0, 0)
+        if now[1] <= before[1]:
+            return None
+        self._cpu = now
+        return round(min(100.0, max(0.0, 100.0 * (now[0] - before[0]) / (now[1] - before[1]))), 1)
 
     def sample(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uptime_s": round(time.monotonic() - self.started, 1)}

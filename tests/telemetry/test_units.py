@@ -256,6 +256,8 @@ def test_system_figures_from_a_proc_tree_and_without_one(tmp_path: Path) -> None
     (proc / "stat").write_text("cpu  250 0 150 800 100 0 0 0 0 0\n")  # 200 busy of 300 jiffies since
     figures = sampler.sample()
     assert figures["cpu_pct"] == 66.7 and figures["mem_mb"] == 1000.0 and figures["rss_mb"] == 25.0
+    # no tick since the previous sample (a fast emit): the figure is the since-boot share, 400 busy of 1300
+    assert sampler.sample()["cpu_pct"] == 30.8
     gone = SystemSampler(tmp_path / "nowhere", proc=tmp_path / "noproc").sample()
     assert not {"cpu_pct", "mem_mb", "rss_mb"} & gone.keys() and gone["disk_free_mb"] is None
 
