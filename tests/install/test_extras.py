@@ -7,7 +7,8 @@ the installed console script, never this checkout's code:
 - the device set with one runtime (``[device,onnx]``, ``[device,litert]``): no OpenCV; the daemon
   serves JSON requests, answers an image request with a one-line 415 that names ``[camera]``;
 - ``[server]``: no OpenCV; the server starts and computes a drift profile from calibration inputs;
-- ``[demo]``: the whole demo loop on the pure-Python broker it brings (amqtt).
+- ``[demo]``: the whole demo loop on the pure-Python broker it brings (amqtt), checked as the README's demo
+  (tests/support/demo_run.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import pytest
 import requests
 import yaml
 
+from tests.support.demo_run import assert_demo_ran_the_whole_loop
 from tests.support.models import make_onnx_image_classifier, make_tflite_float
 from tests.support.net import free_port, wait_until
 
@@ -160,16 +161,14 @@ def test_server_starts_and_profiles_calibration_without_opencv(wheel: Path, venv
         stop(proc)
 
 
-def test_demo_runs_its_loop_on_amqtt(wheel: Path, venv: Venv, tmp_path: Path) -> None:
+def test_demo_runs_the_whole_loop_from_the_installed_package(wheel: Path, venv: Venv, tmp_path: Path) -> None:
+    """The README's first command, shortened, as ``pip install 'edgefleet[demo]'`` gives it: the pure-Python broker
+    it brings, the server, two agents, v1 then v2 in gated waves, a darkened camera flagged by drift."""
     venv.install(wheel, "demo")
     assert venv.has("amqtt") and venv.has("cv2") and venv.has("fastapi")
-    log = tmp_path / "demo.log"
-    started = time.monotonic()
-    proc = venv.start([venv.bin("edgefleet-demo"), "--agents", "2", "--soak", "2", "--broker", "amqtt",
-                       "--workdir", str(tmp_path / "demo"), "--exit-when-done"], log)
-    try:
-        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    finally:
-        stop(proc)
-    assert time.monotonic() - started < 600
-    assert "stopped" in log.read_text()
+    workdir = tmp_path / "demo"
+    proc = subprocess.run([venv.bin("edgefleet-demo"), "--agents", "2", "--soak", "2", "--broker", "amqtt",
+                           "--workdir", str(workdir), "--exit-when-done", "--drift", "cam-02"],
+                          capture_output=True, text=True, timeout=600, cwd=venv.root, env=venv.env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_demo_ran_the_whole_loop(workdir, proc.stdout)

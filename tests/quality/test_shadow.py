@@ -123,7 +123,7 @@ def test_cpu_budget_limits_a_slow_candidate_and_serving_keeps_its_rate(serving: 
         time.sleep(0.01)
         return twin(feeds)
 
-    seconds, budget, burst = 1.2, 10.0, 0.05
+    seconds, budget, burst = 2.0, 10.0, 0.05  # long enough that a loaded box still affords two samples
     baseline = serve_for(seconds, serving, None)
     runner = ShadowRunner(slow, ShadowSpec(sample_fraction=1.0, cpu_budget_pct=budget), "classification",
                           burst_s=burst)

@@ -1,27 +1,14 @@
-"""The README's main command, shortened: the whole loop with real processes end to end."""
+"""What a run of the demo (``edgefleet-demo --exit-when-done --drift cam-02``) must have shown and left behind."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.mark.parametrize("broker", ["amqtt"])
-def test_demo_runs_the_whole_loop(tmp_path: Path, broker: str) -> None:
-    workdir = tmp_path / "demo"
-    demo = Path(sys.executable).with_name("edgefleet-demo")
-    proc = subprocess.run(
-        [str(demo), "--agents", "2", "--soak", "2", "--broker", broker, "--exit-when-done", "--workdir", str(workdir),
-         "--drift", "cam-02"],
-        capture_output=True, text=True, timeout=400, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def assert_demo_ran_the_whole_loop(workdir: Path, out: str) -> None:
+    """The rollout completed, every agent served v2 (installed as a delta), telemetry had no gaps, drift flagged
+    the darkened camera only, and the human output reads as an operator expects."""
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["rollout"]["state"] == "completed"
     assert summary["v2"] == {"kind": "same"}
@@ -40,10 +27,9 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, broker: str) -> None:
     drift = summary["drift"]
     assert drift["cam-01"]["ready"] and not drift["cam-01"]["drifted"], drift
     assert drift["cam-02"]["ready"] and drift["cam-02"]["drifted"] and drift["cam-02"]["synthetic"] is False, drift
-    assert "drift: cam-01 ok, cam-02 DRIFTED (" in proc.stdout and "; 1 alarm" in proc.stdout
-    assert "stopped: agents, server, broker" in proc.stdout
+    assert "drift: cam-01 ok, cam-02 DRIFTED (" in out and "; 1 alarm" in out
+    assert "stopped: agents, server, broker" in out
     # human output: waves as percents or device counts (no Python reprs), 1-based waves, versions by device
-    out = proc.stdout
     assert "classifier v1 in waves 100 %" in out and "classifier v2 in waves of 1, 2 devices" in out
     assert "[100.0]" not in out and "{'" not in out and "wave 0" not in out
     assert "local inference API answers: cam-01 v2, cam-02 v2" in out
