@@ -123,23 +123,28 @@ def test_cpu_budget_limits_a_slow_candidate_and_serving_keeps_its_rate(serving: 
         time.sleep(0.01)
         return twin(feeds)
 
-    seconds, budget, burst = 2.0, 10.0, 0.05  # long enough that a loaded box still affords two samples
-    baseline = serve_for(seconds, serving, None)
+    seconds, budget, burst = 1.2, 10.0, 0.05
+    baseline = serve_for(seconds, serving, None) / seconds
     runner = ShadowRunner(slow, ShadowSpec(sample_fraction=1.0, cpu_budget_pct=budget), "classification",
                           burst_s=burst)
     try:
         start = time.perf_counter()
-        with_shadow = serve_for(seconds, serving, runner)
+        served = 0
+        # the candidate's thread runs at a lower priority: on a loaded box one run can take long enough to spend
+        # the budget of a whole window, so serve on until it has run twice
+        while not served or (runner.sampled < 2 and time.perf_counter() - start < 30):
+            served += serve_for(seconds, serving, runner)
+        with_shadow = served / (time.perf_counter() - start)
         runner.wait_idle(5.0)
         wall = time.perf_counter() - start
         report = runner.report()
     finally:
         runner.stop()
-    again = serve_for(seconds, serving, None)
+    again = serve_for(seconds, serving, None) / seconds
     longest_s = report["latency_ms"]["max"] / 1000
     # busy time <= the initial burst + budget * wall + the one run that overdraws the bucket
     busy_s = report["cpu_pct"] / 100 * wall
     assert busy_s <= burst + budget / 100 * wall + longest_s + 0.01
     assert report["samples"] >= 2
-    assert report["skipped_budget"] > with_shadow / 2  # almost every offer was turned down by the budget
-    assert with_shadow >= 0.6 * max(baseline, again), (baseline, with_shadow, again)
+    assert report["skipped_budget"] > served / 2  # almost every offer was turned down by the budget
+    assert with_shadow >= 0.6 * max(baseline, again), (baseline, with_shadow, again)  # inferences per second
