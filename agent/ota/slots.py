@@ -22,7 +22,7 @@ SLOTS = ("slot-a", "slot-b")
 
 
 class SlotInfo(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), defer_build=True)
 
     meta: ModelMeta
     file: str

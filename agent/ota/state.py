@@ -125,7 +125,7 @@ class StateRecord(BaseModel):
     ``generation`` and ``trusted_time`` are the newest generation and issued_at the device accepted: saved
     (fsync) before the manifest that raised them is acted on, so a replay is refused after any restart."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     state: State = State.IDLE
     target: dict[str, Any] | None = None

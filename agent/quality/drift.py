@@ -52,7 +52,7 @@ class StatProfile(BaseModel):
     """One statistic's reference distribution. ``numeric``: ``len(edges) + 1`` bins with open outer
     bins; ``categorical``: one bin per listed category plus a last "other" bin."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     kind: Literal["numeric", "categorical"]
     edges: list[float] = Field(default_factory=list)
     categories: list[int] = Field(default_factory=list)
@@ -78,7 +78,7 @@ class ReferenceProfile(BaseModel):
     ``input.<brightness|contrast|blur|aspect|pixels>``, ``output.top1_class``,
     ``output.top1_score`` (classifiers) and ``output.<name>`` (values of each output otherwise)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), defer_build=True)
     format: Literal[1] = 1
     model: str | None = None
     version: int | None = None
