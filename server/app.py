@@ -33,6 +33,7 @@ from edgefleet.server.leases import GC, RETENTION, ROLLOUTS, Leases
 from edgefleet.server.limits import BodyLimits
 from edgefleet.server.manifests import ManifestService, Signer
 from edgefleet.server.metrics import install as install_metrics
+from edgefleet.server.offer_writer import OfferWriter
 from edgefleet.server.push import PushCollector, Pusher, publisher_of
 from edgefleet.server.reports import ReportWriter
 from edgefleet.server.state import ServerState, public_url_of
@@ -125,8 +126,8 @@ def build_state(config: ServerConfig) -> ServerState:
     job_runner.register(PAIR_KIND, pair_job(db, store, config))
     return ServerState(config=config, db=db, store=store, signer=signer,
                        manifests=ManifestService(config, signer, public_url), jobs=job_runner,
-                       reports=ReportWriter(db), leases=Leases(db, replica, ttl_s=config.lease_ttl_s),
-                       replica_id=replica)
+                       reports=ReportWriter(db), offers=OfferWriter(db),
+                       leases=Leases(db, replica, ttl_s=config.lease_ttl_s), replica_id=replica)
 
 
 def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
@@ -143,6 +144,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
             with state.db.session() as session:
                 job_crud.expire_all_claims(session)
         state.reports.start()
+        state.offers.start()
         tasks = Background(state)
         app.state.background = tasks
         if config.mqtt.enabled:
@@ -170,6 +172,7 @@ def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
                 state.ingestor.stop()
             state.jobs.shutdown()
             state.reports.stop()
+            state.offers.stop()
             state.db.dispose()
 
     app = FastAPIOffline(title="edgefleet update server", version="1", lifespan=lifespan,

@@ -1,7 +1,8 @@
 """What a device may download: exactly what the last manifest sent to it offered.
 
-The check-in records the offer (``Device.offered``) from the signed body it sends; the download routes
-refuse a device token anything else with 403. Before refusing, the offer is read again from the manifest
+The check-in records the offer (``Device.offered``) from the signed body it sends, through the offer writer
+(server/offer_writer.py: off the check-in's path, many in one transaction); the download routes refuse a
+device token anything else with 403. Before refusing, the offer is read again from the manifest
 the device would get now (the manifest service's cache makes that cheap), so an offer whose check-in did
 not commit never locks a device out. The operator's admin token downloads any artifact.
 """
@@ -31,32 +32,37 @@ def offer_of(body: bytes | None) -> dict[str, Any] | None:
 
 
 def record_offer(device: Device, body: bytes | None) -> None:
+    """Set the offer on the device row in the caller's session (a download being judged)."""
     offer = offer_of(body)
     if device.offered != offer:  # an unchanged offer writes nothing
         device.offered = offer
 
 
-def artifact_refusal(device: Device, sha256: str) -> str | None:
-    """None when the device's manifest offered ``sha256``; else the one-line reason."""
-    offered = device.offered or {}
-    if offered.get("artifact") == sha256:
-        return None
-    return f"artifact {sha256[:16]}… was not offered to device {device.id} by its manifest"
+def changed_offer(device: Device, body: bytes | None) -> tuple[bool, dict[str, Any] | None]:
+    """(whether the offer of ``body`` differs from the stored one, that offer)."""
+    offer = offer_of(body)
+    return device.offered != offer, offer
 
 
-def delta_refusal(device: Device, from_sha256: str, to_sha256: str) -> str | None:
-    offered = device.offered or {}
-    if offered.get("delta") == [from_sha256, to_sha256]:
+def artifact_refusal(device_id: str, offered: dict[str, Any] | None, sha256: str) -> str | None:
+    """None when the offer ``offered`` (of device ``device_id``) names ``sha256``; else the one-line reason."""
+    if (offered or {}).get("artifact") == sha256:
         return None
-    return f"delta {from_sha256[:16]}…→{to_sha256[:16]}… was not offered to device {device.id} by its manifest"
+    return f"artifact {sha256[:16]}… was not offered to device {device_id} by its manifest"
+
+
+def delta_refusal(device_id: str, offered: dict[str, Any] | None, from_sha256: str, to_sha256: str) -> str | None:
+    if (offered or {}).get("delta") == [from_sha256, to_sha256]:
+        return None
+    return f"delta {from_sha256[:16]}…→{to_sha256[:16]}… was not offered to device {device_id} by its manifest"
 
 
 def refusal(manifests: ManifestService, session: Session, device: Device,
-            judge: Callable[[Device], str | None]) -> str | None:
-    """None when ``judge`` allows the download under the recorded offer or under the manifest of now."""
-    reason = judge(device)
+            judge: Callable[[dict[str, Any] | None], str | None]) -> str | None:
+    """None when ``judge`` allows the download under the recorded offer or under the manifest of now (an offer
+    the offer writer has not stored yet, or never will); the latter is not written here: judging writes nothing."""
+    reason = judge(device.offered)
     if reason is None:
         return None
     signed = manifests.signed(session, device=device, now=time.time())
-    record_offer(device, signed.body if signed is not None else None)
-    return judge(device)
+    return judge(offer_of(signed.body if signed is not None else None))

@@ -10,6 +10,7 @@ from edgefleet.server.ingest import Ingestor
 from edgefleet.server.jobs import JobRunner
 from edgefleet.server.leases import Leases
 from edgefleet.server.manifests import ManifestService, Signer
+from edgefleet.server.offer_writer import OfferWriter
 from edgefleet.server.push import Pusher
 from edgefleet.server.reports import ReportWriter
 from edgefleet.server.storage import ArtifactStore
@@ -28,6 +29,7 @@ class ServerState:
     manifests: ManifestService
     jobs: JobRunner
     reports: ReportWriter
+    offers: OfferWriter  # download offers of check-ins, written in batches (server/offer_writer.py)
     leases: Leases
     replica_id: str
     ingestor: Ingestor | None = None

@@ -122,9 +122,10 @@ def artifact(sha256: ShaPath, state: StateDep, credentials: Credentials,
     # stays checked out until the event loop tears it down (a wave of downloads then held the whole pool)
     with state.db.session() as session:
         who = downloader(state, session, credentials)
-        if who is not None and (refused := refusal(state.manifests, session, who,
-                                                   lambda device: artifact_refusal(device, sha256))) is not None:
-            raise HTTPException(403, refused)
+        if who is not None:
+            refused = refusal(state.manifests, session, who, lambda offered: artifact_refusal(who.id, offered, sha256))
+            if refused is not None:
+                raise HTTPException(403, refused)
     return serve(state.store, sha256, sha256, range, if_range, if_none_match)
 
 
@@ -139,7 +140,7 @@ def delta(from_sha256: ShaPath, to_sha256: ShaPath, state: StateDep, session: Se
     if from_sha256 == to_sha256:
         raise HTTPException(422, "from and to are the same artifact")
     if who is not None and (refused := refusal(state.manifests, session, who,
-                                               lambda device: delta_refusal(device, from_sha256, to_sha256))
+                                               lambda offered: delta_refusal(who.id, offered, from_sha256, to_sha256))
                             ) is not None:
         raise HTTPException(403, refused)
     row = get_delta(session, from_sha256=from_sha256, to_sha256=to_sha256, algorithm=algorithm)
