@@ -81,6 +81,14 @@ class FleetCollector(Collector):
                       writer.batches)
         yield _single(GaugeMetricFamily, "edgefleet_report_queue_depth", "Update reports waiting for the writer",
                       writer.queue_depth())
+        offers = self.state.offers
+        yield _single(CounterMetricFamily, "edgefleet_offers_written", "Download offers of check-ins stored",
+                      offers.written)
+        yield _single(CounterMetricFamily, "edgefleet_offers_failed",
+                      "Download offers not stored (a database error; downloads are judged by the manifest of now)",
+                      offers.failed)
+        yield _single(GaugeMetricFamily, "edgefleet_offer_queue_depth", "Download offers waiting for the offer writer",
+                      offers.pending())
 
     def _fleet(self) -> Iterator[Metric]:
         started = time.perf_counter()

@@ -32,6 +32,7 @@ class OfferWriter:
         self._pending: dict[str, dict[str, Any] | None] = {}
         self._cond = threading.Condition()
         self._stopping = False
+        self._writing = 0  # offers taken for the transaction under way
         self._thread = threading.Thread(target=self._loop, name="edgefleet-offer-writer", daemon=True)
         self.written = 0
         self.failed = 0
@@ -57,14 +58,16 @@ class OfferWriter:
         return True
 
     def pending(self) -> int:
+        """Offers not stored yet: queued, or in the transaction under way."""
         with self._cond:
-            return len(self._pending)
+            return len(self._pending) + self._writing
 
     def _take(self) -> tuple[list[tuple[str, dict[str, Any] | None]], bool]:
         with self._cond:
             while not self._pending and not self._stopping:
                 self._cond.wait()
             ids = sorted(self._pending)[:self.max_batch]
+            self._writing = len(ids)
             return [(device_id, self._pending.pop(device_id)) for device_id in ids], self._stopping
 
     def _loop(self) -> None:
@@ -72,8 +75,10 @@ class OfferWriter:
             batch, stopping = self._take()
             if batch:
                 self._write(batch)
-            if stopping and not self.pending():
-                return
+            with self._cond:
+                self._writing = 0
+                if stopping and not self._pending:
+                    return
 
     def _write(self, batch: list[tuple[str, dict[str, Any] | None]]) -> None:
         try:
