@@ -52,7 +52,10 @@ def test_model_with_twice_the_compute_rolls_back(server: RunningServer, tmp_path
     device, _ = start_on(server, tmp_path, "trial-2x", "twice")
     slower = make_slow_classifier(tmp_path / "twice-v2.onnx", seed=1, depth=8, width=512)
     second = push(server.url, server.admin(), "twice", slower)
-    rollout = roll_out(server.url, server.admin(), "twice", second["version"], ["trial-2x"], trial=TRIAL)
+    # 40 inferences: the previous model is then timed 80 times beside it, enough for the median ratio's interval
+    # to clear x1.5 on a box loaded by the other test workers (60 timings left it at x1.48 once, and it committed)
+    rollout = roll_out(server.url, server.admin(), "twice", second["version"], ["trial-2x"],
+                       trial={**TRIAL, "min_inferences": 40})
     with Traffic(device.host, pause_s=0.002):
         assert device.update() == "rolled_back", str(device.client.ctx.trial_metrics)
     reason = next(f["reason"] for t, f in device.log.events if t == "update.rolled_back")
