@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from edgefleet.agent.wire import Manifest, SignedManifest
 from edgefleet.server.db.models import Device
 from edgefleet.server.manifests import ManifestService
+from edgefleet.server.offer_writer import OfferWriter
 
 
 def offer_of(body: bytes | None) -> dict[str, Any] | None:
@@ -31,17 +32,12 @@ def offer_of(body: bytes | None) -> dict[str, Any] | None:
             "delta": [manifest.delta.from_sha256, artifact] if manifest.delta is not None else None}
 
 
-def record_offer(device: Device, body: bytes | None) -> None:
-    """Set the offer on the device row in the caller's session (a download being judged)."""
+def record_offer(device: Device, body: bytes | None, writer: OfferWriter) -> None:
+    """Record what ``body`` offers the device: through ``writer``, off the caller's transaction; on the device
+    row in the caller's session only when the writer is not running (the server stopping)."""
     offer = offer_of(body)
-    if device.offered != offer:  # an unchanged offer writes nothing
+    if device.offered != offer and not writer.submit(device.id, offer):  # an unchanged offer writes nothing
         device.offered = offer
-
-
-def changed_offer(device: Device, body: bytes | None) -> tuple[bool, dict[str, Any] | None]:
-    """(whether the offer of ``body`` differs from the stored one, that offer)."""
-    offer = offer_of(body)
-    return device.offered != offer, offer
 
 
 def artifact_refusal(device_id: str, offered: dict[str, Any] | None, sha256: str) -> str | None:

@@ -29,7 +29,7 @@ from edgefleet.server.crud import devices as crud
 from edgefleet.server.crud import fleet
 from edgefleet.server.crud import telemetry as telemetry_crud
 from edgefleet.server.manifests import SignedBody
-from edgefleet.server.offers import changed_offer, record_offer
+from edgefleet.server.offers import record_offer
 from edgefleet.server.quality import device_drift
 from edgefleet.server.samples import grant
 from edgefleet.server.state import ServerState
@@ -89,9 +89,7 @@ def _checkin(state: ServerState, device_id: str, token: str, legacy: bool) -> tu
         if device is None:
             return False, None
         signed = state.manifests.signed(session, device=device, now=time.time(), legacy=legacy)
-        changed, offer = changed_offer(device, signed.body if signed is not None else None)
-        if changed and not state.offers.submit(device.id, offer):  # what it may download now
-            record_offer(device, signed.body if signed is not None else None)
+        record_offer(device, signed.body if signed is not None else None, state.offers)  # what it may download now
         return True, signed
 
 
