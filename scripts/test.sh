@@ -7,10 +7,6 @@ echo "== ruff"; .venv/bin/ruff check agent server tests benchmarks
 echo "== mypy"; .venv/bin/mypy
 echo "== import contracts"; .venv/bin/lint-imports --no-cache
 # Three workers on CI's two cores: most tests wait on brokers, servers and agents. A file stays on one worker
-# (its module fixtures are started once); PYTEST_WORKERS=0 runs it serially.
+# (its module fixtures are started once); PYTEST_WORKERS=0 runs it in this process.
 workers="${PYTEST_WORKERS:-3}"
-if [ "$workers" = 0 ]; then
-  echo "== pytest"; .venv/bin/python -m pytest -q "$@"
-else
-  echo "== pytest ($workers workers)"; .venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"
-fi
+echo "== pytest ($workers workers)"; .venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"

@@ -40,11 +40,8 @@ def test_report_burst_is_group_committed_and_each_answer_is_its_own(server: Runn
     its own token) and they share transactions, so they do not hold the threads check-ins need."""
     tokens = {f"rep-{i}": server.enroll(f"rep-{i}") for i in range(40)}
 
-    def metric(name: str) -> float:
-        text = httpx.get(server.url + "/metrics", headers=server.admin(), timeout=10).text
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
-
-    written_before, batches_before = metric("edgefleet_reports_written_total"), metric("edgefleet_report_batches_total")
+    written_before = server.metric("edgefleet_reports_written_total")
+    batches_before = server.metric("edgefleet_report_batches_total")
 
     async def burst() -> list[tuple[str, int, int]]:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100), timeout=30) as client:
@@ -60,8 +57,8 @@ def test_report_burst_is_group_committed_and_each_answer_is_its_own(server: Runn
     results = asyncio.run(burst())
     assert sorted(status for _, index, status in results if index < 99) == [204] * 200
     assert {(device, status) for device, index, status in results if index == 99} == {("rep-0", 401), ("rep-1", 403)}
-    written = metric("edgefleet_reports_written_total") - written_before
-    batches = metric("edgefleet_report_batches_total") - batches_before
+    written = server.metric("edgefleet_reports_written_total") - written_before
+    batches = server.metric("edgefleet_report_batches_total") - batches_before
     assert written == 200 and 1 <= batches < written  # refused tokens are answered from the same transactions
     device = httpx.get(server.url + "/v1/devices/rep-7", headers=server.admin(), timeout=10).json()
     assert device["update_state"] == "downloading" and device["last_seen"] is not None

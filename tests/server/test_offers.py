@@ -19,11 +19,6 @@ def stored_offer(db: Path, device_id: str) -> object:
     return json.loads(row[0]) if row and row[0] is not None else None
 
 
-def metric(server: RunningServer, name: str) -> float:
-    text = requests.get(server.url + "/metrics", headers=server.admin(), timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
-
-
 def test_a_check_in_and_its_download_answer_while_another_writer_holds_the_database(
         server: RunningServer, onnx_files: tuple[Path, Path]) -> None:
     """SQLite has one writer at a time. A check-in that brings a new manifest used to write its offer in its own
@@ -34,7 +29,7 @@ def test_a_check_in_and_its_download_answer_while_another_writer_holds_the_datab
     token = server.enroll("offer-1")
     rollout_to(server, "offer", 1, ["offer-1"])
     db = server.workdir / "edgefleet.db"
-    written_before = metric(server, "edgefleet_offers_written_total")
+    written_before = server.metric("edgefleet_offers_written_total")
     holder = sqlite3.connect(db, timeout=0, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long batch holds it
     try:
@@ -45,7 +40,7 @@ def test_a_check_in_and_its_download_answer_while_another_writer_holds_the_datab
         assert download.status_code == 200 and download.content == onnx_files[0].read_bytes()
         row = holder.execute("SELECT offered FROM devices WHERE id = 'offer-1'").fetchone()
         assert row[0] is None  # still queued behind the lock
-        assert metric(server, "edgefleet_offer_queue_depth") >= 1
+        assert server.metric("edgefleet_offer_queue_depth") >= 1
         other = requests.get(f"{server.url}/v1/artifacts/{'0' * 64}", headers=bearer(token), timeout=8)
         assert other.status_code == 403 and "not offered to device offer-1" in other.json()["detail"]
     finally:
@@ -54,5 +49,5 @@ def test_a_check_in_and_its_download_answer_while_another_writer_holds_the_datab
     wait_until(lambda: stored_offer(db, "offer-1") == {"artifact": sha, "delta": None}, timeout=15)
     again = requests.get(f"{server.url}/v1/artifacts/{sha}", headers=bearer(token), timeout=8)
     assert again.status_code == 200
-    assert metric(server, "edgefleet_offers_written_total") > written_before
-    assert metric(server, "edgefleet_offer_queue_depth") == 0 and metric(server, "edgefleet_offers_failed_total") == 0
+    assert server.metric("edgefleet_offers_written_total") > written_before
+    assert server.metric("edgefleet_offer_queue_depth") == 0 and server.metric("edgefleet_offers_failed_total") == 0

@@ -4,7 +4,6 @@ window; none for a rollout created with push off, none on a pause; a dead broker
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -81,13 +80,6 @@ def create(server: RunningServer, body: dict[str, Any]) -> dict[str, Any]:
     return dict(response.json())
 
 
-def metric(server: RunningServer, name: str) -> float:
-    text = requests.get(server.url + "/metrics", headers=server.admin(), timeout=5).text
-    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert found, f"{name} missing from /metrics"
-    return float(found.group(1))
-
-
 def wait_for(commands: Commands, devices: set[str], count: int, timeout: float = 20.0) -> list[Any]:
     got = wait_until(lambda: len(r := commands.to(devices)) >= count and r, timeout=timeout)
     assert isinstance(got, list)
@@ -99,7 +91,7 @@ def test_wave_starts_and_revert_push_spread_over_the_window(pushing: RunningServ
     tokens = {f"pw-{i}": pushing.enroll(f"pw-{i}", tags=["pw"]) for i in range(8)}
     everyone = set(tokens)
     push(pushing, "pw", onnx_files[0])
-    sent_before = metric(pushing, "edgefleet_push_sent_total")
+    sent_before = pushing.metric("edgefleet_push_sent_total")
     doc = create(pushing, {"model": "pw", "version": 1, "target": {"tags": ["pw"]}, "waves": [50, 100],
                            "gates": {"min_committed_ratio": 1.0, "soak_s": 0, "max_p95_regression": None}})
     rid = doc["id"]
@@ -141,8 +133,8 @@ def test_wave_starts_and_revert_push_spread_over_the_window(pushing: RunningServ
     reverts = wait_for(commands, everyone, 18)[9:]
     assert sorted(device for device, _, _ in reverts) == sorted(everyone)
     assert all(desired(pushing, d, tokens[d]) is None for d in everyone)  # no earlier model to go back to
-    wait_until(lambda: metric(pushing, "edgefleet_push_sent_total") - sent_before >= 18, timeout=10)
-    assert metric(pushing, "edgefleet_push_failed_total") == 0
+    wait_until(lambda: pushing.metric("edgefleet_push_sent_total") - sent_before >= 18, timeout=10)
+    assert pushing.metric("edgefleet_push_failed_total") == 0
 
 
 def test_a_rollout_without_push_leaves_it_to_polling(pushing: RunningServer, commands: Commands,
@@ -173,11 +165,11 @@ def test_a_dead_broker_fails_the_push_not_the_rollout(tmp_path: Path, mosquitto:
         tokens = {f"db-{i}": server.enroll(f"db-{i}", tags=["db"]) for i in range(3)}
         push(server, "db", onnx_files[0])
         mosquitto.stop()
-        wait_until(lambda: metric(server, "edgefleet_mqtt_connected") == 0, timeout=20)
+        wait_until(lambda: server.metric("edgefleet_mqtt_connected") == 0, timeout=20)
         doc = create(server, {"model": "db", "version": 1, "target": {"tags": ["db"]}, "waves": [100],
                               "gates": {"soak_s": 0, "max_p95_regression": None}})
-        wait_until(lambda: metric(server, "edgefleet_push_failed_total") == 3, timeout=10)
-        assert metric(server, "edgefleet_push_sent_total") == 0
+        wait_until(lambda: server.metric("edgefleet_push_failed_total") == 3, timeout=10)
+        assert server.metric("edgefleet_push_sent_total") == 0
         for device, token in tokens.items():  # polling still finds the new desired state
             manifest = desired(server, device, token)
             assert manifest is not None and manifest["rollout_id"] == doc["id"]
@@ -210,7 +202,7 @@ def test_two_replicas_push_each_wave_once(tmp_path: Path, mosquitto: Mosquitto,
             wait_for(commands, rest, 2)  # wave 2, started by whichever replica leads the rollout loop
             time.sleep(2.0)  # a second push of the same wave would have arrived by now
             assert sorted(d for d, _, _ in commands.to(set(tokens))) == sorted(tokens)
-            assert metric(a, "edgefleet_push_sent_total") + metric(b, "edgefleet_push_sent_total") == 3
+            assert a.metric("edgefleet_push_sent_total") + b.metric("edgefleet_push_sent_total") == 3
         finally:
             cluster.stop()
             commands.close()

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,13 @@ class RunningServer:
             headers={"Authorization": f"Bearer {current_token}"} if current_token else {})
         response.raise_for_status()
         return str(response.json()["token"])
+
+    def metric(self, name: str) -> float:
+        """An unlabelled series of ``/metrics`` (as the operator scrapes it); asserts that it is exported."""
+        text = requests.get(self.url + "/metrics", headers=self.admin(), timeout=10).text
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        assert found, f"{name} missing from /metrics"
+        return float(found.group(1))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
