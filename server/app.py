@@ -20,6 +20,7 @@ from edgefleet.server.api.routes import rollouts as rollout_routes
 from edgefleet.server.artifact_gc import Collected, collect
 from edgefleet.server.config import ServerConfig, replica_id_of
 from edgefleet.server.crud import jobs as job_crud
+from edgefleet.server.crud import rollouts as rollout_crud
 from edgefleet.server.crud.telemetry import downsample_and_expire
 from edgefleet.server.db import Database, migrate
 from edgefleet.server.deltas import KIND as DELTAS_JOB
@@ -34,7 +35,7 @@ from edgefleet.server.limits import BodyLimits
 from edgefleet.server.manifests import ManifestService, Signer
 from edgefleet.server.metrics import install as install_metrics
 from edgefleet.server.offer_writer import OfferWriter
-from edgefleet.server.push import PushCollector, Pusher, publisher_of
+from edgefleet.server.push import NotFetched, PushCollector, Pusher, publisher_of
 from edgefleet.server.reports import ReportWriter
 from edgefleet.server.state import ServerState, public_url_of
 from edgefleet.server.storage import make_store
@@ -130,10 +131,19 @@ def build_state(config: ServerConfig) -> ServerState:
                        leases=Leases(db, replica, ttl_s=config.lease_ttl_s), replica_id=replica)
 
 
+def not_fetched_of(state: ServerState) -> NotFetched:
+    def not_fetched(pushed: dict[int, list[str]]) -> set[tuple[int, str]]:
+        with state.db.session() as session:
+            return rollout_crud.not_fetched(session, pushed=pushed)
+
+    return not_fetched
+
+
 def create_app(config: ServerConfig, *, background: bool = True) -> FastAPI:
     state = build_state(config)
     pusher = Pusher(publisher_of(state), spread_s=config.rollouts.push_spread_s,
-                    rate_per_s=config.rollouts.push_rate_per_s)
+                    rate_per_s=config.rollouts.push_rate_per_s, max_in_flight=config.rollouts.push_max_in_flight,
+                    in_flight_timeout_s=config.rollouts.push_in_flight_timeout_s, not_fetched=not_fetched_of(state))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -105,6 +105,12 @@ class RolloutsSection(Section):
     # rollout.server_cpu_ms_per_update), and a process has one core: 50/s keeps a replica at about half of it,
     # so check-ins stay fast; set it to about 50 x the replicas behind the load balancer
     push_rate_per_s: float = Field(default=50.0, gt=0, le=100_000)
+    # ... and only while fewer than this many pushed devices, online, have not fetched the update yet (check-in
+    # and download still ahead of them): a server slower than the rate holds the pushes instead of queueing
+    # them in its sockets (0: no bound). A pushed device leaves the count once its report says it has the
+    # artifact, it goes offline, or this long after its push
+    push_max_in_flight: int = Field(default=100, ge=0, le=1_000_000)
+    push_in_flight_timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 
 class ServerConfig(Section):

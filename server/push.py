@@ -15,6 +15,11 @@ next ones from the rollout tick, devices that joined meanwhile on resume) and th
 - Spread: a batch of N devices goes out evenly over ``max(push_spread_s, N / push_rate_per_s)``, the first
   at once, so check-ins and downloads do not arrive as one stampede; batches go out in commit order. A device
   still waiting in an earlier batch is not queued again (its one check-in sees the newest state).
+- Window: with ``push_max_in_flight`` N, a push goes out only while fewer than N devices this replica pushed
+  are online and have not fetched the update yet (``crud.rollouts.not_fetched``: state assigned, idle or
+  downloading), each for at most ``push_in_flight_timeout_s`` after its push. A server slower than the rate
+  thus slows the push to the pace it serves updates, instead of queueing check-ins and downloads until they
+  time out; the state comes from the database, so it holds whichever replica serves the devices.
 - A broker that is down or refuses costs only the push: failures are counted (``/metrics``) and logged in
   one line per batch.
 """
@@ -40,7 +45,10 @@ from edgefleet.agent.wire import Command
 log = logging.getLogger("edgefleet.server.push")
 NOTES = "edgefleet.push"  # key of the pending pushes in Session.info
 MAX_PENDING = 1_000_000  # devices waiting for their push; beyond, a batch is dropped (counted)
+WINDOW_REFRESH_S = 0.5  # how often a full window asks the database which pushed devices have fetched
 Publish = Callable[[str, Command], None]
+# rollout id -> pushed device ids  ->  the (rollout id, device id) pairs still owing their fetch
+NotFetched = Callable[[dict[int, list[str]]], set[tuple[int, str]]]
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,13 @@ class Pusher:
     """The background publisher of one replica (a daemon thread; ``publish`` raises ``ConnectionError``)."""
 
     def __init__(self, publish: Publish, *, spread_s: float, rate_per_s: float,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, max_in_flight: int = 0, in_flight_timeout_s: float = 60.0,
+                 not_fetched: NotFetched | None = None) -> None:
         self.publish = publish
         self.spread_s = spread_s
         self.rate_per_s = rate_per_s
         self.max_pending = max_pending
+        self.window = Window(max_in_flight if not_fetched else 0, in_flight_timeout_s, not_fetched)
         self.sent = self.failed = self.dropped = self.batches = 0
         self._queue: deque[Batch] = deque()
         self._pending: set[str] = set()
@@ -147,18 +157,25 @@ class Pusher:
 
     def _send(self, batch: Batch) -> None:
         gap = spacing_s(len(batch.device_ids), spread_s=self.spread_s, rate_per_s=self.rate_per_s)
-        started = time.monotonic()
+        started = next_at = time.monotonic()
         sent = failed = 0
+        held_s = 0.0
         first_error: str | None = None
-        for index, device_id in enumerate(batch.device_ids):
-            delay = started + index * gap - time.monotonic()
+        for device_id in batch.device_ids:
+            delay = next_at - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
+            waited = self.window.wait_for_room(self._stop)
+            if waited is None:
+                return
+            held_s += waited
+            next_at = max(next_at, time.monotonic()) + gap  # after a hold, on at the batch's pace (no burst)
             with self._cond:
                 self._pending.discard(device_id)
             try:
                 self.publish(device_id, Command(id=uuid.uuid4().hex, type="check_update",
                                                 args={"rollout_id": batch.rollout_id}))
+                self.window.pushed(batch.rollout_id, device_id)
                 sent += 1
             except (ConnectionError, OSError, ValueError) as exc:
                 failed += 1
@@ -171,8 +188,60 @@ class Pusher:
             log.warning("push: rollout %s %s: %d of %d pushes failed (%s); those devices learn of it at their "
                         "next poll", batch.rollout_id, batch.why, failed, sent + failed, first_error)
         else:
-            log.info("push: rollout %s %s: check_update sent to %d devices over %.1fs", batch.rollout_id,
-                     batch.why, sent, took)
+            log.info("push: rollout %s %s: check_update sent to %d devices over %.1fs%s", batch.rollout_id,
+                     batch.why, sent, took, f" ({held_s:.1f}s held with {self.window.limit} devices yet to "
+                     "fetch the update)" if held_s >= 0.05 else "")
+
+
+class Window:
+    """The pushed devices that still owe the server their check-in and download (at most ``limit``; 0: no
+    bound). Used by the pusher's thread only, apart from ``size`` (a metric)."""
+
+    def __init__(self, limit: int, timeout_s: float, not_fetched: NotFetched | None) -> None:
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.not_fetched = not_fetched
+        self.held_s = 0.0  # seconds pushes waited for room, all batches
+        self._pushed_at: dict[tuple[int, str], float] = {}
+
+    def size(self) -> int:
+        return len(self._pushed_at)
+
+    def pushed(self, rollout_id: int, device_id: str) -> None:
+        if self.limit:
+            self._pushed_at[(rollout_id, device_id)] = time.monotonic()
+
+    def wait_for_room(self, stop: threading.Event) -> float | None:
+        """Seconds waited until a push may go out; None when stopped meanwhile."""
+        if not self.limit or len(self._pushed_at) < self.limit:
+            return 0.0
+        started = time.monotonic()
+        while True:
+            self._refresh()
+            if len(self._pushed_at) < self.limit:
+                waited = time.monotonic() - started
+                self.held_s += waited
+                return waited
+            if stop.wait(WINDOW_REFRESH_S):
+                return None
+
+    def _refresh(self) -> None:
+        expired_before = time.monotonic() - self.timeout_s
+        for key in [k for k, at in self._pushed_at.items() if at < expired_before]:
+            del self._pushed_at[key]
+        asked: dict[int, list[str]] = {}
+        for rollout_id, device_id in self._pushed_at:
+            asked.setdefault(rollout_id, []).append(device_id)
+        if not asked or self.not_fetched is None:
+            return
+        try:
+            waiting = self.not_fetched(asked)
+        except Exception as exc:  # a database that does not answer: pushes wait for the timeout instead
+            log.warning("push: cannot read which pushed devices fetched the update (%s); waiting up to %.0fs "
+                        "per push", exc, self.timeout_s)
+            return
+        for key in [k for k in self._pushed_at if k not in waiting]:
+            del self._pushed_at[key]
 
 
 class PushCollector(Collector):
@@ -197,6 +266,14 @@ class PushCollector(Collector):
         waiting = GaugeMetricFamily("edgefleet_push_pending", "Devices waiting for their push")
         waiting.add_metric([], float(pusher.pending()))
         yield waiting
+        in_flight = GaugeMetricFamily("edgefleet_push_in_flight",
+                                      "Pushed devices, online, that have not fetched the update yet (the window)")
+        in_flight.add_metric([], float(pusher.window.size()))
+        yield in_flight
+        held = CounterMetricFamily("edgefleet_push_held_seconds",
+                                   "Seconds pushes waited because the window was full (rollouts.push_max_in_flight)")
+        held.add_metric([], pusher.window.held_s)
+        yield held
 
 
 def publisher_of(state: Any) -> Publish:
@@ -211,4 +288,4 @@ def publisher_of(state: Any) -> Publish:
     return publish
 
 
-__all__ = ["Batch", "PushCollector", "Pusher", "note_push", "publisher_of", "spacing_s"]
+__all__ = ["Batch", "NotFetched", "PushCollector", "Pusher", "Window", "note_push", "publisher_of", "spacing_s"]

@@ -21,6 +21,7 @@ ACTIVE = ("running", "paused")
 FAILED_STATES = ("rolled_back", "rejected", "failed")
 NOT_COUNTED = ("pending", "superseded")
 IN_FLIGHT = ("assigned", "idle", "downloading", "verifying", "installing", "trial")
+NOT_FETCHED = ("assigned", "idle", "downloading")  # the server's part of the update (check-in, download) ahead
 
 
 def target_matches(target: dict[str, Any], device: Device) -> bool:
@@ -161,6 +162,19 @@ def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float, pus
         set_desired(device, version_id=rollout.version_id, rollout_id=rollout.id, now=now)
     if push and rollout.push:
         note_push(session, rollout_id=rollout.id, why=f"wave {wave + 1}", device_ids=assigned)
+
+
+def not_fetched(session: Session, *, pushed: dict[int, list[str]]) -> set[tuple[int, str]]:
+    """Of these pushed devices (rollout id -> device ids), the (rollout, device) pairs whose device is online
+    and has not fetched the update yet: what a push still owes the server (server/push.py window)."""
+    waiting: set[tuple[int, str]] = set()
+    for rollout_id, device_ids in pushed.items():
+        rows = session.execute(
+            select(RolloutDevice.device_id).join(Device, Device.id == RolloutDevice.device_id).where(
+                RolloutDevice.rollout_id == rollout_id, RolloutDevice.device_id.in_(device_ids),
+                RolloutDevice.state.in_(NOT_FETCHED), Device.online.is_(True)))
+        waiting.update((rollout_id, device_id) for (device_id,) in rows)
+    return waiting
 
 
 def join_rollouts(session: Session, *, device: Device, now: float) -> Rollout | None:

@@ -15,7 +15,7 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.agent.wire import TOPIC_ROOT
+from edgefleet.agent.wire import TOPIC_ROOT, Birth, Will
 from tests.server.test_rollouts import desired, push, report, rollout
 from tests.support.broker import Mosquitto
 from tests.support.cluster import start_cluster
@@ -179,6 +179,64 @@ def test_a_dead_broker_fails_the_push_not_the_rollout(tmp_path: Path, mosquitto:
         assert len(failures) == 1 and "3 of 3" in failures[0], failures
     finally:
         server.stop()
+
+
+def publish_status(port: int, device_id: str, payload: str) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"status-{device_id}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(f"{TOPIC_ROOT}/{device_id}/status", payload, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def online(server: RunningServer, device_id: str) -> bool:
+    response = requests.get(f"{server.url}/v1/devices/{device_id}", headers=server.admin(), timeout=5)
+    return bool(response.json()["online"])
+
+
+def test_the_window_holds_pushes_until_devices_fetch_go_offline_or_time_out(
+        tmp_path: Path, mosquitto: Mosquitto, onnx_files: tuple[Path, Path]) -> None:
+    timeout_s = 5.0
+    commands = Commands(mosquitto.port)
+    server = start_server(tmp_path, mosquitto.port, overrides={"rollouts": {
+        "push_spread_s": 0, "push_rate_per_s": 100.0, "push_max_in_flight": 2,
+        "push_in_flight_timeout_s": timeout_s}})
+    try:
+        tokens = {f"wi-{i}": server.enroll(f"wi-{i}", tags=["wi"]) for i in range(5)}
+        everyone = set(tokens)
+        for device in tokens:
+            publish_status(mosquitto.port, device, Birth(session=1, agent_version="test").model_dump_json())
+        wait_until(lambda: all(online(server, d) for d in tokens), timeout=10)
+        push(server, "wi", onnx_files[0])
+        doc = create(server, {"model": "wi", "version": 1, "target": {"tags": ["wi"]}, "waves": [100],
+                              "gates": {"soak_s": 0, "max_p95_regression": None}})
+        rid = doc["id"]
+        first = [d for d, _, _ in wait_for(commands, everyone, 2)]
+        time.sleep(1.5)
+        assert len(commands.to(everyone)) == 2, "pushed past a full window"  # neither has fetched
+        # a device that reports it has the artifact frees its place: one more push
+        report(server, first[0], tokens[first[0]], "downloading", "wi", 1, rid)
+        time.sleep(1.5)
+        assert len(commands.to(everyone)) == 2, "a device still downloading left the window"
+        report(server, first[0], tokens[first[0]], "installing", "wi", 1, rid)
+        third = wait_for(commands, everyone, 3)[2][0]
+        # one that goes offline frees its place too
+        publish_status(mosquitto.port, first[1], Will(session=1).model_dump_json())
+        fourth_at = wait_for(commands, everyone, 4)[3][2]
+        assert len(commands.to(everyone)) == 4
+        # the third and fourth never fetch: the fifth goes out once the third's push is timeout_s old
+        third_at = next(t for d, _, t in commands.to(everyone) if d == third)
+        fifth_at = wait_for(commands, everyone, 5, timeout=4 * timeout_s)[4][2]
+        assert fifth_at - third_at >= timeout_s - 0.6, (third_at, fourth_at, fifth_at)
+        assert sorted(d for d, _, _ in commands.to(everyone)) == sorted(everyone)
+        assert server.metric("edgefleet_push_held_seconds_total") >= timeout_s - 1.0
+        assert any("held with 2 devices yet to fetch" in line for line in server.log().splitlines())
+    finally:
+        server.stop()
+        commands.close()
 
 
 @pytest.mark.postgres
