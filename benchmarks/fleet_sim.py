@@ -89,6 +89,7 @@ class Options:
     push: bool = False
     push_spread_s: float | None = None  # the server's rollouts.push_spread_s (None: its default)
     push_rate_per_s: float | None = None  # the server's rollouts.push_rate_per_s (None: its default)
+    push_max_in_flight: int | None = None  # the server's rollouts.push_max_in_flight (None: its default; 0: off)
 
     @property
     def scaled(self) -> bool:
@@ -213,7 +214,9 @@ def settings_doc(o: Options) -> dict[str, Any]:
                       **{f"latency_{k}": v for k, v in asdict(Gates().latency()).items() if k != "max_ratio"},
                       **({} if o.latency_warmup_s is None else {"latency_warmup_s": o.latency_warmup_s})},
             "push": o.push, "push_spread_s": server.push_spread_s if o.push_spread_s is None else o.push_spread_s,
-            "push_rate_per_s": server.push_rate_per_s if o.push_rate_per_s is None else o.push_rate_per_s}
+            "push_rate_per_s": server.push_rate_per_s if o.push_rate_per_s is None else o.push_rate_per_s,
+            "push_max_in_flight": server.push_max_in_flight if o.push_max_in_flight is None
+            else o.push_max_in_flight}
 
 
 def update_cost_ms(steady: dict[str, float], rollout: dict[str, float], seconds: float, updated: int) -> float | None:
@@ -262,8 +265,8 @@ def run_sim(options: Options, inspect: Callable[[Operator, list[str]], None] | N
                              log_level="WARNING", rollout_tick_s=0.5, lease_ttl_s=o.lease_ttl_s)
     else:
         run.log(f"starting broker ({o.broker}) and server")
-        pushing = {k: v for k, v in (("push_spread_s", o.push_spread_s), ("push_rate_per_s", o.push_rate_per_s))
-                   if v is not None}
+        pushing = {k: v for k, v in (("push_spread_s", o.push_spread_s), ("push_rate_per_s", o.push_rate_per_s),
+                                     ("push_max_in_flight", o.push_max_in_flight)) if v is not None}
         stack = start_local(broker=o.broker, overrides={"rollouts": pushing} if pushing else None)
     ctx = mp.get_context("spawn")
     stop_flag = ctx.Event()
@@ -650,6 +653,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
                              "when told (without it rollouts are created with push false)")
     pushed.add_argument("--push-spread", type=float, metavar="S", help="the server's rollouts.push_spread_s")
     pushed.add_argument("--push-rate", type=float, metavar="N", help="the server's rollouts.push_rate_per_s")
+    pushed.add_argument("--push-window", type=int, metavar="N",
+                        help="the server's rollouts.push_max_in_flight (0: no window, the rate alone)")
     args = p.parse_args(argv)
     try:
         waves = [float(w) for w in args.waves.split(",")]
@@ -677,7 +682,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
                       database=args.database, storage=args.storage, kill_replica_at=args.kill_replica_at,
                       restart_after_s=args.restart_after, lease_ttl_s=args.lease_ttl,
                       capacity_messages=args.capacity_messages, capacity_checkin_s=args.capacity_checkin_s,
-                      push=args.push, push_spread_s=args.push_spread, push_rate_per_s=args.push_rate)
+                      push=args.push, push_spread_s=args.push_spread, push_rate_per_s=args.push_rate,
+                      push_max_in_flight=args.push_window)
     return options, args
 
 

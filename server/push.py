@@ -168,8 +168,10 @@ class Pusher:
             waited = self.window.wait_for_room(self._stop)
             if waited is None:
                 return
-            held_s += waited
-            next_at = max(next_at, time.monotonic()) + gap  # after a hold, on at the batch's pace (no burst)
+            if waited:
+                held_s += waited
+                next_at = time.monotonic()  # after a hold, on at the batch's pace (no burst to catch up)
+            next_at += gap
             with self._cond:
                 self._pending.discard(device_id)
             try:
