@@ -58,7 +58,10 @@ class Background:
                         threading.Thread(target=self._periodic, name="edgefleet-retention", daemon=True,
                                          args=(RETENTION, state.config.retention_interval_s, self.retention)),
                         threading.Thread(target=self._periodic, name="edgefleet-gc", daemon=True,
-                                         args=(GC, state.config.gc_interval_s, self.collect_garbage))]
+                                         args=(GC, state.config.gc_interval_s, self.collect_garbage)),
+                        threading.Thread(target=self._periodic, name="edgefleet-push-again", daemon=True,
+                                         args=(ROLLOUTS, max(1.0, state.config.rollouts.push_in_flight_timeout_s / 4),
+                                               self.push_again))]
 
     def _rollout_loop(self) -> None:
         config = self.state.config
@@ -86,6 +89,16 @@ class Background:
                 work()
             except Exception:
                 log.exception("%s failed", lease)
+
+    def push_again(self) -> int:
+        """Push once more the devices of the running rollouts that have not fetched their update in time."""
+        pusher = self.state.pusher
+        if pusher is None:
+            return 0
+        with self.state.db.session() as session:
+            stragglers = rollout_crud.unfetched_stragglers(
+                session, assigned_before=time.time() - self.state.config.rollouts.push_in_flight_timeout_s)
+        return pusher.push_again(stragglers)
 
     def retention(self) -> tuple[int, int]:
         section = self.state.config.telemetry

@@ -10,8 +10,8 @@ next ones from the rollout tick, devices that joined meanwhile on resume) and th
   publish happens in a transaction or under the rollout lock, and a request never waits for one.
 - One replica per change: the replica whose transaction committed the change pushes it (the rollout tick
   runs on the lease holder, an operator's action on the replica that answered it; the rollout row lock and
-  its state check let only one transaction start a wave). A replica that dies mid-spread leaves the rest
-  to polling.
+  its state check let only one transaction start a wave). What a replica that dies mid-spread still had
+  queued is pushed again by the lease holder (below).
 - Spread: a batch of N devices goes out evenly over ``max(push_spread_s, N / push_rate_per_s)``, the first
   at once, so check-ins and downloads do not arrive as one stampede; batches go out in commit order. A device
   still waiting in an earlier batch is not queued again (its one check-in sees the newest state).
@@ -20,6 +20,10 @@ next ones from the rollout tick, devices that joined meanwhile on resume) and th
   downloading), each for at most ``push_in_flight_timeout_s`` after its push. A server slower than the rate
   thus slows the push to the pace it serves updates, instead of queueing check-ins and downloads until they
   time out; the state comes from the database, so it holds whichever replica serves the devices.
+- Again: the replica leading the rollouts pushes once more, every ``push_in_flight_timeout_s / 4``, the
+  devices still online and not past the download ``push_in_flight_timeout_s`` after their wave gave them
+  the version, unless it pushed them itself within that long (``push_again``). A replica that dies
+  mid-spread, or a command the broker lost, then costs that long instead of a poll interval.
 - A broker that is down or refuses costs only the push: failures are counted (``/metrics``) and logged in
   one line per batch.
 """
@@ -81,7 +85,8 @@ class Pusher:
         self.rate_per_s = rate_per_s
         self.max_pending = max_pending
         self.window = Window(max_in_flight if not_fetched else 0, in_flight_timeout_s, not_fetched)
-        self.sent = self.failed = self.dropped = self.batches = 0
+        self.sent = self.failed = self.dropped = self.batches = self.again = 0
+        self._last_pushed: dict[str, float] = {}  # device id -> monotonic time this replica last pushed it
         self._queue: deque[Batch] = deque()
         self._pending: set[str] = set()
         self._cond = threading.Condition()
@@ -123,6 +128,25 @@ class Pusher:
             self._pending.update(fresh)
             self._queue.append(Batch(batch.rollout_id, batch.why, fresh))
             self._cond.notify()
+
+    def push_again(self, stragglers: dict[int, list[str]]) -> int:
+        """Queue these devices (rollout id -> device ids) once more, but none this replica pushed within
+        ``push_in_flight_timeout_s``; how many were queued."""
+        cutoff = time.monotonic() - self.window.timeout_s
+        queued = 0
+        with self._cond:
+            for device_id in [d for d, at in self._last_pushed.items() if at < cutoff]:
+                del self._last_pushed[device_id]
+            again = {rollout_id: [d for d in ids if d not in self._last_pushed and d not in self._pending]
+                     for rollout_id, ids in stragglers.items()}
+        for rollout_id, ids in again.items():
+            if ids:
+                log.info("push: rollout %s: %d devices given the version over %.0fs ago have not fetched it; "
+                         "pushing them again", rollout_id, len(ids), self.window.timeout_s)
+                self.submit(Batch(rollout_id, "again", tuple(ids)))
+                queued += len(ids)
+        self.again += queued
+        return queued
 
     def pending(self) -> int:
         with self._cond:
@@ -178,6 +202,8 @@ class Pusher:
                 self.publish(device_id, Command(id=uuid.uuid4().hex, type="check_update",
                                                 args={"rollout_id": batch.rollout_id}))
                 self.window.pushed(batch.rollout_id, device_id)
+                with self._cond:
+                    self._last_pushed[device_id] = time.monotonic()
                 sent += 1
             except (ConnectionError, OSError, ValueError) as exc:
                 failed += 1
@@ -261,7 +287,9 @@ class PushCollector(Collector):
                 ("edgefleet_push_sent", "check_update commands a rollout pushed to devices", pusher.sent),
                 ("edgefleet_push_failed", "Pushes the broker did not take (the device learns at its next poll)",
                  pusher.failed),
-                ("edgefleet_push_dropped", "Pushes dropped because too many were waiting", pusher.dropped)):
+                ("edgefleet_push_dropped", "Pushes dropped because too many were waiting", pusher.dropped),
+                ("edgefleet_push_again", "Devices pushed once more: still not fetched push_in_flight_timeout_s "
+                 "after their wave started", pusher.again)):
             counter = CounterMetricFamily(name, text)
             counter.add_metric([], float(value))
             yield counter

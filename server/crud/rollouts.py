@@ -177,6 +177,22 @@ def not_fetched(session: Session, *, pushed: dict[int, list[str]]) -> set[tuple[
     return waiting
 
 
+def unfetched_stragglers(session: Session, *, assigned_before: float, limit: int = 10_000) -> dict[int, list[str]]:
+    """Devices of running push rollouts, online, given the version before ``assigned_before`` and still not
+    past the download: the ones a push should reach again (its replica died mid-spread, the command was lost)."""
+    rows = session.execute(
+        select(RolloutDevice.rollout_id, RolloutDevice.device_id)
+        .join(Rollout, Rollout.id == RolloutDevice.rollout_id).join(Device, Device.id == RolloutDevice.device_id)
+        .where(Rollout.state == "running", Rollout.push.is_(True), RolloutDevice.wave <= Rollout.current_wave,
+               RolloutDevice.state.in_(NOT_FETCHED), RolloutDevice.assigned_at < assigned_before,
+               Device.online.is_(True))
+        .order_by(RolloutDevice.rollout_id, RolloutDevice.device_id).limit(limit))
+    stragglers: dict[int, list[str]] = {}
+    for rollout_id, device_id in rows:
+        stragglers.setdefault(rollout_id, []).append(device_id)
+    return stragglers
+
+
 def join_rollouts(session: Session, *, device: Device, now: float) -> Rollout | None:
     """Give a device enrolled after a rollout started the version meant for it, so a fleet's newcomers do not
     sit on what they shipped with. An active rollout whose target it matches wins (strongest first: priority,

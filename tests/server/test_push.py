@@ -197,7 +197,7 @@ def online(server: RunningServer, device_id: str) -> bool:
     return bool(response.json()["online"])
 
 
-def test_the_window_holds_pushes_until_devices_fetch_go_offline_or_time_out(
+def test_the_window_holds_pushes_until_devices_fetch_go_offline_or_time_out_and_stragglers_get_pushed_again(
         tmp_path: Path, mosquitto: Mosquitto, onnx_files: tuple[Path, Path]) -> None:
     timeout_s = 5.0
     commands = Commands(mosquitto.port)
@@ -231,9 +231,17 @@ def test_the_window_holds_pushes_until_devices_fetch_go_offline_or_time_out(
         third_at = next(t for d, _, t in commands.to(everyone) if d == third)
         fifth_at = wait_for(commands, everyone, 5, timeout=4 * timeout_s)[4][2]
         assert fifth_at - third_at >= timeout_s - 0.6, (third_at, fourth_at, fifth_at)
-        assert sorted(d for d, _, _ in commands.to(everyone)) == sorted(everyone)
+        assert {d for d, _, _ in commands.to(everyone)} == everyone
         assert server.metric("edgefleet_push_held_seconds_total") >= timeout_s - 1.0
         assert any("held with 2 devices yet to fetch" in line for line in server.log().splitlines())
+        # and, timeout_s after its push, a device still online and not past the download is pushed again;
+        # the one that fetched and the one that went offline are not
+        wait_until(lambda: len(commands.to({third})) >= 2, timeout=4 * timeout_s)
+        assert server.metric("edgefleet_push_again_total") >= 1
+        assert len(commands.to({first[0]})) == 1 and len(commands.to({first[1]})) == 1
+        again = [t for d, _, t in commands.to({third})]
+        assert again[1] - again[0] >= timeout_s - 0.6, again
+        assert any("have not fetched it; pushing them again" in line for line in server.log().splitlines())
     finally:
         server.stop()
         commands.close()
