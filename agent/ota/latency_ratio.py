@@ -46,6 +46,12 @@ class RatioEstimate:
         """The ratio of medians' lower bound above ``limit``, and the median more than ``floor_ms`` above."""
         return self.median_low > limit and self.candidate_median_ms - self.baseline_median_ms > floor_ms
 
+    def median_straddles(self, limit: float, floor_ms: float) -> bool:
+        """The ratio of medians' interval holds ``limit`` and the median is over it by more than ``floor_ms``:
+        more samples would decide it."""
+        return self.median_low <= limit < self.median_high and self.median_ratio > limit \
+            and self.candidate_median_ms - self.baseline_median_ms > floor_ms
+
     def text(self) -> str:
         return (f"p95 {self.candidate_p95_ms:.2f} ms (n={self.candidate_n}) vs {self.baseline_p95_ms:.2f} ms "
                 f"(n={self.baseline_n}): x{self.ratio:.2f}, {self.confidence:.0%} CI x{self.low:.2f}-x{self.high:.2f}; "

@@ -34,6 +34,7 @@ from edgefleet.agent.wire import ModelMeta, TrialPolicy
 # sub-millisecond models the ratio of two p95s is mostly scheduler jitter.
 RATIO_FLOOR_MS = 1.0
 MIN_BASELINE = 20  # baseline latencies needed to judge a ratio at all
+PAIRED_MAX_ROUNDS = 3  # timings of the previous model beside the candidate, at most, in one trial
 
 
 def p95_ms(latencies_s: list[float] | deque[float]) -> float | None:
@@ -79,8 +80,9 @@ PairedProbe = Callable[[], Paired | None]
 
 class TrialWatcher:
     """``baseline``: the previous model's latencies (s) before the swap; ``paired``: times the previous
-    model again now, beside the candidate (None when it is gone): called at most once, on a suspected
-    breach or at the window's end, and when it ran, a ratio breach needs it to agree."""
+    model again now, beside the candidate (None when it is gone): called on a suspected breach or at the
+    window's end, once, or up to ``PAIRED_MAX_ROUNDS`` times while its interval holds the limit; when it
+    ran, a ratio breach needs it to agree."""
 
     def __init__(self, policy: TrialPolicy, candidate: ModelMeta, baseline_p95_ms: float | None,
                  *, baseline: list[float] | None = None, paired: PairedProbe | None = None,
@@ -99,7 +101,8 @@ class TrialWatcher:
         self.warmup = 0
         self._latencies: list[float] = []  # after warm-up
         self._paired: RatioEstimate | None = None
-        self._paired_done = False
+        self._paired_rounds = 0
+        self._paired_samples: Paired = ([], [])
         self._live: RatioEstimate | None = None
 
     def __call__(self, meta: ModelMeta, latency_s: float, ok: bool) -> None:
@@ -187,6 +190,23 @@ class TrialWatcher:
             self._live = ratio_ci(latencies, self.baseline, confidence=self.policy.confidence, seed=self.seed)
         return self._live
 
+    def _time_beside(self, limit: float) -> None:
+        """Time the previous model beside the candidate once; again (pooling the samples, at most
+        ``PAIRED_MAX_ROUNDS`` in all) while the median ratio's interval holds the limit with the point over it:
+        a model near the limit is decided by more samples, not by where one short interval happened to fall."""
+        while self.paired is not None and self._paired_rounds < PAIRED_MAX_ROUNDS and (
+                self._paired_rounds == 0 or self._paired is None
+                or self._paired.median_straddles(limit, RATIO_FLOOR_MS)):
+            self._paired_rounds += 1
+            measured = self.paired()
+            if measured is None:
+                return
+            self._paired_samples[0].extend(measured[0])
+            self._paired_samples[1].extend(measured[1])
+            if len(self._paired_samples[0]) >= MIN_BASELINE:
+                self._paired = ratio_ci(*self._paired_samples, confidence=self.policy.confidence,
+                                        seed=self.seed + self._paired_rounds)
+
     def _ratio_breach(self, m: dict[str, Any], final: bool) -> str | None:
         """A latency-ratio breach needs an interval above the limit: the live one (early), or at the window's
         end the previous model's second timing; whenever that second timing ran, it must agree."""
@@ -197,12 +217,7 @@ class TrialWatcher:
         live_breach = live is not None and live.breaches(limit, RATIO_FLOOR_MS)
         if not (live_breach or final):
             return None
-        if self.paired is not None and not self._paired_done:
-            self._paired_done = True
-            measured = self.paired()
-            if measured is not None and len(measured[0]) >= MIN_BASELINE:
-                self._paired = ratio_ci(measured[0], measured[1], confidence=self.policy.confidence,
-                                        seed=self.seed + 1)
+        self._time_beside(limit)
         paired = self._paired
         if paired is None:
             if live is None or not live_breach:

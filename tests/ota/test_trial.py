@@ -114,6 +114,47 @@ def test_the_second_timing_is_judged_by_its_median_not_its_preempted_tail() -> N
     assert not slow.evaluate(slow.started + 10).passed
 
 
+def paired_rounds(seed: int, ratio: float, n: int = 30) -> list[tuple[list[float], list[float]]]:
+    """Three timings beside the candidate: ``n`` each, lognormal noise around 2 ms, the candidate ``ratio``x."""
+    rng = np.random.default_rng(seed)
+    return [(list(ratio * rng.lognormal(np.log(0.002), 0.6, n)), list(rng.lognormal(np.log(0.002), 0.6, n)))
+            for _ in range(3)]
+
+
+def test_a_paired_interval_that_holds_the_limit_is_timed_again_and_pooled() -> None:
+    """A model twice as slow whose first timing beside the previous one gave a median interval that holds
+    the limit (x1.35-x3.40 around x1.5, as a loaded CI box once gave x1.48-x3.32): one timing committed it;
+    timed again, the pooled samples decide."""
+    policy = POLICY.model_copy(update={"max_latency_ratio": 1.5, "max_p95_latency_ms": None})
+    slower = paired_rounds(5, 2.0)
+    first = ratio_ci(*slower[0])
+    assert first.median_low < 1.5 < first.median_ratio  # the precondition: one timing cannot decide
+    given: list[int] = []
+
+    def timed_again() -> tuple[list[float], list[float]]:
+        given.append(1)
+        return slower[len(given) - 1]
+
+    watcher = TrialWatcher(policy, NEW, None, baseline=[0.002] * 60, paired=timed_again)
+    feed(watcher, 40, 0.004)
+    verdict = watcher.evaluate(watcher.started + 10)
+    assert verdict.decided and not verdict.passed, verdict.metrics
+    assert len(given) >= 2 and verdict.metrics["paired"]["candidate_n"] == 30 * len(given)
+    assert verdict.metrics["paired"]["median_ci_low"] > 1.5
+
+    same = paired_rounds(5, 1.0)
+    given.clear()
+
+    def same_speed_again() -> tuple[list[float], list[float]]:
+        given.append(1)
+        return same[len(given) - 1]
+
+    same_watcher = TrialWatcher(policy, NEW, None, baseline=[0.002] * 60, paired=same_speed_again)
+    feed(same_watcher, 40, 0.004)  # live x2 against a baseline from before a load change
+    verdict = same_watcher.evaluate(same_watcher.started + 10)
+    assert verdict.passed and given == [1], verdict.reason  # the point ratio is under the limit: timed once
+
+
 def heavy_tailed(rng: np.random.Generator, n: int, scale_ms: float = 0.3) -> np.ndarray:
     """Scheduler-like noise: lognormal body, 3 % of inferences hit by a 2-20x stall."""
     body = rng.lognormal(np.log(scale_ms), 0.35, n)
