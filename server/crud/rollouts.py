@@ -164,6 +164,11 @@ def start_wave(session: Session, *, rollout: Rollout, wave: int, now: float, pus
         note_push(session, rollout_id=rollout.id, why=f"wave {wave + 1}", device_ids=assigned)
 
 
+def _owes_its_fetch() -> tuple[Any, ...]:
+    """The rows (joined to their device) whose device is online and has not fetched the update yet."""
+    return RolloutDevice.state.in_(NOT_FETCHED), Device.online.is_(True)
+
+
 def not_fetched(session: Session, *, pushed: dict[int, list[str]]) -> set[tuple[int, str]]:
     """Of these pushed devices (rollout id -> device ids), the (rollout, device) pairs whose device is online
     and has not fetched the update yet: what a push still owes the server (server/push.py window)."""
@@ -171,8 +176,7 @@ def not_fetched(session: Session, *, pushed: dict[int, list[str]]) -> set[tuple[
     for rollout_id, device_ids in pushed.items():
         rows = session.execute(
             select(RolloutDevice.device_id).join(Device, Device.id == RolloutDevice.device_id).where(
-                RolloutDevice.rollout_id == rollout_id, RolloutDevice.device_id.in_(device_ids),
-                RolloutDevice.state.in_(NOT_FETCHED), Device.online.is_(True)))
+                RolloutDevice.rollout_id == rollout_id, RolloutDevice.device_id.in_(device_ids), *_owes_its_fetch()))
         waiting.update((rollout_id, device_id) for (device_id,) in rows)
     return waiting
 
@@ -184,8 +188,7 @@ def unfetched_stragglers(session: Session, *, assigned_before: float, limit: int
         select(RolloutDevice.rollout_id, RolloutDevice.device_id)
         .join(Rollout, Rollout.id == RolloutDevice.rollout_id).join(Device, Device.id == RolloutDevice.device_id)
         .where(Rollout.state == "running", Rollout.push.is_(True), RolloutDevice.wave <= Rollout.current_wave,
-               RolloutDevice.state.in_(NOT_FETCHED), RolloutDevice.assigned_at < assigned_before,
-               Device.online.is_(True))
+               RolloutDevice.assigned_at < assigned_before, *_owes_its_fetch())
         .order_by(RolloutDevice.rollout_id, RolloutDevice.device_id).limit(limit))
     stragglers: dict[int, list[str]] = {}
     for rollout_id, device_id in rows:
