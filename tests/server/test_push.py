@@ -16,6 +16,8 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.agent.wire import TOPIC_ROOT, Birth, Will
+from tests.server.test_ingest import device as device_doc
+from tests.server.test_ingest import send
 from tests.server.test_rollouts import desired, push, report, rollout
 from tests.support.broker import Mosquitto
 from tests.support.cluster import start_cluster
@@ -181,35 +183,23 @@ def test_a_dead_broker_fails_the_push_not_the_rollout(tmp_path: Path, mosquitto:
         server.stop()
 
 
-def publish_status(port: int, device_id: str, payload: str) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"status-{device_id}")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish(f"{TOPIC_ROOT}/{device_id}/status", payload, qos=1, retain=True).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
-def online(server: RunningServer, device_id: str) -> bool:
-    response = requests.get(f"{server.url}/v1/devices/{device_id}", headers=server.admin(), timeout=5)
-    return bool(response.json()["online"])
-
-
 def test_the_window_holds_pushes_until_devices_fetch_go_offline_or_time_out_and_stragglers_get_pushed_again(
         tmp_path: Path, mosquitto: Mosquitto, onnx_files: tuple[Path, Path]) -> None:
     timeout_s = 5.0
     commands = Commands(mosquitto.port)
+    devices = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="window-devices")  # their status messages
+    devices.connect("127.0.0.1", mosquitto.port)
+    devices.loop_start()
     server = start_server(tmp_path, mosquitto.port, overrides={"rollouts": {
         "push_spread_s": 0, "push_rate_per_s": 100.0, "push_max_in_flight": 2,
         "push_in_flight_timeout_s": timeout_s}})
     try:
         tokens = {f"wi-{i}": server.enroll(f"wi-{i}", tags=["wi"]) for i in range(5)}
         everyone = set(tokens)
-        for device in tokens:
-            publish_status(mosquitto.port, device, Birth(session=1, agent_version="test").model_dump_json())
-        wait_until(lambda: all(online(server, d) for d in tokens), timeout=10)
+        for device_id in tokens:
+            send(devices, device_id, "status", Birth(session=1, agent_version="test").model_dump(mode="json"),
+                 retain=True)
+        wait_until(lambda: all(device_doc(server, d)["online"] for d in tokens), timeout=10)
         push(server, "wi", onnx_files[0])
         doc = create(server, {"model": "wi", "version": 1, "target": {"tags": ["wi"]}, "waves": [100],
                               "gates": {"soak_s": 0, "max_p95_regression": None}})
@@ -224,7 +214,7 @@ def test_the_window_holds_pushes_until_devices_fetch_go_offline_or_time_out_and_
         report(server, first[0], tokens[first[0]], "installing", "wi", 1, rid)
         third = wait_for(commands, everyone, 3)[2][0]
         # one that goes offline frees its place too
-        publish_status(mosquitto.port, first[1], Will(session=1).model_dump_json())
+        send(devices, first[1], "status", Will(session=1).model_dump(mode="json"), retain=True)
         fourth_at = wait_for(commands, everyone, 4)[3][2]
         assert len(commands.to(everyone)) == 4
         # the third and fourth never fetch: the fifth goes out once the third's push is timeout_s old
@@ -245,6 +235,8 @@ def test_the_window_holds_pushes_until_devices_fetch_go_offline_or_time_out_and_
     finally:
         server.stop()
         commands.close()
+        devices.loop_stop()
+        devices.disconnect()
 
 
 @pytest.mark.postgres
