@@ -14,6 +14,7 @@ import requests
 
 from edgefleet.agent.wire import ModelMeta, TensorSpec
 from tests.support.models import _save_onnx, make_onnx_image_classifier
+from tests.support.net import SLOWDOWN
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64"}
 
@@ -148,7 +149,7 @@ def make_big_classifier(path: Path, seed: int, hidden: int = 512, tweak: int = 0
 
 
 def push(url: str, admin: dict[str, str], name: str, path: Path) -> dict[str, Any]:
-    response = requests.post(f"{url}/v1/models/{name}/versions", headers=admin, timeout=30,
+    response = requests.post(f"{url}/v1/models/{name}/versions", headers=admin, timeout=30 * SLOWDOWN,
                              files={"file": (path.name, path.read_bytes())})
     assert response.status_code == 201, response.text
     return dict(response.json())

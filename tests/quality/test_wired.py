@@ -28,7 +28,7 @@ from edgefleet.server.dashboard.render import drift_flag
 from tests.quality.support import scene
 from tests.support.broker import Mosquitto
 from tests.support.models import make_onnx_image_classifier
-from tests.support.net import wait_until
+from tests.support.net import SLOWDOWN, wait_until
 from tests.support.server import RunningServer, start_server
 
 SIZE = 64
@@ -116,7 +116,7 @@ def upload(server: RunningServer, name: str, path: Path, calibration: np.ndarray
         np.savez(buffer, image=calibration)
         files["calibration"] = ("cal.npz", buffer.getvalue())
     response = requests.post(f"{server.url}/v1/models/{name}/versions", headers=server.admin(), files=files,
-                             timeout=60)
+                             timeout=60 * SLOWDOWN)
     assert response.status_code == 201, response.text
     return dict(response.json())
 

@@ -93,6 +93,8 @@ def write_config(workdir: Path, mqtt_port: int | None = None, *, database_url: s
     config = yaml.safe_load(config_path.read_text())
     config["mqtt"]["enabled"] = mqtt_port is not None
     config["rollout_tick_s"] = 0.2
+    if SLOWDOWN > 1:  # emulated (qemu): inspecting an upload in the sandbox takes that much longer
+        config.setdefault("sandbox", {})["inspect_timeout_s"] = 45.0 * SLOWDOWN
     if database_url:
         config["database_url"] = database_url
     for key, value in (overrides or {}).items():
