@@ -10,7 +10,10 @@ import onnx
 
 from tests.ota.helpers import device_reports, make_slow_classifier, push, roll_out, sha256
 from tests.ota.rig import Device, Traffic
+from tests.support.net import native_speed
 from tests.support.server import RunningServer
+
+pytestmark = native_speed
 
 TRIAL = {"window_s": 1.5, "min_inferences": 20, "max_latency_ratio": 1.5, "warmup_inferences": 5,
          "warmup_s": 0.3}

@@ -22,6 +22,7 @@ from tests.ota.helpers import (
 )
 from tests.ota.rig import Device, Traffic
 from tests.support.models import reference_image_classifier
+from tests.support.net import native_speed
 from tests.support.server import RunningServer
 
 
@@ -157,6 +158,7 @@ def test_expired_manifest_rejected(tmp_path: Path, models: dict[str, Path]) -> N
         short.stop()
 
 
+@native_speed
 def test_slow_model_fails_the_trial_and_rolls_back(server: RunningServer, tmp_path: Path,
                                                    models: dict[str, Path]) -> None:
     device, _ = install_v1(server, tmp_path, models, "ota-slow", "slow")
