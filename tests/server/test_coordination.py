@@ -157,8 +157,11 @@ def test_a_running_job_keeps_its_claim_past_the_ttl(pg: Database) -> None:
     other.register("slow", JobKind(lambda *_: {}))
     job_id = runner.submit(kind="slow", params={})
     runner.start()
-    other.start()
     try:
+        # replica-b starts once replica-a holds the job: it could otherwise claim it first and run its own
+        # handler (a race the suite's load once showed), and what is under test is a claim held past its ttl
+        wait_until(lambda: _states(pg, [job_id]) == {"running": 1}, timeout=10, interval=0.05)
+        other.start()
         time.sleep(5.0)  # more than twice the claim's ttl: renewed, so nobody fails it
         assert _states(pg, [job_id]) == {"running": 1}
         release.set()
