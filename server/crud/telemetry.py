@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import JSON, Dialect, Insert, Table, bindparam, delete, func, select, union_all, update
+from sqlalchemy import JSON, Dialect, Insert, Table, bindparam, case, delete, func, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -253,6 +253,8 @@ def lock_devices(session: Session, *, device_ids: Iterable[str]) -> None:
 def apply_live(session: Session, *, updates: dict[str, dict[str, Any]], locked: bool = False) -> None:
     """Per device, the newest figures from telemetry (``LIVE_COLUMNS``; a None keeps the stored value) and
     ``ts_replaced``, how many of its timestamps were replaced: one UPDATE executed for all devices.
+    The figures apply only when the message was received at or after the row's ``last_seen``: a commit report or
+    a birth handled while the telemetry waited in the writer's queue is newer, and its model stays.
     ``locked``: the caller already holds the rows (``lock_devices``)."""
     if not updates:
         return
@@ -262,8 +264,11 @@ def apply_live(session: Session, *, updates: dict[str, dict[str, Any]], locked: 
         _apply_live_pg(session, updates)
         return
     table = cast(Table, Device.__table__)
-    values: dict[str, Any] = {name: func.coalesce(bindparam(f"v_{name}", type_=table.c[name].type), table.c[name])
-                              for name in LIVE_COLUMNS}
+    received = bindparam("v_last_seen", type_=table.c.last_seen.type)
+    newer = received >= func.coalesce(table.c.last_seen, 0.0)
+    values: dict[str, Any] = {
+        name: case((newer, func.coalesce(bindparam(f"v_{name}", type_=table.c[name].type), table.c[name])),
+                   else_=table.c[name]) for name in LIVE_COLUMNS}
     values["ts_replaced"] = table.c.ts_replaced + bindparam("v_ts_replaced")
     statement = update(table).where(table.c.id == bindparam("v_id")).values(values)
     params = [{"v_id": device_id, "v_ts_replaced": int(live.get("ts_replaced", 0)),
@@ -273,7 +278,9 @@ def apply_live(session: Session, *, updates: dict[str, dict[str, Any]], locked: 
 
 LIVE_TYPES = {"last_seen": "float8", "p95_ms": "float8", "cpu_pct": "float8", "model_name": "text",
               "model_version": "int4", "runtime": "text", "delegate": "text"}
-LIVE_PG = ("UPDATE devices AS d SET " + ", ".join(f"{name} = COALESCE(v.{name}, d.{name})" for name in LIVE_COLUMNS)
+LIVE_PG = ("UPDATE devices AS d SET " + ", ".join(
+    f"{name} = CASE WHEN v.last_seen >= COALESCE(d.last_seen, 0) THEN COALESCE(v.{name}, d.{name}) ELSE d.{name} END"
+    for name in LIVE_COLUMNS)
            + ", ts_replaced = d.ts_replaced + v.ts_replaced FROM json_to_recordset(%s::json) AS v(id text, "
            + "ts_replaced int8, " + ", ".join(f"{name} {LIVE_TYPES[name]}" for name in LIVE_COLUMNS)
            + ") WHERE d.id = v.id")

@@ -140,3 +140,38 @@ def test_the_live_state_update_rewrites_device_rows_in_their_pages(tmp_path: Pat
                                                         (updated_before, hot_before), strict=True))
         assert updated == len(device_ids) and hot >= 0.5 * updated, (updated, hot)
         assert session.get(Device, "dev-0399").last_seen == 1.0e9 + 399  # type: ignore[union-attr]
+
+
+def test_telemetry_received_before_a_commit_report_does_not_roll_the_model_back(db: Database) -> None:
+    """The writer stores what it received a moment ago; a commit report handled in that moment is newer. Telemetry
+    received before the report (model 1) and written after it leaves the device on model 2; telemetry received
+    after it applies, whatever model it names (a device that went back to 1 on its own says so)."""
+    from edgefleet.agent.wire import UpdateReport
+    from edgefleet.server.crud import rollouts as rollout_crud
+
+    writer = BatchWriter(db, TelemetrySection(), IngestStats())
+    received = time.time()
+
+    def telemetry(seq: int, version: int, at: float, p95: float) -> tuple[str, bytes, float]:
+        topic, body, _ = message("d1", seq, model={"name": "det", "version": version},
+                                 inference={"count": 1, "latency_ms": {"p50": 1.0, "p95": p95, "p99": p95}})
+        return topic, body, at
+
+    def live() -> tuple[int | None, float | None, float | None]:
+        with db.session() as session:
+            device = session.get(Device, "d1")
+            assert device is not None
+            return device.model_version, device.p95_ms, device.last_seen
+
+    with db.session() as session:
+        device = session.get(Device, "d1")
+        assert device is not None
+        rollout_crud.record_report(session, device=device, now=received + 1.0,
+                                   report=UpdateReport(state="committed", model="det", version=2))
+    writer.write([telemetry(1, 1, received, 9.0)])
+    assert live() == (2, None, received + 1.0)
+    writer.write([telemetry(2, 2, received + 2.0, 4.0)])
+    assert live() == (2, 4.0, received + 2.0)
+    writer.write([telemetry(3, 1, received + 3.0, 5.0)])
+    assert live() == (1, 5.0, received + 3.0)
+    assert rows(db, "d1") == 3
