@@ -104,7 +104,7 @@ def daemon_rate(agent: Agent, seconds: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds the daemon runs (600: ten minutes)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating bare/daemon throughput windows")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating bare/daemon throughput windows")
     parser.add_argument("--window-s", type=float, default=2.0, help="seconds of each window")
     parser.add_argument("--threads", type=int, default=1, help="runtime threads for both (0: one per core)")
     parser.add_argument("--channels", type=int, default=36, help="model width; 36 is ~1 ms on one x86 core")
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         daemon_rates.append(daemon_rate(agent, args.window_s))
     baseline.model.close()
     bare, daemon = float(np.median(bare_rates)), float(np.median(daemon_rates))
+    # Each daemon window against the bare window just before it: what the machine's neighbours do to both
+    # cancels in the pair, where a ratio of the two medians mixes windows minutes apart.
+    ratio = float(np.median([d / b for b, d in zip(bare_rates, daemon_rates, strict=True)]))
     # Memory: keep the daemon busy for the rest of --duration.
     agent._start_source(agent.config)
     early_at = min(60.0, args.duration / 5)
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "bare_inferences_per_s": round(bare, 1), "daemon_inferences_per_s": round(daemon, 1),
         "rounds": [[round(b, 1), round(d, 1)] for b, d in zip(bare_rates, daemon_rates, strict=True)],
         "inferred_total": processed,
-        "throughput_ratio": round(daemon / bare, 4),
+        "throughput_ratio": round(ratio, 4), "throughput_ratio_of_medians": round(daemon / bare, 4),
         "duration_s": args.duration, "rss_early_mb": round(early_rss, 1), "rss_early_at_s": early_at,
         "rss_final_mb": round(final_rss, 1), "rss_ratio": round(final_rss / early_rss, 4),
         "frames_dropped_newest_wins": dropped, "inference_errors": errors, "results_file": args.results,
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"model: {bare_ms:.3f} ms per inference (onnxruntime, {args.threads} thread(s))")
         print(f"bare runtime      : {bare:9.1f} inferences/s")
-        print(f"daemon end-to-end : {daemon:9.1f} inferences/s  ratio {daemon / bare:.3f} (target >= 0.97)")
+        print(f"daemon end-to-end : {daemon:9.1f} inferences/s  ratio {ratio:.3f} (median of the rounds' ratios; "
+              f"target >= 0.97; of the medians {daemon / bare:.3f})")
         print("rounds (bare, daemon): " + ", ".join(f"({b:.0f}, {d:.0f})" for b, d in zip(bare_rates, daemon_rates,
                                                                                            strict=True)))
         print(f"RSS at {early_at:.0f}s: {early_rss:.1f} MB; at {args.duration:.0f}s: {final_rss:.1f} MB; "

@@ -37,7 +37,12 @@ class Served:
     model: Model
     meta: ModelMeta
     in_flight: int = 0
-    drained: threading.Condition = field(default_factory=threading.Condition)
+    draining: bool = False  # a swap waits on ``drained``: the last call out notifies it
+    lock: threading.Lock = field(default_factory=threading.Lock)  # a plain lock: taken twice per inference
+    drained: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drained = threading.Condition(self.lock)
 
 
 class ModelHost:
@@ -81,7 +86,7 @@ class ModelHost:
             served = self._current
             if served is None:
                 raise NoModelError("no model is loaded yet")
-            with served.drained:
+            with served.lock:
                 if self._current is served:
                     served.in_flight += 1
                     return served
@@ -89,9 +94,9 @@ class ModelHost:
 
     @staticmethod
     def _release(served: Served) -> None:
-        with served.drained:
+        with served.lock:
             served.in_flight -= 1
-            if served.in_flight == 0:
+            if served.draining and served.in_flight == 0:
                 served.drained.notify_all()
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], ModelMeta]:
@@ -146,6 +151,7 @@ class ModelHost:
             if old is None:
                 return None
             with old.drained:
+                old.draining = True
                 old.drained.wait_for(lambda: old.in_flight == 0, timeout=drain_timeout_s)
             if close_old:
                 old.model.close()

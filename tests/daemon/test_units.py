@@ -119,13 +119,52 @@ def test_mailbox_newest_wins_and_counts_drops() -> None:
     assert got is not None and got.seq == 4 and box.dropped == 4 and box.get(0.01) is None
     stop = threading.Event()
     box.put(frames[0])
-    waiter = threading.Thread(target=box.put, args=(frames[1],), kwargs={"wait": stop})
-    waiter.start()  # lossless put waits for the slot
+    box.put(frames[1], wait=stop)  # lossless puts take the two places; a live frame waiting holds none
+    box.put(frames[2], wait=stop)
+    waiter = threading.Thread(target=box.put, args=(frames[3],), kwargs={"wait": stop})
+    waiter.start()  # a third lossless put waits for a place
     waiter.join(0.3)
     assert waiter.is_alive()
     assert box.get(0.1).seq == 0  # type: ignore[union-attr]
+    waiter.join(0.3)
+    assert waiter.is_alive()  # taking the live frame freed no place
+    assert box.get(0.1).seq == 1  # type: ignore[union-attr]
     waiter.join(2)
-    assert box.get(0.1).seq == 1 and box.dropped == 4  # type: ignore[union-attr]
+    assert [box.get(0.1).seq for _ in range(2)] == [2, 3] and box.dropped == 4  # type: ignore[union-attr]
+
+
+def test_mailbox_hands_every_frame_of_a_lossless_source_over_in_order_and_stops_waiting() -> None:
+    """Threads on both sides, 20,000 frames: a lossless put waits for a place, so each arrives once and in
+    order; a live put replaces the frames lossless puts left and frees their places; a stop ends a wait."""
+    box, stop, count = Mailbox(), threading.Event(), 20_000
+
+    def produce() -> None:
+        for seq in range(count):
+            box.put(Frame(np.zeros(1), seq, 0.0, "t"), wait=stop)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    seen = []
+    while len(seen) < count:
+        frame = box.get(5.0)
+        assert frame is not None, f"stalled after {len(seen)} frames"
+        seen.append(frame.seq)
+    producer.join(5)
+    assert seen == list(range(count)) and (box.dropped, box.delivered) == (0, count)
+    box.put(Frame(np.zeros(1), 1, 0.0, "lossless"), wait=stop)
+    box.put(Frame(np.zeros(1), 1, 0.0, "lossless"), wait=stop)
+    box.put(Frame(np.zeros(1), 2, 0.0, "lossy"))
+    assert box.get(0.1).origin == "lossy" and box.dropped == 2 and box.get(0.01) is None  # type: ignore[union-attr]
+    box.put(Frame(np.zeros(1), 3, 0.0, "lossless"), wait=stop)  # the places were freed: no wait
+    box.put(Frame(np.zeros(1), 3, 0.0, "lossless"), wait=stop)
+    blocked = threading.Thread(target=box.put, args=(Frame(np.zeros(1), 4, 0.0, "t"),), kwargs={"wait": stop})
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()
+    stop.set()
+    blocked.join(1)
+    assert not blocked.is_alive()
+    assert [box.get(0.1).seq for _ in range(2)] == [3, 3] and box.get(0.05) is None  # type: ignore[union-attr]
 
 
 def test_opencv_fast_path_equals_the_numpy_path() -> None:
