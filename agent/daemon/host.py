@@ -58,6 +58,11 @@ class ModelHost:
         current = self._current
         return current.meta if current is not None else None
 
+    def serving(self) -> tuple[Model, ModelMeta] | None:
+        """The model that serves now and its meta, read together (a swap replaces both at once)."""
+        current = self._current
+        return (current.model, current.meta) if current is not None else None
+
     @property
     def model(self) -> Model | None:
         current = self._current

@@ -1,5 +1,9 @@
 """The inference loop: newest frame from the mailbox → pre-process → ModelHost → results.
 
+The source thread pre-processes each frame for the model serving at the time (``prepare_ahead``), so
+that work overlaps the inference of the frame before; a frame prepared for a model swapped out since
+is prepared again on the inference thread.
+
 ``Pipelines`` keeps the pre/post-processors of the models that serve (built once per model,
 so the hot path does no per-frame set-up). The loop thread updates a heartbeat every turn;
 the watchdog checks it to tell a stuck inference from an idle one.
@@ -55,6 +59,14 @@ class Pipelines:
             entry = Pipeline(model, meta, pre, Postprocessor(meta, model.outputs), error)
             self._entries = [entry, *self._entries][:2]
             return entry
+
+
+@dataclass
+class Ahead:
+    """A frame's feeds, made on the source thread by ``pipeline`` (its model was serving then)."""
+
+    pipeline: Pipeline
+    feeds: dict[str, np.ndarray]
 
 
 def model_ref(meta: ModelMeta | None) -> dict[str, Any]:
@@ -129,10 +141,29 @@ class InferenceLoop:
             finally:
                 self.busy_since = None
 
+    def prepare_ahead(self, data: np.ndarray) -> Ahead | None:
+        """On the source thread: the serving model's feeds for ``data``, made while the frame before is
+        inferred. None when there is nothing to prepare or it failed: the inference thread then pre-processes
+        the frame itself and reports what went wrong."""
+        serving = self.host.serving()
+        if serving is None:
+            return None
+        pipeline = self.pipelines.get(*serving)
+        if pipeline.pre is None:
+            return None
+        try:
+            return Ahead(pipeline, pipeline.pre(data))
+        except Exception:
+            return None
+
     def _one(self, frame: Frame) -> None:
         chosen: list[Pipeline] = []
+        ahead = frame.ahead
 
         def prepare(model: Model, meta: ModelMeta) -> dict[str, np.ndarray]:
+            if isinstance(ahead, Ahead) and ahead.pipeline.model is model and ahead.pipeline.meta is meta:
+                chosen.append(ahead.pipeline)
+                return ahead.feeds  # made for the model that serves: a swap since then prepares again
             pipeline = self.pipelines.get(model, meta)
             if pipeline.pre is None:
                 raise ValueError(f"cannot feed frames to this model: {pipeline.error}")

@@ -242,7 +242,8 @@ class Agent:
             log.error("source not started: %s", exc)
             return
         if source is not None:
-            self.runner = SourceRunner(source, self.mailbox, config.source.fps, config.source.reconnect_max_s).start()
+            self.runner = SourceRunner(source, self.mailbox, config.source.fps, config.source.reconnect_max_s,
+                                       prepare=self.loop.prepare_ahead if self.loop is not None else None).start()
             log.info("source %s %s at up to %g fps", config.source.kind, config.source.uri or "", config.source.fps)
 
     # --- health --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Frame:
     seq: int
     ts: float
     origin: str  # file name, URI or "synthetic"
+    ahead: Any = None  # what the source thread prepared for the model serving then (agent.daemon.loop.Ahead)
 
 
 class Mailbox:
@@ -335,9 +337,13 @@ class Backoff:
 class SourceRunner:
     """Reads a source in a thread into a mailbox, reopening it with backoff when it fails."""
 
-    def __init__(self, source: Source, mailbox: Mailbox, fps: float, reconnect_max_s: float = 30.0) -> None:
+    def __init__(self, source: Source, mailbox: Mailbox, fps: float, reconnect_max_s: float = 30.0,
+                 prepare: Callable[[np.ndarray], Any] | None = None) -> None:
+        """``prepare``: called on this thread with each frame's pixels; what it returns rides along as
+        ``Frame.ahead`` (pre-processing here overlaps the inference of the frame before)."""
         self.source = source
         self.mailbox = mailbox
+        self.prepare = prepare
         self.interval = 1.0 / fps
         self.backoff = Backoff(cap_s=reconnect_max_s)
         self.state = "starting"  # starting | running | reconnecting | ended | stopped
@@ -411,4 +417,5 @@ class SourceRunner:
                 # stall the schedule restarts from now instead of letting a burst through to catch up.
                 next_at = max(next_at + self.interval, now + self.interval / 2)
             self._seq += 1
-            self.mailbox.put(Frame(data, self._seq, time.time(), origin), wait=wait)
+            ahead = self.prepare(data) if self.prepare is not None else None
+            self.mailbox.put(Frame(data, self._seq, time.time(), origin, ahead), wait=wait)
