@@ -5,8 +5,9 @@
 
 A ~1 ms ONNX model (two 3x3 convolutions on a 3x64x64 input, then a classifier head) is loaded
 through the runtime layer. The bare baseline calls ``model.infer`` in a loop on one fixed tensor.
-The daemon runs in this process (``Agent``: synthetic source → mailbox → pre-processing →
-ModelHost → post-processing → results) with the source producing frames faster than the model
+The daemon runs in this process (``Agent``: synthetic source → pre-processing → mailbox →
+ModelHost → post-processing → results, with telemetry recording every inference and publishing to
+a local Mosquitto when one is installed) with the source producing frames faster than the model
 can take them, so throughput is bounded by inference; the ratio shows what the daemon adds.
 Frames are generated at the model's input size, so pre-processing is colour conversion, the
 fused scale and the layout change (no resize). Then, each in a process of its own
@@ -25,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -119,12 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     runtime = RuntimeSection(prefer="onnxruntime", delegate="auto", threads=args.threads, autotune=False)
 
     baseline = Bare(path, runtime, size)
+    services = ExitStack()
+    mqtt_port = services.enter_context(_daemon_procs.broker(work))
     config = AgentConfig.model_validate({
         "device_id": "bench", "state_dir": str(work / "state"),
         "model": {"path": str(path), "task": "classification"},
         "runtime": runtime.model_dump(),
         "source": {"kind": "synthetic", "uri": f"{size}x{size}", "fps": 100000},
-        "api": {"listen": None}, "mqtt": {"enabled": False},
+        "api": {"listen": None},
+        "mqtt": {"enabled": mqtt_port is not None, "host": "127.0.0.1", "port": mqtt_port or 1883},
         "results": {"file": str(work / "results.jsonl"), "file_max_mb": 8, "file_keep": 1} if args.results else {},
         "log_level": "WARNING",
     })
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     processed = agent.loop.processed
     agent.stop()
     agent.close()
+    services.close()
     early_rss = early_rss or final_rss
     bare_ms = 1000.0 / bare
     procs = _daemon_procs.measure(path, size, args.threads, runs=args.procs_runs) if args.procs_runs > 0 else None
@@ -168,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "bare_inferences_per_s": round(bare, 1), "daemon_inferences_per_s": round(daemon, 1),
         "rounds": [[round(b, 1), round(d, 1)] for b, d in zip(bare_rates, daemon_rates, strict=True)],
         "inferred_total": processed,
-        "throughput_ratio": round(ratio, 4), "throughput_ratio_of_medians": round(daemon / bare, 4),
+        "telemetry_over_mqtt": mqtt_port is not None, "throughput_ratio": round(ratio, 4),
+        "throughput_ratio_of_medians": round(daemon / bare, 4),
         "duration_s": args.duration, "rss_early_mb": round(early_rss, 1), "rss_early_at_s": early_at,
         "rss_final_mb": round(final_rss, 1), "rss_ratio": round(final_rss / early_rss, 4),
         "frames_dropped_newest_wins": dropped, "inference_errors": errors, "results_file": args.results,
@@ -179,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"model: {bare_ms:.3f} ms per inference (onnxruntime, {args.threads} thread(s))")
         print(f"bare runtime      : {bare:9.1f} inferences/s")
-        print(f"daemon end-to-end : {daemon:9.1f} inferences/s  ratio {ratio:.3f} (median of the rounds' ratios; "
-              f"target >= 0.97; of the medians {daemon / bare:.3f})")
+        telemetry = "" if mqtt_port else " (no Mosquitto: telemetry off)"
+        print(f"daemon end-to-end : {daemon:9.1f} inferences/s{telemetry}  ratio {ratio:.3f} "
+              f"(median of the rounds' ratios; target >= 0.97; of the medians {daemon / bare:.3f})")
         print("rounds (bare, daemon): " + ", ".join(f"({b:.0f}, {d:.0f})" for b, d in zip(bare_rates, daemon_rates,
                                                                                            strict=True)))
         print(f"RSS at {early_at:.0f}s: {early_rss:.1f} MB; at {args.duration:.0f}s: {final_rss:.1f} MB; "
