@@ -155,10 +155,6 @@ in_root /opt/venv/bin/python -c "import platform, sys; print('python', sys.versi
 
 # --- the suites ----------------------------------------------------------------------------------
 args=("$@"); [ ${#args[@]} -gt 0 ] || args=("${suites[@]}")
-# Two emulated workers on CI's two cores (qemu-user is CPU-bound; a file stays on one worker, its module
-# fixtures started once); PYTEST_WORKERS=0 runs the suites in one process.
-workers="${PYTEST_WORKERS:-2}"
-parallel=(); [ "$workers" = 0 ] || parallel=(-n "$workers" --dist loadfile)
-say "pytest ${args[*]} (QEMU_CPU=$cpu, $workers workers)"
-in_root /bin/sh -c "cd /src && exec python -m pytest -q -p no:cacheprovider --timeout=900 ${parallel[*]} $(printf '%q ' "${args[@]}")"
+say "pytest ${args[*]} (QEMU_CPU=$cpu)"
+in_root /bin/sh -c "cd /src && exec python -m pytest -q -p no:cacheprovider --timeout=900 $(printf '%q ' "${args[@]}")"
 say "done"
