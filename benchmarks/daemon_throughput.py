@@ -26,7 +26,6 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -121,51 +120,49 @@ def main(argv: list[str] | None = None) -> int:
     runtime = RuntimeSection(prefer="onnxruntime", delegate="auto", threads=args.threads, autotune=False)
 
     baseline = Bare(path, runtime, size)
-    services = ExitStack()
-    mqtt_port = services.enter_context(_daemon_procs.broker(work))
-    config = AgentConfig.model_validate({
-        "device_id": "bench", "state_dir": str(work / "state"),
-        "model": {"path": str(path), "task": "classification"},
-        "runtime": runtime.model_dump(),
-        "source": {"kind": "synthetic", "uri": f"{size}x{size}", "fps": 100000},
-        "api": {"listen": None},
-        "mqtt": {"enabled": mqtt_port is not None, "host": "127.0.0.1", "port": mqtt_port or 1883},
-        "results": {"file": str(work / "results.jsonl"), "file_max_mb": 8, "file_keep": 1} if args.results else {},
-        "log_level": "WARNING",
-    })
-    tune_interpreter()  # as run_agent does in the daemon process
-    agent = Agent(config)
-    agent.start()  # the synthetic source starts with it
-    assert agent.loop is not None
-    run_start = time.monotonic()
-    if agent.runner is not None:
-        agent.runner.stop()
-        agent.runner = None
-    # Throughput: alternate bare and daemon windows, so both see the same load on the machine.
-    bare_rates, daemon_rates = [], []
-    for _ in range(args.rounds):
-        bare_rates.append(baseline.rate(args.window_s))
-        daemon_rates.append(daemon_rate(agent, args.window_s))
-    baseline.model.close()
-    bare, daemon = float(np.median(bare_rates)), float(np.median(daemon_rates))
-    # Each daemon window against the bare window just before it: what the machine's neighbours do to both
-    # cancels in the pair, where a ratio of the two medians mixes windows minutes apart.
-    ratio = float(np.median([d / b for b, d in zip(bare_rates, daemon_rates, strict=True)]))
-    # Memory: keep the daemon busy for the rest of --duration.
-    agent._start_source(agent.config)
-    early_at = min(60.0, args.duration / 5)
-    early_rss: float | None = None
-    while (elapsed := time.monotonic() - run_start) < args.duration:
-        time.sleep(min(0.5, max(0.01, args.duration - elapsed)))
-        if early_rss is None and time.monotonic() - run_start >= early_at:
-            early_rss = rss_mb()
-    final_rss = rss_mb()
-    dropped = agent.mailbox.dropped
-    errors = agent.loop.errors
-    processed = agent.loop.processed
-    agent.stop()
-    agent.close()
-    services.close()
+    with _daemon_procs.broker(work) as mqtt_port:  # telemetry publishes, as on a device
+        config = AgentConfig.model_validate({
+            "device_id": "bench", "state_dir": str(work / "state"),
+            "model": {"path": str(path), "task": "classification"},
+            "runtime": runtime.model_dump(),
+            "source": {"kind": "synthetic", "uri": f"{size}x{size}", "fps": 100000},
+            "api": {"listen": None},
+            "mqtt": {"enabled": mqtt_port is not None, "host": "127.0.0.1", "port": mqtt_port or 1883},
+            "results": {"file": str(work / "results.jsonl"), "file_max_mb": 8, "file_keep": 1} if args.results else {},
+            "log_level": "WARNING",
+        })
+        tune_interpreter()  # as run_agent does in the daemon process
+        agent = Agent(config)
+        agent.start()  # the synthetic source starts with it
+        assert agent.loop is not None
+        run_start = time.monotonic()
+        if agent.runner is not None:
+            agent.runner.stop()
+            agent.runner = None
+        # Throughput: alternate bare and daemon windows, so both see the same load on the machine.
+        bare_rates, daemon_rates = [], []
+        for _ in range(args.rounds):
+            bare_rates.append(baseline.rate(args.window_s))
+            daemon_rates.append(daemon_rate(agent, args.window_s))
+        baseline.model.close()
+        bare, daemon = float(np.median(bare_rates)), float(np.median(daemon_rates))
+        # Each daemon window against the bare window just before it: what the machine's neighbours do to both
+        # cancels in the pair, where a ratio of the two medians mixes windows minutes apart.
+        ratio = float(np.median([d / b for b, d in zip(bare_rates, daemon_rates, strict=True)]))
+        # Memory: keep the daemon busy for the rest of --duration.
+        agent._start_source(agent.config)
+        early_at = min(60.0, args.duration / 5)
+        early_rss: float | None = None
+        while (elapsed := time.monotonic() - run_start) < args.duration:
+            time.sleep(min(0.5, max(0.01, args.duration - elapsed)))
+            if early_rss is None and time.monotonic() - run_start >= early_at:
+                early_rss = rss_mb()
+        final_rss = rss_mb()
+        dropped = agent.mailbox.dropped
+        errors = agent.loop.errors
+        processed = agent.loop.processed
+        agent.stop()
+        agent.close()
     early_rss = early_rss or final_rss
     bare_ms = 1000.0 / bare
     procs = _daemon_procs.measure(path, size, args.threads, runs=args.procs_runs) if args.procs_runs > 0 else None
