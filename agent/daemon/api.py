@@ -119,9 +119,10 @@ def image_feeds(body: bytes, model: Model, meta: ModelMeta,
 
 
 def model_document(host: ModelHost) -> dict[str, Any]:
-    model, meta = host.model, host.meta
-    if model is None or meta is None:
+    serving = host.serving()
+    if serving is None:
         raise ApiError(503, "no model is loaded; waiting for the update server")
+    model, meta = serving
     return {"model": meta.model_dump(mode="json"),
             "inputs": [spec.model_dump(mode="json") for spec in model.inputs],
             "outputs": [spec.model_dump(mode="json") for spec in model.outputs],

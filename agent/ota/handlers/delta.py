@@ -21,9 +21,11 @@ def current_artifact(ctx: UpdateContext, sha256: str) -> Path | None:
     info = ctx.slots.active_info()
     if info is not None and info.sha256 == sha256:
         return ctx.slots.model_path(ctx.slots.active_slot() or "")
-    model = ctx.host.model
-    meta = ctx.host.meta
-    if model is not None and meta is not None and meta.sha256 == sha256 and Path(model.path).is_file():
+    serving = ctx.host.serving()
+    if serving is None:
+        return None
+    model, meta = serving
+    if meta.sha256 == sha256 and Path(model.path).is_file():
         return Path(model.path)
     return None
 
