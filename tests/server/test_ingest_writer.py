@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from edgefleet.agent.wire import UpdateReport
 from edgefleet.server.config import TelemetrySection
 from edgefleet.server.crud import devices as device_crud
+from edgefleet.server.crud import rollouts as rollout_crud
 from edgefleet.server.db import Database, migrate
 from edgefleet.server.db.models import Device, Telemetry
 from edgefleet.server.ingest import BatchWriter, IngestStats
@@ -146,9 +148,6 @@ def test_telemetry_received_before_a_commit_report_does_not_roll_the_model_back(
     """The writer stores what it received a moment ago; a commit report handled in that moment is newer. Telemetry
     received before the report (model 1) and written after it leaves the device on model 2; telemetry received
     after it applies, whatever model it names (a device that went back to 1 on its own says so)."""
-    from edgefleet.agent.wire import UpdateReport
-    from edgefleet.server.crud import rollouts as rollout_crud
-
     writer = BatchWriter(db, TelemetrySection(), IngestStats())
     received = time.time()
 
