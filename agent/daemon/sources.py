@@ -48,7 +48,7 @@ class Frame:
     seq: int
     ts: float
     origin: str  # file name, URI or "synthetic"
-    ahead: Any = None  # what the source thread prepared for the model serving then (agent.daemon.loop.Ahead)
+    ahead: object = None  # what the source thread prepared for the model serving then (agent.daemon.loop.Ahead)
 
 
 class Mailbox:
@@ -332,7 +332,7 @@ class SourceRunner:
     """Reads a source in a thread into a mailbox, reopening it with backoff when it fails."""
 
     def __init__(self, source: Source, mailbox: Mailbox, fps: float, reconnect_max_s: float = 30.0,
-                 prepare: Callable[[np.ndarray], Any] | None = None) -> None:
+                 prepare: Callable[[np.ndarray], object] | None = None) -> None:
         """``prepare``: called on this thread with each frame's pixels; what it returns rides along as
         ``Frame.ahead`` (pre-processing here overlaps the inference of the frame before)."""
         self.source = source
