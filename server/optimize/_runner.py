@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -180,15 +180,24 @@ def run_rows(runner: Runner, samples: Mapping[str, np.ndarray]) -> dict[str, np.
 def p50_ms(runner: Runner, feeds: Mapping[str, np.ndarray], *, runs: int = 20, warmup: int = 3,
            budget_s: float = 3.0) -> dict[str, Any]:
     """Median latency of single-row inference (after warm-up), bounded by ``budget_s``."""
+    return interleaved_p50_ms([(runner, feeds)], runs=runs, warmup=warmup, budget_s=budget_s)[0]
+
+
+def interleaved_p50_ms(models: Sequence[tuple[Runner, Mapping[str, np.ndarray]]], *, runs: int = 20,
+                       warmup: int = 3, budget_s: float = 3.0) -> list[dict[str, Any]]:
+    """``p50_ms`` of each (runner, feeds), timed in turn one call each: whatever else the machine does meets
+    them alike, where timing one model after the other let a busy moment land on one of them."""
     for _ in range(warmup):
-        runner.run(feeds)
-    times: list[float] = []
+        for runner, feeds in models:
+            runner.run(feeds)
+    times: list[list[float]] = [[] for _ in models]
     deadline = time.perf_counter() + budget_s
-    while len(times) < runs and (len(times) < 3 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        runner.run(feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"p50_ms": round(statistics.median(times), 4), "runs": len(times)}
+    while len(times[0]) < runs and (len(times[0]) < 3 or time.perf_counter() < deadline):
+        for (runner, feeds), taken in zip(models, times, strict=True):
+            start = time.perf_counter()
+            runner.run(feeds)
+            taken.append((time.perf_counter() - start) * 1e3)
+    return [{"p50_ms": round(statistics.median(taken), 4), "runs": len(taken)} for taken in times]
 
 
 def _first_line(exc: BaseException) -> str:
